@@ -1,0 +1,228 @@
+//! herd's native JSON lines (the public contract in docs/formats.md).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use serde_json::Value;
+
+use super::{bounded, parse_ts, str_field, string_map, Limits, Record, Reject, RejectReason};
+use crate::model::{ContainerRef, Event, Observation, Payload};
+
+/// The native line as written by [`encode_native`]: the observation flattened.
+#[derive(Debug, Serialize)]
+pub struct NativeLine<'a> {
+    /// RFC 3339 event time.
+    pub ts: String,
+    /// Host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<&'a str>,
+    /// Full container id.
+    pub container_id: &'a str,
+    /// Container name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<&'a str>,
+    /// Image reference.
+    pub image: &'a str,
+    /// Image digest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<&'a str>,
+    /// Labels.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: &'a BTreeMap<String, String>,
+    /// Metrics, when the observation is numeric.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<BTreeMap<&'a str, f64>>,
+    /// Event, when the observation is an event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<&'a Event>,
+}
+
+/// Writes an observation as one native JSON line (no trailing newline). Non-finite metric
+/// values cannot be represented in JSON and are left out.
+pub fn encode_native(o: &Observation) -> String {
+    let c = &o.container;
+    let (metrics, event) = match &o.payload {
+        Payload::Metrics(m) => (
+            Some(
+                m.iter()
+                    .filter(|(_, v)| v.is_finite())
+                    .map(|(k, v)| (k.as_str(), *v))
+                    .collect(),
+            ),
+            None,
+        ),
+        Payload::Event(e) => (None, Some(e)),
+    };
+    let line = NativeLine {
+        ts: crate::time::format_ms(o.ts_ms),
+        host: c.host.as_deref(),
+        container_id: &c.id,
+        container_name: c.name.as_deref(),
+        image: &c.image,
+        image_digest: c.image_digest.as_deref(),
+        labels: &c.labels,
+        metrics,
+        event,
+    };
+    serde_json::to_string(&line).unwrap_or_default()
+}
+
+pub(super) fn decode(v: &Value, l: &Limits) -> Result<Record, Reject> {
+    let ts_ms = parse_ts(v.get("ts"))?;
+    let id = str_field(v, "container_id", l)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| Reject::new(RejectReason::MissingField, "container_id"))?;
+    let image = str_field(v, "image", l)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| Reject::new(RejectReason::MissingField, "image"))?;
+    let payload = match (v.get("metrics"), v.get("event")) {
+        (Some(m), None) => Payload::Metrics(metrics(m, l)?),
+        (None, Some(e)) => Payload::Event(event(e, l)?),
+        _ => {
+            return Err(Reject::new(
+                RejectReason::MissingField,
+                "exactly one of metrics / event",
+            ));
+        }
+    };
+    let container = ContainerRef {
+        id,
+        name: str_field(v, "container_name", l),
+        image,
+        image_digest: str_field(v, "image_digest", l).filter(|s| !s.is_empty()),
+        labels: string_map(v.get("labels"), l, &[])?,
+        host: str_field(v, "host", l),
+    };
+    Ok(Record::Native(Observation {
+        ts_ms,
+        container: Arc::new(container),
+        payload,
+    }))
+}
+
+fn metrics(v: &Value, l: &Limits) -> Result<Vec<(String, f64)>, Reject> {
+    let Value::Object(m) = v else {
+        return Err(Reject::new(RejectReason::MissingField, "metrics is not an object"));
+    };
+    if m.len() > l.max_items {
+        return Err(Reject::new(
+            RejectReason::TooManyItems,
+            format!("{} metrics > {}", m.len(), l.max_items),
+        ));
+    }
+    let mut out = Vec::with_capacity(m.len());
+    for (k, val) in m {
+        let x = val.as_f64().ok_or_else(|| {
+            Reject::new(RejectReason::InvalidValue, format!("metric {k} is not a number"))
+        })?;
+        out.push((bounded(k.clone(), 128), x));
+    }
+    Ok(out)
+}
+
+fn event(v: &Value, l: &Limits) -> Result<Event, Reject> {
+    let ev = Event::deserialize(v)
+        .map_err(|e| Reject::new(RejectReason::InvalidValue, format!("event: {e}")))?;
+    Ok(bound_event(ev, l))
+}
+
+/// Applies the string limits to every string inside an event.
+pub(crate) fn bound_event(ev: Event, l: &Limits) -> Event {
+    let b = |s: String| bounded(s, l.max_string_bytes);
+    let bo = |s: Option<String>| s.map(|s| bounded(s, l.max_string_bytes));
+    let bv = |v: Vec<String>| {
+        v.into_iter()
+            .take(l.max_items)
+            .map(|s| bounded(s, l.max_string_bytes))
+            .collect()
+    };
+    match ev {
+        Event::Exec {
+            process,
+            args,
+            user,
+        } => Event::Exec {
+            process: b(process),
+            args: bv(args),
+            user: bo(user),
+        },
+        Event::Process {
+            process,
+            args,
+            user,
+            parent,
+        } => Event::Process {
+            process: b(process),
+            args: bv(args),
+            user: bo(user),
+            parent: bo(parent),
+        },
+        Event::Connect { dest } => Event::Connect { dest: b(dest) },
+        Event::FileWrite { path } => Event::FileWrite { path: b(path) },
+        Event::Health { status } => Event::Health { status: b(status) },
+        Event::NetworkConnect { network } => Event::NetworkConnect { network: b(network) },
+        Event::NetworkDisconnect { network } => Event::NetworkDisconnect { network: b(network) },
+        Event::Kill { signal } => Event::Kill { signal: bo(signal) },
+        Event::Falco {
+            rule,
+            priority,
+            process,
+            cmdline,
+            user,
+            dest,
+            tags,
+        } => Event::Falco {
+            rule: b(rule),
+            priority: b(priority),
+            process: bo(process),
+            cmdline: bo(cmdline),
+            user: bo(user),
+            dest: bo(dest),
+            tags: bv(tags),
+        },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Decoder;
+    use super::*;
+
+    #[test]
+    fn decodes_both_contract_examples() {
+        let d = Decoder::default();
+        let a = br#"{"ts":"2026-11-23T10:00:00Z","host":"node-1","container_id":"8f2c","container_name":"web-1","image":"shop/web:1.4","image_digest":"sha256:ab","labels":{"io.kubernetes.pod.namespace":"shop"},"metrics":{"cpu_cores":0.42,"mem_bytes":1.3e8}}"#;
+        let Ok(Record::Native(o)) = d.decode(a) else {
+            panic!("not native")
+        };
+        assert_eq!(o.ts_ms, 1_795_428_000_000);
+        assert_eq!(o.container.image_digest.as_deref(), Some("sha256:ab"));
+        assert_eq!(
+            o.payload,
+            Payload::Metrics(vec![("cpu_cores".into(), 0.42), ("mem_bytes".into(), 1.3e8)])
+        );
+        let b = br#"{"ts":1763892000000,"container_id":"8f2c","image":"shop/web:1.4","event":{"kind":"exec","process":"/bin/sh","args":["-c","id"],"user":"root"}}"#;
+        let Ok(Record::Native(o)) = d.decode(b) else {
+            panic!("not native")
+        };
+        assert!(matches!(o.payload, Payload::Event(Event::Exec { .. })));
+    }
+
+    #[test]
+    fn rejects_contract_violations_with_reasons() {
+        let d = Decoder::default();
+        let cases: [(&[u8], RejectReason); 5] = [
+            (br#"{"ts":"x","container_id":"a","image":"i","metrics":{}}"#, RejectReason::InvalidTimestamp),
+            (br#"{"ts":1763892000000,"container_id":"","image":"i","metrics":{}}"#, RejectReason::MissingField),
+            (br#"{"ts":1763892000000,"container_id":"a","image":"i"}"#, RejectReason::MissingField),
+            (br#"{"ts":1763892000000,"container_id":"a","image":"i","metrics":{"x":"1"}}"#, RejectReason::InvalidValue),
+            (br#"{"ts":1763892000000,"container_id":"a","image":"i","event":{"kind":"teleport"}}"#, RejectReason::InvalidValue),
+        ];
+        for (line, reason) in cases {
+            assert_eq!(d.decode(line).map_err(|r| r.reason).err(), Some(reason));
+        }
+    }
+}

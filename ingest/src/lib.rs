@@ -1,0 +1,48 @@
+//! herd-ingest: everything between a raw input line and an [`Observation`].
+//!
+//! It owns the observation model ([`model`]), the decoders for every input format herd
+//! accepts ([`decode`]: native lines, Docker stats-API JSON raw and in the agent envelope,
+//! Docker events, Falco JSON as falcosidekick writes it, prometheus-kafka-adapter JSON),
+//! and the stateful normalisation that turns decoded records into observations
+//! ([`normalize`]: the container registry that joins raw stats and Falco events to their
+//! image, and counter→rate derivation per container).
+//!
+//! Decoding is split in two on purpose:
+//! 1. [`decode::Decoder::decode`] is stateless: bytes in, a [`decode::Record`] with an
+//!    event time out, or a [`decode::Reject`] with a bounded reason. It enforces size and
+//!    depth limits and never panics, whatever the bytes.
+//! 2. [`normalize::Normalizer::normalize`] is stateful and must see records in event-time
+//!    order (callers reorder between the two steps), so that a `start` event registers a
+//!    container before its first raw stats sample is joined to it.
+//!
+//! What it must not do: score, keep baselines, or talk to Kafka or Docker. Those live in
+//! `herd-baseline`, `herd-detect` and the I/O layers that call this crate.
+
+pub mod decode;
+pub mod model;
+pub mod normalize;
+pub mod time;
+
+pub use decode::{Decoder, Limits, Record, Reject, RejectReason};
+pub use model::{ContainerRef, Event, GroupBy, Observation, Payload};
+pub use normalize::{Normalizer, NormalizerConfig};
+
+/// Errors of this crate that are not per-line rejections (those are [`Reject`]s, which
+/// are data, not failures).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A snapshot of normaliser state could not be encoded or decoded.
+    #[error("normaliser snapshot: {0}")]
+    Snapshot(#[from] serde_json::Error),
+    /// A configuration value is out of its legal range.
+    #[error("invalid configuration: {field}: {reason}")]
+    Config {
+        /// The offending field, as it is spelt in the configuration file.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,428 @@
+//! Stateful normalisation: decoded [`Record`]s in event-time order → [`Observation`]s.
+//!
+//! Owns the container registry (identity joins) and the counter state (rates). Both are
+//! bounded: containers idle for `container_ttl_ms` of event time are forgotten, and the
+//! registry never holds more than `max_containers`.
+
+mod rates;
+mod registry;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::decode::{
+    DockerEventRecord, FalcoRecord, PromRecord, Record, Reject, RejectReason, StatsRecord,
+};
+use crate::model::{metric, ContainerRef, Event, Observation, Payload};
+use rates::{Ordering, RateState, RateWindow};
+use registry::Registry;
+
+/// Normaliser settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NormalizerConfig {
+    /// Forget a container after this much event time without input. One hour outlives
+    /// any scrape or sampling interval by far.
+    pub container_ttl_ms: i64,
+    /// Most containers remembered at once (registry and counters), oldest evicted first.
+    /// 200k is twice the largest fleet a worker is sized for (issue 7: 100k containers).
+    pub max_containers: usize,
+    /// Shortest interval between two samples that yields a rate: Docker's stats stream
+    /// ticks once a second, and anything much closer is a duplicate with jitter.
+    pub min_rate_interval_ms: i64,
+    /// Longest interval that still yields a rate: beyond ten minutes the average hides
+    /// what happened and most likely spans a restart.
+    pub max_rate_interval_ms: i64,
+    /// `exec_create` and `exec_start` of one command within this window count once.
+    pub exec_dedup_ms: i64,
+}
+
+impl Default for NormalizerConfig {
+    fn default() -> Self {
+        Self {
+            container_ttl_ms: 3_600_000,
+            max_containers: 200_000,
+            min_rate_interval_ms: 500,
+            max_rate_interval_ms: 600_000,
+            exec_dedup_ms: 5_000,
+        }
+    }
+}
+
+/// Why a decodable record yielded nothing, beyond decoder filters. Counted, not
+/// dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// A sample with the same time as the previous one of its container.
+    Duplicate,
+    /// A sample older than the previous one of its container.
+    Late,
+    /// The second half of an `exec_create`/`exec_start` pair.
+    ExecDuplicate,
+}
+
+/// The normaliser. Serialisable, so a worker can hand it over with its groups.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Normalizer {
+    cfg: NormalizerConfig,
+    registry: Registry,
+    rates: RateState,
+    /// Recent execs per container: (dedup key, time).
+    recent_execs: rustc_hash::FxHashMap<String, Vec<(String, i64)>>,
+    max_ts_ms: i64,
+    since_evict: u32,
+}
+
+impl Normalizer {
+    /// A normaliser with the given settings.
+    pub fn new(cfg: NormalizerConfig) -> Self {
+        Self {
+            cfg,
+            ..Self::default()
+        }
+    }
+
+    /// Containers currently known.
+    pub fn containers(&self) -> usize {
+        self.registry.len()
+    }
+
+    /// Counter series currently remembered.
+    pub fn counter_series(&self) -> usize {
+        self.rates.len()
+    }
+
+    /// Turns one record into zero or more observations appended to `out`.
+    /// `Ok(Some(d))` tells why a valid record produced nothing.
+    pub fn normalize(
+        &mut self,
+        rec: Record,
+        out: &mut Vec<Observation>,
+    ) -> Result<Option<Dropped>, Reject> {
+        if let Some(ts) = rec.ts_ms() {
+            self.max_ts_ms = self.max_ts_ms.max(ts);
+        }
+        self.since_evict += 1;
+        if self.since_evict >= 4096 {
+            self.since_evict = 0;
+            let before = self.max_ts_ms - self.cfg.container_ttl_ms;
+            self.registry.evict(before, self.cfg.max_containers);
+            self.rates.evict(before);
+            self.recent_execs.clear();
+        }
+        match rec {
+            Record::Native(o) => {
+                let cref = self.registry.upsert((*o.container).clone(), o.ts_ms);
+                out.push(Observation {
+                    container: cref,
+                    ..o
+                });
+                Ok(None)
+            }
+            Record::Stats(s) => self.stats(*s, out),
+            Record::DockerEvent(e) => self.docker_event(e, out),
+            Record::Falco(f) => self.falco(*f, out),
+            Record::Prom(p) => self.prom(*p, out),
+            Record::Filtered { .. } => Ok(None),
+        }
+    }
+
+    fn window(&self) -> RateWindow {
+        RateWindow {
+            min_dt_ms: self.cfg.min_rate_interval_ms,
+            max_dt_ms: self.cfg.max_rate_interval_ms,
+        }
+    }
+
+    fn stats(
+        &mut self,
+        s: StatsRecord,
+        out: &mut Vec<Observation>,
+    ) -> Result<Option<Dropped>, Reject> {
+        let cref = match s.container {
+            Some(c) => self.registry.upsert(c, s.ts_ms),
+            None => self.registry.get(&s.id, s.ts_ms).ok_or_else(|| {
+                Reject::new(
+                    RejectReason::UnknownContainer,
+                    format!("raw stats of {} before its start event", short(&s.id)),
+                )
+            })?,
+        };
+        let mut metrics = Vec::with_capacity(11);
+        let w = self.window();
+        match self.rates.stats(&cref.id, s.ts_ms, &s.counters, w, &mut metrics) {
+            Ordering::Fresh => {}
+            Ordering::Duplicate => return Ok(Some(Dropped::Duplicate)),
+            Ordering::Late => return Ok(Some(Dropped::Late)),
+        }
+        if !metrics.is_empty() {
+            out.push(Observation {
+                ts_ms: s.ts_ms,
+                container: cref,
+                payload: Payload::Metrics(metrics),
+            });
+        }
+        Ok(None)
+    }
+
+    fn docker_event(
+        &mut self,
+        e: DockerEventRecord,
+        out: &mut Vec<Observation>,
+    ) -> Result<Option<Dropped>, Reject> {
+        let cref = match self.registry.upsert_from_event(
+            &e.id,
+            e.name,
+            e.image,
+            e.image_digest,
+            e.labels,
+            e.ts_ms,
+        ) {
+            Some(c) => c,
+            None => {
+                return Err(Reject::new(
+                    RejectReason::UnknownContainer,
+                    format!("{} event of unknown container {}", e.event.kind(), short(&e.id)),
+                ));
+            }
+        };
+        if let Event::Exec { process, args, .. } = &e.event {
+            let key = e
+                .exec_id
+                .clone()
+                .unwrap_or_else(|| format!("{process} {}", args.join(" ")));
+            let recent = self.recent_execs.entry(cref.id.clone()).or_default();
+            let horizon = e.ts_ms - self.cfg.exec_dedup_ms;
+            recent.retain(|(_, ts)| *ts >= horizon);
+            if recent.iter().any(|(k, _)| *k == key) {
+                return Ok(Some(Dropped::ExecDuplicate));
+            }
+            if recent.len() < 64 {
+                recent.push((key, e.ts_ms));
+            }
+        }
+        if matches!(e.event, Event::Start { .. }) {
+            // A started container's counters begin anew.
+            self.rates.forget(&cref.id);
+        }
+        out.push(Observation {
+            ts_ms: e.ts_ms,
+            container: cref,
+            payload: Payload::Event(e.event),
+        });
+        Ok(None)
+    }
+
+    fn falco(
+        &mut self,
+        f: FalcoRecord,
+        out: &mut Vec<Observation>,
+    ) -> Result<Option<Dropped>, Reject> {
+        let cref = match self.registry.get_by_prefix(&f.container_id, f.ts_ms) {
+            Some(c) => c,
+            // Not seen through Docker: Falco's own fields still name the image.
+            None => match f.image {
+                Some(image) => {
+                    let c = crate::decode::container_ref(
+                        f.container_id,
+                        f.container_name,
+                        image,
+                        f.k8s,
+                        f.host,
+                    );
+                    let mut c = c;
+                    if c.image_digest.is_none() {
+                        c.image_digest = f.image_digest;
+                    }
+                    self.registry.upsert(c, f.ts_ms)
+                }
+                None => {
+                    return Err(Reject::new(
+                        RejectReason::UnknownContainer,
+                        format!("falco event of unknown container {}", short(&f.container_id)),
+                    ));
+                }
+            },
+        };
+        out.push(Observation {
+            ts_ms: f.ts_ms,
+            container: cref,
+            payload: Payload::Event(f.event),
+        });
+        Ok(None)
+    }
+
+    fn prom(
+        &mut self,
+        p: PromRecord,
+        out: &mut Vec<Observation>,
+    ) -> Result<Option<Dropped>, Reject> {
+        if !p.value.is_finite() {
+            return Ok(None);
+        }
+        let cref = match self.registry.get(&p.container_id, p.ts_ms) {
+            Some(c) => c,
+            None => match p.image {
+                Some(image) => {
+                    let c = crate::decode::container_ref(
+                        p.container_id.clone(),
+                        p.container_name,
+                        image,
+                        p.labels,
+                        p.host.map(|h| h.split(':').next().unwrap_or_default().to_owned()),
+                    );
+                    self.registry.upsert(c, p.ts_ms)
+                }
+                None => {
+                    return Err(Reject::new(
+                        RejectReason::UnknownContainer,
+                        format!("series of unknown container {}", short(&p.container_id)),
+                    ));
+                }
+            },
+        };
+        let Some((name, counter)) = prom_metric(&p.name, p.series_discriminator.as_deref())
+        else {
+            return Ok(None);
+        };
+        let value = if counter {
+            let key = format!(
+                "{}\u{0}{}\u{0}{}",
+                cref.id,
+                p.name,
+                p.series_discriminator.as_deref().unwrap_or_default()
+            );
+            let w = self.window();
+            match self.rates.prom_counter(key, p.ts_ms, p.value, w) {
+                (Ordering::Duplicate, _) => return Ok(Some(Dropped::Duplicate)),
+                (Ordering::Late, _) => return Ok(Some(Dropped::Late)),
+                (Ordering::Fresh, None) => return Ok(None),
+                (Ordering::Fresh, Some(rate)) => rate,
+            }
+        } else {
+            p.value
+        };
+        out.push(Observation {
+            ts_ms: p.ts_ms,
+            container: cref,
+            payload: Payload::Metrics(vec![(name, value)]),
+        });
+        Ok(None)
+    }
+
+    /// Registers a container directly (an agent's inspect, a test fixture).
+    pub fn register(&mut self, c: ContainerRef, ts_ms: i64) -> Arc<ContainerRef> {
+        self.registry.upsert(c, ts_ms)
+    }
+}
+
+/// Maps a cAdvisor series to herd's metric name and whether it is a counter.
+/// Configuration-like series (`container_spec_*`, start time, last seen) carry no
+/// behaviour and are skipped.
+fn prom_metric(name: &str, discriminator: Option<&str>) -> Option<(String, bool)> {
+    if name.starts_with("container_spec_")
+        || matches!(
+            name,
+            "container_last_seen" | "container_start_time_seconds" | "container_scrape_error"
+        )
+    {
+        return None;
+    }
+    let canonical = match name {
+        "container_cpu_usage_seconds_total" => Some(metric::CPU_CORES),
+        "container_memory_working_set_bytes" => Some(metric::MEM_BYTES),
+        "container_network_receive_bytes_total" => Some(metric::NET_RX_BPS),
+        "container_network_transmit_bytes_total" => Some(metric::NET_TX_BPS),
+        "container_network_receive_packets_total" => Some(metric::NET_RX_PPS),
+        "container_network_transmit_packets_total" => Some(metric::NET_TX_PPS),
+        "container_fs_reads_bytes_total" => Some(metric::BLK_READ_BPS),
+        "container_fs_writes_bytes_total" => Some(metric::BLK_WRITE_BPS),
+        "container_processes" => Some(metric::PIDS),
+        _ => None,
+    };
+    let counter = name.ends_with("_total");
+    let base = match canonical {
+        Some(c) => c.to_owned(),
+        None if counter => format!("{}_per_s", name.trim_end_matches("_total")),
+        None => name.to_owned(),
+    };
+    // Per-interface and per-device series stay apart, except the usual single one.
+    let name = match discriminator {
+        Some(d) if !d.is_empty() && d != "eth0" && canonical != Some(metric::CPU_CORES) => {
+            format!("{base}.{d}")
+        }
+        _ => base,
+    };
+    Some((name, counter))
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::Decoder;
+
+    fn run(n: &mut Normalizer, line: &str) -> Result<Vec<Observation>, Reject> {
+        let rec = Decoder::default().decode(line.as_bytes())?;
+        let mut out = vec![];
+        n.normalize(rec, &mut out)?;
+        Ok(out)
+    }
+
+    const START: &str = r#"{"Type":"container","Action":"start","Actor":{"ID":"8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f","Attributes":{"image":"shop/web:1.4","name":"web-1","app":"web"}},"time":1795427990}"#;
+
+    #[test]
+    fn raw_stats_join_through_the_start_event() {
+        let mut n = Normalizer::default();
+        let stats = r#"{"read":"2026-11-23T10:00:10Z","id":"8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f","name":"/web-1","cpu_stats":{"cpu_usage":{"total_usage":2000000000},"system_cpu_usage":40000000000,"online_cpus":4},"precpu_stats":{"cpu_usage":{"total_usage":1500000000},"system_cpu_usage":36000000000},"memory_stats":{"usage":1000,"stats":{"inactive_file":100}}}"#;
+        let err = run(&mut n, stats).map_err(|r| r.reason);
+        assert_eq!(err.err(), Some(RejectReason::UnknownContainer));
+        let ev = run(&mut n, START).unwrap_or_default();
+        assert_eq!(ev.len(), 1);
+        let obs = run(&mut n, stats).unwrap_or_default();
+        assert_eq!(obs.len(), 1);
+        assert_eq!(obs[0].container.image, "shop/web:1.4");
+        assert_eq!(obs[0].container.labels.get("app").map(String::as_str), Some("web"));
+        let Payload::Metrics(m) = &obs[0].payload else { panic!() };
+        assert!(m.contains(&(metric::CPU_CORES.into(), 0.5)));
+        assert!(m.contains(&(metric::MEM_BYTES.into(), 900.0)));
+    }
+
+    #[test]
+    fn falco_short_ids_join_to_full_ids() {
+        let mut n = Normalizer::default();
+        run(&mut n, START).unwrap_or_default();
+        let falco = r#"{"rule":"Terminal shell in container","priority":"Notice","time":"2026-11-23T10:00:00Z","output_fields":{"container.id":"8f2c1a2b3c4d","proc.exepath":"/bin/sh"}}"#;
+        let obs = run(&mut n, falco).unwrap_or_default();
+        assert_eq!(obs.len(), 1);
+        assert_eq!(obs[0].container.id.len(), 64);
+    }
+
+    #[test]
+    fn exec_create_and_start_count_once() {
+        let mut n = Normalizer::default();
+        run(&mut n, START).unwrap_or_default();
+        let create = r#"{"Type":"container","Action":"exec_create: sh -c id","Actor":{"ID":"8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f","Attributes":{"image":"shop/web:1.4","name":"web-1","execID":"e1"}},"time":1795428000}"#;
+        let start = create.replace("exec_create", "exec_start");
+        assert_eq!(run(&mut n, create).map(|v| v.len()), Ok(1));
+        assert_eq!(run(&mut n, &start).map(|v| v.len()), Ok(0));
+    }
+
+    #[test]
+    fn cadvisor_counters_become_rates() {
+        let mut n = Normalizer::default();
+        let id = "8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f";
+        let line = |ts: &str, v: &str| {
+            format!(
+                r#"{{"timestamp":"{ts}","value":"{v}","name":"container_cpu_usage_seconds_total","labels":{{"__name__":"container_cpu_usage_seconds_total","id":"/docker/{id}","image":"shop/web:1.4","name":"web-1"}}}}"#
+            )
+        };
+        assert_eq!(run(&mut n, &line("2026-11-23T10:00:00Z", "10")).map(|v| v.len()), Ok(0));
+        let obs = run(&mut n, &line("2026-11-23T10:00:10Z", "15")).unwrap_or_default();
+        assert_eq!(obs[0].payload, Payload::Metrics(vec![(metric::CPU_CORES.into(), 0.5)]));
+    }
+}

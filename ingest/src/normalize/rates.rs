@@ -1,0 +1,245 @@
+//! Counter → rate derivation per container, robust to restarts (counter resets),
+//! duplicated deliveries and out-of-order samples: none of them yields a rate; the
+//! sample's gauges still count.
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::decode::StatsCounters;
+use crate::model::metric;
+
+/// What the previous sample of a container left behind.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub(crate) struct PrevStats {
+    ts_ms: i64,
+    cpu_total_ns: Option<f64>,
+    cpu_system_ns: Option<f64>,
+    net: Option<[f64; 4]>,
+    blk: Option<[f64; 2]>,
+}
+
+/// The outcome of one sample.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub(crate) enum Ordering {
+    /// Newer than the previous sample: rates derived, state advanced.
+    Fresh,
+    /// Same time as the previous sample: a duplicate delivery, dropped.
+    Duplicate,
+    /// Older than the previous sample: late, dropped (its rates would be wrong and its
+    /// gauges would overwrite newer ones).
+    Late,
+}
+
+/// Per-container counter state for Docker stats and per-series state for Prometheus.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub(crate) struct RateState {
+    stats: FxHashMap<String, PrevStats>,
+    prom: FxHashMap<String, (i64, f64)>,
+}
+
+/// Limits on the interval between two samples for a rate to be meaningful.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RateWindow {
+    pub(crate) min_dt_ms: i64,
+    pub(crate) max_dt_ms: i64,
+}
+
+impl RateState {
+    pub(crate) fn len(&self) -> usize {
+        self.stats.len() + self.prom.len()
+    }
+
+    pub(crate) fn forget(&mut self, id: &str) {
+        self.stats.remove(id);
+        self.prom.retain(|k, _| !k.starts_with(id));
+    }
+
+    pub(crate) fn evict(&mut self, before_ms: i64) {
+        self.stats.retain(|_, p| p.ts_ms >= before_ms);
+        self.prom.retain(|_, (ts, _)| *ts >= before_ms);
+    }
+
+    /// Derives the metrics of one Docker stats sample into `out`.
+    pub(crate) fn stats(
+        &mut self,
+        id: &str,
+        ts_ms: i64,
+        c: &StatsCounters,
+        w: RateWindow,
+        out: &mut Vec<(String, f64)>,
+    ) -> Ordering {
+        let prev = self.stats.get(id);
+        if let Some(p) = prev {
+            if ts_ms == p.ts_ms {
+                return Ordering::Duplicate;
+            }
+            if ts_ms < p.ts_ms {
+                return Ordering::Late;
+            }
+        }
+        let dt_ms = prev.map(|p| ts_ms - p.ts_ms);
+        let usable = dt_ms.is_some_and(|dt| (w.min_dt_ms..=w.max_dt_ms).contains(&dt));
+        let prev = prev.filter(|_| usable);
+        let dt_s = dt_ms.unwrap_or(0) as f64 / 1000.0;
+
+        // CPU: Docker's own precpu_stats first (one-shot stats carry it), else our previous
+        // sample of the same container.
+        let online = c.online_cpus.unwrap_or(1.0);
+        let cpu = match (c.cpu_total_ns, c.cpu_system_ns) {
+            (Some(total), Some(system)) => {
+                let pre = match (c.precpu_total_ns, c.precpu_system_ns) {
+                    (Some(pt), Some(ps)) if ps > 0.0 => Some((pt, ps)),
+                    _ => prev.and_then(|p| p.cpu_total_ns.zip(p.cpu_system_ns)),
+                };
+                pre.and_then(|(pt, ps)| {
+                    let (dc, ds) = (total - pt, system - ps);
+                    (dc >= 0.0 && ds > 0.0).then(|| (dc / ds * online).clamp(0.0, online))
+                })
+            }
+            (Some(total), None) => prev
+                .and_then(|p| p.cpu_total_ns)
+                .map(|pt| total - pt)
+                .filter(|d| *d >= 0.0 && dt_s > 0.0)
+                .map(|d| (d / (dt_s * 1e9)).clamp(0.0, online)),
+            _ => None,
+        };
+        if let Some(cores) = cpu {
+            out.push((metric::CPU_CORES.into(), cores));
+        }
+        if let Some(ws) = c.mem_working_set {
+            out.push((metric::MEM_BYTES.into(), ws));
+            if let Some(limit) = c.mem_limit.filter(|l| *l >= ws) {
+                out.push((metric::MEM_LIMIT_RATIO.into(), ws / limit));
+            }
+        }
+        if let (Some(now), Some(before)) = (c.net, prev.and_then(|p| p.net)) {
+            let names = [
+                metric::NET_RX_BPS,
+                metric::NET_TX_BPS,
+                metric::NET_RX_PPS,
+                metric::NET_TX_PPS,
+            ];
+            push_rates(&names, &now, &before, dt_s, out);
+        }
+        if let (Some(now), Some(before)) = (c.blk, prev.and_then(|p| p.blk)) {
+            push_rates(&[metric::BLK_READ_BPS, metric::BLK_WRITE_BPS], &now, &before, dt_s, out);
+        }
+        if let Some(p) = c.pids {
+            out.push((metric::PIDS.into(), p));
+        }
+        self.stats.insert(
+            id.to_owned(),
+            PrevStats {
+                ts_ms,
+                cpu_total_ns: c.cpu_total_ns,
+                cpu_system_ns: c.cpu_system_ns,
+                net: c.net,
+                blk: c.blk,
+            },
+        );
+        Ordering::Fresh
+    }
+
+    /// Rate of one cumulative Prometheus series; `None` for the first sample, a reset,
+    /// a duplicate or a late sample.
+    pub(crate) fn prom_counter(
+        &mut self,
+        key: String,
+        ts_ms: i64,
+        value: f64,
+        w: RateWindow,
+    ) -> (Ordering, Option<f64>) {
+        match self.prom.get(&key) {
+            Some(&(pts, _)) if ts_ms == pts => return (Ordering::Duplicate, None),
+            Some(&(pts, _)) if ts_ms < pts => return (Ordering::Late, None),
+            _ => {}
+        }
+        let rate = self.prom.get(&key).and_then(|&(pts, pv)| {
+            let dt = ts_ms - pts;
+            ((w.min_dt_ms..=w.max_dt_ms).contains(&dt) && value >= pv)
+                .then(|| (value - pv) / (dt as f64 / 1000.0))
+        });
+        self.prom.insert(key, (ts_ms, value));
+        (Ordering::Fresh, rate)
+    }
+}
+
+fn push_rates(names: &[&str], now: &[f64], before: &[f64], dt_s: f64, out: &mut Vec<(String, f64)>) {
+    for ((name, n), b) in names.iter().zip(now).zip(before) {
+        // A counter that went down was reset (restart, interface recreated): no rate.
+        if *n >= *b && dt_s > 0.0 {
+            out.push(((*name).into(), (n - b) / dt_s));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: RateWindow = RateWindow {
+        min_dt_ms: 500,
+        max_dt_ms: 600_000,
+    };
+
+    fn sample(total: f64, system: f64, rx: f64) -> StatsCounters {
+        StatsCounters {
+            cpu_total_ns: Some(total),
+            cpu_system_ns: Some(system),
+            online_cpus: Some(2.0),
+            net: Some([rx, 0.0, 0.0, 0.0]),
+            ..Default::default()
+        }
+    }
+
+    fn get(out: &[(String, f64)], name: &str) -> Option<f64> {
+        out.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
+
+    #[test]
+    fn rates_from_previous_sample_and_reset_handling() {
+        let mut r = RateState::default();
+        let mut out = vec![];
+        assert_eq!(r.stats("a", 10_000, &sample(0.0, 0.0, 0.0), W, &mut out), Ordering::Fresh);
+        assert_eq!(get(&out, metric::CPU_CORES), None);
+        out.clear();
+        // 10 s later: 5 s of CPU over 20 s of host CPU on 2 CPUs → 0.5 cores; 10 kB/s rx.
+        r.stats("a", 20_000, &sample(5e9, 20e9, 100_000.0), W, &mut out);
+        assert_eq!(get(&out, metric::CPU_CORES), Some(0.5));
+        assert_eq!(get(&out, metric::NET_RX_BPS), Some(10_000.0));
+        out.clear();
+        // Restart: counters start again from zero: no absurd negative or huge rate.
+        r.stats("a", 30_000, &sample(1e8, 40e9, 10.0), W, &mut out);
+        assert_eq!(get(&out, metric::CPU_CORES), None);
+        assert_eq!(get(&out, metric::NET_RX_BPS), None);
+        out.clear();
+        // Duplicate and late deliveries are dropped.
+        assert_eq!(r.stats("a", 30_000, &sample(1e8, 40e9, 10.0), W, &mut out), Ordering::Duplicate);
+        assert_eq!(r.stats("a", 25_000, &sample(1e8, 40e9, 10.0), W, &mut out), Ordering::Late);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn precpu_is_preferred_and_cpu_is_clamped() {
+        let mut r = RateState::default();
+        let mut out = vec![];
+        let c = StatsCounters {
+            cpu_total_ns: Some(2e9),
+            cpu_system_ns: Some(40e9),
+            precpu_total_ns: Some(1.5e9),
+            precpu_system_ns: Some(36e9),
+            online_cpus: Some(4.0),
+            ..Default::default()
+        };
+        r.stats("a", 1, &c, W, &mut out);
+        assert_eq!(get(&out, metric::CPU_CORES), Some(0.5));
+        out.clear();
+        let wild = StatsCounters {
+            precpu_total_ns: Some(0.0),
+            precpu_system_ns: Some(39e9),
+            ..c
+        };
+        r.stats("a", 2_000, &wild, W, &mut out);
+        assert_eq!(get(&out, metric::CPU_CORES), Some(4.0));
+    }
+}

@@ -1,0 +1,121 @@
+//! The container registry: what herd knows of each container's identity, fed by `start`
+//! events, agent envelopes, and any event that carries the image attribute. Raw stats and
+//! Falco alerts find their image and peer group here.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::model::ContainerRef;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Entry {
+    cref: Arc<ContainerRef>,
+    last_seen_ms: i64,
+}
+
+/// Containers by full id, plus Falco's 12-character short ids.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Registry {
+    by_id: FxHashMap<String, Entry>,
+    short: FxHashMap<String, String>,
+}
+
+impl Registry {
+    pub(crate) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub(crate) fn get(&mut self, id: &str, ts_ms: i64) -> Option<Arc<ContainerRef>> {
+        let e = self.by_id.get_mut(id)?;
+        e.last_seen_ms = e.last_seen_ms.max(ts_ms);
+        Some(Arc::clone(&e.cref))
+    }
+
+    /// Looks a container up by a full id or a unique prefix of at least 12 characters.
+    pub(crate) fn get_by_prefix(&mut self, id: &str, ts_ms: i64) -> Option<Arc<ContainerRef>> {
+        if let Some(c) = self.get(id, ts_ms) {
+            return Some(c);
+        }
+        let full = self.short.get(id.get(..12)?)?.clone();
+        full.starts_with(id).then(|| self.get(&full, ts_ms)).flatten()
+    }
+
+    /// Registers or refreshes a container, returning the shared reference. An identical
+    /// identity keeps its existing `Arc`, so steady-state samples allocate nothing here.
+    pub(crate) fn upsert(&mut self, c: ContainerRef, ts_ms: i64) -> Arc<ContainerRef> {
+        if let Some(e) = self.by_id.get_mut(&c.id) {
+            e.last_seen_ms = e.last_seen_ms.max(ts_ms);
+            if *e.cref != c {
+                e.cref = Arc::new(c);
+            }
+            return Arc::clone(&e.cref);
+        }
+        if let Some(short) = c.id.get(..12) {
+            self.short.insert(short.to_owned(), c.id.clone());
+        }
+        let cref = Arc::new(c);
+        self.by_id.insert(
+            cref.id.clone(),
+            Entry {
+                cref: Arc::clone(&cref),
+                last_seen_ms: ts_ms,
+            },
+        );
+        cref
+    }
+
+    /// Registers a container from event attributes, keeping what is already known and
+    /// not contradicted (a `start` event has no digest; an envelope may have set it).
+    pub(crate) fn upsert_from_event(
+        &mut self,
+        id: &str,
+        name: Option<String>,
+        image: Option<String>,
+        image_digest: Option<String>,
+        labels: BTreeMap<String, String>,
+        ts_ms: i64,
+    ) -> Option<Arc<ContainerRef>> {
+        let known = self.by_id.get(id).map(|e| Arc::clone(&e.cref));
+        let Some(image) = image.or_else(|| known.as_ref().map(|k| k.image.clone())) else {
+            return None;
+        };
+        let same_image = known.as_ref().is_some_and(|k| k.image == image);
+        let c = ContainerRef {
+            id: id.to_owned(),
+            name: name.or_else(|| known.as_ref().and_then(|k| k.name.clone())),
+            image_digest: image_digest.or_else(|| {
+                known
+                    .as_ref()
+                    .filter(|_| same_image)
+                    .and_then(|k| k.image_digest.clone())
+            }),
+            image,
+            labels: if labels.is_empty() {
+                known.as_ref().map(|k| k.labels.clone()).unwrap_or_default()
+            } else {
+                labels
+            },
+            host: known.as_ref().and_then(|k| k.host.clone()),
+        };
+        Some(self.upsert(c, ts_ms))
+    }
+
+    /// Forgets containers not seen since `before_ms`, and the oldest ones beyond `max`.
+    pub(crate) fn evict(&mut self, before_ms: i64, max: usize) -> usize {
+        let n0 = self.by_id.len();
+        self.by_id.retain(|_, e| e.last_seen_ms >= before_ms);
+        if self.by_id.len() > max {
+            let mut seen: Vec<i64> = self.by_id.values().map(|e| e.last_seen_ms).collect();
+            let cut = seen.len() - max;
+            seen.select_nth_unstable(cut);
+            let threshold = seen[cut];
+            self.by_id.retain(|_, e| e.last_seen_ms >= threshold);
+        }
+        let by_id = &self.by_id;
+        self.short.retain(|_, full| by_id.contains_key(full));
+        n0 - self.by_id.len()
+    }
+}
