@@ -1,0 +1,174 @@
+//! [`GroupBaseline`]: everything learned about one peer group.
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::categorical::ItemCatalog;
+use crate::numeric::FeatureBaseline;
+use crate::BaselineConfig;
+
+/// Where a group's baseline stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Too little history to score numeric features; items are learned silently.
+    Warmup,
+    /// Numeric features are scored; unseen items are learned, and only items that one
+    /// replica shows and its siblings do not are suspect.
+    Learning,
+    /// Everything is scored; an item never seen in the group is novel.
+    Locked,
+}
+
+impl Phase {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Warmup => "warmup",
+            Phase::Learning => "learning",
+            Phase::Locked => "locked",
+        }
+    }
+}
+
+/// The baseline of one peer group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupBaseline {
+    /// The peer-group key.
+    pub key: String,
+    /// The image repository (without tag or digest), to recognise rollouts.
+    pub repository: String,
+    /// When the group was first seen.
+    pub created_ms: i64,
+    /// When learning (re)started: creation, or the rollout that created this digest.
+    pub learning_since_ms: i64,
+    /// The group this one inherited its baseline from, after a rollout.
+    pub inherited_from: Option<String>,
+    /// Latest event time that updated the baseline.
+    pub updated_ms: i64,
+    features: Vec<(String, FeatureBaseline)>,
+    #[serde(skip)]
+    index: FxHashMap<String, usize>,
+    /// Categorical items with their replica support.
+    pub items: ItemCatalog,
+}
+
+impl PartialEq for GroupBaseline {
+    /// Equal when the learned state is equal; the name index is derived.
+    fn eq(&self, o: &Self) -> bool {
+        self.key == o.key
+            && self.repository == o.repository
+            && self.created_ms == o.created_ms
+            && self.learning_since_ms == o.learning_since_ms
+            && self.inherited_from == o.inherited_from
+            && self.updated_ms == o.updated_ms
+            && self.features == o.features
+            && self.items == o.items
+    }
+}
+
+impl GroupBaseline {
+    /// A new, empty baseline.
+    pub fn new(key: impl Into<String>, repository: impl Into<String>, now_ms: i64) -> Self {
+        Self {
+            key: key.into(),
+            repository: repository.into(),
+            created_ms: now_ms,
+            learning_since_ms: now_ms,
+            inherited_from: None,
+            updated_ms: now_ms,
+            features: Vec::new(),
+            index: FxHashMap::default(),
+            items: ItemCatalog::default(),
+        }
+    }
+
+    /// A baseline for a new digest of the same repository, starting from this one:
+    /// everything learned is kept, and learning restarts, so a rollout whose replicas all
+    /// change together is learned rather than alerted on.
+    pub fn inherit(&self, key: impl Into<String>, now_ms: i64) -> Self {
+        let mut g = self.clone();
+        g.key = key.into();
+        g.inherited_from = Some(self.key.clone());
+        g.created_ms = now_ms;
+        g.learning_since_ms = now_ms;
+        g.updated_ms = now_ms;
+        g
+    }
+
+    /// The phase at event time `now_ms`.
+    pub fn phase(&self, now_ms: i64, cfg: &BaselineConfig) -> Phase {
+        let age = now_ms - self.learning_since_ms;
+        if age < cfg.warmup_ms {
+            Phase::Warmup
+        } else if age < cfg.learning_period_ms {
+            Phase::Learning
+        } else {
+            Phase::Locked
+        }
+    }
+
+    /// The baseline of feature `name`, created on first use. `None` once the group holds
+    /// `cfg.max_features` features: a producer inventing metric names cannot grow it.
+    pub fn feature_mut(&mut self, name: &str, cfg: &BaselineConfig) -> Option<&mut FeatureBaseline> {
+        if self.index.len() != self.features.len() {
+            self.reindex();
+        }
+        let i = match self.index.get(name) {
+            Some(i) => *i,
+            None => {
+                if self.features.len() >= cfg.max_features {
+                    return None;
+                }
+                self.features
+                    .push((name.to_owned(), FeatureBaseline::new(name, cfg.half_life_ms)));
+                self.index.insert(name.to_owned(), self.features.len() - 1);
+                self.features.len() - 1
+            }
+        };
+        self.features.get_mut(i).map(|(_, f)| f)
+    }
+
+    /// The baseline of feature `name`, if learned.
+    pub fn feature(&self, name: &str) -> Option<&FeatureBaseline> {
+        self.features.iter().find(|(n, _)| n == name).map(|(_, f)| f)
+    }
+
+    /// Feature names learned, in first-seen order.
+    pub fn feature_names(&self) -> impl Iterator<Item = &str> {
+        self.features.iter().map(|(n, _)| n.as_str())
+    }
+
+    fn reindex(&mut self) {
+        self.index = self
+            .features
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n.clone(), i))
+            .collect();
+    }
+
+    /// Merges another baseline of the same group (a retrained or a peer worker's
+    /// snapshot): numeric sketches and item catalogs are united; the earlier creation and
+    /// learning start win, so a locked baseline stays locked.
+    pub fn merge(&mut self, other: &GroupBaseline, cfg: &BaselineConfig) {
+        self.created_ms = self.created_ms.min(other.created_ms);
+        self.learning_since_ms = self.learning_since_ms.min(other.learning_since_ms);
+        self.updated_ms = self.updated_ms.max(other.updated_ms);
+        for (name, f) in &other.features {
+            if let Some(mine) = self.feature_mut(name, cfg) {
+                mine.merge(f);
+            }
+        }
+        self.items.merge(&other.items);
+    }
+
+    /// Heap bytes held, roughly (for the memory budget).
+    pub fn heap_bytes(&self) -> usize {
+        self.features
+            .iter()
+            .map(|(n, f)| n.capacity() + f.heap_bytes() + std::mem::size_of::<FeatureBaseline>())
+            .sum::<usize>()
+            + self.items.heap_bytes()
+    }
+}

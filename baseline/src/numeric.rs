@@ -1,0 +1,103 @@
+//! Numeric behaviour of one feature in one peer group, learned from all replicas.
+
+use serde::{Deserialize, Serialize};
+
+use crate::sketch::{Summary, Tails, TailSketch};
+
+/// Three views of one feature, each a [`TailSketch`]:
+/// - `values`: the raw values of every replica (the group's own history; multi-modal
+///   groups keep every mode, so switching mode is not a deviation);
+/// - `peer_dev`: how far a replica usually sits from its live peers' median, relative to
+///   that median (the group's typical spread between replicas, scale-free so a fleet-wide
+///   surge does not widen it);
+/// - `steps`: the size of a replica's change between consecutive samples (jumps and
+///   variance changes within the usual range).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FeatureBaseline {
+    /// Raw values.
+    pub values: TailSketch,
+    /// Relative deviation from live peers.
+    pub peer_dev: TailSketch,
+    /// Absolute change between consecutive samples of a replica.
+    pub steps: TailSketch,
+    /// Smallest meaningful difference in this feature's unit (its resolution).
+    pub resolution: f64,
+}
+
+impl FeatureBaseline {
+    /// A fresh baseline for the feature `name`.
+    pub fn new(name: &str, half_life_ms: i64) -> Self {
+        Self {
+            values: TailSketch::new(half_life_ms),
+            peer_dev: TailSketch::new(half_life_ms),
+            steps: TailSketch::new(half_life_ms),
+            resolution: resolution_of(name),
+        }
+    }
+
+    /// The floor for tail widths of the raw values: the feature's resolution, or a small
+    /// share of its usual spread, whichever is larger.
+    pub fn value_floor(&mut self) -> f64 {
+        let r = self.resolution;
+        match self.values.summary() {
+            Some(s) => r.max(0.05 * (s.q90 - s.q10)).max(1e-3 * s.q50.abs()),
+            None => r,
+        }
+    }
+
+    /// Surprise of a raw value against the group's history (both tails).
+    pub fn value_surprise(&mut self, x: f64) -> f64 {
+        let floor = self.value_floor();
+        self.values.surprise(x, Tails::Both, floor)
+    }
+
+    /// Surprise of a step (absolute change since the replica's previous sample).
+    pub fn step_surprise(&mut self, dx: f64) -> f64 {
+        let floor = self.value_floor();
+        self.steps.surprise(dx, Tails::Upper, floor)
+    }
+
+    /// Surprise of a relative deviation from live peers. Deviations within a tenth of the
+    /// peers' level are never surprising on their own.
+    pub fn peer_surprise(&mut self, rel_dev: f64) -> f64 {
+        self.peer_dev.surprise(rel_dev, Tails::Both, 0.1)
+    }
+
+    /// The expected range of raw values (1st to 99th percentile), for explanations.
+    pub fn expected_range(&mut self) -> Option<(f64, f64)> {
+        self.values.summary().map(|s: Summary| (s.q01, s.q99))
+    }
+
+    /// Effective number of raw values learned.
+    pub fn samples(&self) -> f64 {
+        self.values.count()
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.values.heap_bytes() + self.peer_dev.heap_bytes() + self.steps.heap_bytes()
+    }
+
+    /// Merges another baseline of the same feature.
+    pub fn merge(&mut self, other: &FeatureBaseline) {
+        self.values.merge(&other.values);
+        self.peer_dev.merge(&other.peer_dev);
+        self.steps.merge(&other.steps);
+    }
+}
+
+/// The resolution of herd's own features: differences smaller than this are noise of
+/// the measurement itself (one hundredth of a core, a mebibyte, a kilobyte per second,
+/// one pid). Other metrics get no absolute floor; a relative one applies.
+pub fn resolution_of(name: &str) -> f64 {
+    use herd_ingest::model::metric::*;
+    match name {
+        CPU_CORES => 0.01,
+        MEM_BYTES => 1_048_576.0,
+        MEM_LIMIT_RATIO => 0.01,
+        NET_RX_BPS | NET_TX_BPS | BLK_READ_BPS | BLK_WRITE_BPS => 1024.0,
+        NET_RX_PPS | NET_TX_PPS => 1.0,
+        PIDS => 1.0,
+        _ => 1e-9,
+    }
+}

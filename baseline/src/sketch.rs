@@ -1,0 +1,497 @@
+//! [`TailSketch`]: a decaying, mergeable quantile sketch with a calibrated tail.
+//!
+//! Values go into logarithmic buckets (relative accuracy [`REL_ACCURACY`], as in
+//! DDSketch), positive and negative stores apart, with an exact zero bucket. Older
+//! observations fade with an event-time half-life, so a baseline follows slow drift. The
+//! sketch answers quantiles, and the probability of a value at least as extreme as `x`:
+//! inside the observed range from the buckets; beyond the 90th/10th percentile from an
+//! exponential tail fitted to the 90→99 % decay (a peaks-over-threshold model with shape
+//! 0), so a value far outside everything seen still gets a finite, comparable
+//! probability. Scores built on it are `-log10(p)`: "how many decades rarer than usual".
+
+use serde::{Deserialize, Serialize};
+
+/// Relative accuracy of bucket boundaries (2 %): ~58 buckets per decade of values.
+pub const REL_ACCURACY: f64 = 0.02;
+/// Values closer to zero than this share the zero bucket.
+const MIN_MAGNITUDE: f64 = 1e-9;
+/// Most buckets per store before the lowest magnitudes are collapsed together.
+const MAX_BUCKETS: usize = 1024;
+/// Weights are stored pre-scaled by 2^(t/half_life); rescale before they overflow.
+const RESCALE_AT: f64 = 1e100;
+
+fn gamma_ln() -> f64 {
+    ((1.0 + REL_ACCURACY) / (1.0 - REL_ACCURACY)).ln()
+}
+
+/// Contiguous buckets `offset..offset+counts.len()` of one sign.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+struct Store {
+    offset: i32,
+    counts: Vec<f64>,
+}
+
+impl Store {
+    fn add(&mut self, idx: i32, w: f64) {
+        if self.counts.is_empty() {
+            self.offset = idx;
+            self.counts.push(w);
+            return;
+        }
+        if idx < self.offset {
+            let grow = (self.offset - idx) as usize;
+            if self.counts.len() + grow > MAX_BUCKETS {
+                // Collapse: the lowest magnitudes share the lowest bucket.
+                self.counts[0] += w;
+                return;
+            }
+            let mut v = vec![0.0; grow];
+            v.extend_from_slice(&self.counts);
+            self.counts = v;
+            self.offset = idx;
+        }
+        let pos = (idx - self.offset) as usize;
+        if pos >= self.counts.len() {
+            self.counts.resize(pos + 1, 0.0);
+        }
+        self.counts[pos] += w;
+        if self.counts.len() > MAX_BUCKETS {
+            let excess = self.counts.len() - MAX_BUCKETS;
+            let folded: f64 = self.counts.drain(..excess).sum();
+            self.counts[0] += folded;
+            self.offset += excess as i32;
+        }
+    }
+
+    fn scale(&mut self, f: f64) {
+        self.counts.iter_mut().for_each(|c| *c *= f);
+    }
+
+    fn merge(&mut self, other: &Store) {
+        for (i, c) in other.counts.iter().enumerate() {
+            if *c > 0.0 {
+                self.add(other.offset + i as i32, *c);
+            }
+        }
+    }
+}
+
+/// The decaying sketch. See the module documentation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TailSketch {
+    pos: Store,
+    neg: Store,
+    zero: f64,
+    /// Sum of stored (pre-scaled) weights.
+    total: f64,
+    /// Event time the stored weights are relative to.
+    ref_ms: i64,
+    /// Latest event time inserted.
+    last_ms: i64,
+    half_life_ms: i64,
+    /// Cached quantiles (q01, q10, q50, q90, q99), refreshed every few inserts.
+    #[serde(skip)]
+    cache: Option<Summary>,
+    #[serde(skip)]
+    since_cache: u32,
+}
+
+impl PartialEq for TailSketch {
+    /// Equal when the learned state is equal; the quantile cache is not state.
+    fn eq(&self, o: &Self) -> bool {
+        self.pos == o.pos
+            && self.neg == o.neg
+            && self.zero == o.zero
+            && self.total == o.total
+            && self.ref_ms == o.ref_ms
+            && self.last_ms == o.last_ms
+            && self.half_life_ms == o.half_life_ms
+    }
+}
+
+/// Cached quantiles of a sketch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Summary {
+    /// 1st percentile.
+    pub q01: f64,
+    /// 10th percentile.
+    pub q10: f64,
+    /// Median.
+    pub q50: f64,
+    /// 90th percentile.
+    pub q90: f64,
+    /// 99th percentile.
+    pub q99: f64,
+}
+
+/// Which tails count as surprising.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tails {
+    /// Only values above the usual (rates, counts of bad things).
+    Upper,
+    /// Both directions.
+    Both,
+}
+
+impl TailSketch {
+    /// An empty sketch whose weights halve every `half_life_ms` of event time.
+    pub fn new(half_life_ms: i64) -> Self {
+        Self {
+            pos: Store::default(),
+            neg: Store::default(),
+            zero: 0.0,
+            total: 0.0,
+            ref_ms: i64::MIN,
+            last_ms: i64::MIN,
+            half_life_ms: half_life_ms.max(1),
+            cache: None,
+            since_cache: 0,
+        }
+    }
+
+    fn index(x: f64) -> i32 {
+        (x.abs().ln() / gamma_ln()).ceil() as i32
+    }
+
+    fn value_of(idx: i32) -> f64 {
+        // The bucket's midpoint in relative terms (DDSketch's estimator).
+        let g = gamma_ln().exp();
+        2.0 * (idx as f64 * gamma_ln()).exp() / (1.0 + g)
+    }
+
+    fn weight_at(&self, ts_ms: i64) -> f64 {
+        ((ts_ms - self.ref_ms) as f64 / self.half_life_ms as f64).exp2()
+    }
+
+    /// Adds `x` observed at `ts_ms` with weight `w` (1 = one ordinary observation).
+    /// Non-finite values are ignored.
+    pub fn insert(&mut self, x: f64, ts_ms: i64, w: f64) {
+        if !x.is_finite() || !w.is_finite() || w <= 0.0 {
+            return;
+        }
+        if self.ref_ms == i64::MIN {
+            self.ref_ms = ts_ms;
+        }
+        self.last_ms = self.last_ms.max(ts_ms);
+        let mut scaled = w * self.weight_at(ts_ms);
+        if scaled > RESCALE_AT {
+            let f = 1.0 / self.weight_at(ts_ms);
+            self.rescale(f);
+            self.ref_ms = ts_ms;
+            scaled = w;
+        }
+        if x.abs() < MIN_MAGNITUDE {
+            self.zero += scaled;
+        } else if x > 0.0 {
+            self.pos.add(Self::index(x), scaled);
+        } else {
+            self.neg.add(Self::index(x), scaled);
+        }
+        self.total += scaled;
+        self.since_cache += 1;
+        if self.since_cache >= 32 {
+            self.cache = None;
+        }
+    }
+
+    fn rescale(&mut self, f: f64) {
+        self.pos.scale(f);
+        self.neg.scale(f);
+        self.zero *= f;
+        self.total *= f;
+    }
+
+    /// Effective number of observations (decayed) as of the latest insert.
+    pub fn count(&self) -> f64 {
+        if self.total <= 0.0 {
+            return 0.0;
+        }
+        self.total / self.weight_at(self.last_ms)
+    }
+
+    /// Latest event time inserted, if any.
+    pub fn last_ms(&self) -> Option<i64> {
+        (self.last_ms != i64::MIN).then_some(self.last_ms)
+    }
+
+    /// The `q` quantile (0..=1), or `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.total <= 0.0 {
+            return None;
+        }
+        let target = q.clamp(0.0, 1.0) * self.total;
+        let mut acc = 0.0;
+        for (i, c) in self.neg.counts.iter().enumerate().rev() {
+            acc += c;
+            if acc >= target && *c > 0.0 {
+                return Some(-Self::value_of(self.neg.offset + i as i32));
+            }
+        }
+        acc += self.zero;
+        if acc >= target && self.zero > 0.0 {
+            return Some(0.0);
+        }
+        for (i, c) in self.pos.counts.iter().enumerate() {
+            acc += c;
+            if acc >= target && *c > 0.0 {
+                return Some(Self::value_of(self.pos.offset + i as i32));
+            }
+        }
+        // Rounding: the largest value.
+        self.pos
+            .counts
+            .iter()
+            .rposition(|c| *c > 0.0)
+            .map(|i| Self::value_of(self.pos.offset + i as i32))
+            .or(Some(0.0))
+    }
+
+    /// The cached quantile summary (recomputed at most every 32 inserts).
+    pub fn summary(&mut self) -> Option<Summary> {
+        if self.cache.is_none() {
+            self.cache = self.compute_summary();
+            self.since_cache = 0;
+        }
+        self.cache
+    }
+
+    /// The quantile summary without touching the cache.
+    pub fn compute_summary(&self) -> Option<Summary> {
+        Some(Summary {
+            q01: self.quantile(0.01)?,
+            q10: self.quantile(0.10)?,
+            q50: self.quantile(0.50)?,
+            q90: self.quantile(0.90)?,
+            q99: self.quantile(0.99)?,
+        })
+    }
+
+    /// Surprise of `x`: `-log10` of the probability of a value at least as extreme, in
+    /// the tails selected. `floor` is the smallest meaningful difference for this series
+    /// (its resolution): tails are never modelled narrower than that. Returns 0 for an
+    /// empty sketch.
+    pub fn surprise(&mut self, x: f64, tails: Tails, floor: f64) -> f64 {
+        let Some(s) = self.summary() else {
+            return 0.0;
+        };
+        let upper = if x > s.q90 {
+            // Exponential tail through (q90, 0.1) decaying like the 90→99 % stretch.
+            let beta = ((s.q99 - s.q90) / std::f64::consts::LN_10).max(floor);
+            let p_exp = 0.1 * (-(x - s.q90) / beta).exp();
+            let p = if x <= s.q99 {
+                p_exp.max(self.upper_fraction(x))
+            } else {
+                p_exp
+            };
+            -p.max(f64::MIN_POSITIVE).log10()
+        } else {
+            0.0
+        };
+        if tails == Tails::Upper {
+            return upper;
+        }
+        let lower = if x < s.q10 {
+            let beta = ((s.q10 - s.q01) / std::f64::consts::LN_10).max(floor);
+            let p_exp = 0.1 * (-(s.q10 - x) / beta).exp();
+            let p = if x >= s.q01 {
+                p_exp.max(self.lower_fraction(x))
+            } else {
+                p_exp
+            };
+            -p.max(f64::MIN_POSITIVE).log10()
+        } else {
+            0.0
+        };
+        upper.max(lower)
+    }
+
+    /// Fraction of the weight at values ≥ `x`'s bucket.
+    fn upper_fraction(&self, x: f64) -> f64 {
+        if self.total <= 0.0 {
+            return 0.0;
+        }
+        let mut acc = 0.0;
+        if x <= 0.0 {
+            return 1.0 - self.lower_fraction_strict(x);
+        }
+        let idx = Self::index(x);
+        for (i, c) in self.pos.counts.iter().enumerate().rev() {
+            if self.pos.offset + i as i32 >= idx {
+                acc += c;
+            } else {
+                break;
+            }
+        }
+        acc / self.total
+    }
+
+    fn lower_fraction_strict(&self, x: f64) -> f64 {
+        // Weight strictly below x (only used for x <= 0).
+        let mut acc = 0.0;
+        if x < 0.0 {
+            let idx = Self::index(x);
+            for (i, c) in self.neg.counts.iter().enumerate() {
+                if self.neg.offset + i as i32 > idx {
+                    acc += c;
+                }
+            }
+        } else {
+            acc = self.neg.counts.iter().sum();
+        }
+        acc / self.total
+    }
+
+    /// Fraction of the weight at values ≤ `x`'s bucket.
+    fn lower_fraction(&self, x: f64) -> f64 {
+        if self.total <= 0.0 {
+            return 0.0;
+        }
+        let neg: f64 = self.neg.counts.iter().sum();
+        let acc = if x < 0.0 {
+            let idx = Self::index(x);
+            self.neg
+                .counts
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| self.neg.offset + *i as i32 >= idx)
+                .map(|(_, c)| c)
+                .sum()
+        } else if x < MIN_MAGNITUDE {
+            neg + self.zero
+        } else {
+            let idx = Self::index(x);
+            neg + self.zero
+                + self
+                    .pos
+                    .counts
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| self.pos.offset + *i as i32 <= idx)
+                    .map(|(_, c)| c)
+                    .sum::<f64>()
+        };
+        acc / self.total
+    }
+
+    /// Merges another sketch into this one (weights brought to a common time base).
+    /// Merging is commutative and associative up to floating-point rounding.
+    pub fn merge(&mut self, other: &TailSketch) {
+        if other.total <= 0.0 {
+            return;
+        }
+        if self.total <= 0.0 {
+            let hl = self.half_life_ms;
+            *self = other.clone();
+            self.half_life_ms = hl;
+            self.cache = None;
+            return;
+        }
+        // Bring both to the earlier reference time.
+        let (mut a, mut b) = (self.clone(), other.clone());
+        let base = a.ref_ms.min(b.ref_ms);
+        let fa = ((base - a.ref_ms) as f64 / a.half_life_ms as f64).exp2();
+        let fb = ((base - b.ref_ms) as f64 / a.half_life_ms as f64).exp2();
+        a.rescale(fa);
+        b.rescale(fb);
+        a.ref_ms = base;
+        a.pos.merge(&b.pos);
+        a.neg.merge(&b.neg);
+        a.zero += b.zero;
+        a.total += b.total;
+        a.last_ms = a.last_ms.max(b.last_ms);
+        a.cache = None;
+        *self = a;
+    }
+
+    /// Bytes of heap held (for memory accounting).
+    pub fn heap_bytes(&self) -> usize {
+        (self.pos.counts.capacity() + self.neg.counts.capacity()) * std::mem::size_of::<f64>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400_000;
+
+    fn filled(values: impl IntoIterator<Item = f64>) -> TailSketch {
+        let mut s = TailSketch::new(7 * DAY);
+        for (i, v) in values.into_iter().enumerate() {
+            s.insert(v, i as i64 * 1000, 1.0);
+        }
+        s
+    }
+
+    #[test]
+    fn quantiles_are_within_relative_accuracy() {
+        let s = filled((1..=10_000).map(f64::from));
+        for (q, want) in [(0.01, 100.0), (0.5, 5000.0), (0.99, 9900.0)] {
+            let got = s.quantile(q).unwrap_or(f64::NAN);
+            assert!((got - want).abs() / want < 0.03, "q{q}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn negative_and_zero_values() {
+        let s = filled((-500..=500).map(f64::from));
+        let med = s.quantile(0.5).unwrap_or(f64::NAN);
+        assert!(med.abs() <= 2.0, "{med}");
+        assert!(s.quantile(0.01).unwrap_or(0.0) < -480.0);
+    }
+
+    #[test]
+    fn surprise_grows_with_distance_and_is_zero_inside() {
+        let mut s = filled((0..5000).map(|i| 100.0 + f64::from(i % 21) - 10.0));
+        assert_eq!(s.surprise(100.0, Tails::Both, 0.1), 0.0);
+        let near = s.surprise(115.0, Tails::Both, 0.1);
+        let far = s.surprise(200.0, Tails::Both, 0.1);
+        assert!(near < far, "{near} {far}");
+        assert!(far > 10.0);
+        assert!(s.surprise(0.0, Tails::Both, 0.1) > 10.0);
+        assert_eq!(s.surprise(0.0, Tails::Upper, 0.1), 0.0);
+    }
+
+    #[test]
+    fn decay_forgets_old_values() {
+        let mut s = TailSketch::new(100_000);
+        for i in 0..1000 {
+            s.insert(10.0, i, 1.0);
+        }
+        for i in 0..1000 {
+            s.insert(1000.0, 2_000_000 + i, 1.0);
+        }
+        // 20 half-lives later the old level weighs ~1e-6 of the new one.
+        let med = s.quantile(0.5).unwrap_or(0.0);
+        assert!((med - 1000.0).abs() < 30.0, "{med}");
+        assert!(s.count() < 1001.0 && s.count() > 990.0, "{}", s.count());
+    }
+
+    #[test]
+    fn long_streams_rescale_without_overflow() {
+        let mut s = TailSketch::new(1000);
+        for i in 0..100_000 {
+            s.insert(5.0, i * 100, 1.0);
+        }
+        assert!(s.count().is_finite());
+        assert!((s.quantile(0.5).unwrap_or(0.0) - 5.0).abs() < 0.2);
+    }
+
+    #[test]
+    fn merge_equals_inserting_everything() {
+        let a = filled((0..1000).map(f64::from));
+        let mut b = TailSketch::new(7 * DAY);
+        for i in 0..1000 {
+            b.insert(f64::from(i) * 3.0, i64::from(i) * 1000, 1.0);
+        }
+        let mut all = a.clone();
+        for i in 0..1000 {
+            all.insert(f64::from(i) * 3.0, i64::from(i) * 1000, 1.0);
+        }
+        let mut m = a;
+        m.merge(&b);
+        for q in [0.1, 0.5, 0.9] {
+            assert_eq!(m.quantile(q), all.quantile(q));
+        }
+    }
+}
