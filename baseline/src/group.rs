@@ -111,10 +111,17 @@ impl GroupBaseline {
     /// The baseline of feature `name`, created on first use. `None` once the group holds
     /// `cfg.max_features` features: a producer inventing metric names cannot grow it.
     pub fn feature_mut(&mut self, name: &str, cfg: &BaselineConfig) -> Option<&mut FeatureBaseline> {
+        let i = self.feature_slot(name, cfg)?;
+        self.features.get_mut(i).map(|(_, f)| f)
+    }
+
+    /// The slot of feature `name` (stable for the life of the baseline), created on first
+    /// use; `None` once the group holds `cfg.max_features` features.
+    pub fn feature_slot(&mut self, name: &str, cfg: &BaselineConfig) -> Option<usize> {
         if self.index.len() != self.features.len() {
             self.reindex();
         }
-        let i = match self.index.get(name) {
+        Some(match self.index.get(name) {
             Some(i) => *i,
             None => {
                 if self.features.len() >= cfg.max_features {
@@ -125,8 +132,17 @@ impl GroupBaseline {
                 self.index.insert(name.to_owned(), self.features.len() - 1);
                 self.features.len() - 1
             }
-        };
-        self.features.get_mut(i).map(|(_, f)| f)
+        })
+    }
+
+    /// The feature in `slot`, with its name.
+    pub fn feature_at_mut(&mut self, slot: usize) -> Option<(&str, &mut FeatureBaseline)> {
+        self.features.get_mut(slot).map(|(n, f)| (n.as_str(), f))
+    }
+
+    /// Number of features learned.
+    pub fn feature_count(&self) -> usize {
+        self.features.len()
     }
 
     /// The baseline of feature `name`, if learned.

@@ -1,0 +1,211 @@
+//! Live state of one peer group: its baseline, its replicas and their latest values,
+//! cached peer statistics, and items waiting for sibling corroboration.
+
+use std::sync::Arc;
+
+use herd_baseline::{replica_hash, GroupBaseline, ItemKind};
+use herd_ingest::ContainerRef;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::alert::PeerEvidence;
+use crate::calibrate::TestRate;
+use crate::DetectConfig;
+
+/// One replica (container) of a group.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Replica {
+    pub(crate) cref: Arc<ContainerRef>,
+    pub(crate) hash: u64,
+    pub(crate) last_seen_ms: i64,
+    pub(crate) alive: bool,
+    /// Latest value and its time, by feature slot.
+    pub(crate) latest: Vec<Option<(f64, i64)>>,
+    pub(crate) rate: TestRate,
+    /// Recent (re)start times, for restart loops.
+    pub(crate) restarts: Vec<i64>,
+    pub(crate) died: bool,
+}
+
+impl Replica {
+    pub(crate) fn new(cref: Arc<ContainerRef>, now_ms: i64) -> Self {
+        Self {
+            hash: replica_hash(&cref.id),
+            cref,
+            last_seen_ms: now_ms,
+            alive: true,
+            latest: Vec::new(),
+            rate: TestRate::new(now_ms),
+            restarts: Vec::new(),
+            died: false,
+        }
+    }
+}
+
+/// An item one replica showed first during learning, waiting to see whether a sibling
+/// shows it too.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Pending {
+    pub(crate) container_id: String,
+    pub(crate) kind: ItemKind,
+    pub(crate) value: String,
+    pub(crate) deadline_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PeerCache {
+    at_ms: i64,
+    stats: Option<PeerEvidence>,
+}
+
+/// The state of one group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct GroupState {
+    pub(crate) baseline: GroupBaseline,
+    pub(crate) replicas: FxHashMap<String, Replica>,
+    pub(crate) pending: Vec<Pending>,
+    pub(crate) last_seen_ms: i64,
+    #[serde(skip)]
+    peer_cache: Vec<Option<PeerCache>>,
+}
+
+impl PartialEq for GroupState {
+    fn eq(&self, o: &Self) -> bool {
+        self.baseline == o.baseline
+            && self.replicas == o.replicas
+            && self.pending == o.pending
+            && self.last_seen_ms == o.last_seen_ms
+    }
+}
+
+/// Most items pending corroboration per group; beyond it the oldest is judged early.
+const MAX_PENDING: usize = 256;
+
+impl GroupState {
+    pub(crate) fn new(baseline: GroupBaseline, now_ms: i64) -> Self {
+        Self {
+            baseline,
+            replicas: FxHashMap::default(),
+            pending: Vec::new(),
+            last_seen_ms: now_ms,
+            peer_cache: Vec::new(),
+        }
+    }
+
+    /// Live replicas: not dead, seen within the replica TTL.
+    pub(crate) fn live_count(&self, now_ms: i64, cfg: &DetectConfig) -> usize {
+        self.replicas
+            .values()
+            .filter(|r| r.alive && now_ms - r.last_seen_ms <= cfg.replica_ttl_ms)
+            .count()
+    }
+
+    /// Median and spread of the live replicas' latest values of a feature, when at least
+    /// `min_peers` replicas have a recent value. Cached for `peer_refresh_ms`.
+    pub(crate) fn peer_stats(
+        &mut self,
+        slot: usize,
+        now_ms: i64,
+        cfg: &DetectConfig,
+        scratch: &mut Vec<f64>,
+    ) -> Option<PeerEvidence> {
+        if self.peer_cache.len() <= slot {
+            self.peer_cache.resize(slot + 1, None);
+        }
+        if let Some(c) = self.peer_cache[slot]
+            && now_ms >= c.at_ms
+            && now_ms - c.at_ms < cfg.peer_refresh_ms
+        {
+            return c.stats;
+        }
+        scratch.clear();
+        for r in self.replicas.values() {
+            if !r.alive || now_ms - r.last_seen_ms > cfg.replica_ttl_ms {
+                continue;
+            }
+            if let Some(Some((v, ts))) = r.latest.get(slot)
+                && now_ms - ts <= cfg.peer_window_ms
+            {
+                scratch.push(*v);
+            }
+        }
+        let stats = (scratch.len() >= cfg.min_peers).then(|| {
+            let median = median_in_place(scratch);
+            for v in scratch.iter_mut() {
+                *v = (*v - median).abs();
+            }
+            let mad = median_in_place(scratch);
+            PeerEvidence {
+                median,
+                spread: 1.4826 * mad,
+                n: scratch.len(),
+            }
+        });
+        self.peer_cache[slot] = Some(PeerCache { at_ms: now_ms, stats });
+        stats
+    }
+
+    /// Queues an item for corroboration.
+    pub(crate) fn add_pending(&mut self, p: Pending) {
+        if self
+            .pending
+            .iter()
+            .any(|q| q.kind == p.kind && q.value == p.value && q.container_id == p.container_id)
+        {
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.remove(0);
+        }
+        self.pending.push(p);
+    }
+
+    /// Removes and returns the pending items due at `now_ms` that no sibling corroborated.
+    pub(crate) fn due_uncorroborated(&mut self, now_ms: i64) -> Vec<Pending> {
+        if self.pending.is_empty() || self.pending.iter().all(|p| p.deadline_ms > now_ms) {
+            return Vec::new();
+        }
+        let (due, keep): (Vec<_>, Vec<_>) =
+            self.pending.drain(..).partition(|p| p.deadline_ms <= now_ms);
+        self.pending = keep;
+        due.into_iter()
+            .filter(|p| {
+                self.baseline
+                    .items
+                    .get(p.kind, &p.value)
+                    .is_none_or(|s| s.support() < 2)
+            })
+            .collect()
+    }
+
+    /// Forgets replicas gone for longer than `keep_ms`.
+    pub(crate) fn evict_replicas(&mut self, now_ms: i64, keep_ms: i64) {
+        self.replicas.retain(|_, r| now_ms - r.last_seen_ms <= keep_ms);
+    }
+}
+
+/// Median of a non-empty slice (reorders it).
+fn median_in_place(v: &mut [f64]) -> f64 {
+    let n = v.len();
+    let mid = n / 2;
+    let (_, m, _) = v.select_nth_unstable_by(mid, f64::total_cmp);
+    let upper = *m;
+    if n % 2 == 1 {
+        upper
+    } else {
+        let lower = v[..mid].iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (lower + upper) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median_in_place(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median_in_place(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median_in_place(&mut [5.0]), 5.0);
+    }
+}

@@ -1,0 +1,310 @@
+//! Incidents: one per container per episode. Anomalies of a container within
+//! `incident_quiet_ms` of its previous one belong to the same incident; a line is
+//! emitted when the incident opens and whenever it learns something new (a detector, a
+//! feature, an item, a higher severity), never for a repeat of what it already said.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use herd_ingest::ContainerRef;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::alert::{Alert, Detector, FeatureEvidence, NovelEvidence, Severity};
+use crate::explain::explain;
+
+/// What one observation (or one due corroboration) found about one container.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Finding {
+    pub(crate) score: f64,
+    pub(crate) threshold: f64,
+    pub(crate) severity: Option<Severity>,
+    pub(crate) detectors: BTreeSet<Detector>,
+    pub(crate) features: Vec<FeatureEvidence>,
+    pub(crate) novel: Vec<NovelEvidence>,
+    pub(crate) events: Vec<String>,
+    pub(crate) attack: BTreeSet<String>,
+}
+
+impl Finding {
+    pub(crate) fn add(&mut self, d: Detector, sev: Severity, score: f64) {
+        self.detectors.insert(d);
+        self.severity = Some(self.severity.map_or(sev, |s| s.max(sev)));
+        self.score = self.score.max(score);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.detectors.is_empty()
+    }
+}
+
+/// Severity of a numeric deviation from how far its surprise exceeds the threshold:
+/// within 1.5 decades low, within 4 medium, beyond high.
+pub(crate) fn numeric_severity(surprise: f64, threshold: f64) -> Severity {
+    match surprise - threshold {
+        m if m < 1.5 => Severity::Low,
+        m if m < 4.0 => Severity::Medium,
+        _ => Severity::High,
+    }
+}
+
+fn family(d: Detector) -> u8 {
+    match d {
+        Detector::Peer | Detector::Baseline | Detector::Step => 0,
+        Detector::Novelty | Detector::Exec | Detector::Falco => 1,
+        Detector::Oom | Detector::RestartLoop | Detector::Privileged => 2,
+    }
+}
+
+const MAX_FEATURES: usize = 16;
+const MAX_NOVEL: usize = 32;
+const MAX_EVENTS: usize = 32;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Open {
+    id: String,
+    group: String,
+    opened_ms: i64,
+    last_ms: i64,
+    seq: u32,
+    severity: Severity,
+    score: f64,
+    threshold: f64,
+    detectors: BTreeSet<Detector>,
+    features: BTreeMap<String, FeatureEvidence>,
+    novel: Vec<NovelEvidence>,
+    events: Vec<String>,
+    attack: BTreeSet<String>,
+}
+
+/// Open incidents by container id.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Incidents {
+    open: BTreeMap<String, Open>,
+}
+
+/// A deterministic incident id: the same container and first anomaly time give the same
+/// id on every worker and after every replay.
+pub fn incident_id(container_id: &str, opened_ms: i64) -> String {
+    let mut h = Sha256::new();
+    h.update(container_id.as_bytes());
+    h.update(b"|");
+    h.update(opened_ms.to_be_bytes());
+    let d = h.finalize();
+    let mut s = String::with_capacity(20);
+    s.push_str("inc-");
+    for b in &d[..8] {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+impl Incidents {
+    pub(crate) fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Whether the container has an open incident.
+    pub(crate) fn is_open(&self, container_id: &str) -> bool {
+        self.open.contains_key(container_id)
+    }
+
+    /// Folds a finding into the container's incident; returns the line to emit, if any.
+    pub(crate) fn record(
+        &mut self,
+        c: &ContainerRef,
+        group: &str,
+        f: Finding,
+        now_ms: i64,
+        quiet_ms: i64,
+    ) -> Option<Alert> {
+        if f.is_empty() {
+            return None;
+        }
+        let sev = f.severity.unwrap_or(Severity::Low);
+        let stale = self
+            .open
+            .get(&c.id)
+            .is_some_and(|o| now_ms - o.last_ms > quiet_ms);
+        if stale {
+            self.open.remove(&c.id);
+        }
+        let mut changed = false;
+        let o = self.open.entry(c.id.clone()).or_insert_with(|| {
+            changed = true;
+            Open {
+                id: incident_id(&c.id, now_ms),
+                group: group.to_owned(),
+                opened_ms: now_ms,
+                last_ms: now_ms,
+                seq: 0,
+                severity: sev,
+                score: f.score,
+                threshold: f.threshold,
+                detectors: BTreeSet::new(),
+                features: BTreeMap::new(),
+                novel: Vec::new(),
+                events: Vec::new(),
+                attack: BTreeSet::new(),
+            }
+        });
+        let opening = changed;
+        o.last_ms = o.last_ms.max(now_ms);
+        o.score = o.score.max(f.score);
+        if f.threshold > 0.0 {
+            o.threshold = f.threshold;
+        }
+        for d in &f.detectors {
+            changed |= o.detectors.insert(*d);
+        }
+        for fe in f.features {
+            let room = o.features.len() < MAX_FEATURES;
+            match o.features.get_mut(&fe.name) {
+                Some(old) => {
+                    if fe.surprise > old.surprise {
+                        *old = fe;
+                    }
+                }
+                None if room => {
+                    o.features.insert(fe.name.clone(), fe);
+                    changed = true;
+                }
+                None => {}
+            }
+        }
+        for n in f.novel {
+            if o.novel.len() < MAX_NOVEL && !o.novel.iter().any(|x| x.kind == n.kind && x.value == n.value) {
+                o.novel.push(n);
+                changed = true;
+            }
+        }
+        for e in f.events {
+            if o.events.len() < MAX_EVENTS && !o.events.contains(&e) {
+                o.events.push(e);
+                changed = true;
+            }
+        }
+        for a in f.attack {
+            changed |= o.attack.insert(a);
+        }
+        let families: BTreeSet<u8> = o.detectors.iter().map(|d| family(*d)).collect();
+        let mut severity = o.severity.max(sev);
+        if families.len() >= 2 && severity < Severity::Critical && !o.detectors.is_empty() {
+            severity = severity.max(sev.raise());
+        }
+        if severity > o.severity {
+            o.severity = severity;
+            changed = true;
+        }
+        if !changed {
+            return None;
+        }
+        if !opening {
+            o.seq += 1;
+        }
+        Some(to_alert(o, c, now_ms))
+    }
+
+    /// Closes incidents quiet for longer than `quiet_ms`; returns how many.
+    pub(crate) fn close_quiet(&mut self, now_ms: i64, quiet_ms: i64) -> usize {
+        let n = self.open.len();
+        self.open.retain(|_, o| now_ms - o.last_ms <= quiet_ms);
+        n - self.open.len()
+    }
+}
+
+fn to_alert(o: &Open, c: &ContainerRef, now_ms: i64) -> Alert {
+    let mut features: Vec<FeatureEvidence> = o.features.values().cloned().collect();
+    features.sort_by(|a, b| b.surprise.total_cmp(&a.surprise));
+    let mut labels = BTreeMap::new();
+    for k in [
+        "io.kubernetes.pod.namespace",
+        "io.kubernetes.pod.name",
+        "io.kubernetes.container.name",
+        "com.docker.compose.service",
+    ] {
+        if let Some(v) = c.labels.get(k) {
+            labels.insert(k.to_owned(), v.clone());
+        }
+    }
+    let mut alert = Alert {
+        incident_id: o.id.clone(),
+        ts: herd_ingest::time::format_ms(now_ms),
+        seq: o.seq,
+        container_id: c.id.clone(),
+        container_name: c.display_name().to_owned(),
+        group: o.group.clone(),
+        image: c.image.clone(),
+        host: c.host.clone(),
+        severity: o.severity,
+        score: (o.score * 100.0).round() / 100.0,
+        threshold: (o.threshold * 100.0).round() / 100.0,
+        detectors: o.detectors.iter().copied().collect(),
+        explanation: String::new(),
+        features,
+        novel: o.novel.clone(),
+        events: o.events.clone(),
+        attack: o.attack.iter().cloned().collect(),
+        labels,
+    };
+    alert.explanation = explain(&alert);
+    alert
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c() -> ContainerRef {
+        ContainerRef {
+            id: "abc".into(),
+            name: Some("web-1".into()),
+            image: "shop/web:1.4".into(),
+            image_digest: None,
+            labels: BTreeMap::new(),
+            host: Some("node-1".into()),
+        }
+    }
+
+    fn finding(d: Detector, sev: Severity, feature: &str) -> Finding {
+        let mut f = Finding {
+            threshold: 5.0,
+            ..Finding::default()
+        };
+        f.add(d, sev, 7.0);
+        f.features.push(FeatureEvidence {
+            name: feature.into(),
+            value: 1.0,
+            expected: Some([0.0, 0.5]),
+            peers: None,
+            step: None,
+            surprise: 7.0,
+        });
+        f
+    }
+
+    #[test]
+    fn repeats_are_folded_and_news_are_updates() {
+        let mut inc = Incidents::default();
+        let q = 60_000;
+        let a = inc.record(&c(), "g", finding(Detector::Peer, Severity::Low, "cpu_cores"), 0, q);
+        let Some(a) = a else { panic!("no alert") };
+        assert_eq!(a.seq, 0);
+        assert_eq!(a.incident_id, incident_id("abc", 0));
+        assert!(inc.record(&c(), "g", finding(Detector::Peer, Severity::Low, "cpu_cores"), 10_000, q).is_none());
+        let u = inc.record(&c(), "g", finding(Detector::Peer, Severity::Low, "net_tx_bytes_per_s"), 20_000, q);
+        assert_eq!(u.as_ref().map(|u| (u.seq, u.incident_id.clone())), Some((1, a.incident_id.clone())));
+        // After a quiet period, a new episode is a new incident.
+        let n = inc.record(&c(), "g", finding(Detector::Peer, Severity::Low, "cpu_cores"), 200_000, q);
+        assert!(n.is_some_and(|n| n.incident_id != a.incident_id && n.seq == 0));
+    }
+
+    #[test]
+    fn independent_detector_families_raise_severity() {
+        let mut inc = Incidents::default();
+        inc.record(&c(), "g", finding(Detector::Peer, Severity::Medium, "cpu_cores"), 0, 60_000);
+        let mut f = Finding::default();
+        f.add(Detector::Novelty, Severity::High, 9.0);
+        let u = inc.record(&c(), "g", f, 1000, 60_000);
+        assert_eq!(u.map(|u| u.severity), Some(Severity::Critical));
+    }
+}
