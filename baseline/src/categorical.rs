@@ -238,7 +238,11 @@ mod tests {
     fn support_counts_distinct_replicas() {
         let mut c = ItemCatalog::default();
         let (a, b) = (replica_hash("a"), replica_hash("b"));
-        assert!(c.observe(ItemKind::Executable, "/bin/sh", a, 1, 10).stats.is_none());
+        assert!(
+            c.observe(ItemKind::Executable, "/bin/sh", a, 1, 10)
+                .stats
+                .is_none()
+        );
         let p = c.observe(ItemKind::Executable, "/bin/sh", a, 2, 10);
         assert_eq!(p.stats.map(|s| s.support()), Some(1));
         c.observe(ItemKind::Executable, "/bin/sh", b, 3, 10);
@@ -262,7 +266,10 @@ mod tests {
     #[test]
     fn normalisation_collapses_random_parts() {
         assert_eq!(normalize_item("/tmp/tmp.8f3a9c2e1d/x"), "/tmp/tmp.#/x");
-        assert_eq!(normalize_item("curl -f http://localhost:8080/health"), "curl -f http://localhost:#/health");
+        assert_eq!(
+            normalize_item("curl -f http://localhost:8080/health"),
+            "curl -f http://localhost:#/health"
+        );
         assert_eq!(normalize_item("/usr/bin/python3"), "/usr/bin/python3");
         assert_eq!(normalize_item("10.0.0.7:443"), "10.0.0.7:443");
     }

@@ -3,9 +3,9 @@
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::BaselineConfig;
 use crate::categorical::ItemCatalog;
 use crate::numeric::FeatureBaseline;
-use crate::BaselineConfig;
 
 /// Where a group's baseline stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,7 +110,11 @@ impl GroupBaseline {
 
     /// The baseline of feature `name`, created on first use. `None` once the group holds
     /// `cfg.max_features` features: a producer inventing metric names cannot grow it.
-    pub fn feature_mut(&mut self, name: &str, cfg: &BaselineConfig) -> Option<&mut FeatureBaseline> {
+    pub fn feature_mut(
+        &mut self,
+        name: &str,
+        cfg: &BaselineConfig,
+    ) -> Option<&mut FeatureBaseline> {
         let i = self.feature_slot(name, cfg)?;
         self.features.get_mut(i).map(|(_, f)| f)
     }
@@ -127,8 +131,10 @@ impl GroupBaseline {
                 if self.features.len() >= cfg.max_features {
                     return None;
                 }
-                self.features
-                    .push((name.to_owned(), FeatureBaseline::new(name, cfg.half_life_ms)));
+                self.features.push((
+                    name.to_owned(),
+                    FeatureBaseline::new(name, cfg.half_life_ms),
+                ));
                 self.index.insert(name.to_owned(), self.features.len() - 1);
                 self.features.len() - 1
             }
@@ -147,7 +153,10 @@ impl GroupBaseline {
 
     /// The baseline of feature `name`, if learned.
     pub fn feature(&self, name: &str) -> Option<&FeatureBaseline> {
-        self.features.iter().find(|(n, _)| n == name).map(|(_, f)| f)
+        self.features
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, f)| f)
     }
 
     /// Feature names learned, in first-seen order.

@@ -21,10 +21,10 @@ pub mod snapshot;
 
 use serde::{Deserialize, Serialize};
 
-pub use categorical::{normalize_item, replica_hash, ItemCatalog, ItemKind, ItemStats, Prior};
+pub use categorical::{ItemCatalog, ItemKind, ItemStats, Prior, normalize_item, replica_hash};
 pub use group::{GroupBaseline, Phase};
 pub use numeric::FeatureBaseline;
-pub use sketch::{Summary, Tails, TailSketch};
+pub use sketch::{Summary, TailSketch, Tails};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

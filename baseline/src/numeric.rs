@@ -2,14 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::sketch::{Summary, Tails, TailSketch};
+use crate::sketch::{Summary, TailSketch, Tails};
 
 /// Three views of one feature, each a [`TailSketch`]:
 /// - `values`: the raw values of every replica (the group's own history; multi-modal
 ///   groups keep every mode, so switching mode is not a deviation);
-/// - `peer_dev`: how far a replica usually sits from its live peers' median, relative to
-///   that median (the group's typical spread between replicas, scale-free so a fleet-wide
-///   surge does not widen it);
+/// - `peer_dev`: how far a replica usually sits from its live peers' median, as a
+///   difference of [`slog`]s (the group's typical spread between replicas, scale-free so a
+///   fleet-wide surge does not widen it);
 /// - `steps`: the size of a replica's change between consecutive samples (jumps and
 ///   variance changes within the usual range).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -57,10 +57,11 @@ impl FeatureBaseline {
         self.steps.surprise(dx, Tails::Upper, floor)
     }
 
-    /// Surprise of a relative deviation from live peers. Deviations within a tenth of the
-    /// peers' level are never surprising on their own.
-    pub fn peer_surprise(&mut self, rel_dev: f64) -> f64 {
-        self.peer_dev.surprise(rel_dev, Tails::Both, 0.1)
+    /// Surprise of a deviation from live peers (a [`slog`] difference). The tail is never
+    /// modelled narrower than 0.02 (2 % of the peers' level): the resolution of a peer
+    /// comparison.
+    pub fn peer_surprise(&mut self, dev: f64) -> f64 {
+        self.peer_dev.surprise(dev, Tails::Both, 0.02)
     }
 
     /// The expected range of raw values (1st to 99th percentile), for explanations.
@@ -84,6 +85,14 @@ impl FeatureBaseline {
         self.peer_dev.merge(&other.peer_dev);
         self.steps.merge(&other.steps);
     }
+}
+
+/// Signed logarithm with resolution `res`: `sign(v)·ln(1 + |v|/res)`. Differences of it
+/// are log-ratios for values well above the resolution and linear near zero, so a peer
+/// comparison is scale-free (a fleet-wide surge does not widen it) without dividing by a
+/// level that may be zero.
+pub fn slog(v: f64, res: f64) -> f64 {
+    v.signum() * (v.abs() / res.max(1e-12)).ln_1p()
 }
 
 /// The resolution of herd's own features: differences smaller than this are noise of

@@ -4,9 +4,10 @@
 //! DDSketch), positive and negative stores apart, with an exact zero bucket. Older
 //! observations fade with an event-time half-life, so a baseline follows slow drift. The
 //! sketch answers quantiles, and the probability of a value at least as extreme as `x`:
-//! inside the observed range from the buckets; beyond the 90th/10th percentile from an
-//! exponential tail fitted to the 90→99 % decay (a peaks-over-threshold model with shape
-//! 0), so a value far outside everything seen still gets a finite, comparable
+//! from the buckets where data was seen, and beyond the 99th (or below the 1st)
+//! percentile from an exponential tail anchored there with the slope of the 99→99.9 %
+//! stretch (a peaks-over-threshold model with shape 0), never rarer than the buckets
+//! say. A value far outside everything seen still gets a finite, comparable
 //! probability. Scores built on it are `-log10(p)`: "how many decades rarer than usual".
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,10 @@ pub const REL_ACCURACY: f64 = 0.02;
 const MIN_MAGNITUDE: f64 = 1e-9;
 /// Most buckets per store before the lowest magnitudes are collapsed together.
 const MAX_BUCKETS: usize = 1024;
+/// The empirical tail is trusted only where it holds this many (decayed) observations;
+/// thinner tails come from the model, so a few down-weighted anomalies cannot make the
+/// next attack of the same size look ordinary.
+const MIN_EMPIRICAL_MASS: f64 = 2.0;
 /// Weights are stored pre-scaled by 2^(t/half_life); rescale before they overflow.
 const RESCALE_AT: f64 = 1e100;
 
@@ -89,7 +94,7 @@ pub struct TailSketch {
     /// Latest event time inserted.
     last_ms: i64,
     half_life_ms: i64,
-    /// Cached quantiles (q01, q10, q50, q90, q99), refreshed every few inserts.
+    /// Cached quantiles (q001 … q999), refreshed every few inserts.
     #[serde(skip)]
     cache: Option<Summary>,
     #[serde(skip)]
@@ -112,6 +117,8 @@ impl PartialEq for TailSketch {
 /// Cached quantiles of a sketch.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Summary {
+    /// 0.1th percentile.
+    pub q001: f64,
     /// 1st percentile.
     pub q01: f64,
     /// 10th percentile.
@@ -122,6 +129,8 @@ pub struct Summary {
     pub q90: f64,
     /// 99th percentile.
     pub q99: f64,
+    /// 99.9th percentile.
+    pub q999: f64,
 }
 
 /// Which tails count as surprising.
@@ -258,32 +267,43 @@ impl TailSketch {
     /// The quantile summary without touching the cache.
     pub fn compute_summary(&self) -> Option<Summary> {
         Some(Summary {
+            q001: self.quantile(0.001)?,
             q01: self.quantile(0.01)?,
             q10: self.quantile(0.10)?,
             q50: self.quantile(0.50)?,
             q90: self.quantile(0.90)?,
             q99: self.quantile(0.99)?,
+            q999: self.quantile(0.999)?,
         })
     }
 
     /// Surprise of `x`: `-log10` of the probability of a value at least as extreme, in
-    /// the tails selected. `floor` is the smallest meaningful difference for this series
-    /// (its resolution): tails are never modelled narrower than that. Returns 0 for an
-    /// empty sketch.
+    /// the tails selected. Inside the 1st–99th percentile band it is the empirical tail
+    /// fraction (at most 2 decades); beyond it, the larger of the empirical fraction and
+    /// an exponential tail anchored at the 99th percentile whose slope is the 99→99.9 %
+    /// stretch (so a second mode below the 99th percentile does not widen the tail).
+    /// `floor` is the smallest meaningful difference for this series (its resolution):
+    /// tails are never modelled narrower than that. Returns 0 for an empty sketch.
     pub fn surprise(&mut self, x: f64, tails: Tails, floor: f64) -> f64 {
         let Some(s) = self.summary() else {
             return 0.0;
         };
+        let to_surprise = |p: f64| -p.clamp(f64::MIN_POSITIVE, 1.0).log10();
+        // The 99.9th percentile needs about a thousand observations; with fewer the
+        // slope is widened accordingly rather than trusted.
+        let widen = (1.0 + 1000.0 / self.count().max(1.0)).sqrt();
+        let min_fraction = MIN_EMPIRICAL_MASS / self.count().max(MIN_EMPIRICAL_MASS);
+        let trusted = |f: f64| if f >= min_fraction { f } else { 0.0 };
         let upper = if x > s.q90 {
-            // Exponential tail through (q90, 0.1) decaying like the 90→99 % stretch.
-            let beta = ((s.q99 - s.q90) / std::f64::consts::LN_10).max(floor);
-            let p_exp = 0.1 * (-(x - s.q90) / beta).exp();
-            let p = if x <= s.q99 {
-                p_exp.max(self.upper_fraction(x))
+            let empirical = trusted(self.upper_fraction(x));
+            let model = if x > s.q99 {
+                let beta = ((s.q999 - s.q99) / std::f64::consts::LN_10).max(floor) * widen;
+                0.01 * (-(x - s.q99) / beta).exp()
             } else {
-                p_exp
+                0.01
             };
-            -p.max(f64::MIN_POSITIVE).log10()
+            let p = empirical.max(model);
+            to_surprise(p)
         } else {
             0.0
         };
@@ -291,14 +311,15 @@ impl TailSketch {
             return upper;
         }
         let lower = if x < s.q10 {
-            let beta = ((s.q10 - s.q01) / std::f64::consts::LN_10).max(floor);
-            let p_exp = 0.1 * (-(s.q10 - x) / beta).exp();
-            let p = if x >= s.q01 {
-                p_exp.max(self.lower_fraction(x))
+            let empirical = trusted(self.lower_fraction(x));
+            let model = if x < s.q01 {
+                let beta = ((s.q01 - s.q001) / std::f64::consts::LN_10).max(floor) * widen;
+                0.01 * (-(s.q01 - x) / beta).exp()
             } else {
-                p_exp
+                0.01
             };
-            -p.max(f64::MIN_POSITIVE).log10()
+            let p = empirical.max(model);
+            to_surprise(p)
         } else {
             0.0
         };

@@ -54,7 +54,8 @@ mod tests {
         let mut g = GroupBaseline::new("shop/web@sha256:aa", "shop/web", 0);
         if let Some(f) = g.feature_mut("cpu_cores", &cfg) {
             for i in 0..100 {
-                f.values.insert(f64::from(i) / 100.0, i64::from(i) * 1000, 1.0);
+                f.values
+                    .insert(f64::from(i) / 100.0, i64::from(i) * 1000, 1.0);
             }
         }
         g.items.observe(ItemKind::Executable, "/bin/sh", 7, 5, 10);

@@ -1,6 +1,6 @@
 //! Baseline invariants: restore(snapshot(s)) behaves like s; merging is associative.
 
-use herd_baseline::{snapshot, BaselineConfig, GroupBaseline, ItemKind, TailSketch, Tails};
+use herd_baseline::{BaselineConfig, GroupBaseline, ItemKind, TailSketch, Tails, snapshot};
 use proptest::prelude::*;
 
 fn group_from(samples: &[(f64, u32)], items: &[(u8, u8)]) -> GroupBaseline {

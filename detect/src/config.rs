@@ -85,13 +85,22 @@ impl DetectConfig {
         if !(self.false_alerts_per_container_day > 0.0
             && self.false_alerts_per_container_day.is_finite())
         {
-            return bad("detect.false_alerts_per_container_day", "must be a positive number");
+            return bad(
+                "detect.false_alerts_per_container_day",
+                "must be a positive number",
+            );
         }
         if self.min_peers < 3 {
-            return bad("detect.min_peers", "must be at least 3 (a median of two is no peer vote)");
+            return bad(
+                "detect.min_peers",
+                "must be at least 3 (a median of two is no peer vote)",
+            );
         }
         if self.peer_window_ms <= 0 || self.replica_ttl_ms < self.peer_window_ms {
-            return bad("detect.replica_ttl_ms", "must be at least detect.peer_window_ms (> 0)");
+            return bad(
+                "detect.replica_ttl_ms",
+                "must be at least detect.peer_window_ms (> 0)",
+            );
         }
         if self.baseline.learning_period_ms < self.baseline.warmup_ms {
             return bad(

@@ -4,15 +4,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use herd_baseline::numeric::slog;
 use herd_baseline::{GroupBaseline, ItemKind, Phase};
 use herd_ingest::{ContainerRef, Event, Observation, Payload};
 use serde::{Deserialize, Serialize};
 
 use crate::alert::{Alert, Detector, FeatureEvidence, NovelEvidence, Severity};
 use crate::calibrate;
-use crate::group::{GroupState, Pending, Replica};
-use crate::incident::{numeric_severity, Finding, Incidents};
-use crate::novelty::{attack_ids, falco_rank, items_of, judge, Verdict};
+use crate::group::{GroupState, Latest, Pending, Replica};
+use crate::incident::{Finding, Incidents, numeric_severity};
+use crate::novelty::{Verdict, attack_ids, falco_rank, items_of, judge};
 use crate::{DetectConfig, Error, Result};
 
 /// Snapshot format of the whole engine.
@@ -20,6 +21,10 @@ const FORMAT: u32 = 1;
 
 /// Steps further apart than this are not steps: the series had a gap.
 const MAX_STEP_GAP_MS: i64 = 30 * 60_000;
+
+/// The peers' median is outside the history's central 10–90 % band: the fleet itself
+/// moved, and only a deviation from the peers counts.
+const FLEET_SHIFT_SURPRISE: f64 = 1.0;
 
 /// Housekeeping (evictions, closing quiet incidents) every this many observations.
 const HOUSEKEEPING_EVERY: u32 = 4096;
@@ -144,10 +149,19 @@ impl Engine {
         let phase = group.baseline.phase(now, &cfg.baseline);
         let mut finding = Finding::default();
         match &obs.payload {
-            Payload::Metrics(m) => {
-                score_metrics(group, &obs.container.id, m, now, phase, cfg, &mut self.scratch, &mut finding)
+            Payload::Metrics(m) => score_metrics(
+                group,
+                &obs.container.id,
+                m,
+                now,
+                phase,
+                cfg,
+                &mut self.scratch,
+                &mut finding,
+            ),
+            Payload::Event(e) => {
+                score_event(group, &obs.container.id, e, now, phase, cfg, &mut finding)
             }
-            Payload::Event(e) => score_event(group, &obs.container.id, e, now, phase, cfg, &mut finding),
         }
         group.baseline.updated_ms = group.baseline.updated_ms.max(now);
         let due = group.due_uncorroborated(now);
@@ -158,7 +172,8 @@ impl Engine {
                 let Some(r) = group.replicas.get(&p.container_id) else {
                     continue;
                 };
-                let threshold = calibrate::threshold(r.rate.per_day(), cfg.false_alerts_per_container_day);
+                let threshold =
+                    calibrate::threshold(r.rate.per_day(), cfg.false_alerts_per_container_day);
                 let support = group
                     .baseline
                     .items
@@ -186,7 +201,11 @@ impl Engine {
             }
         }
         let quiet = cfg.incident_quiet_ms;
-        if let Some(a) = self.state.incidents.record(&obs.container, &key, finding, now, quiet) {
+        if let Some(a) = self
+            .state
+            .incidents
+            .record(&obs.container, &key, finding, now, quiet)
+        {
             out.push(a);
         }
         for (c, f) in late {
@@ -229,10 +248,14 @@ impl Engine {
             g.evict_replicas(now, keep_replicas);
         }
         let idle = self.cfg.group_idle_ms;
-        self.state.groups.retain(|_, g| now - g.last_seen_ms <= idle);
+        self.state
+            .groups
+            .retain(|_, g| now - g.last_seen_ms <= idle);
         let groups = &self.state.groups;
         self.state.repos.retain(|_, k| groups.contains_key(k));
-        self.state.incidents.close_quiet(now, self.cfg.incident_quiet_ms);
+        self.state
+            .incidents
+            .close_quiet(now, self.cfg.incident_quiet_ms);
     }
 }
 
@@ -249,18 +272,15 @@ fn score_metrics(
 ) {
     let live = group.live_count(now, cfg);
     let peer_mode = live >= cfg.min_peers;
-    let tests_per_metric = if peer_mode { 1.0 } else { 2.0 };
-    let (threshold, replica_hash) = match group.replicas.get_mut(id) {
+    // Two tests per metric either way: (history, peers) or (history, step).
+    let tests_per_metric = 2.0;
+    let threshold = match group.replicas.get_mut(id) {
         Some(r) => {
             r.rate.record(metrics.len() as f64 * tests_per_metric, now);
-            (
-                calibrate::threshold(r.rate.per_day(), cfg.false_alerts_per_container_day),
-                r.hash,
-            )
+            calibrate::threshold(r.rate.per_day(), cfg.false_alerts_per_container_day)
         }
         None => return,
     };
-    let _ = replica_hash;
     finding.threshold = threshold;
     for (name, x) in metrics {
         let x = *x;
@@ -284,39 +304,60 @@ fn score_metrics(
         };
         let scoring = phase != Phase::Warmup;
         let step = prev
-            .filter(|(_, ts)| now > *ts && now - ts <= MAX_STEP_GAP_MS)
-            .map(|(v, _)| (x - v).abs());
-        let rel = peers.map(|p| (x - p.median) / (p.median.abs() + p.spread + fb.resolution));
-        let mut surprise = 0.0;
-        let mut detector = Detector::Baseline;
-        let mut step_finding = None;
-        if scoring && fb.values.count() >= cfg.min_samples {
-            let sb = fb.value_surprise(x);
-            match rel {
-                Some(rel) if fb.peer_dev.count() >= cfg.min_samples => {
-                    // Unlike its peers *and* unlike the group's history: a fleet-wide
-                    // surge moves the peers too; a mode switch stays within history.
-                    surprise = fb.peer_surprise(rel).min(sb);
-                    detector = Detector::Peer;
-                }
-                Some(_) => {}
-                None => {
-                    surprise = sb;
-                    if let Some(d) = step
-                        && fb.steps.count() >= cfg.min_samples
-                    {
-                        let ss = fb.step_surprise(d);
-                        if ss > surprise {
-                            surprise = ss;
-                            detector = Detector::Step;
-                            step_finding = Some(d);
-                        }
-                    }
-                }
+            .filter(|l| now > l.ts_ms && now - l.ts_ms <= MAX_STEP_GAP_MS)
+            .map(|l| (x - l.value).abs());
+        let res = fb.resolution;
+        let dev = peers.map(|p| slog(x, res) - slog(p.median, res));
+        let ready = |n: f64| scoring && n >= cfg.min_samples;
+        // Each view's own surprise (0 while it is not ready).
+        let values_ready = ready(fb.values.count());
+        let sb = if values_ready {
+            fb.value_surprise(x)
+        } else {
+            0.0
+        };
+        let sp = match dev {
+            Some(d) if ready(fb.peer_dev.count()) => fb.peer_surprise(d),
+            _ => 0.0,
+        };
+        let ss = match step {
+            Some(d) if peers.is_none() && ready(fb.steps.count()) => fb.step_surprise(d),
+            _ => 0.0,
+        };
+        // With peers: unlike the history while the peers are not (when the peers' median
+        // is itself outside the history's 10–90 % band, the fleet moved: a surge), or unlike
+        // the peers in a way the group never is. Alone: unlike the history, or a step
+        // unlike the usual steps.
+        let fleet = match peers {
+            Some(p) if values_ready && fb.value_surprise(p.median) < FLEET_SHIFT_SURPRISE => sb,
+            _ => 0.0,
+        };
+        let (surprise, detector) = if peers.is_some() {
+            if sp >= fleet {
+                (sp, Detector::Peer)
+            } else {
+                (fleet, Detector::Baseline)
             }
-        }
-        let anomalous = surprise >= threshold;
-        let w = if anomalous { cfg.anomalous_learn_weight } else { 1.0 };
+        } else if ss > sb {
+            (ss, Detector::Step)
+        } else {
+            (sb, Detector::Baseline)
+        };
+        let hot = surprise >= threshold;
+        // With peers, a deviation must hold for two consecutive samples: the first
+        // replica to report a fleet-wide change is compared with peers that have not
+        // reported it yet.
+        let anomalous = hot && (peers.is_none() || prev.is_some_and(|l| l.hot));
+        // Each view learns what is ordinary for itself. A value beyond the history that
+        // the peers share is a fleet-wide change, adopted slowly; one they do not share
+        // is never the group's normal. A lone series adopts lasting changes slowly.
+        let slow = cfg.anomalous_learn_weight;
+        let w_values = match (sb >= threshold, peers.is_some(), fleet >= threshold) {
+            (false, _, _) => 1.0,
+            (true, true, true) => 0.0,
+            (true, _, _) => slow,
+        };
+        let peers_object = sp >= threshold;
         if anomalous {
             finding.add(detector, numeric_severity(surprise, threshold), surprise);
             finding.features.push(FeatureEvidence {
@@ -324,22 +365,31 @@ fn score_metrics(
                 value: x,
                 expected: fb.expected_range().map(|(lo, hi)| [lo, hi]),
                 peers,
-                step: step_finding,
+                step: (detector == Detector::Step).then_some(step).flatten(),
                 surprise: (surprise * 100.0).round() / 100.0,
             });
         }
-        fb.values.insert(x, now, w);
-        if let Some(rel) = rel {
-            fb.peer_dev.insert(rel, now, w);
+        if w_values > 0.0 {
+            fb.values.insert(x, now, w_values);
+        }
+        if let Some(d) = dev
+            && !peers_object
+        {
+            fb.peer_dev.insert(d, now, 1.0);
         }
         if let Some(d) = step {
-            fb.steps.insert(d, now, w);
+            fb.steps
+                .insert(d, now, if ss >= threshold { slow } else { 1.0 });
         }
         if let Some(r) = group.replicas.get_mut(id) {
             if r.latest.len() <= slot {
                 r.latest.resize(slot + 1, None);
             }
-            r.latest[slot] = Some((x, now));
+            r.latest[slot] = Some(Latest {
+                value: x,
+                ts_ms: now,
+                hot,
+            });
         }
     }
 }
@@ -386,7 +436,9 @@ fn score_event(
         _ => {}
     }
     r.restarts.retain(|t| now - t <= cfg.restart_window_ms);
-    if matches!(ev, Event::Start { .. } | Event::Restart) && r.restarts.len() >= cfg.restart_loop_count {
+    if matches!(ev, Event::Start { .. } | Event::Restart)
+        && r.restarts.len() >= cfg.restart_loop_count
+    {
         finding.add(Detector::RestartLoop, Severity::Medium, threshold + 1.5);
         finding.events.push(format!(
             "restarted {} times within {} minutes",
@@ -440,7 +492,10 @@ fn score_event(
         finding.novel.push(NovelEvidence {
             kind: kind.as_str().into(),
             value,
-            replica_support: prior.stats.as_ref().map_or(0, |s| s.support_excluding(hash)),
+            replica_support: prior
+                .stats
+                .as_ref()
+                .map_or(0, |s| s.support_excluding(hash)),
             replicas: live,
             phase: phase.as_str().into(),
         });

@@ -79,7 +79,10 @@ pub fn explain(a: &Alert) -> String {
             other => format!("showed {other} `{}`", n.value),
         };
         let why = if n.phase == "locked" {
-            format!("never seen on any replica of this image before ({} live)", n.replicas)
+            format!(
+                "never seen on any replica of this image before ({} live)",
+                n.replicas
+            )
         } else {
             format!(
                 "which none of its {} sibling replicas did",

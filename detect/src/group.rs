@@ -3,14 +3,25 @@
 
 use std::sync::Arc;
 
-use herd_baseline::{replica_hash, GroupBaseline, ItemKind};
+use herd_baseline::{GroupBaseline, ItemKind, replica_hash};
 use herd_ingest::ContainerRef;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::DetectConfig;
 use crate::alert::PeerEvidence;
 use crate::calibrate::TestRate;
-use crate::DetectConfig;
+
+/// A replica's latest value of one feature.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Latest {
+    pub(crate) value: f64,
+    pub(crate) ts_ms: i64,
+    /// Whether that sample was already beyond the threshold (peer deviations must hold
+    /// for two consecutive samples: the first replica to report a fleet-wide change is
+    /// compared with peers that have not reported it yet).
+    pub(crate) hot: bool,
+}
 
 /// One replica (container) of a group.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -19,8 +30,8 @@ pub(crate) struct Replica {
     pub(crate) hash: u64,
     pub(crate) last_seen_ms: i64,
     pub(crate) alive: bool,
-    /// Latest value and its time, by feature slot.
-    pub(crate) latest: Vec<Option<(f64, i64)>>,
+    /// Latest value of each feature slot.
+    pub(crate) latest: Vec<Option<Latest>>,
     pub(crate) rate: TestRate,
     /// Recent (re)start times, for restart loops.
     pub(crate) restarts: Vec<i64>,
@@ -123,10 +134,10 @@ impl GroupState {
             if !r.alive || now_ms - r.last_seen_ms > cfg.replica_ttl_ms {
                 continue;
             }
-            if let Some(Some((v, ts))) = r.latest.get(slot)
-                && now_ms - ts <= cfg.peer_window_ms
+            if let Some(Some(l)) = r.latest.get(slot)
+                && now_ms - l.ts_ms <= cfg.peer_window_ms
             {
-                scratch.push(*v);
+                scratch.push(l.value);
             }
         }
         let stats = (scratch.len() >= cfg.min_peers).then(|| {
@@ -141,7 +152,10 @@ impl GroupState {
                 n: scratch.len(),
             }
         });
-        self.peer_cache[slot] = Some(PeerCache { at_ms: now_ms, stats });
+        self.peer_cache[slot] = Some(PeerCache {
+            at_ms: now_ms,
+            stats,
+        });
         stats
     }
 
@@ -165,8 +179,10 @@ impl GroupState {
         if self.pending.is_empty() || self.pending.iter().all(|p| p.deadline_ms > now_ms) {
             return Vec::new();
         }
-        let (due, keep): (Vec<_>, Vec<_>) =
-            self.pending.drain(..).partition(|p| p.deadline_ms <= now_ms);
+        let (due, keep): (Vec<_>, Vec<_>) = self
+            .pending
+            .drain(..)
+            .partition(|p| p.deadline_ms <= now_ms);
         self.pending = keep;
         due.into_iter()
             .filter(|p| {
@@ -180,7 +196,8 @@ impl GroupState {
 
     /// Forgets replicas gone for longer than `keep_ms`.
     pub(crate) fn evict_replicas(&mut self, now_ms: i64, keep_ms: i64) {
-        self.replicas.retain(|_, r| now_ms - r.last_seen_ms <= keep_ms);
+        self.replicas
+            .retain(|_, r| now_ms - r.last_seen_ms <= keep_ms);
     }
 }
 

@@ -172,7 +172,12 @@ impl Incidents {
             }
         }
         for n in f.novel {
-            if o.novel.len() < MAX_NOVEL && !o.novel.iter().any(|x| x.kind == n.kind && x.value == n.value) {
+            if o.novel.len() < MAX_NOVEL
+                && !o
+                    .novel
+                    .iter()
+                    .any(|x| x.kind == n.kind && x.value == n.value)
+            {
                 o.novel.push(n);
                 changed = true;
             }
@@ -286,22 +291,58 @@ mod tests {
     fn repeats_are_folded_and_news_are_updates() {
         let mut inc = Incidents::default();
         let q = 60_000;
-        let a = inc.record(&c(), "g", finding(Detector::Peer, Severity::Low, "cpu_cores"), 0, q);
+        let a = inc.record(
+            &c(),
+            "g",
+            finding(Detector::Peer, Severity::Low, "cpu_cores"),
+            0,
+            q,
+        );
         let Some(a) = a else { panic!("no alert") };
         assert_eq!(a.seq, 0);
         assert_eq!(a.incident_id, incident_id("abc", 0));
-        assert!(inc.record(&c(), "g", finding(Detector::Peer, Severity::Low, "cpu_cores"), 10_000, q).is_none());
-        let u = inc.record(&c(), "g", finding(Detector::Peer, Severity::Low, "net_tx_bytes_per_s"), 20_000, q);
-        assert_eq!(u.as_ref().map(|u| (u.seq, u.incident_id.clone())), Some((1, a.incident_id.clone())));
+        assert!(
+            inc.record(
+                &c(),
+                "g",
+                finding(Detector::Peer, Severity::Low, "cpu_cores"),
+                10_000,
+                q
+            )
+            .is_none()
+        );
+        let u = inc.record(
+            &c(),
+            "g",
+            finding(Detector::Peer, Severity::Low, "net_tx_bytes_per_s"),
+            20_000,
+            q,
+        );
+        assert_eq!(
+            u.as_ref().map(|u| (u.seq, u.incident_id.clone())),
+            Some((1, a.incident_id.clone()))
+        );
         // After a quiet period, a new episode is a new incident.
-        let n = inc.record(&c(), "g", finding(Detector::Peer, Severity::Low, "cpu_cores"), 200_000, q);
+        let n = inc.record(
+            &c(),
+            "g",
+            finding(Detector::Peer, Severity::Low, "cpu_cores"),
+            200_000,
+            q,
+        );
         assert!(n.is_some_and(|n| n.incident_id != a.incident_id && n.seq == 0));
     }
 
     #[test]
     fn independent_detector_families_raise_severity() {
         let mut inc = Incidents::default();
-        inc.record(&c(), "g", finding(Detector::Peer, Severity::Medium, "cpu_cores"), 0, 60_000);
+        inc.record(
+            &c(),
+            "g",
+            finding(Detector::Peer, Severity::Medium, "cpu_cores"),
+            0,
+            60_000,
+        );
         let mut f = Finding::default();
         f.add(Detector::Novelty, Severity::High, 9.0);
         let u = inc.record(&c(), "g", f, 1000, 60_000);

@@ -1,6 +1,6 @@
 //! Categorical items from events, and how new they are for the group.
 
-use herd_baseline::{normalize_item, ItemKind, Phase, Prior};
+use herd_baseline::{ItemKind, Phase, Prior, normalize_item};
 use herd_ingest::Event;
 
 /// The items an event shows, with the kind each belongs to.
@@ -124,17 +124,34 @@ mod tests {
                 "Redirect STDOUT/STDIN to Network Connection in Container | sh".into()
             )
         );
-        let Event::Falco { tags, .. } = &ev else { return };
+        let Event::Falco { tags, .. } = &ev else {
+            return;
+        };
         assert_eq!(attack_ids(tags).collect::<Vec<_>>(), vec!["T1059"]);
     }
 
     #[test]
     fn verdicts_follow_phase_and_peers() {
         let none = Prior { stats: None };
-        assert_eq!(judge(ItemKind::Executable, &none, Phase::Warmup, 5, 3), Verdict::Quiet);
-        assert_eq!(judge(ItemKind::Executable, &none, Phase::Locked, 1, 3), Verdict::Novel);
-        assert_eq!(judge(ItemKind::Executable, &none, Phase::Learning, 5, 3), Verdict::Corroborate);
-        assert_eq!(judge(ItemKind::Executable, &none, Phase::Learning, 1, 3), Verdict::Quiet);
-        assert_eq!(judge(ItemKind::ExecCommand, &none, Phase::Learning, 1, 3), Verdict::LoneExec);
+        assert_eq!(
+            judge(ItemKind::Executable, &none, Phase::Warmup, 5, 3),
+            Verdict::Quiet
+        );
+        assert_eq!(
+            judge(ItemKind::Executable, &none, Phase::Locked, 1, 3),
+            Verdict::Novel
+        );
+        assert_eq!(
+            judge(ItemKind::Executable, &none, Phase::Learning, 5, 3),
+            Verdict::Corroborate
+        );
+        assert_eq!(
+            judge(ItemKind::Executable, &none, Phase::Learning, 1, 3),
+            Verdict::Quiet
+        );
+        assert_eq!(
+            judge(ItemKind::ExecCommand, &none, Phase::Learning, 1, 3),
+            Verdict::LoneExec
+        );
     }
 }

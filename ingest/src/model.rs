@@ -301,7 +301,10 @@ mod tests {
     #[test]
     fn group_key_prefers_digest() {
         let g = GroupBy::default();
-        assert_eq!(g.key(&c("shop/web:1.4", Some("sha256:aa"))), "shop/web@sha256:aa");
+        assert_eq!(
+            g.key(&c("shop/web:1.4", Some("sha256:aa"))),
+            "shop/web@sha256:aa"
+        );
         assert_eq!(g.key(&c("shop/web:1.4", None)), "shop/web:1.4");
         let mut x = c("a:1", None);
         x.labels.insert("tier".into(), "db".into());

@@ -11,8 +11,20 @@ fn name() -> impl Strategy<Value = String> {
     // Hostile names: path separators, control characters, quotes, non-ASCII.
     proptest::collection::vec(
         prop_oneof![
-            Just('a'), Just('z'), Just('0'), Just('.'), Just('/'), Just('_'), Just('-'),
-            Just('\n'), Just('\u{1b}'), Just('"'), Just('\\'), Just('é'), Just('✓'), Just(' '),
+            Just('a'),
+            Just('z'),
+            Just('0'),
+            Just('.'),
+            Just('/'),
+            Just('_'),
+            Just('-'),
+            Just('\n'),
+            Just('\u{1b}'),
+            Just('"'),
+            Just('\\'),
+            Just('é'),
+            Just('✓'),
+            Just(' '),
         ],
         1..24,
     )
@@ -24,8 +36,16 @@ fn event() -> impl Strategy<Value = Event> {
         Just(Event::Oom),
         Just(Event::Restart),
         any::<Option<i64>>().prop_map(|exit_code| Event::Die { exit_code }),
-        (name(), proptest::collection::vec(name(), 0..3), proptest::option::of(name()))
-            .prop_map(|(process, args, user)| Event::Exec { process, args, user }),
+        (
+            name(),
+            proptest::collection::vec(name(), 0..3),
+            proptest::option::of(name())
+        )
+            .prop_map(|(process, args, user)| Event::Exec {
+                process,
+                args,
+                user
+            }),
         name().prop_map(|dest| Event::Connect { dest }),
         (name(), name(), proptest::option::of(name())).prop_map(|(rule, priority, process)| {
             Event::Falco {
@@ -55,18 +75,20 @@ fn observation() -> impl Strategy<Value = Observation> {
         proptest::option::of(name()),
         payload,
     )
-        .prop_map(|(ts_ms, id, cname, image, digest, labels, host, payload)| Observation {
-            ts_ms,
-            container: Arc::new(ContainerRef {
-                id,
-                name: cname,
-                image,
-                image_digest: digest,
-                labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
-                host,
-            }),
-            payload,
-        })
+        .prop_map(
+            |(ts_ms, id, cname, image, digest, labels, host, payload)| Observation {
+                ts_ms,
+                container: Arc::new(ContainerRef {
+                    id,
+                    name: cname,
+                    image,
+                    image_digest: digest,
+                    labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
+                    host,
+                }),
+                payload,
+            },
+        )
 }
 
 proptest! {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{bounded, split_image, string_map, Ev, Limits, Record, Reject, RejectReason};
+use super::{Ev, Limits, Record, Reject, RejectReason, bounded, split_image, string_map};
 
 /// A container event, with the attributes the registry needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,9 +51,13 @@ pub(super) fn decode(v: &Value, l: &Limits) -> Result<Record, Reject> {
     } else {
         v.get("Type").and_then(Value::as_str).unwrap_or_default()
     };
-    let action = if legacy { v.get("status") } else { v.get("Action") }
-        .and_then(Value::as_str)
-        .ok_or_else(|| Reject::new(RejectReason::MissingField, "Action"))?;
+    let action = if legacy {
+        v.get("status")
+    } else {
+        v.get("Action")
+    }
+    .and_then(Value::as_str)
+    .ok_or_else(|| Reject::new(RejectReason::MissingField, "Action"))?;
     let actor = v.get("Actor");
     let attrs = actor.and_then(|a| a.get("Attributes"));
     let attr = |k: &str| {
@@ -62,15 +66,24 @@ pub(super) fn decode(v: &Value, l: &Limits) -> Result<Record, Reject> {
             .and_then(Value::as_str)
             .map(|s| bounded(s.to_owned(), l.max_string_bytes))
     };
-    let filtered = |reason| Ok(Record::Filtered { ts_ms: Some(ts_ms), reason });
+    let filtered = |reason| {
+        Ok(Record::Filtered {
+            ts_ms: Some(ts_ms),
+            reason,
+        })
+    };
 
     let (id, event) = match typ {
         "container" => {
-            let id = if legacy { v.get("id") } else { actor.and_then(|a| a.get("ID")) }
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map(|s| bounded(s.to_owned(), l.max_string_bytes))
-                .ok_or_else(|| Reject::new(RejectReason::MissingField, "Actor.ID"))?;
+            let id = if legacy {
+                v.get("id")
+            } else {
+                actor.and_then(|a| a.get("ID"))
+            }
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(|s| bounded(s.to_owned(), l.max_string_bytes))
+            .ok_or_else(|| Reject::new(RejectReason::MissingField, "Actor.ID"))?;
             let (verb, rest) = match action.split_once(':') {
                 Some((verb, rest)) => (verb.trim(), rest.trim()),
                 None => (action.trim(), ""),
@@ -184,30 +197,53 @@ mod tests {
         let exec = dec(
             r#"{"Type":"container","Action":"exec_start: sh -c wget http://x/y","Actor":{"ID":"abc","Attributes":{"execID":"e1","image":"a:1","name":"n"}},"time":1795428000}"#,
         );
-        let Record::DockerEvent(e) = exec else { panic!() };
+        let Record::DockerEvent(e) = exec else {
+            panic!()
+        };
         assert_eq!(e.exec_id.as_deref(), Some("e1"));
-        assert!(matches!(&e.event, Ev::Exec { process, args, .. } if process == "sh" && args.len() == 3));
+        assert!(
+            matches!(&e.event, Ev::Exec { process, args, .. } if process == "sh" && args.len() == 3)
+        );
         let die = dec(
             r#"{"Type":"container","Action":"die","Actor":{"ID":"abc","Attributes":{"exitCode":"137"}},"time":1795428000}"#,
         );
-        let Record::DockerEvent(e) = die else { panic!() };
-        assert_eq!(e.event, Ev::Die { exit_code: Some(137) });
+        let Record::DockerEvent(e) = die else {
+            panic!()
+        };
+        assert_eq!(
+            e.event,
+            Ev::Die {
+                exit_code: Some(137)
+            }
+        );
         let h = dec(
             r#"{"Type":"container","Action":"health_status: unhealthy","Actor":{"ID":"abc","Attributes":{}},"time":1795428000}"#,
         );
         let Record::DockerEvent(e) = h else { panic!() };
-        assert_eq!(e.event, Ev::Health { status: "unhealthy".into() });
+        assert_eq!(
+            e.event,
+            Ev::Health {
+                status: "unhealthy".into()
+            }
+        );
         let n = dec(
             r#"{"Type":"network","Action":"disconnect","Actor":{"ID":"net1","Attributes":{"container":"abc","name":"bridge","type":"bridge"}},"time":1795428000}"#,
         );
         let Record::DockerEvent(e) = n else { panic!() };
         assert_eq!(e.id, "abc");
-        assert_eq!(e.event, Ev::NetworkDisconnect { network: "bridge".into() });
+        assert_eq!(
+            e.event,
+            Ev::NetworkDisconnect {
+                network: "bridge".into()
+            }
+        );
     }
 
     #[test]
     fn image_events_are_filtered() {
-        let r = dec(r#"{"Type":"image","Action":"pull","Actor":{"ID":"x","Attributes":{}},"time":1795428000}"#);
+        let r = dec(
+            r#"{"Type":"image","Action":"pull","Actor":{"ID":"x","Attributes":{}},"time":1795428000}"#,
+        );
         assert!(matches!(r, Record::Filtered { .. }));
     }
 }

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{container_ref, str_field, string_map, Limits, Record, Reject, RejectReason};
+use super::{Limits, Record, Reject, RejectReason, container_ref, str_field, string_map};
 use crate::model::ContainerRef;
 
 /// Counters and gauges of one stats sample.
@@ -192,7 +192,10 @@ pub(super) fn decode_raw(
             let inactive = m
                 .stats
                 .as_ref()
-                .and_then(|s| s.get("total_inactive_file").or_else(|| s.get("inactive_file")))
+                .and_then(|s| {
+                    s.get("total_inactive_file")
+                        .or_else(|| s.get("inactive_file"))
+                })
                 .copied()
                 .and_then(|x| finite_nonneg(Some(x)))
                 .unwrap_or(0.0);
@@ -208,9 +211,9 @@ pub(super) fn decode_raw(
         }
         let mut sum = [0.0; 4];
         for n in nets.values() {
-            for (slot, x) in sum
-                .iter_mut()
-                .zip([n.rx_bytes, n.tx_bytes, n.rx_packets, n.tx_packets])
+            for (slot, x) in
+                sum.iter_mut()
+                    .zip([n.rx_bytes, n.tx_bytes, n.rx_packets, n.tx_packets])
             {
                 *slot += finite_nonneg(x).unwrap_or(0.0);
             }
@@ -271,11 +274,17 @@ mod tests {
 
     #[test]
     fn cgroup_v1_subtracts_total_inactive_file() {
-        let line = RAW_V2.replace(r#""inactive_file":4194304"#, r#""total_inactive_file":1048576"#);
+        let line = RAW_V2.replace(
+            r#""inactive_file":4194304"#,
+            r#""total_inactive_file":1048576"#,
+        );
         let Ok(Record::Stats(s)) = Decoder::default().decode(line.as_bytes()) else {
             panic!("not stats")
         };
-        assert_eq!(s.counters.mem_working_set, Some(104_857_600.0 - 1_048_576.0));
+        assert_eq!(
+            s.counters.mem_working_set,
+            Some(104_857_600.0 - 1_048_576.0)
+        );
     }
 
     #[test]
@@ -286,7 +295,10 @@ mod tests {
         let Ok(Record::Stats(s)) = Decoder::default().decode(line.as_bytes()) else {
             panic!("not stats")
         };
-        let c = s.container.as_ref().map(|c| (c.image.as_str(), c.image_digest.as_deref()));
+        let c = s
+            .container
+            .as_ref()
+            .map(|c| (c.image.as_str(), c.image_digest.as_deref()));
         assert_eq!(c, Some(("shop/web:1.4", Some("sha256:aa"))));
         assert_eq!(s.host.as_deref(), Some("node-1"));
     }

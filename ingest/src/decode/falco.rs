@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{bounded, native::bound_event, str_field, Ev, Limits, Record, Reject, RejectReason};
+use super::{Ev, Limits, Record, Reject, RejectReason, bounded, native::bound_event, str_field};
 
 /// A Falco alert about a container.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,9 +71,9 @@ pub(super) fn decode(v: &Value, l: &Limits) -> Result<Record, Reject> {
     let dest = match (field(of, "fd.sip", l), field(of, "fd.sport", l)) {
         (Some(ip), Some(port)) => Some(format!("{ip}:{port}")),
         (Some(ip), None) => Some(ip),
-        _ => field(of, "fd.rip", l).or_else(|| {
-            field(of, "fd.name", l).filter(|n| n.contains("->"))
-        }),
+        _ => {
+            field(of, "fd.rip", l).or_else(|| field(of, "fd.name", l).filter(|n| n.contains("->")))
+        }
     };
     let tags = match v.get("tags") {
         Some(Value::Array(a)) => a
@@ -131,7 +131,15 @@ mod tests {
         assert_eq!(f.container_id, "8f2c1a2b3c4d");
         assert_eq!(f.image.as_deref(), Some("shop/web:1.4"));
         assert_eq!(f.host.as_deref(), Some("node-1"));
-        let Ev::Falco { process, dest, tags, .. } = &f.event else { panic!() };
+        let Ev::Falco {
+            process,
+            dest,
+            tags,
+            ..
+        } = &f.event
+        else {
+            panic!()
+        };
         assert_eq!(process.as_deref(), Some("/bin/sh"));
         assert_eq!(dest.as_deref(), Some("203.0.113.7:4444"));
         assert!(tags.iter().any(|t| t == "T1059"));
@@ -139,7 +147,10 @@ mod tests {
 
     #[test]
     fn host_events_are_filtered() {
-        let line = SHELL.replace(r#""container.id":"8f2c1a2b3c4d""#, r#""container.id":"host""#);
+        let line = SHELL.replace(
+            r#""container.id":"8f2c1a2b3c4d""#,
+            r#""container.id":"host""#,
+        );
         assert!(matches!(
             Decoder::default().decode(line.as_bytes()),
             Ok(Record::Filtered { .. })

@@ -20,7 +20,7 @@ use crate::model::{ContainerRef, Event, Observation};
 pub use docker_events::DockerEventRecord;
 pub use docker_stats::{StatsCounters, StatsRecord};
 pub use falco::FalcoRecord;
-pub use native::{encode_native, NativeLine};
+pub use native::{NativeLine, encode_native};
 pub use prometheus::PromRecord;
 
 /// Size and shape limits for every decoder.
@@ -239,7 +239,10 @@ impl Decoder {
         let value: Value = serde_json::from_slice(line)
             .map_err(|e| Reject::new(RejectReason::InvalidJson, e.to_string()))?;
         let Value::Object(obj) = &value else {
-            return Err(Reject::new(RejectReason::UnknownFormat, "not a JSON object"));
+            return Err(Reject::new(
+                RejectReason::UnknownFormat,
+                "not a JSON object",
+            ));
         };
         let l = &self.limits;
         if obj.contains_key("stats") && obj.contains_key("container") {
@@ -354,7 +357,10 @@ pub(crate) fn parse_ts(v: Option<&Value>) -> Result<i64, Reject> {
     ts.ok_or_else(|| {
         Reject::new(
             RejectReason::InvalidTimestamp,
-            format!("unusable time {}", v.map_or("(absent)".into(), |v| v.to_string())),
+            format!(
+                "unusable time {}",
+                v.map_or("(absent)".into(), |v| v.to_string())
+            ),
         )
     })
 }
@@ -398,7 +404,13 @@ mod tests {
     #[test]
     fn depth_scan_ignores_brackets_in_strings() {
         assert!(check_depth(br#"{"a":"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}"#, 4).is_ok());
-        assert!(check_depth(br#"{"a":"\"{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{"}"#, 4).is_ok());
+        assert!(
+            check_depth(
+                br#"{"a":"\"{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{"}"#,
+                4
+            )
+            .is_ok()
+        );
         let deep = "[".repeat(10_000);
         assert_eq!(
             check_depth(deep.as_bytes(), 16).map_err(|r| r.reason),
@@ -417,7 +429,15 @@ mod tests {
     #[test]
     fn unknown_shapes_are_rejected_not_panicked() {
         let d = Decoder::default();
-        for line in [&b"[]"[..], b"42", b"{}", b"{\"x\":1}", b"", b"\xff\xfe", b"null"] {
+        for line in [
+            &b"[]"[..],
+            b"42",
+            b"{}",
+            b"{\"x\":1}",
+            b"",
+            b"\xff\xfe",
+            b"null",
+        ] {
             assert!(d.decode(line).is_err(), "{line:?}");
         }
     }

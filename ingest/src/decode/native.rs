@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use serde_json::Value;
 
-use super::{bounded, parse_ts, str_field, string_map, Limits, Record, Reject, RejectReason};
+use super::{Limits, Record, Reject, RejectReason, bounded, parse_ts, str_field, string_map};
 use crate::model::{ContainerRef, Event, Observation, Payload};
 
 /// The native line as written by [`encode_native`]: the observation flattened.
@@ -104,7 +104,10 @@ pub(super) fn decode(v: &Value, l: &Limits) -> Result<Record, Reject> {
 
 fn metrics(v: &Value, l: &Limits) -> Result<Vec<(String, f64)>, Reject> {
     let Value::Object(m) = v else {
-        return Err(Reject::new(RejectReason::MissingField, "metrics is not an object"));
+        return Err(Reject::new(
+            RejectReason::MissingField,
+            "metrics is not an object",
+        ));
     };
     if m.len() > l.max_items {
         return Err(Reject::new(
@@ -115,7 +118,10 @@ fn metrics(v: &Value, l: &Limits) -> Result<Vec<(String, f64)>, Reject> {
     let mut out = Vec::with_capacity(m.len());
     for (k, val) in m {
         let x = val.as_f64().ok_or_else(|| {
-            Reject::new(RejectReason::InvalidValue, format!("metric {k} is not a number"))
+            Reject::new(
+                RejectReason::InvalidValue,
+                format!("metric {k} is not a number"),
+            )
         })?;
         out.push((bounded(k.clone(), 128), x));
     }
@@ -162,8 +168,12 @@ pub(crate) fn bound_event(ev: Event, l: &Limits) -> Event {
         Event::Connect { dest } => Event::Connect { dest: b(dest) },
         Event::FileWrite { path } => Event::FileWrite { path: b(path) },
         Event::Health { status } => Event::Health { status: b(status) },
-        Event::NetworkConnect { network } => Event::NetworkConnect { network: b(network) },
-        Event::NetworkDisconnect { network } => Event::NetworkDisconnect { network: b(network) },
+        Event::NetworkConnect { network } => Event::NetworkConnect {
+            network: b(network),
+        },
+        Event::NetworkDisconnect { network } => Event::NetworkDisconnect {
+            network: b(network),
+        },
         Event::Kill { signal } => Event::Kill { signal: bo(signal) },
         Event::Falco {
             rule,
@@ -202,7 +212,10 @@ mod tests {
         assert_eq!(o.container.image_digest.as_deref(), Some("sha256:ab"));
         assert_eq!(
             o.payload,
-            Payload::Metrics(vec![("cpu_cores".into(), 0.42), ("mem_bytes".into(), 1.3e8)])
+            Payload::Metrics(vec![
+                ("cpu_cores".into(), 0.42),
+                ("mem_bytes".into(), 1.3e8)
+            ])
         );
         let b = br#"{"ts":1763892000000,"container_id":"8f2c","image":"shop/web:1.4","event":{"kind":"exec","process":"/bin/sh","args":["-c","id"],"user":"root"}}"#;
         let Ok(Record::Native(o)) = d.decode(b) else {

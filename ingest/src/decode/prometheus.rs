@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{bounded, string_map, Limits, Record, Reject, RejectReason};
+use super::{Limits, Record, Reject, RejectReason, bounded, string_map};
 
 /// One sample of one series about one container.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,7 +135,9 @@ mod tests {
         let id = "8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f";
         assert_eq!(container_id_from_cgroup(&format!("/docker/{id}")), Some(id));
         assert_eq!(
-            container_id_from_cgroup(&format!("/kubepods/burstable/pod1/cri-containerd-{id}.scope")),
+            container_id_from_cgroup(&format!(
+                "/kubepods/burstable/pod1/cri-containerd-{id}.scope"
+            )),
             Some(id)
         );
         assert_eq!(container_id_from_cgroup("/"), None);

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::decode::{
     DockerEventRecord, FalcoRecord, PromRecord, Record, Reject, RejectReason, StatsRecord,
 };
-use crate::model::{metric, ContainerRef, Event, Observation, Payload};
+use crate::model::{ContainerRef, Event, Observation, Payload, metric};
 use rates::{Ordering, RateState, RateWindow};
 use registry::Registry;
 
@@ -151,7 +151,10 @@ impl Normalizer {
         };
         let mut metrics = Vec::with_capacity(11);
         let w = self.window();
-        match self.rates.stats(&cref.id, s.ts_ms, &s.counters, w, &mut metrics) {
+        match self
+            .rates
+            .stats(&cref.id, s.ts_ms, &s.counters, w, &mut metrics)
+        {
             Ordering::Fresh => {}
             Ordering::Duplicate => return Ok(Some(Dropped::Duplicate)),
             Ordering::Late => return Ok(Some(Dropped::Late)),
@@ -183,7 +186,11 @@ impl Normalizer {
             None => {
                 return Err(Reject::new(
                     RejectReason::UnknownContainer,
-                    format!("{} event of unknown container {}", e.event.kind(), short(&e.id)),
+                    format!(
+                        "{} event of unknown container {}",
+                        e.event.kind(),
+                        short(&e.id)
+                    ),
                 ));
             }
         };
@@ -240,7 +247,10 @@ impl Normalizer {
                 None => {
                     return Err(Reject::new(
                         RejectReason::UnknownContainer,
-                        format!("falco event of unknown container {}", short(&f.container_id)),
+                        format!(
+                            "falco event of unknown container {}",
+                            short(&f.container_id)
+                        ),
                     ));
                 }
             },
@@ -270,7 +280,8 @@ impl Normalizer {
                         p.container_name,
                         image,
                         p.labels,
-                        p.host.map(|h| h.split(':').next().unwrap_or_default().to_owned()),
+                        p.host
+                            .map(|h| h.split(':').next().unwrap_or_default().to_owned()),
                     );
                     self.registry.upsert(c, p.ts_ms)
                 }
@@ -282,8 +293,7 @@ impl Normalizer {
                 }
             },
         };
-        let Some((name, counter)) = prom_metric(&p.name, p.series_discriminator.as_deref())
-        else {
+        let Some((name, counter)) = prom_metric(&p.name, p.series_discriminator.as_deref()) else {
             return Ok(None);
         };
         let value = if counter {
@@ -386,8 +396,13 @@ mod tests {
         let obs = run(&mut n, stats).unwrap_or_default();
         assert_eq!(obs.len(), 1);
         assert_eq!(obs[0].container.image, "shop/web:1.4");
-        assert_eq!(obs[0].container.labels.get("app").map(String::as_str), Some("web"));
-        let Payload::Metrics(m) = &obs[0].payload else { panic!() };
+        assert_eq!(
+            obs[0].container.labels.get("app").map(String::as_str),
+            Some("web")
+        );
+        let Payload::Metrics(m) = &obs[0].payload else {
+            panic!()
+        };
         assert!(m.contains(&(metric::CPU_CORES.into(), 0.5)));
         assert!(m.contains(&(metric::MEM_BYTES.into(), 900.0)));
     }
@@ -421,8 +436,14 @@ mod tests {
                 r#"{{"timestamp":"{ts}","value":"{v}","name":"container_cpu_usage_seconds_total","labels":{{"__name__":"container_cpu_usage_seconds_total","id":"/docker/{id}","image":"shop/web:1.4","name":"web-1"}}}}"#
             )
         };
-        assert_eq!(run(&mut n, &line("2026-11-23T10:00:00Z", "10")).map(|v| v.len()), Ok(0));
+        assert_eq!(
+            run(&mut n, &line("2026-11-23T10:00:00Z", "10")).map(|v| v.len()),
+            Ok(0)
+        );
         let obs = run(&mut n, &line("2026-11-23T10:00:10Z", "15")).unwrap_or_default();
-        assert_eq!(obs[0].payload, Payload::Metrics(vec![(metric::CPU_CORES.into(), 0.5)]));
+        assert_eq!(
+            obs[0].payload,
+            Payload::Metrics(vec![(metric::CPU_CORES.into(), 0.5)])
+        );
     }
 }

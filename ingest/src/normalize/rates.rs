@@ -122,7 +122,13 @@ impl RateState {
             push_rates(&names, &now, &before, dt_s, out);
         }
         if let (Some(now), Some(before)) = (c.blk, prev.and_then(|p| p.blk)) {
-            push_rates(&[metric::BLK_READ_BPS, metric::BLK_WRITE_BPS], &now, &before, dt_s, out);
+            push_rates(
+                &[metric::BLK_READ_BPS, metric::BLK_WRITE_BPS],
+                &now,
+                &before,
+                dt_s,
+                out,
+            );
         }
         if let Some(p) = c.pids {
             out.push((metric::PIDS.into(), p));
@@ -164,7 +170,13 @@ impl RateState {
     }
 }
 
-fn push_rates(names: &[&str], now: &[f64], before: &[f64], dt_s: f64, out: &mut Vec<(String, f64)>) {
+fn push_rates(
+    names: &[&str],
+    now: &[f64],
+    before: &[f64],
+    dt_s: f64,
+    out: &mut Vec<(String, f64)>,
+) {
     for ((name, n), b) in names.iter().zip(now).zip(before) {
         // A counter that went down was reset (restart, interface recreated): no rate.
         if *n >= *b && dt_s > 0.0 {
@@ -200,7 +212,10 @@ mod tests {
     fn rates_from_previous_sample_and_reset_handling() {
         let mut r = RateState::default();
         let mut out = vec![];
-        assert_eq!(r.stats("a", 10_000, &sample(0.0, 0.0, 0.0), W, &mut out), Ordering::Fresh);
+        assert_eq!(
+            r.stats("a", 10_000, &sample(0.0, 0.0, 0.0), W, &mut out),
+            Ordering::Fresh
+        );
         assert_eq!(get(&out, metric::CPU_CORES), None);
         out.clear();
         // 10 s later: 5 s of CPU over 20 s of host CPU on 2 CPUs → 0.5 cores; 10 kB/s rx.
@@ -214,8 +229,14 @@ mod tests {
         assert_eq!(get(&out, metric::NET_RX_BPS), None);
         out.clear();
         // Duplicate and late deliveries are dropped.
-        assert_eq!(r.stats("a", 30_000, &sample(1e8, 40e9, 10.0), W, &mut out), Ordering::Duplicate);
-        assert_eq!(r.stats("a", 25_000, &sample(1e8, 40e9, 10.0), W, &mut out), Ordering::Late);
+        assert_eq!(
+            r.stats("a", 30_000, &sample(1e8, 40e9, 10.0), W, &mut out),
+            Ordering::Duplicate
+        );
+        assert_eq!(
+            r.stats("a", 25_000, &sample(1e8, 40e9, 10.0), W, &mut out),
+            Ordering::Late
+        );
         assert!(out.is_empty());
     }
 

@@ -40,7 +40,9 @@ impl Registry {
             return Some(c);
         }
         let full = self.short.get(id.get(..12)?)?.clone();
-        full.starts_with(id).then(|| self.get(&full, ts_ms)).flatten()
+        full.starts_with(id)
+            .then(|| self.get(&full, ts_ms))
+            .flatten()
     }
 
     /// Registers or refreshes a container, returning the shared reference. An identical

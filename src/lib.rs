@@ -1,0 +1,16 @@
+//! The `herd` binary's library: command-line interface, configuration, and the wiring
+//! between the crates (`herd-ingest` → `herd-baseline` → `herd-detect` → `herd-respond`).
+//!
+//! - [`pipeline`]: decode → normalise → detect, the one path every command shares;
+//! - [`input`]: bounded line reading and event-time ordering of several inputs;
+//! - [`replay`]: `herd replay`;
+//! - [`simulate`]: `herd simulate`, a labelled synthetic fleet in the real formats;
+//! - [`evaluate`]: `herd evaluate`, recall/precision/delay of alerts against labels.
+
+pub mod cli;
+pub mod config;
+pub mod evaluate;
+pub mod input;
+pub mod pipeline;
+pub mod replay;
+pub mod simulate;

@@ -1,0 +1,167 @@
+//! decode → normalise → detect: the path every command shares, with its counters.
+
+use std::collections::BTreeMap;
+
+use herd_detect::{Alert, DetectConfig, Engine};
+use herd_ingest::normalize::Dropped;
+use herd_ingest::{Decoder, Limits, Normalizer, NormalizerConfig, Observation, Record, Reject};
+use serde::{Deserialize, Serialize};
+
+/// What happened to the input, for the summary and, later, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Lines read.
+    pub lines: u64,
+    /// Lines decoded, by format.
+    pub decoded: BTreeMap<String, u64>,
+    /// Lines rejected (dead-lettered), by reason.
+    pub rejected: BTreeMap<String, u64>,
+    /// Well-formed lines with nothing to score, by reason.
+    pub filtered: BTreeMap<String, u64>,
+    /// Observations scored.
+    pub observations: u64,
+    /// Alert lines emitted.
+    pub alerts: u64,
+}
+
+impl Counters {
+    /// Records a rejected line.
+    pub fn reject(&mut self, r: &Reject) {
+        *self
+            .rejected
+            .entry(r.reason.as_str().to_owned())
+            .or_default() += 1;
+    }
+
+    fn filter(&mut self, reason: &str) {
+        *self.filtered.entry(reason.to_owned()).or_default() += 1;
+    }
+
+    /// Total rejected lines.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+}
+
+/// The shared pipeline. Serialisable state: normaliser and engine.
+#[derive(Debug)]
+pub struct Pipeline {
+    decoder: Decoder,
+    normalizer: Normalizer,
+    engine: Engine,
+    obs: Vec<Observation>,
+    /// Counters of everything that passed through.
+    pub counters: Counters,
+}
+
+#[derive(Serialize)]
+struct SnapOut<'a> {
+    format: u32,
+    normalizer: &'a Normalizer,
+    engine: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct SnapIn {
+    format: u32,
+    normalizer: Normalizer,
+    engine: serde_json::Value,
+}
+
+impl Pipeline {
+    /// A fresh pipeline.
+    pub fn new(
+        limits: Limits,
+        norm: NormalizerConfig,
+        detect: DetectConfig,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            decoder: Decoder::new(limits),
+            normalizer: Normalizer::new(norm),
+            engine: Engine::new(detect)?,
+            obs: Vec::new(),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The decoder (for callers that decode before ordering).
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Decodes one line; rejections are counted. Used before event-time ordering.
+    pub fn decode(&mut self, line: &[u8]) -> Result<Record, Reject> {
+        self.counters.lines += 1;
+        let r = self.decoder.decode(line);
+        match &r {
+            Ok(Record::Filtered { reason, .. }) => self.counters.filter(reason),
+            Ok(rec) => {
+                *self
+                    .counters
+                    .decoded
+                    .entry(rec.format().to_owned())
+                    .or_default() += 1
+            }
+            Err(rej) => self.counters.reject(rej),
+        }
+        r
+    }
+
+    /// Normalises and scores one decoded record (in event-time order); alerts are
+    /// appended to `alerts`.
+    pub fn process(&mut self, rec: Record, alerts: &mut Vec<Alert>) -> Result<(), Reject> {
+        self.obs.clear();
+        match self.normalizer.normalize(rec, &mut self.obs) {
+            Ok(None) => {}
+            Ok(Some(d)) => self.counters.filter(match d {
+                Dropped::Duplicate => "duplicate",
+                Dropped::Late => "late",
+                Dropped::ExecDuplicate => "exec_duplicate",
+            }),
+            Err(rej) => {
+                self.counters.reject(&rej);
+                return Err(rej);
+            }
+        }
+        let before = alerts.len();
+        for o in &self.obs {
+            self.engine.observe(o, alerts);
+        }
+        self.counters.observations += self.obs.len() as u64;
+        self.counters.alerts += (alerts.len() - before) as u64;
+        Ok(())
+    }
+
+    /// Serialises normaliser and engine state.
+    pub fn snapshot(&self) -> anyhow::Result<Vec<u8>> {
+        let engine: serde_json::Value = serde_json::from_slice(&self.engine.snapshot()?)?;
+        Ok(serde_json::to_vec(&SnapOut {
+            format: 1,
+            normalizer: &self.normalizer,
+            engine,
+        })?)
+    }
+
+    /// Restores a pipeline from [`Pipeline::snapshot`] output.
+    pub fn restore(limits: Limits, detect: DetectConfig, bytes: &[u8]) -> anyhow::Result<Self> {
+        let s: SnapIn = serde_json::from_slice(bytes)?;
+        anyhow::ensure!(
+            s.format == 1,
+            "pipeline snapshot format {} is not supported",
+            s.format
+        );
+        let engine = Engine::restore(detect, &serde_json::to_vec(&s.engine)?)?;
+        Ok(Self {
+            decoder: Decoder::new(limits),
+            normalizer: s.normalizer,
+            engine,
+            obs: Vec::new(),
+            counters: Counters::default(),
+        })
+    }
+}
