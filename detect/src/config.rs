@@ -35,6 +35,11 @@ pub struct DetectConfig {
     /// An incident closes after this much event time without an anomaly; anomalies of
     /// the same container within it update the incident instead of opening another.
     pub incident_quiet_ms: i64,
+    /// An incident also stays open for this many of the container's own sampling
+    /// intervals, so a series sampled every five minutes or every hour is not split
+    /// into one incident per sample. Thirty intervals is five minutes at the agent's
+    /// 10 s default, less than `incident_quiet_ms`.
+    pub incident_quiet_samples: u32,
     /// While learning, an item one replica shows first is suspect only if no sibling
     /// shows it within this window (periodic jobs start a few minutes apart).
     pub corroboration_ms: i64,
@@ -64,6 +69,7 @@ impl Default for DetectConfig {
             replica_ttl_ms: 120_000,
             min_samples: 50.0,
             incident_quiet_ms: 15 * 60_000,
+            incident_quiet_samples: 30,
             corroboration_ms: 10 * 60_000,
             restart_loop_count: 3,
             restart_window_ms: 10 * 60_000,

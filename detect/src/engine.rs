@@ -200,16 +200,28 @@ impl Engine {
                 late.push((Arc::clone(&r.cref), f));
             }
         }
-        let quiet = cfg.incident_quiet_ms;
-        if let Some(a) = self
-            .state
-            .incidents
-            .record(&obs.container, &key, finding, now, quiet)
-        {
+        // An episode ends after the longer of a fixed quiet time and a number of the
+        // container's own sampling intervals.
+        let quiet_of = |id: &str| {
+            group
+                .replicas
+                .get(id)
+                .map_or(cfg.incident_quiet_ms, |r| r.quiet_ms(cfg))
+        };
+        let quiet = quiet_of(&obs.container.id);
+        let late: Vec<_> = late
+            .into_iter()
+            .map(|(c, f)| {
+                let q = quiet_of(&c.id);
+                (c, f, q)
+            })
+            .collect();
+        let incidents = &mut self.state.incidents;
+        if let Some(a) = incidents.record(&obs.container, &key, finding, now, quiet) {
             out.push(a);
         }
-        for (c, f) in late {
-            if let Some(a) = self.state.incidents.record(&c, &key, f, now, quiet) {
+        for (c, f, q) in late {
+            if let Some(a) = incidents.record(&c, &key, f, now, q) {
                 out.push(a);
             }
         }
@@ -253,9 +265,7 @@ impl Engine {
             .retain(|_, g| now - g.last_seen_ms <= idle);
         let groups = &self.state.groups;
         self.state.repos.retain(|_, k| groups.contains_key(k));
-        self.state
-            .incidents
-            .close_quiet(now, self.cfg.incident_quiet_ms);
+        self.state.incidents.close_quiet(now);
     }
 }
 
@@ -276,6 +286,7 @@ fn score_metrics(
     let tests_per_metric = 2.0;
     let threshold = match group.replicas.get_mut(id) {
         Some(r) => {
+            r.sampled(now);
             r.rate.record(metrics.len() as f64 * tests_per_metric, now);
             calibrate::threshold(r.rate.per_day(), cfg.false_alerts_per_container_day)
         }
@@ -350,7 +361,7 @@ fn score_metrics(
         let anomalous = hot && (peers.is_none() || prev.is_some_and(|l| l.hot));
         // Each view learns what is ordinary for itself. A value beyond the history that
         // the peers share is a fleet-wide change, adopted slowly; one they do not share
-        // is never the group's normal. A lone series adopts lasting changes slowly.
+        // is never the group's normal. A lone series adopts lasting level changes slowly.
         let slow = cfg.anomalous_learn_weight;
         let w_values = match (sb >= threshold, peers.is_some(), fleet >= threshold) {
             (false, _, _) => 1.0,
@@ -377,9 +388,10 @@ fn score_metrics(
         {
             fb.peer_dev.insert(d, now, 1.0);
         }
+        // Steps describe how jumpy a series is: a recurring jump is its character and
+        // is learned at full weight (the value view still guards the levels).
         if let Some(d) = step {
-            fb.steps
-                .insert(d, now, if ss >= threshold { slow } else { 1.0 });
+            fb.steps.insert(d, now, 1.0);
         }
         if let Some(r) = group.replicas.get_mut(id) {
             if r.latest.len() <= slot {

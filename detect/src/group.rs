@@ -33,6 +33,9 @@ pub(crate) struct Replica {
     /// Latest value of each feature slot.
     pub(crate) latest: Vec<Option<Latest>>,
     pub(crate) rate: TestRate,
+    /// Smoothed interval between metric samples, ms (0 until two were seen).
+    pub(crate) interval_ms: f64,
+    pub(crate) last_metrics_ms: Option<i64>,
     /// Recent (re)start times, for restart loops.
     pub(crate) restarts: Vec<i64>,
     pub(crate) died: bool,
@@ -47,9 +50,34 @@ impl Replica {
             alive: true,
             latest: Vec::new(),
             rate: TestRate::new(now_ms),
+            interval_ms: 0.0,
+            last_metrics_ms: None,
             restarts: Vec::new(),
             died: false,
         }
+    }
+}
+
+impl Replica {
+    /// Records a metric sample's time and updates the smoothed sampling interval.
+    pub(crate) fn sampled(&mut self, now_ms: i64) {
+        if let Some(last) = self.last_metrics_ms
+            && now_ms > last
+        {
+            let dt = (now_ms - last) as f64;
+            self.interval_ms = if self.interval_ms == 0.0 {
+                dt
+            } else {
+                0.9 * self.interval_ms + 0.1 * dt
+            };
+        }
+        self.last_metrics_ms = Some(self.last_metrics_ms.map_or(now_ms, |l| l.max(now_ms)));
+    }
+
+    /// How long an incident of this replica stays open without anomalies.
+    pub(crate) fn quiet_ms(&self, cfg: &DetectConfig) -> i64 {
+        cfg.incident_quiet_ms
+            .max((self.interval_ms * f64::from(cfg.incident_quiet_samples)) as i64)
     }
 }
 

@@ -62,6 +62,8 @@ const MAX_EVENTS: usize = 32;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct Open {
     id: String,
+    /// How long it stays open without anomalies (depends on the container's sampling).
+    quiet_ms: i64,
     group: String,
     opened_ms: i64,
     last_ms: i64,
@@ -133,6 +135,7 @@ impl Incidents {
             changed = true;
             Open {
                 id: incident_id(&c.id, now_ms),
+                quiet_ms,
                 group: group.to_owned(),
                 opened_ms: now_ms,
                 last_ms: now_ms,
@@ -149,6 +152,7 @@ impl Incidents {
         });
         let opening = changed;
         o.last_ms = o.last_ms.max(now_ms);
+        o.quiet_ms = quiet_ms;
         o.score = o.score.max(f.score);
         if f.threshold > 0.0 {
             o.threshold = f.threshold;
@@ -209,10 +213,10 @@ impl Incidents {
         Some(to_alert(o, c, now_ms))
     }
 
-    /// Closes incidents quiet for longer than `quiet_ms`; returns how many.
-    pub(crate) fn close_quiet(&mut self, now_ms: i64, quiet_ms: i64) -> usize {
+    /// Closes incidents quiet for longer than their quiet time; returns how many.
+    pub(crate) fn close_quiet(&mut self, now_ms: i64) -> usize {
         let n = self.open.len();
-        self.open.retain(|_, o| now_ms - o.last_ms <= quiet_ms);
+        self.open.retain(|_, o| now_ms - o.last_ms <= o.quiet_ms);
         n - self.open.len()
     }
 }
