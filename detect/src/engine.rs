@@ -313,7 +313,12 @@ fn score_metrics(
         let Some((fname, fb)) = group.baseline.feature_at_mut(slot) else {
             continue;
         };
-        let scoring = phase != Phase::Warmup;
+        // Peers are a reference from the first hour; a lone series' own history is not
+        // trusted before it covers a learning period (a daily cycle, by default).
+        let scoring = match peers {
+            Some(_) => phase != Phase::Warmup,
+            None => phase == Phase::Locked,
+        };
         let step = prev
             .filter(|l| now > l.ts_ms && now - l.ts_ms <= MAX_STEP_GAP_MS)
             .map(|l| (x - l.value).abs());
@@ -453,8 +458,8 @@ fn score_event(
     {
         finding.add(Detector::RestartLoop, Severity::Medium, threshold + 1.5);
         finding.events.push(format!(
-            "restarted {} times within {} minutes",
-            r.restarts.len(),
+            "restarting repeatedly ({} or more restarts within {} minutes)",
+            cfg.restart_loop_count,
             cfg.restart_window_ms / 60_000
         ));
     }
