@@ -58,7 +58,7 @@ fn replay_counts_bad_lines_exits_zero_and_writes_contract_alerts() {
     text.push_str("{\"hello\":\"world\"}\n");
     text.push_str(&format!("{{\"ts\":\"{}\"}}\n", "x".repeat(2 << 20)));
     text.push_str("{\"ts\":\"yesterday\",\"container_id\":\"a\",\"image\":\"i\",\"metrics\":{}}\n");
-    text.push_str("\n");
+    text.push('\n');
     std::fs::write(&input, text).unwrap_or_else(|e| panic!("{e}"));
 
     let (stdout, stderr) = ok(&herd()

@@ -163,11 +163,8 @@ impl Incidents {
         for fe in f.features {
             let room = o.features.len() < MAX_FEATURES;
             match o.features.get_mut(&fe.name) {
-                Some(old) => {
-                    if fe.surprise > old.surprise {
-                        *old = fe;
-                    }
-                }
+                Some(old) if fe.surprise > old.surprise => *old = fe,
+                Some(_) => {}
                 None if room => {
                     o.features.insert(fe.name.clone(), fe);
                     changed = true;

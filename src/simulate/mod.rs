@@ -353,31 +353,30 @@ pub fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<SimSummary> {
     let mut uuid_n = 0u64;
     while t < end {
         let tick_end = t + dt;
-        for ci in 0..cs.len() {
-            let (from, to) = (cs[ci].from_ms, cs[ci].to_ms.unwrap_or(i64::MAX));
+        for c in cs.iter_mut() {
+            let (from, to) = (c.from_ms, c.to_ms.unwrap_or(i64::MAX));
             if from > T0 && from >= t && from < tick_end {
                 pending.push((
                     from,
                     Sink::Events,
-                    docker_event(from, &cs[ci].ident, "start", &[]),
+                    docker_event(from, &c.ident, "start", &[]),
                 ));
             }
             if to >= t && to < tick_end {
                 pending.push((
                     to,
                     Sink::Events,
-                    docker_event(to, &cs[ci].ident, "kill", &[("signal", "15".into())]),
+                    docker_event(to, &c.ident, "kill", &[("signal", "15".into())]),
                 ));
                 pending.push((
                     to + 300,
                     Sink::Events,
-                    docker_event(to + 300, &cs[ci].ident, "die", &[("exitCode", "0".into())]),
+                    docker_event(to + 300, &c.ident, "die", &[("exitCode", "0".into())]),
                 ));
             }
             if !(from <= t && t < to) {
                 continue;
             }
-            let c = &cs[ci];
             // Health-check execs every two minutes on web and api replicas.
             if matches!(c.kind, Kind::Web | Kind::Api { .. }) {
                 let mut k = (t - from - c.hc_offset_ms).div_euclid(120_000) + 1;
@@ -412,13 +411,13 @@ pub fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<SimSummary> {
                 }
             }
             // Falco noise on every web replica: nginx reading its TLS key every ~5 min.
-            if c.kind == Kind::Web && cs[ci].falco_next_ms < tick_end {
-                let at = cs[ci].falco_next_ms.max(t);
+            if c.kind == Kind::Web && c.falco_next_ms < tick_end {
+                let at = c.falco_next_ms.max(t);
                 uuid_n += 1;
                 let line = falco(
                     at,
                     &format!("00000000-0000-4000-8000-{uuid_n:012}"),
-                    &cs[ci].ident,
+                    &c.ident,
                     "Read sensitive file untrusted",
                     "Warning",
                     "/usr/sbin/nginx",
@@ -433,7 +432,7 @@ pub fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<SimSummary> {
                     ],
                 );
                 pending.push((at, Sink::Falco, line));
-                cs[ci].falco_next_ms = at + 240_000 + rng.random_range(0..120_000);
+                c.falco_next_ms = at + 240_000 + rng.random_range(0..120_000);
             }
         }
         // Attack events.
@@ -518,16 +517,15 @@ pub fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<SimSummary> {
         }
         // Stats at the end of the tick.
         let now = tick_end.min(end);
-        for ci in 0..cs.len() {
-            let c = &cs[ci];
+        for (ci, c) in cs.iter_mut().enumerate() {
             if !(c.from_ms <= now && now < c.to_ms.unwrap_or(i64::MAX)) || now - c.from_ms < 1000 {
                 continue;
             }
-            if let Some(r) = cs[ci].restarted_at
+            if let Some(r) = c.restarted_at
                 && r <= now
             {
-                cs[ci].restarted_at = None;
-                cs[ci].reset_counters();
+                c.restarted_at = None;
+                c.reset_counters();
             }
             let mut effects: Vec<(Effect, f64)> = attacks
                 .iter()
@@ -537,12 +535,11 @@ pub fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<SimSummary> {
                         .map(|e| (e, (now - a.start) as f64 / (a.end - a.start) as f64))
                 })
                 .collect();
-            if cs[ci].kind == Kind::Web && surge.0 <= now && now < surge.1 {
+            if c.kind == Kind::Web && surge.0 <= now && now < surge.1 {
                 effects.push((Effect::Surge, 0.0));
             }
-            let rates = cs[ci].rates(now, &effects, &mut rng);
-            let gauges = cs[ci].advance(&rates, dt);
-            let c = &cs[ci];
+            let rates = c.rates(now, &effects, &mut rng);
+            let gauges = c.advance(&rates, dt);
             let line = match c.format {
                 Format::Envelope => envelope(
                     &c.ident,

@@ -81,9 +81,7 @@ impl Registry {
         ts_ms: i64,
     ) -> Option<Arc<ContainerRef>> {
         let known = self.by_id.get(id).map(|e| Arc::clone(&e.cref));
-        let Some(image) = image.or_else(|| known.as_ref().map(|k| k.image.clone())) else {
-            return None;
-        };
+        let image = image.or_else(|| known.as_ref().map(|k| k.image.clone()))?;
         let same_image = known.as_ref().is_some_and(|k| k.image == image);
         let c = ContainerRef {
             id: id.to_owned(),
