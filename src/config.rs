@@ -55,6 +55,7 @@ impl HerdConfig {
             None => HerdConfig::default(),
         };
         cfg.detect.validate()?;
+        cfg.normalizer.validate()?;
         anyhow::ensure!(
             cfg.limits.max_line_bytes >= 1024,
             "limits.max_line_bytes: must be at least 1024"

@@ -101,6 +101,20 @@ pub struct TailSketch {
     since_cache: u32,
 }
 
+/// Probability of a value `beyond` past the 99th (or 1st) percentile, whose 99→99.9 %
+/// stretch is `gap`: the exponential tail (never narrower than `floor`, widened by
+/// `widen` for small samples), or the trusted empirical fraction if that is larger.
+/// Inside the band (`beyond <= 0`) it is at least the band edge's 1 %.
+fn tail_p(beyond: f64, gap: f64, empirical: f64, floor: f64, widen: f64) -> f64 {
+    let model = if beyond > 0.0 {
+        let beta = (gap / std::f64::consts::LN_10).max(floor) * widen;
+        0.01 * (-beyond / beta).exp()
+    } else {
+        0.01
+    };
+    empirical.max(model)
+}
+
 impl PartialEq for TailSketch {
     /// Equal when the learned state is equal; the quantile cache is not state.
     fn eq(&self, o: &Self) -> bool {
@@ -296,14 +310,7 @@ impl TailSketch {
         let trusted = |f: f64| if f >= min_fraction { f } else { 0.0 };
         let upper = if x > s.q90 {
             let empirical = trusted(self.upper_fraction(x));
-            let model = if x > s.q99 {
-                let beta = ((s.q999 - s.q99) / std::f64::consts::LN_10).max(floor) * widen;
-                0.01 * (-(x - s.q99) / beta).exp()
-            } else {
-                0.01
-            };
-            let p = empirical.max(model);
-            to_surprise(p)
+            to_surprise(tail_p(x - s.q99, s.q999 - s.q99, empirical, floor, widen))
         } else {
             0.0
         };
@@ -312,14 +319,7 @@ impl TailSketch {
         }
         let lower = if x < s.q10 {
             let empirical = trusted(self.lower_fraction(x));
-            let model = if x < s.q01 {
-                let beta = ((s.q01 - s.q001) / std::f64::consts::LN_10).max(floor) * widen;
-                0.01 * (-(s.q01 - x) / beta).exp()
-            } else {
-                0.01
-            };
-            let p = empirical.max(model);
-            to_surprise(p)
+            to_surprise(tail_p(s.q01 - x, s.q01 - s.q001, empirical, floor, widen))
         } else {
             0.0
         };

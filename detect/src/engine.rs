@@ -441,10 +441,9 @@ fn score_event(
             }
         }
         Event::Restart => r.restarts.push(now),
-        Event::Die { exit_code } => {
+        Event::Die { .. } => {
             r.alive = false;
             r.died = true;
-            let _ = exit_code;
         }
         Event::Oom => {
             finding.add(Detector::Oom, Severity::Medium, threshold + 1.5);
@@ -464,16 +463,11 @@ fn score_event(
         ));
     }
     if let Event::Falco { priority, tags, .. } = ev {
-        let rank = falco_rank(priority);
-        if rank >= 5 {
+        if falco_rank(priority) >= 5 {
             finding.add(Detector::Falco, Severity::High, threshold + 3.0);
         }
-        if rank >= 5 || matches!(ev, Event::Falco { .. }) {
-            // Techniques are recorded only if something alerts on this event.
-            for t in attack_ids(tags) {
-                finding.attack.insert(t.clone());
-            }
-        }
+        // Kept only if something alerts on this event (cleared below otherwise).
+        finding.attack.extend(attack_ids(tags).cloned());
     }
     for (kind, value) in items_of(ev) {
         let prior = group

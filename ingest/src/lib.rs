@@ -31,9 +31,6 @@ pub use normalize::{Normalizer, NormalizerConfig};
 /// are data, not failures).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A snapshot of normaliser state could not be encoded or decoded.
-    #[error("normaliser snapshot: {0}")]
-    Snapshot(#[from] serde_json::Error),
     /// A configuration value is out of its legal range.
     #[error("invalid configuration: {field}: {reason}")]
     Config {

@@ -275,57 +275,52 @@ pub fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<SimSummary> {
         }
     }
     let h = |x: f64| T0 + (x * HOUR as f64) as i64;
-    let mut attacks = vec![
-        Attack {
-            kind: "exfiltration",
-            effect: Some(Effect::Exfiltration),
-            target: idx(&cs, "api-2"),
-            start: h(26.0),
-            end: h(26.0) + 25 * MIN,
-        },
-        Attack {
-            kind: "cryptominer",
-            effect: Some(Effect::Miner),
-            target: idx(&cs, "web-3"),
-            start: h(28.0),
-            end: h(28.0) + 45 * MIN,
-        },
-        Attack {
-            kind: "memory_leak_oom",
-            effect: Some(Effect::MemoryLeak),
-            target: idx(&cs, "cache-2"),
-            start: h(30.0),
-            end: h(31.0),
-        },
-        Attack {
-            kind: "cpu_spike_single_replica",
-            effect: Some(Effect::CpuSpike),
-            target: idx(&cs, "cron-1"),
-            start: h(32.33),
-            end: h(32.33) + 15 * MIN,
-        },
-        Attack {
-            kind: "fork_bomb",
-            effect: Some(Effect::ForkBomb),
-            target: idx(&cs, "worker-1"),
-            start: h(36.0),
-            end: h(36.0) + 10 * MIN,
-        },
-        Attack {
-            kind: "disk_write_burst",
-            effect: Some(Effect::DiskBurst),
-            target: idx(&cs, "worker-3"),
-            start: h(42.0),
-            end: h(42.0) + 10 * MIN,
-        },
-        Attack {
-            kind: "reverse_shell",
-            effect: None,
-            target: idx(&cs, "web-5"),
-            start: h(44.0),
-            end: h(44.0) + 10 * MIN,
-        },
+    // (kind, effect on metrics, target, start hour, minutes). All after the first day,
+    // the baselines' learning period; exec_and_download hits a replica of the new
+    // version, while its baseline re-learns after the rollout.
+    let table: [(&str, Option<Effect>, &str, f64, i64); 7] = [
+        (
+            "exfiltration",
+            Some(Effect::Exfiltration),
+            "api-2",
+            26.0,
+            25,
+        ),
+        ("cryptominer", Some(Effect::Miner), "web-3", 28.0, 45),
+        (
+            "memory_leak_oom",
+            Some(Effect::MemoryLeak),
+            "cache-2",
+            30.0,
+            60,
+        ),
+        (
+            "cpu_spike_single_replica",
+            Some(Effect::CpuSpike),
+            "cron-1",
+            32.33,
+            15,
+        ),
+        ("fork_bomb", Some(Effect::ForkBomb), "worker-1", 36.0, 10),
+        (
+            "disk_write_burst",
+            Some(Effect::DiskBurst),
+            "worker-3",
+            42.0,
+            10,
+        ),
+        ("reverse_shell", None, "web-5", 44.0, 10),
     ];
+    let mut attacks: Vec<Attack> = table
+        .iter()
+        .map(|&(kind, effect, name, hour, minutes)| Attack {
+            kind,
+            effect,
+            target: idx(&cs, name),
+            start: h(hour),
+            end: h(hour) + minutes * MIN,
+        })
+        .collect();
     if let Some(api4) = new_api.get(3) {
         attacks.push(Attack {
             kind: "exec_and_download",

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{Ev, Limits, Record, Reject, RejectReason, bounded, split_image, string_map};
+use super::{Limits, Record, Reject, RejectReason, bounded, split_image, string_map};
+use crate::model::Event;
 
 /// A container event, with the attributes the registry needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,7 +26,7 @@ pub struct DockerEventRecord {
     /// Exec id, so `exec_create` and `exec_start` of one exec count once.
     pub exec_id: Option<String>,
     /// The typed event.
-    pub event: Ev,
+    pub event: Event,
 }
 
 /// Attribute keys Docker adds that are not container labels.
@@ -89,21 +90,21 @@ pub(super) fn decode(v: &Value, l: &Limits) -> Result<Record, Reject> {
                 None => (action.trim(), ""),
             };
             let event = match verb {
-                "start" => Ev::Start { privileged: None },
-                "die" => Ev::Die {
+                "start" => Event::Start { privileged: None },
+                "die" => Event::Die {
                     exit_code: attr("exitCode").and_then(|s| s.parse().ok()),
                 },
-                "oom" => Ev::Oom,
-                "kill" => Ev::Kill {
+                "oom" => Event::Oom,
+                "kill" => Event::Kill {
                     signal: attr("signal"),
                 },
-                "restart" => Ev::Restart,
+                "restart" => Event::Restart,
                 "exec_create" | "exec_start" => {
                     let mut words = rest.split_whitespace().take(l.max_items);
                     let Some(process) = words.next() else {
                         return filtered("exec_without_command");
                     };
-                    Ev::Exec {
+                    Event::Exec {
                         process: bounded(process.to_owned(), l.max_string_bytes),
                         args: words
                             .map(|w| bounded(w.to_owned(), l.max_string_bytes))
@@ -111,7 +112,7 @@ pub(super) fn decode(v: &Value, l: &Limits) -> Result<Record, Reject> {
                         user: None,
                     }
                 }
-                "health_status" => Ev::Health {
+                "health_status" => Event::Health {
                     status: bounded(rest.to_owned(), 64),
                 },
                 _ => return filtered("irrelevant_container_event"),
@@ -124,9 +125,9 @@ pub(super) fn decode(v: &Value, l: &Limits) -> Result<Record, Reject> {
             };
             let network = attr("name").unwrap_or_default();
             let event = if action == "connect" {
-                Ev::NetworkConnect { network }
+                Event::NetworkConnect { network }
             } else {
-                Ev::NetworkDisconnect { network }
+                Event::NetworkDisconnect { network }
             };
             return Ok(Record::DockerEvent(DockerEventRecord {
                 ts_ms,
@@ -189,7 +190,7 @@ mod tests {
         assert_eq!(e.image.as_deref(), Some("shop/web:1.4"));
         assert_eq!(e.labels.get("app").map(String::as_str), Some("web"));
         assert!(!e.labels.contains_key("name"));
-        assert_eq!(e.event, Ev::Start { privileged: None });
+        assert_eq!(e.event, Event::Start { privileged: None });
     }
 
     #[test]
@@ -202,7 +203,7 @@ mod tests {
         };
         assert_eq!(e.exec_id.as_deref(), Some("e1"));
         assert!(
-            matches!(&e.event, Ev::Exec { process, args, .. } if process == "sh" && args.len() == 3)
+            matches!(&e.event, Event::Exec { process, args, .. } if process == "sh" && args.len() == 3)
         );
         let die = dec(
             r#"{"Type":"container","Action":"die","Actor":{"ID":"abc","Attributes":{"exitCode":"137"}},"time":1795428000}"#,
@@ -212,7 +213,7 @@ mod tests {
         };
         assert_eq!(
             e.event,
-            Ev::Die {
+            Event::Die {
                 exit_code: Some(137)
             }
         );
@@ -222,7 +223,7 @@ mod tests {
         let Record::DockerEvent(e) = h else { panic!() };
         assert_eq!(
             e.event,
-            Ev::Health {
+            Event::Health {
                 status: "unhealthy".into()
             }
         );
@@ -233,7 +234,7 @@ mod tests {
         assert_eq!(e.id, "abc");
         assert_eq!(
             e.event,
-            Ev::NetworkDisconnect {
+            Event::NetworkDisconnect {
                 network: "bridge".into()
             }
         );

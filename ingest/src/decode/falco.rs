@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{Ev, Limits, Record, Reject, RejectReason, bounded, native::bound_event, str_field};
+use super::{Limits, Record, Reject, RejectReason, bounded, native::bound_event, str_field};
+use crate::model::Event;
 
 /// A Falco alert about a container.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,7 +25,7 @@ pub struct FalcoRecord {
     /// `k8s.*` output fields, as labels with their Kubernetes names.
     pub k8s: BTreeMap<String, String>,
     /// The typed event.
-    pub event: Ev,
+    pub event: Event,
 }
 
 fn field(of: &Value, key: &str, l: &Limits) -> Option<String> {
@@ -93,7 +94,7 @@ pub(super) fn decode(v: &Value, l: &Limits) -> Result<Record, Reject> {
         }
     }
     let event = bound_event(
-        Ev::Falco {
+        Event::Falco {
             rule,
             priority,
             process: field(of, "proc.exepath", l).or_else(|| field(of, "proc.name", l)),
@@ -131,7 +132,7 @@ mod tests {
         assert_eq!(f.container_id, "8f2c1a2b3c4d");
         assert_eq!(f.image.as_deref(), Some("shop/web:1.4"));
         assert_eq!(f.host.as_deref(), Some("node-1"));
-        let Ev::Falco {
+        let Event::Falco {
             process,
             dest,
             tags,

@@ -15,7 +15,7 @@ mod prometheus;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::model::{ContainerRef, Event, Observation};
+use crate::model::{ContainerRef, Observation};
 
 pub use docker_events::DockerEventRecord;
 pub use docker_stats::{StatsCounters, StatsRecord};
@@ -393,9 +393,6 @@ pub(crate) fn container_ref(
         host,
     }
 }
-
-/// Event helper re-exported for decoders.
-pub(crate) type Ev = Event;
 
 #[cfg(test)]
 mod tests {

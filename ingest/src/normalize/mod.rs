@@ -50,6 +50,31 @@ impl Default for NormalizerConfig {
     }
 }
 
+impl NormalizerConfig {
+    /// Checks the settings; the error names the field as the configuration spells it.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |field: &'static str, reason: &str| {
+            Err(crate::Error::Config {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.container_ttl_ms <= 0 {
+            return bad("normalizer.container_ttl_ms", "must be positive");
+        }
+        if self.max_containers == 0 {
+            return bad("normalizer.max_containers", "must be at least 1");
+        }
+        if self.min_rate_interval_ms < 0 || self.max_rate_interval_ms <= self.min_rate_interval_ms {
+            return bad(
+                "normalizer.max_rate_interval_ms",
+                "must be greater than normalizer.min_rate_interval_ms (>= 0)",
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Why a decodable record yielded nothing, beyond decoder filters. Counted, not
 /// dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
