@@ -279,3 +279,93 @@ pub fn render(e: &Evaluation) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use herd_detect::{Detector, Severity};
+
+    use super::*;
+    use crate::simulate::{AttackLabel, BenignLabel};
+
+    fn alert(id: &str, container: &str, image: &str, ts: &str, seq: u32) -> Alert {
+        Alert {
+            incident_id: id.into(),
+            ts: ts.into(),
+            seq,
+            container_id: container.into(),
+            container_name: container.into(),
+            group: image.into(),
+            image: image.into(),
+            host: None,
+            severity: Severity::High,
+            score: 9.0,
+            threshold: 6.0,
+            detectors: vec![Detector::Peer],
+            explanation: "x".into(),
+            features: vec![],
+            novel: vec![],
+            events: vec![],
+            attack: vec![],
+            labels: BTreeMap::new(),
+        }
+    }
+
+    fn labels() -> Labels {
+        let benign = |kind: &str, start: &str, end: &str| BenignLabel {
+            kind: kind.into(),
+            repository: "shop/web".into(),
+            start: start.into(),
+            end: end.into(),
+        };
+        Labels {
+            seed: 0,
+            start: "2026-11-02T00:00:00Z".into(),
+            end: "2026-11-04T00:00:00Z".into(),
+            attacks: ["a", "b"]
+                .iter()
+                .map(|c| AttackLabel {
+                    id: format!("atk-{c}"),
+                    kind: "cryptominer".into(),
+                    container_id: (*c).into(),
+                    container_name: (*c).into(),
+                    image: "shop/web:1".into(),
+                    start: "2026-11-03T10:00:00Z".into(),
+                    end: "2026-11-03T10:30:00Z".into(),
+                })
+                .collect(),
+            benign: vec![
+                benign("healthcheck_exec", "2026-11-02T00:00:00Z", "2026-11-04T00:00:00Z"),
+                benign("surge", "2026-11-03T14:00:00Z", "2026-11-03T14:40:00Z"),
+            ],
+        }
+    }
+
+    #[test]
+    fn matching_grace_incidents_and_the_most_specific_benign_window() {
+        let alerts = [
+            // Detects a, 2 minutes in; its update 30 minutes later counts once.
+            alert("i1", "a", "shop/web:1", "2026-11-03T10:02:00Z", 0),
+            alert("i1", "a", "shop/web:1", "2026-11-03T10:32:00Z", 1),
+            // On b, but 11 minutes after the attack's end: past the grace, a false alarm.
+            alert("i2", "b", "shop/web:1", "2026-11-03T10:41:00Z", 0),
+            // During the surge.
+            alert("i3", "c", "shop/web:1", "2026-11-03T14:10:00Z", 0),
+        ];
+        let e = evaluate(&labels(), &alerts).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!((e.attacks, e.detected, e.incidents, e.true_incidents), (2, 1, 3, 1));
+        assert!((e.recall - 0.5).abs() < 1e-9 && (e.precision - 1.0 / 3.0).abs() < 1e-9);
+        assert_eq!(e.per_attack[0].delay_s, Some(120.0));
+        assert!(!e.per_attack[1].detected);
+        let windows: Vec<_> = e.false_alarms.iter().map(|f| f.benign_window.clone()).collect();
+        assert_eq!(
+            windows,
+            vec![
+                Some("healthcheck_exec on shop/web".to_owned()),
+                Some("surge on shop/web".to_owned())
+            ]
+        );
+        assert!(render(&e).contains("recall 0.50"));
+    }
+}

@@ -1,0 +1,175 @@
+//! Engine behaviour on hand-built observation streams: novelty while learning (with the
+//! sibling corroboration window), rules that alert whatever the baseline says, and
+//! learning that stays quiet.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use herd_detect::{Alert, DetectConfig, Detector, Engine, Severity};
+use herd_ingest::{ContainerRef, Event, Observation, Payload};
+
+const T0: i64 = 1_795_428_000_000;
+const MIN: i64 = 60_000;
+
+fn replicas(n: usize, image: &str) -> Vec<Arc<ContainerRef>> {
+    (0..n)
+        .map(|i| {
+            Arc::new(ContainerRef {
+                id: format!("{:064x}", i + 1),
+                name: Some(format!("app-{}", i + 1)),
+                image: image.into(),
+                image_digest: Some("sha256:aa".into()),
+                labels: BTreeMap::new(),
+                host: Some("node-1".into()),
+            })
+        })
+        .collect()
+}
+
+fn metrics(c: &Arc<ContainerRef>, ts: i64, cpu: f64) -> Observation {
+    Observation {
+        ts_ms: ts,
+        container: Arc::clone(c),
+        payload: Payload::Metrics(vec![("cpu_cores".into(), cpu)]),
+    }
+}
+
+fn event(c: &Arc<ContainerRef>, ts: i64, e: Event) -> Observation {
+    Observation {
+        ts_ms: ts,
+        container: Arc::clone(c),
+        payload: Payload::Event(e),
+    }
+}
+
+fn process(path: &str) -> Event {
+    Event::Process {
+        process: path.into(),
+        args: vec![],
+        user: None,
+        parent: None,
+    }
+}
+
+/// Feeds `minutes` of one-per-minute samples from every replica, plus `extra` events.
+fn run(engine: &mut Engine, cs: &[Arc<ContainerRef>], minutes: i64, extra: &[Observation]) -> Vec<Alert> {
+    let mut all: Vec<Observation> = Vec::new();
+    for m in 0..minutes {
+        for (i, c) in cs.iter().enumerate() {
+            all.push(metrics(c, T0 + m * MIN + i as i64, 0.3 + 0.01 * ((m + i as i64) % 5) as f64));
+        }
+    }
+    all.extend_from_slice(extra);
+    all.sort_by_key(|o| o.ts_ms);
+    let mut out = Vec::new();
+    for o in &all {
+        engine.observe(o, &mut out);
+    }
+    out
+}
+
+fn engine() -> Engine {
+    let mut cfg = DetectConfig::default();
+    cfg.baseline.warmup_ms = 30 * MIN;
+    cfg.baseline.learning_period_ms = 6 * 60 * MIN;
+    Engine::new(cfg).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn an_item_only_one_replica_shows_is_suspect_even_while_learning() {
+    let cs = replicas(5, "shop/app:1");
+    let mut e = engine();
+    // At 60 min (learning: after warm-up, before lock) app-2 runs something new.
+    let odd = event(&cs[1], T0 + 60 * MIN, process("/tmp/.x/xmrig"));
+    let out = run(&mut e, &cs, 90, &[odd]);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    let a = &out[0];
+    assert_eq!(a.container_name, "app-2");
+    assert_eq!(a.detectors, vec![Detector::Novelty]);
+    assert_eq!(a.severity, Severity::Medium);
+    assert_eq!(a.novel[0].value, "/tmp/.x/xmrig");
+    assert_eq!(a.novel[0].replica_support, 0);
+    assert_eq!(a.novel[0].phase, "learning");
+    // Raised once the corroboration window (10 min) passed without a sibling showing it.
+    let ts = herd_ingest::time::parse_rfc3339_ms(&a.ts).unwrap_or(0);
+    assert!(ts >= T0 + 70 * MIN, "{}", a.ts);
+}
+
+#[test]
+fn an_item_siblings_show_within_the_window_is_learned_quietly() {
+    let cs = replicas(5, "shop/app:1");
+    let mut e = engine();
+    // A job that every replica starts, a few minutes apart.
+    let job: Vec<Observation> = cs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| event(c, T0 + (60 + 2 * i as i64) * MIN, process("/usr/local/bin/rotate-logs")))
+        .collect();
+    assert!(run(&mut e, &cs, 90, &job).is_empty());
+    let support = e
+        .baseline("shop/app@sha256:aa")
+        .and_then(|b| b.items.get(herd_baseline::ItemKind::Executable, "/usr/local/bin/rotate-logs"))
+        .map(|s| s.support());
+    assert_eq!(support, Some(5));
+}
+
+#[test]
+fn after_learning_a_never_seen_item_is_novel_at_once() {
+    let cs = replicas(3, "shop/app:1");
+    let mut e = engine();
+    let odd = event(&cs[0], T0 + 400 * MIN, Event::Connect { dest: "203.0.113.7:4444".into() });
+    let out = run(&mut e, &cs, 401, &[odd]);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0].severity, Severity::High);
+    assert_eq!(out[0].novel[0].phase, "locked");
+    assert!(out[0].explanation.contains("connected to 203.0.113.7:4444"), "{}", out[0].explanation);
+}
+
+#[test]
+fn critical_falco_rules_and_privileged_starts_alert_whatever_was_learned() {
+    let cs = replicas(3, "shop/app:1");
+    let mut e = engine();
+    let falco = |ts| {
+        event(&cs[2], ts, Event::Falco {
+            rule: "Container Drift Detected".into(),
+            priority: "Critical".into(),
+            process: Some("/tmp/x".into()),
+            cmdline: None,
+            user: None,
+            dest: None,
+            tags: vec!["T1036".into(), "container".into()],
+        })
+    };
+    // Seen during warm-up (learned), then again much later: still alerted.
+    let extra = [
+        falco(T0 + 5 * MIN),
+        falco(T0 + 200 * MIN),
+        event(&cs[1], T0 + 210 * MIN, Event::Start { privileged: Some(true) }),
+    ];
+    let out = run(&mut e, &cs, 220, &extra);
+    let falco_alert = out.iter().find(|a| a.container_name == "app-3");
+    assert!(
+        falco_alert.is_some_and(|a| a.detectors.contains(&Detector::Falco) && a.attack == ["T1036"]),
+        "{out:#?}"
+    );
+    let privileged = out.iter().find(|a| a.container_name == "app-2");
+    assert!(
+        privileged.is_some_and(|a| a.detectors == [Detector::Privileged] && a.severity == Severity::High),
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn a_lone_replica_running_a_new_exec_while_learning_is_alerted() {
+    let cs = replicas(1, "ops/cron:3");
+    let mut e = engine();
+    let exec = event(&cs[0], T0 + 60 * MIN, Event::Exec {
+        process: "/bin/sh".into(),
+        args: vec!["-c".into(), "id".into()],
+        user: Some("root".into()),
+    });
+    let out = run(&mut e, &cs, 70, &[exec]);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0].detectors, vec![Detector::Exec]);
+    assert_eq!(out[0].attack, vec!["T1609".to_owned()]);
+}
