@@ -336,7 +336,11 @@ mod tests {
                 })
                 .collect(),
             benign: vec![
-                benign("healthcheck_exec", "2026-11-02T00:00:00Z", "2026-11-04T00:00:00Z"),
+                benign(
+                    "healthcheck_exec",
+                    "2026-11-02T00:00:00Z",
+                    "2026-11-04T00:00:00Z",
+                ),
                 benign("surge", "2026-11-03T14:00:00Z", "2026-11-03T14:40:00Z"),
             ],
         }
@@ -354,11 +358,18 @@ mod tests {
             alert("i3", "c", "shop/web:1", "2026-11-03T14:10:00Z", 0),
         ];
         let e = evaluate(&labels(), &alerts).unwrap_or_else(|e| panic!("{e:#}"));
-        assert_eq!((e.attacks, e.detected, e.incidents, e.true_incidents), (2, 1, 3, 1));
+        assert_eq!(
+            (e.attacks, e.detected, e.incidents, e.true_incidents),
+            (2, 1, 3, 1)
+        );
         assert!((e.recall - 0.5).abs() < 1e-9 && (e.precision - 1.0 / 3.0).abs() < 1e-9);
         assert_eq!(e.per_attack[0].delay_s, Some(120.0));
         assert!(!e.per_attack[1].detected);
-        let windows: Vec<_> = e.false_alarms.iter().map(|f| f.benign_window.clone()).collect();
+        let windows: Vec<_> = e
+            .false_alarms
+            .iter()
+            .map(|f| f.benign_window.clone())
+            .collect();
         assert_eq!(
             windows,
             vec![

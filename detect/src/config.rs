@@ -52,6 +52,14 @@ pub struct DetectConfig {
     /// Weight with which an anomalous value is still learned, so a lasting change is
     /// eventually accepted while a short attack barely moves the baseline.
     pub anomalous_learn_weight: f64,
+    /// Most peer groups tracked; beyond it the least recently seen group is dropped (its
+    /// baseline lives on in checkpoints). A producer inventing image names cannot grow
+    /// memory without bound. 20,000 groups is twenty times the 1,000-group fleets the
+    /// benchmarks size a worker for.
+    pub max_groups: usize,
+    /// Most replicas tracked per group; beyond it the least recently seen goes. Ten
+    /// thousand replicas of one image is past any real deployment.
+    pub max_replicas_per_group: usize,
     /// Group state (replicas, incidents) idle this long is dropped; the baseline itself
     /// lives on in checkpoints. A week outlives weekends and maintenance windows.
     pub group_idle_ms: i64,
@@ -75,6 +83,8 @@ impl Default for DetectConfig {
             restart_window_ms: 10 * 60_000,
             anomalous_learn_weight: 0.1,
             group_idle_ms: 7 * 86_400_000,
+            max_groups: 20_000,
+            max_replicas_per_group: 10_000,
         }
     }
 }
@@ -119,6 +129,12 @@ impl DetectConfig {
         }
         if !(0.0..=1.0).contains(&self.anomalous_learn_weight) {
             return bad("detect.anomalous_learn_weight", "must be within 0..=1");
+        }
+        if self.max_groups == 0 || self.max_replicas_per_group < self.min_peers {
+            return bad(
+                "detect.max_groups",
+                "max_groups must be at least 1 and max_replicas_per_group at least min_peers",
+            );
         }
         if self.incident_quiet_ms <= 0 {
             return bad("detect.incident_quiet_ms", "must be positive");

@@ -138,6 +138,11 @@ impl Engine {
             return;
         };
         group.last_seen_ms = group.last_seen_ms.max(now);
+        if !group.replicas.contains_key(&obs.container.id)
+            && group.replicas.len() >= cfg.max_replicas_per_group
+        {
+            group.evict_oldest_replica();
+        }
         let replica = group
             .replicas
             .entry(obs.container.id.clone())
@@ -246,6 +251,17 @@ impl Engine {
             Some(prev) => prev.baseline.inherit(key, now),
             None => GroupBaseline::new(key, repo.clone(), now),
         };
+        if self.state.groups.len() >= self.cfg.max_groups
+            && let Some(oldest) = self
+                .state
+                .groups
+                .iter()
+                .min_by_key(|(_, g)| g.last_seen_ms)
+                .map(|(k, _)| k.clone())
+        {
+            self.state.groups.remove(&oldest);
+            self.state.repos.retain(|_, k| *k != oldest);
+        }
         self.state.repos.insert(repo, key.to_owned());
         self.state
             .groups

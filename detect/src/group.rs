@@ -222,6 +222,18 @@ impl GroupState {
             .collect()
     }
 
+    /// Forgets the least recently seen replica.
+    pub(crate) fn evict_oldest_replica(&mut self) {
+        if let Some(id) = self
+            .replicas
+            .iter()
+            .min_by_key(|(_, r)| r.last_seen_ms)
+            .map(|(id, _)| id.clone())
+        {
+            self.replicas.remove(&id);
+        }
+    }
+
     /// Forgets replicas gone for longer than `keep_ms`.
     pub(crate) fn evict_replicas(&mut self, now_ms: i64, keep_ms: i64) {
         self.replicas

@@ -52,11 +52,20 @@ fn process(path: &str) -> Event {
 }
 
 /// Feeds `minutes` of one-per-minute samples from every replica, plus `extra` events.
-fn run(engine: &mut Engine, cs: &[Arc<ContainerRef>], minutes: i64, extra: &[Observation]) -> Vec<Alert> {
+fn run(
+    engine: &mut Engine,
+    cs: &[Arc<ContainerRef>],
+    minutes: i64,
+    extra: &[Observation],
+) -> Vec<Alert> {
     let mut all: Vec<Observation> = Vec::new();
     for m in 0..minutes {
         for (i, c) in cs.iter().enumerate() {
-            all.push(metrics(c, T0 + m * MIN + i as i64, 0.3 + 0.01 * ((m + i as i64) % 5) as f64));
+            all.push(metrics(
+                c,
+                T0 + m * MIN + i as i64,
+                0.3 + 0.01 * ((m + i as i64) % 5) as f64,
+            ));
         }
     }
     all.extend_from_slice(extra);
@@ -103,12 +112,23 @@ fn an_item_siblings_show_within_the_window_is_learned_quietly() {
     let job: Vec<Observation> = cs
         .iter()
         .enumerate()
-        .map(|(i, c)| event(c, T0 + (60 + 2 * i as i64) * MIN, process("/usr/local/bin/rotate-logs")))
+        .map(|(i, c)| {
+            event(
+                c,
+                T0 + (60 + 2 * i as i64) * MIN,
+                process("/usr/local/bin/rotate-logs"),
+            )
+        })
         .collect();
     assert!(run(&mut e, &cs, 90, &job).is_empty());
     let support = e
         .baseline("shop/app@sha256:aa")
-        .and_then(|b| b.items.get(herd_baseline::ItemKind::Executable, "/usr/local/bin/rotate-logs"))
+        .and_then(|b| {
+            b.items.get(
+                herd_baseline::ItemKind::Executable,
+                "/usr/local/bin/rotate-logs",
+            )
+        })
         .map(|s| s.support());
     assert_eq!(support, Some(5));
 }
@@ -117,12 +137,22 @@ fn an_item_siblings_show_within_the_window_is_learned_quietly() {
 fn after_learning_a_never_seen_item_is_novel_at_once() {
     let cs = replicas(3, "shop/app:1");
     let mut e = engine();
-    let odd = event(&cs[0], T0 + 400 * MIN, Event::Connect { dest: "203.0.113.7:4444".into() });
+    let odd = event(
+        &cs[0],
+        T0 + 400 * MIN,
+        Event::Connect {
+            dest: "203.0.113.7:4444".into(),
+        },
+    );
     let out = run(&mut e, &cs, 401, &[odd]);
     assert_eq!(out.len(), 1, "{out:#?}");
     assert_eq!(out[0].severity, Severity::High);
     assert_eq!(out[0].novel[0].phase, "locked");
-    assert!(out[0].explanation.contains("connected to 203.0.113.7:4444"), "{}", out[0].explanation);
+    assert!(
+        out[0].explanation.contains("connected to 203.0.113.7:4444"),
+        "{}",
+        out[0].explanation
+    );
 }
 
 #[test]
@@ -130,31 +160,43 @@ fn critical_falco_rules_and_privileged_starts_alert_whatever_was_learned() {
     let cs = replicas(3, "shop/app:1");
     let mut e = engine();
     let falco = |ts| {
-        event(&cs[2], ts, Event::Falco {
-            rule: "Container Drift Detected".into(),
-            priority: "Critical".into(),
-            process: Some("/tmp/x".into()),
-            cmdline: None,
-            user: None,
-            dest: None,
-            tags: vec!["T1036".into(), "container".into()],
-        })
+        event(
+            &cs[2],
+            ts,
+            Event::Falco {
+                rule: "Container Drift Detected".into(),
+                priority: "Critical".into(),
+                process: Some("/tmp/x".into()),
+                cmdline: None,
+                user: None,
+                dest: None,
+                tags: vec!["T1036".into(), "container".into()],
+            },
+        )
     };
     // Seen during warm-up (learned), then again much later: still alerted.
     let extra = [
         falco(T0 + 5 * MIN),
         falco(T0 + 200 * MIN),
-        event(&cs[1], T0 + 210 * MIN, Event::Start { privileged: Some(true) }),
+        event(
+            &cs[1],
+            T0 + 210 * MIN,
+            Event::Start {
+                privileged: Some(true),
+            },
+        ),
     ];
     let out = run(&mut e, &cs, 220, &extra);
     let falco_alert = out.iter().find(|a| a.container_name == "app-3");
     assert!(
-        falco_alert.is_some_and(|a| a.detectors.contains(&Detector::Falco) && a.attack == ["T1036"]),
+        falco_alert
+            .is_some_and(|a| a.detectors.contains(&Detector::Falco) && a.attack == ["T1036"]),
         "{out:#?}"
     );
     let privileged = out.iter().find(|a| a.container_name == "app-2");
     assert!(
-        privileged.is_some_and(|a| a.detectors == [Detector::Privileged] && a.severity == Severity::High),
+        privileged
+            .is_some_and(|a| a.detectors == [Detector::Privileged] && a.severity == Severity::High),
         "{out:#?}"
     );
 }
@@ -163,13 +205,56 @@ fn critical_falco_rules_and_privileged_starts_alert_whatever_was_learned() {
 fn a_lone_replica_running_a_new_exec_while_learning_is_alerted() {
     let cs = replicas(1, "ops/cron:3");
     let mut e = engine();
-    let exec = event(&cs[0], T0 + 60 * MIN, Event::Exec {
-        process: "/bin/sh".into(),
-        args: vec!["-c".into(), "id".into()],
-        user: Some("root".into()),
-    });
+    let exec = event(
+        &cs[0],
+        T0 + 60 * MIN,
+        Event::Exec {
+            process: "/bin/sh".into(),
+            args: vec!["-c".into(), "id".into()],
+            user: Some("root".into()),
+        },
+    );
     let out = run(&mut e, &cs, 70, &[exec]);
     assert_eq!(out.len(), 1, "{out:#?}");
     assert_eq!(out[0].detectors, vec![Detector::Exec]);
     assert_eq!(out[0].attack, vec!["T1609".to_owned()]);
+}
+
+#[test]
+fn invented_images_and_containers_cannot_grow_state_without_bound() {
+    let cfg = DetectConfig {
+        max_groups: 100,
+        max_replicas_per_group: 50,
+        ..DetectConfig::default()
+    };
+    let mut e = Engine::new(cfg).unwrap_or_else(|err| panic!("{err}"));
+    let mut out = Vec::new();
+    for i in 0..5_000 {
+        // A new image every time, and a new container of one image every time.
+        let invented = Arc::new(ContainerRef {
+            id: format!("g{i}"),
+            name: None,
+            image: format!("junk/{i}:1"),
+            image_digest: None,
+            labels: BTreeMap::new(),
+            host: None,
+        });
+        let churn = Arc::new(ContainerRef {
+            id: format!("c{i}"),
+            name: None,
+            image: "steady/app:1".into(),
+            image_digest: None,
+            labels: BTreeMap::new(),
+            host: None,
+        });
+        e.observe(&metrics(&invented, T0 + i, 0.1), &mut out);
+        e.observe(&metrics(&churn, T0 + i, 0.1), &mut out);
+    }
+    let s = e.stats();
+    assert!(s.groups <= 100, "{s:?}");
+    assert!(s.containers <= 100 * 50, "{s:?}");
+    assert!(
+        e.baseline("steady/app:1").is_some(),
+        "the busy group must survive the flood"
+    );
 }
