@@ -169,58 +169,13 @@ impl Engine {
             }
         }
         group.baseline.updated_ms = group.baseline.updated_ms.max(now);
-        let due = group.due_uncorroborated(now);
-        let mut late: Vec<(Arc<ContainerRef>, Finding)> = Vec::new();
-        if !due.is_empty() {
-            let live = group.live_count(now, cfg);
-            for p in due {
-                let Some(r) = group.replicas.get(&p.container_id) else {
-                    continue;
-                };
-                let threshold =
-                    calibrate::threshold(r.rate.per_day(), cfg.false_alerts_per_container_day);
-                let support = group
-                    .baseline
-                    .items
-                    .get(p.kind, &p.value)
-                    .map_or(0, |s| s.support_excluding(r.hash));
-                let mut f = Finding {
-                    threshold,
-                    ..Finding::default()
-                };
-                let det = if p.kind == ItemKind::ExecCommand {
-                    f.attack.insert("T1609".into());
-                    Detector::Exec
-                } else {
-                    Detector::Novelty
-                };
-                f.add(det, Severity::Medium, threshold + 1.5);
-                f.novel.push(NovelEvidence {
-                    kind: p.kind.as_str().into(),
-                    value: p.value,
-                    replica_support: support,
-                    replicas: live,
-                    phase: Phase::Learning.as_str().into(),
-                });
-                late.push((Arc::clone(&r.cref), f));
-            }
-        }
+        let late = uncorroborated(group, now, cfg);
         // An episode ends after the longer of a fixed quiet time and a number of the
         // container's own sampling intervals.
-        let quiet_of = |id: &str| {
-            group
-                .replicas
-                .get(id)
-                .map_or(cfg.incident_quiet_ms, |r| r.quiet_ms(cfg))
-        };
-        let quiet = quiet_of(&obs.container.id);
-        let late: Vec<_> = late
-            .into_iter()
-            .map(|(c, f)| {
-                let q = quiet_of(&c.id);
-                (c, f, q)
-            })
-            .collect();
+        let quiet = group
+            .replicas
+            .get(&obs.container.id)
+            .map_or(cfg.incident_quiet_ms, |r| r.quiet_ms(cfg));
         let incidents = &mut self.state.incidents;
         if let Some(a) = incidents.record(&obs.container, &key, finding, now, quiet) {
             out.push(a);
@@ -283,6 +238,52 @@ impl Engine {
         self.state.repos.retain(|_, k| groups.contains_key(k));
         self.state.incidents.close_quiet(now);
     }
+}
+
+/// Findings for items one replica showed while the group was learning and no sibling
+/// showed within the corroboration window: (container, finding, its incident quiet time).
+fn uncorroborated(
+    group: &mut GroupState,
+    now: i64,
+    cfg: &DetectConfig,
+) -> Vec<(Arc<ContainerRef>, Finding, i64)> {
+    let due = group.due_uncorroborated(now);
+    if due.is_empty() {
+        return Vec::new();
+    }
+    let live = group.live_count(now, cfg);
+    let mut out = Vec::with_capacity(due.len());
+    for p in due {
+        let Some(r) = group.replicas.get(&p.container_id) else {
+            continue;
+        };
+        let threshold = calibrate::threshold(r.rate.per_day(), cfg.false_alerts_per_container_day);
+        let support = group
+            .baseline
+            .items
+            .get(p.kind, &p.value)
+            .map_or(0, |s| s.support_excluding(r.hash));
+        let mut f = Finding {
+            threshold,
+            ..Finding::default()
+        };
+        let det = if p.kind == ItemKind::ExecCommand {
+            f.attack.insert("T1609".into());
+            Detector::Exec
+        } else {
+            Detector::Novelty
+        };
+        f.add(det, Severity::Medium, threshold + 1.5);
+        f.novel.push(NovelEvidence {
+            kind: p.kind.as_str().into(),
+            value: p.value,
+            replica_support: support,
+            replicas: live,
+            phase: Phase::Learning.as_str().into(),
+        });
+        out.push((Arc::clone(&r.cref), f, r.quiet_ms(cfg)));
+    }
+    out
 }
 
 #[allow(clippy::too_many_arguments)]
