@@ -17,6 +17,10 @@ pub struct ReplayConfig {
     pub max_lateness_ms: i64,
     /// Most records held for ordering (bounds memory whatever the input size).
     pub max_buffered: usize,
+    /// A record still this far ahead of the stream when the input ends is rejected
+    /// (`invalid_timestamp`) instead of scored: one record from a wrong clock, or forged,
+    /// must not age every baseline at once. A day is far beyond any clock skew.
+    pub max_future_skew_ms: i64,
 }
 
 impl Default for ReplayConfig {
@@ -24,6 +28,7 @@ impl Default for ReplayConfig {
         Self {
             max_lateness_ms: 60_000,
             max_buffered: 200_000,
+            max_future_skew_ms: 86_400_000,
         }
     }
 }

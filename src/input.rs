@@ -1,6 +1,12 @@
 //! Input lines: a reader that bounds line length without buffering an oversized line,
 //! and the event-time ordering of several inputs (a k-way merge by each input's next
 //! record, then a bounded reorder buffer for disorder within an input).
+//!
+//! The reorder buffer releases a record once the stream's watermark has passed it. The
+//! watermark is the *median* time of the last records read, not the newest: a lone
+//! record from a wrong or forged clock far in the future would otherwise be scored
+//! ahead of everything else and age every baseline at once. Such a record waits in the
+//! buffer; if the stream never catches up with it, it is rejected at the end.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -138,6 +144,43 @@ impl Ord for Entry {
     }
 }
 
+/// Times of the last records read; their median is the watermark.
+struct Watermark {
+    ring: Vec<i64>,
+    next: usize,
+}
+
+impl Watermark {
+    /// An odd number, so the median is a record's time.
+    const WINDOW: usize = 255;
+
+    fn new() -> Self {
+        Self {
+            ring: Vec::with_capacity(Self::WINDOW),
+            next: 0,
+        }
+    }
+
+    fn push(&mut self, ts: i64) {
+        if self.ring.len() < Self::WINDOW {
+            self.ring.push(ts);
+        } else {
+            self.ring[self.next] = ts;
+            self.next = (self.next + 1) % Self::WINDOW;
+        }
+    }
+
+    fn median(&self, scratch: &mut Vec<i64>) -> i64 {
+        if self.ring.is_empty() {
+            return i64::MIN;
+        }
+        scratch.clear();
+        scratch.extend_from_slice(&self.ring);
+        let mid = scratch.len() / 2;
+        *scratch.select_nth_unstable(mid).1
+    }
+}
+
 struct Head {
     source: Source,
     next: Option<(i64, Record)>,
@@ -177,7 +220,9 @@ pub fn run_ordered(
     let mut report = RunReport::default();
     let mut heap: BinaryHeap<Reverse<Entry>> = BinaryHeap::new();
     let mut seq = 0u64;
-    let mut max_ts = i64::MIN;
+    let mut watermark = Watermark::new();
+    let mut scratch = Vec::with_capacity(Watermark::WINDOW);
+    let mut wm = i64::MIN;
     let mut last_processed = i64::MIN;
     let mut alerts = Vec::new();
     let mut since_progress = 0u32;
@@ -254,11 +299,15 @@ pub fn run_ordered(
         let Some((ts, rec)) = h.next.take() else {
             break;
         };
-        max_ts = max_ts.max(ts);
+        watermark.push(ts);
         heap.push(Reverse(Entry { ts, seq, rec }));
         seq += 1;
+        // The watermark need only be roughly current: recompute it every 32 records.
+        if seq % 32 == 1 {
+            wm = watermark.median(&mut scratch);
+        }
         while let Some(Reverse(top)) = heap.peek() {
-            let ripe = top.ts <= max_ts.saturating_sub(cfg.max_lateness_ms);
+            let ripe = top.ts <= wm.saturating_sub(cfg.max_lateness_ms);
             if !ripe && heap.len() <= cfg.max_buffered {
                 break;
             }
@@ -272,7 +321,31 @@ pub fn run_ordered(
             on_progress(heads.iter().map(|h| h.source.reader.bytes_read()).sum());
         }
     }
+    // The end: what is left is in order; only records still far ahead of the stream
+    // (beyond the newest time the stream itself reached) are refused.
+    let horizon = last_processed
+        .max(watermark.median(&mut scratch))
+        .saturating_add(cfg.max_future_skew_ms);
     while let Some(Reverse(e)) = heap.pop() {
+        if e.ts > horizon && last_processed != i64::MIN {
+            let rej = herd_ingest::Reject {
+                reason: herd_ingest::RejectReason::InvalidTimestamp,
+                detail: format!(
+                    "{} is more than {} s ahead of the stream",
+                    herd_ingest::time::format_ms(e.ts),
+                    cfg.max_future_skew_ms / 1000
+                ),
+            };
+            pipeline.counters.reject(&rej);
+            if report.examples.len() < MAX_EXAMPLES {
+                report.examples.push(RejectedLine {
+                    source: "(reorder buffer)".into(),
+                    line: 0,
+                    what: rej.to_string(),
+                });
+            }
+            continue;
+        }
         process(e, pipeline, &mut report, &mut last_processed)?;
     }
     on_progress(heads.iter().map(|h| h.source.reader.bytes_read()).sum());

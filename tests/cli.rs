@@ -202,3 +202,36 @@ fn simulated_fleet_is_detected_without_false_alarms() {
     assert_eq!(e["attacks"], 8, "{report}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Regression (issue 2): one record dated far in the future must not reach detection
+/// ahead of the stream, where it would wipe the baselines' history and make every later
+/// sample of its container look late. It is held, then rejected with its reason.
+#[test]
+fn a_record_from_the_far_future_cannot_wipe_baselines() {
+    let dir = tmpdir("future");
+    let clean = std::fs::read_to_string(case_input("peer_cpu_miner")).unwrap_or_default();
+    let mut lines: Vec<String> = clean.lines().map(str::to_owned).collect();
+    // Half way through, a sample of web-3 claiming to come from 2190.
+    let mut future: serde_json::Value =
+        serde_json::from_str(&lines[lines.len() / 2]).unwrap_or_else(|e| panic!("{e}"));
+    future["ts"] = serde_json::json!("2190-01-01T00:00:00Z");
+    lines.insert(lines.len() / 2, future.to_string());
+    let poisoned = dir.join("poisoned.jsonl");
+    std::fs::write(&poisoned, lines.join("\n")).unwrap_or_else(|e| panic!("{e}"));
+    let original = dir.join("original.jsonl");
+    std::fs::write(&original, clean).unwrap_or_else(|e| panic!("{e}"));
+
+    let (want, _) = ok(&herd()
+        .args(["replay", "--quiet"])
+        .arg(&original)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}")));
+    let (got, stderr) = ok(&herd()
+        .arg("replay")
+        .arg(&poisoned)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}")));
+    assert!(!want.is_empty());
+    assert_eq!(got, want, "the future record changed detection");
+    assert!(stderr.contains("invalid_timestamp"), "{stderr}");
+}
