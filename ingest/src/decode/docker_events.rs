@@ -3,9 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
-
-use super::{Limits, Record, Reject, RejectReason, bounded, split_image, string_map};
+use super::{Limits, Obj, Record, Reject, RejectReason, bounded, split_image, string_map};
 use crate::model::Event;
 
 /// A container event, with the attributes the registry needs.
@@ -40,33 +38,29 @@ const DOCKER_KEYS: [&str; 7] = [
     "container",
 ];
 
-pub(super) fn decode(v: &Value, l: &Limits) -> Result<Record, Reject> {
-    let ts_ms = match v.get("timeNano").and_then(Value::as_i64) {
+pub(super) fn decode(v: &Obj<'_>, l: &Limits) -> Result<Record, Reject> {
+    let time_nano = v
+        .get("timeNano")
+        .and_then(|r| r.get().trim().parse::<i64>().ok());
+    let ts_ms = match time_nano {
         Some(ns) if ns > 0 => crate::time::epoch_to_ms(ns)
             .ok_or_else(|| Reject::new(RejectReason::InvalidTimestamp, "timeNano"))?,
         _ => super::parse_ts(v.get("time"))?,
     };
-    let legacy = v.get("Type").is_none();
+    let legacy = !v.has("Type");
     let typ = if legacy {
-        "container"
+        "container".to_owned()
     } else {
-        v.get("Type").and_then(Value::as_str).unwrap_or_default()
+        v.str("Type", l).unwrap_or_default()
     };
-    let action = if legacy {
-        v.get("status")
-    } else {
-        v.get("Action")
-    }
-    .and_then(Value::as_str)
-    .ok_or_else(|| Reject::new(RejectReason::MissingField, "Action"))?;
-    let actor = v.get("Actor");
-    let attrs = actor.and_then(|a| a.get("Attributes"));
-    let attr = |k: &str| {
-        attrs
-            .and_then(|a| a.get(k))
-            .and_then(Value::as_str)
-            .map(|s| bounded(s.to_owned(), l.max_string_bytes))
-    };
+    let action = v
+        .str(if legacy { "status" } else { "Action" }, l)
+        .ok_or_else(|| Reject::new(RejectReason::MissingField, "Action"))?;
+    let action = action.as_str();
+    let actor = v.obj("Actor")?;
+    let attrs_raw = actor.as_ref().and_then(|a| a.get("Attributes"));
+    let attrs = attrs_raw.map(Obj::parse).transpose()?.flatten();
+    let attr = |k: &str| attrs.as_ref().and_then(|a| a.str(k, l));
     let filtered = |reason| {
         Ok(Record::Filtered {
             ts_ms: Some(ts_ms),
@@ -74,16 +68,14 @@ pub(super) fn decode(v: &Value, l: &Limits) -> Result<Record, Reject> {
         })
     };
 
-    let (id, event) = match typ {
+    let (id, event) = match typ.as_str() {
         "container" => {
             let id = if legacy {
-                v.get("id")
+                v.str("id", l)
             } else {
-                actor.and_then(|a| a.get("ID"))
+                actor.as_ref().and_then(|a| a.str("ID", l))
             }
-            .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
-            .map(|s| bounded(s.to_owned(), l.max_string_bytes))
             .ok_or_else(|| Reject::new(RejectReason::MissingField, "Actor.ID"))?;
             let (verb, rest) = match action.split_once(':') {
                 Some((verb, rest)) => (verb.trim(), rest.trim()),
@@ -143,9 +135,7 @@ pub(super) fn decode(v: &Value, l: &Limits) -> Result<Record, Reject> {
         _ => return filtered("not_a_container_event"),
     };
     let image_attr = if legacy {
-        v.get("from")
-            .and_then(Value::as_str)
-            .map(|s| bounded(s.to_owned(), l.max_string_bytes))
+        v.str("from", l)
     } else {
         attr("image")
     };
@@ -162,7 +152,7 @@ pub(super) fn decode(v: &Value, l: &Limits) -> Result<Record, Reject> {
         name: attr("name"),
         image,
         image_digest,
-        labels: string_map(attrs, l, &DOCKER_KEYS)?,
+        labels: string_map(attrs_raw, l, &DOCKER_KEYS)?,
         exec_id: attr("execID"),
         event,
     }))

@@ -2,10 +2,12 @@
 //! envelope. Only the cumulative counters and gauges are extracted here; rates are
 //! derived by the normaliser, which remembers the previous sample of each container.
 
-use serde::Deserialize;
-use serde_json::Value;
+use std::borrow::Cow;
 
-use super::{Limits, Record, Reject, RejectReason, container_ref, str_field, string_map};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{Limits, Obj, Record, Reject, RejectReason, bounded, container_ref, string_map};
 use crate::model::ContainerRef;
 
 /// Counters and gauges of one stats sample.
@@ -68,7 +70,15 @@ struct CpuStats {
 struct MemStats {
     usage: Option<f64>,
     limit: Option<f64>,
-    stats: Option<std::collections::HashMap<String, f64>>,
+    stats: Option<MemDetail>,
+}
+
+/// The two keys of `memory_stats.stats` herd needs (cgroup v1 and v2); the dozens of
+/// others are skipped without being stored.
+#[derive(Deserialize)]
+struct MemDetail {
+    total_inactive_file: Option<f64>,
+    inactive_file: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -95,55 +105,67 @@ struct Pids {
     current: Option<f64>,
 }
 
-fn typed<'a, T: Deserialize<'a>>(v: Option<&'a Value>, what: &str) -> Result<Option<T>, Reject> {
-    match v {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => T::deserialize(v)
-            .map(Some)
-            .map_err(|e| Reject::new(RejectReason::InvalidValue, format!("{what}: {e}"))),
-    }
-}
-
 fn finite_nonneg(x: Option<f64>) -> Option<f64> {
     x.filter(|v| v.is_finite() && *v >= 0.0)
 }
 
-pub(super) fn decode_envelope(v: &Value, l: &Limits) -> Result<Record, Reject> {
+pub(super) fn decode_envelope(v: &Obj<'_>, l: &Limits) -> Result<Record, Reject> {
     let c = v
-        .get("container")
-        .filter(|c| c.is_object())
+        .obj("container")?
         .ok_or_else(|| Reject::new(RejectReason::MissingField, "container"))?;
-    let id = str_field(c, "id", l)
+    let id = c
+        .str("id", l)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| Reject::new(RejectReason::MissingField, "container.id"))?;
-    let image = str_field(c, "image", l)
+    let image = c
+        .str("image", l)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| Reject::new(RejectReason::MissingField, "container.image"))?;
-    let host = str_field(v, "host", l);
+    let host = v.str("host", l);
     let mut cref = container_ref(
         id,
-        str_field(c, "name", l),
+        c.str("name", l),
         image,
         string_map(c.get("labels"), l, &[])?,
         host.clone(),
     );
-    if let Some(d) = str_field(c, "image_digest", l).filter(|s| !s.is_empty()) {
+    if let Some(d) = c.str("image_digest", l).filter(|s| !s.is_empty()) {
         cref.image_digest = Some(d);
     }
     let stats = v
         .get("stats")
-        .filter(|s| s.is_object())
         .ok_or_else(|| Reject::new(RejectReason::MissingField, "stats"))?;
     decode_raw(stats, l, Some(cref), host)
 }
 
+/// The parts of a stats-API object herd reads, in one typed pass over its bytes (strings
+/// borrowed from the line; every other key skipped without being stored).
+#[derive(Deserialize)]
+struct StatsDoc<'a> {
+    #[serde(borrow)]
+    read: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    cpu_stats: Option<CpuStats>,
+    precpu_stats: Option<CpuStats>,
+    memory_stats: Option<MemStats>,
+    #[serde(borrow)]
+    networks: Option<std::collections::BTreeMap<Cow<'a, str>, NetStats>>,
+    blkio_stats: Option<Blkio>,
+    pids_stats: Option<Pids>,
+}
+
 pub(super) fn decode_raw(
-    v: &Value,
+    raw: &RawValue,
     l: &Limits,
     container: Option<ContainerRef>,
     host: Option<String>,
 ) -> Result<Record, Reject> {
-    let read = v.get("read").and_then(Value::as_str).unwrap_or_default();
+    let doc: StatsDoc<'_> = serde_json::from_str(raw.get())
+        .map_err(|e| Reject::new(RejectReason::InvalidValue, format!("stats: {e}")))?;
+    let read = doc.read.as_deref().unwrap_or_default();
     // A stopped container's stats carry the zero time and empty counters.
     if read.starts_with("0001-01-01") {
         return Ok(Record::Filtered {
@@ -151,20 +173,29 @@ pub(super) fn decode_raw(
             reason: "stopped_container",
         });
     }
-    let ts_ms = super::parse_ts(v.get("read"))?;
+    let ts_ms = crate::time::parse_rfc3339_ms(read).ok_or_else(|| {
+        Reject::new(
+            RejectReason::InvalidTimestamp,
+            format!("unusable read time {read:?}"),
+        )
+    })?;
     let id = match &container {
         Some(c) => c.id.clone(),
-        None => str_field(v, "id", l)
+        None => doc
+            .id
+            .as_deref()
             .filter(|s| !s.is_empty())
+            .map(|s| bounded(s.to_owned(), l.max_string_bytes))
             .ok_or_else(|| Reject::new(RejectReason::MissingField, "id"))?,
     };
-    let cpu: Option<CpuStats> = typed(v.get("cpu_stats"), "cpu_stats")?;
-    let precpu: Option<CpuStats> = typed(v.get("precpu_stats"), "precpu_stats")?;
-    let mem: Option<MemStats> = typed(v.get("memory_stats"), "memory_stats")?;
-    let nets: Option<std::collections::BTreeMap<String, NetStats>> =
-        typed(v.get("networks"), "networks")?;
-    let blkio: Option<Blkio> = typed(v.get("blkio_stats"), "blkio_stats")?;
-    let pids: Option<Pids> = typed(v.get("pids_stats"), "pids_stats")?;
+    let (cpu, precpu, mem, nets, blkio, pids) = (
+        doc.cpu_stats,
+        doc.precpu_stats,
+        doc.memory_stats,
+        doc.networks,
+        doc.blkio_stats,
+        doc.pids_stats,
+    );
 
     let mut c = StatsCounters::default();
     if let Some(cpu) = cpu {
@@ -192,11 +223,7 @@ pub(super) fn decode_raw(
             let inactive = m
                 .stats
                 .as_ref()
-                .and_then(|s| {
-                    s.get("total_inactive_file")
-                        .or_else(|| s.get("inactive_file"))
-                })
-                .copied()
+                .and_then(|s| s.total_inactive_file.or(s.inactive_file))
                 .and_then(|x| finite_nonneg(Some(x)))
                 .unwrap_or(0.0);
             c.mem_working_set = Some((usage - inactive).max(0.0));
@@ -238,7 +265,10 @@ pub(super) fn decode_raw(
         c.blk = Some(rw);
     }
     c.pids = pids.and_then(|p| finite_nonneg(p.current));
-    let name = str_field(v, "name", l).map(|n| n.trim_start_matches('/').to_owned());
+    let name = doc
+        .name
+        .as_deref()
+        .map(|n| bounded(n.trim_start_matches('/').to_owned(), l.max_string_bytes));
     Ok(Record::Stats(Box::new(StatsRecord {
         ts_ms,
         id,

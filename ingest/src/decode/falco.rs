@@ -2,9 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
+use serde_json::value::RawValue;
 
-use super::{Limits, Record, Reject, RejectReason, bounded, native::bound_event, str_field};
+use super::{
+    Limits, Obj, Record, Reject, RejectReason, bounded, native::bound_event, raw_scalar, raw_string,
+};
 use crate::model::Event;
 
 /// A Falco alert about a container.
@@ -28,25 +30,26 @@ pub struct FalcoRecord {
     pub event: Event,
 }
 
-fn field(of: &Value, key: &str, l: &Limits) -> Option<String> {
-    match of.get(key) {
-        Some(Value::String(s)) if !s.is_empty() && s != "<NA>" => {
-            Some(bounded(s.clone(), l.max_string_bytes))
-        }
-        Some(Value::Number(n)) => Some(n.to_string()),
-        _ => None,
+/// A Falco output field: strings (but not Falco's empty `<NA>`) and numbers.
+fn field(of: &Obj<'_>, key: &str, l: &Limits) -> Option<String> {
+    let raw = of.get(key)?;
+    match raw_string(raw) {
+        Some(s) if !s.is_empty() && s != "<NA>" => Some(bounded(s, l.max_string_bytes)),
+        Some(_) => None,
+        None if raw.get().trim_start().starts_with('"') => None,
+        None => raw_scalar(raw).filter(|s| !matches!(s.as_str(), "true" | "false")),
     }
 }
 
-pub(super) fn decode(v: &Value, l: &Limits) -> Result<Record, Reject> {
+pub(super) fn decode(v: &Obj<'_>, l: &Limits) -> Result<Record, Reject> {
+    let of = v
+        .obj("output_fields")?
+        .ok_or_else(|| Reject::new(RejectReason::MissingField, "output_fields"))?;
     let ts_ms = match v.get("time") {
         Some(t) => super::parse_ts(Some(t))?,
-        None => super::parse_ts(v.get("output_fields").and_then(|o| o.get("evt.time")))?,
+        None => super::parse_ts(of.get("evt.time"))?,
     };
-    let of = v
-        .get("output_fields")
-        .filter(|o| o.is_object())
-        .ok_or_else(|| Reject::new(RejectReason::MissingField, "output_fields"))?;
+    let of = &of;
     let Some(container_id) = field(of, "container.id", l) else {
         return Ok(Record::Filtered {
             ts_ms: Some(ts_ms),
@@ -59,10 +62,11 @@ pub(super) fn decode(v: &Value, l: &Limits) -> Result<Record, Reject> {
             reason: "falco_host_event",
         });
     }
-    let rule = str_field(v, "rule", l)
+    let rule = v
+        .str("rule", l)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| Reject::new(RejectReason::MissingField, "rule"))?;
-    let priority = str_field(v, "priority", l).unwrap_or_else(|| "Notice".into());
+    let priority = v.str("priority", l).unwrap_or_else(|| "Notice".into());
     let image = field(of, "container.image.repository", l).map(|repo| {
         match field(of, "container.image.tag", l) {
             Some(tag) => format!("{repo}:{tag}"),
@@ -76,14 +80,11 @@ pub(super) fn decode(v: &Value, l: &Limits) -> Result<Record, Reject> {
             field(of, "fd.rip", l).or_else(|| field(of, "fd.name", l).filter(|n| n.contains("->")))
         }
     };
-    let tags = match v.get("tags") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
-        _ => Vec::new(),
-    };
+    let tags: Vec<String> = v
+        .get("tags")
+        .and_then(|raw| serde_json::from_str::<Vec<&RawValue>>(raw.get()).ok())
+        .map(|items| items.into_iter().filter_map(raw_string).collect())
+        .unwrap_or_default();
     let mut k8s = BTreeMap::new();
     for (from, to) in [
         ("k8s.ns.name", "io.kubernetes.pod.namespace"),

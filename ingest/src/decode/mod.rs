@@ -12,8 +12,11 @@ mod falco;
 mod native;
 mod prometheus;
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use crate::model::{ContainerRef, Observation};
 
@@ -236,35 +239,176 @@ impl Decoder {
             ));
         }
         check_depth(line, self.limits.max_depth)?;
-        let value: Value = serde_json::from_slice(line)
+        let text = std::str::from_utf8(line)
+            .map_err(|e| Reject::new(RejectReason::InvalidJson, format!("not UTF-8: {e}")))?;
+        let raw: &RawValue = serde_json::from_str(text)
             .map_err(|e| Reject::new(RejectReason::InvalidJson, e.to_string()))?;
-        let Value::Object(obj) = &value else {
+        let Some(obj) = Obj::parse(raw)? else {
             return Err(Reject::new(
                 RejectReason::UnknownFormat,
                 "not a JSON object",
             ));
         };
         let l = &self.limits;
-        if obj.contains_key("stats") && obj.contains_key("container") {
-            docker_stats::decode_envelope(&value, l)
-        } else if obj.contains_key("cpu_stats") || obj.contains_key("precpu_stats") {
-            docker_stats::decode_raw(&value, l, None, None)
-        } else if obj.contains_key("output_fields") && obj.contains_key("rule") {
-            falco::decode(&value, l)
-        } else if obj.contains_key("container_id") && obj.contains_key("ts") {
-            native::decode(&value, l)
-        } else if (obj.contains_key("Action") && obj.contains_key("Type"))
-            || (obj.contains_key("status") && obj.contains_key("id") && obj.contains_key("time"))
+        if obj.has("stats") && obj.has("container") {
+            docker_stats::decode_envelope(&obj, l)
+        } else if obj.has("cpu_stats") || obj.has("precpu_stats") {
+            docker_stats::decode_raw(raw, l, None, None)
+        } else if obj.has("output_fields") && obj.has("rule") {
+            falco::decode(&obj, l)
+        } else if obj.has("container_id") && obj.has("ts") {
+            native::decode(&obj, l)
+        } else if (obj.has("Action") && obj.has("Type"))
+            || (obj.has("status") && obj.has("id") && obj.has("time"))
         {
-            docker_events::decode(&value, l)
-        } else if obj.contains_key("labels") && obj.contains_key("value") {
-            prometheus::decode(&value, l)
+            docker_events::decode(&obj, l)
+        } else if obj.has("labels") && obj.has("value") {
+            prometheus::decode(&obj, l)
         } else {
             Err(Reject::new(
                 RejectReason::UnknownFormat,
                 "no known format has these keys",
             ))
         }
+    }
+}
+
+/// A JSON object read without building a tree: its keys, each with the raw JSON text of
+/// its value, borrowed from the line. Nested objects are parsed only when asked for, and
+/// typed parts (`serde::Deserialize` structs) straight from their raw text.
+#[derive(Debug)]
+pub(crate) struct Obj<'a> {
+    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'a> Obj<'a> {
+    /// Parses `raw` as an object; `Ok(None)` when it is valid JSON of another type.
+    pub(crate) fn parse(raw: &'a RawValue) -> Result<Option<Self>, Reject> {
+        if !raw.get().trim_start().starts_with('{') {
+            return Ok(None);
+        }
+        let fields: ObjFields<'a> = serde_json::from_str(raw.get())
+            .map_err(|e| Reject::new(RejectReason::InvalidJson, e.to_string()))?;
+        Ok(Some(Self { fields: fields.0 }))
+    }
+
+    /// The raw value of `key` (the first, if a producer repeated it).
+    pub(crate) fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// Whether `key` is present.
+    pub(crate) fn has(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// The object at `key`, if it is one.
+    pub(crate) fn obj(&self, key: &str) -> Result<Option<Obj<'a>>, Reject> {
+        match self.get(key) {
+            Some(raw) => Obj::parse(raw),
+            None => Ok(None),
+        }
+    }
+
+    /// The string at `key`, bounded; `None` if absent or not a string.
+    pub(crate) fn str(&self, key: &str, l: &Limits) -> Option<String> {
+        self.get(key)
+            .and_then(raw_string)
+            .map(|s| bounded(s, l.max_string_bytes))
+    }
+
+    /// The fields, in the order of the line.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &'a RawValue)> {
+        self.fields.iter().map(|(k, v)| (k.as_ref(), *v))
+    }
+
+    /// Number of fields.
+    pub(crate) fn len(&self) -> usize {
+        self.fields.len()
+    }
+}
+
+/// The string a raw JSON value holds, if it is a string.
+pub(crate) fn raw_string(raw: &RawValue) -> Option<String> {
+    let t = raw.get().trim();
+    if t.starts_with('"') {
+        serde_json::from_str::<String>(t).ok()
+    } else {
+        None
+    }
+}
+
+/// A scalar rendered as a label value: strings as they are, numbers and booleans as
+/// their JSON text; objects, arrays and null have none.
+pub(crate) fn raw_scalar(raw: &RawValue) -> Option<String> {
+    let t = raw.get().trim();
+    match t.as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<String>(t).ok(),
+        Some(b't' | b'f') => Some(t.to_owned()),
+        Some(b'-' | b'0'..=b'9') => serde_json::from_str::<serde_json::Number>(t)
+            .ok()
+            .map(|n| n.to_string()),
+        _ => None,
+    }
+}
+
+/// The number a raw JSON value holds, if it is a number.
+pub(crate) fn raw_f64(raw: &RawValue) -> Option<f64> {
+    let t = raw.get().trim();
+    match t.as_bytes().first() {
+        Some(b'-' | b'0'..=b'9') => serde_json::from_str::<f64>(t).ok(),
+        _ => None,
+    }
+}
+
+struct ObjFields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+/// An object key, borrowed from the line unless it holds escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Key<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                s: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(s.to_owned())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ObjFields<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = ObjFields<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut m: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut fields = Vec::with_capacity(m.size_hint().unwrap_or(8).min(64));
+                while let Some(Key(k)) = m.next_key::<Key<'de>>()? {
+                    let v: &'de RawValue = m.next_value()?;
+                    fields.push((k, v));
+                }
+                Ok(ObjFields(fields))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
     }
 }
 
@@ -302,21 +446,15 @@ fn check_depth(line: &[u8], max: usize) -> Result<(), Reject> {
     Ok(())
 }
 
-/// Reads a string field, bounded.
-pub(crate) fn str_field(v: &Value, key: &str, l: &Limits) -> Option<String> {
-    v.get(key)
-        .and_then(Value::as_str)
-        .map(|s| bounded(s.to_owned(), l.max_string_bytes))
-}
-
 /// Reads a string → string map (labels, attributes), bounded in count and size.
+/// Numbers and booleans become their JSON text; other values are skipped.
 pub(crate) fn string_map(
-    v: Option<&Value>,
+    v: Option<&RawValue>,
     l: &Limits,
     skip: &[&str],
 ) -> Result<std::collections::BTreeMap<String, String>, Reject> {
     let mut out = std::collections::BTreeMap::new();
-    let Some(Value::Object(m)) = v else {
+    let Some(m) = v.map(Obj::parse).transpose()?.flatten() else {
         return Ok(out);
     };
     if m.len() > l.max_items {
@@ -325,42 +463,38 @@ pub(crate) fn string_map(
             format!("{} labels > {}", m.len(), l.max_items),
         ));
     }
-    for (k, val) in m {
-        if skip.contains(&k.as_str()) {
+    for (k, val) in m.iter() {
+        if skip.contains(&k) {
             continue;
         }
-        let s = match val {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            Value::Bool(b) => b.to_string(),
-            _ => continue,
+        let Some(s) = raw_scalar(val) else {
+            continue;
         };
-        out.insert(
-            bounded(k.clone(), l.max_string_bytes),
-            bounded(s, l.max_string_bytes),
-        );
+        // The first of repeated keys wins, as in `Obj::get`.
+        out.entry(bounded(k.to_owned(), l.max_string_bytes))
+            .or_insert_with(|| bounded(s, l.max_string_bytes));
     }
     Ok(out)
 }
 
 /// Parses an event time that may be an RFC 3339 string or an epoch number.
-pub(crate) fn parse_ts(v: Option<&Value>) -> Result<i64, Reject> {
-    let ts = match v {
-        Some(Value::String(s)) => crate::time::parse_rfc3339_ms(s)
-            .or_else(|| s.parse::<i64>().ok().and_then(crate::time::epoch_to_ms)),
-        Some(Value::Number(n)) => match n.as_i64() {
-            Some(i) => crate::time::epoch_to_ms(i),
-            None => n.as_f64().and_then(crate::time::epoch_secs_f64_to_ms),
-        },
-        _ => None,
-    };
+pub(crate) fn parse_ts(v: Option<&RawValue>) -> Result<i64, Reject> {
+    let ts = v.and_then(|raw| {
+        if let Some(s) = raw_string(raw) {
+            crate::time::parse_rfc3339_ms(&s)
+                .or_else(|| s.parse::<i64>().ok().and_then(crate::time::epoch_to_ms))
+        } else {
+            let t = raw.get().trim();
+            match t.parse::<i64>() {
+                Ok(i) => crate::time::epoch_to_ms(i),
+                Err(_) => raw_f64(raw).and_then(crate::time::epoch_secs_f64_to_ms),
+            }
+        }
+    });
     ts.ok_or_else(|| {
         Reject::new(
             RejectReason::InvalidTimestamp,
-            format!(
-                "unusable time {}",
-                v.map_or("(absent)".into(), |v| v.to_string())
-            ),
+            format!("unusable time {}", v.map_or("(absent)", |v| v.get())),
         )
     })
 }

@@ -3,11 +3,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use serde_json::Value;
+use serde_json::value::RawValue;
 
-use super::{Limits, Record, Reject, RejectReason, bounded, parse_ts, str_field, string_map};
+use super::{Limits, Obj, Record, Reject, RejectReason, bounded, parse_ts, raw_f64, string_map};
 use crate::model::{ContainerRef, Event, Observation, Payload};
 
 /// The native line as written by [`encode_native`]: the observation flattened.
@@ -69,12 +69,14 @@ pub fn encode_native(o: &Observation) -> String {
     serde_json::to_string(&line).unwrap_or_default()
 }
 
-pub(super) fn decode(v: &Value, l: &Limits) -> Result<Record, Reject> {
+pub(super) fn decode(v: &Obj<'_>, l: &Limits) -> Result<Record, Reject> {
     let ts_ms = parse_ts(v.get("ts"))?;
-    let id = str_field(v, "container_id", l)
+    let id = v
+        .str("container_id", l)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| Reject::new(RejectReason::MissingField, "container_id"))?;
-    let image = str_field(v, "image", l)
+    let image = v
+        .str("image", l)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| Reject::new(RejectReason::MissingField, "image"))?;
     let payload = match (v.get("metrics"), v.get("event")) {
@@ -89,11 +91,11 @@ pub(super) fn decode(v: &Value, l: &Limits) -> Result<Record, Reject> {
     };
     let container = ContainerRef {
         id,
-        name: str_field(v, "container_name", l),
+        name: v.str("container_name", l),
         image,
-        image_digest: str_field(v, "image_digest", l).filter(|s| !s.is_empty()),
+        image_digest: v.str("image_digest", l).filter(|s| !s.is_empty()),
         labels: string_map(v.get("labels"), l, &[])?,
-        host: str_field(v, "host", l),
+        host: v.str("host", l),
     };
     Ok(Record::Native(Observation {
         ts_ms,
@@ -102,8 +104,8 @@ pub(super) fn decode(v: &Value, l: &Limits) -> Result<Record, Reject> {
     }))
 }
 
-fn metrics(v: &Value, l: &Limits) -> Result<Vec<(String, f64)>, Reject> {
-    let Value::Object(m) = v else {
+fn metrics(v: &RawValue, l: &Limits) -> Result<Vec<(String, f64)>, Reject> {
+    let Some(m) = Obj::parse(v)? else {
         return Err(Reject::new(
             RejectReason::MissingField,
             "metrics is not an object",
@@ -115,21 +117,22 @@ fn metrics(v: &Value, l: &Limits) -> Result<Vec<(String, f64)>, Reject> {
             format!("{} metrics > {}", m.len(), l.max_items),
         ));
     }
-    let mut out = Vec::with_capacity(m.len());
-    for (k, val) in m {
-        let x = val.as_f64().ok_or_else(|| {
+    // Sorted by name, first of repeated names wins: the same for every producer.
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    for (k, val) in m.iter() {
+        let x = raw_f64(val).ok_or_else(|| {
             Reject::new(
                 RejectReason::InvalidValue,
                 format!("metric {k} is not a number"),
             )
         })?;
-        out.push((bounded(k.clone(), 128), x));
+        out.entry(bounded(k.to_owned(), 128)).or_insert(x);
     }
-    Ok(out)
+    Ok(out.into_iter().collect())
 }
 
-fn event(v: &Value, l: &Limits) -> Result<Event, Reject> {
-    let ev = Event::deserialize(v)
+fn event(v: &RawValue, l: &Limits) -> Result<Event, Reject> {
+    let ev: Event = serde_json::from_str(v.get())
         .map_err(|e| Reject::new(RejectReason::InvalidValue, format!("event: {e}")))?;
     Ok(bound_event(ev, l))
 }

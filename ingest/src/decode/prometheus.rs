@@ -3,9 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
-
-use super::{Limits, Record, Reject, RejectReason, bounded, string_map};
+use super::{Limits, Obj, Record, Reject, RejectReason, bounded, raw_f64, raw_string, string_map};
 
 /// One sample of one series about one container.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,20 +37,21 @@ pub(crate) fn container_id_from_cgroup(path: &str) -> Option<&str> {
     (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
 }
 
-pub(super) fn decode(v: &Value, l: &Limits) -> Result<Record, Reject> {
+pub(super) fn decode(v: &Obj<'_>, l: &Limits) -> Result<Record, Reject> {
     let ts_ms = super::parse_ts(v.get("timestamp"))?;
     let labels = string_map(v.get("labels"), l, &[])?;
     let name = labels
         .get("__name__")
         .cloned()
-        .or_else(|| v.get("name").and_then(Value::as_str).map(str::to_owned))
+        .or_else(|| v.str("name", l))
         .ok_or_else(|| Reject::new(RejectReason::MissingField, "__name__"))?;
-    let value = match v.get("value") {
-        Some(Value::String(s)) => parse_prom_float(s),
-        Some(Value::Number(n)) => n.as_f64(),
-        _ => None,
-    }
-    .ok_or_else(|| Reject::new(RejectReason::InvalidValue, "value"))?;
+    let value = v
+        .get("value")
+        .and_then(|raw| match raw_string(raw) {
+            Some(s) => parse_prom_float(&s),
+            None => raw_f64(raw),
+        })
+        .ok_or_else(|| Reject::new(RejectReason::InvalidValue, "value"))?;
     if !name.starts_with("container_") {
         return Ok(Record::Filtered {
             ts_ms: Some(ts_ms),
