@@ -144,6 +144,21 @@ def main():
     write("exec_novelty_and_rollout", lines,
           [{"container_name": "api-2", "detectors": ["exec"], "severity_at_least": "high"}], SHORT)
 
+    # 6. A lone series that goes flat (a hung worker): every value stays inside the usual
+    #    range, only its texture changes.
+    rng = random.Random(6)
+    lines = []
+    cid = "%064x" % rng.getrandbits(256)
+    for k in range(3 * 288):
+        t = T0 + k * 5 * MIN
+        hour = (t % (24 * HOUR)) / HOUR
+        v = 100 + 40 * math.sin(hour / 24 * 2 * math.pi) + rng.gauss(0, 6)
+        if 2 * 288 + 60 <= k < 2 * 288 + 140:
+            v = 100.0
+        lines.append(native(t, cid, "worker-1", "acme/etl:9", {"rows_per_s": v}))
+    write("single_series_goes_flat", lines,
+          [{"container_name": "worker-1", "detectors": ["roughness"], "severity_at_least": "low"}])
+
     # 5. Runtime events: an OOM kill, and a container that keeps restarting.
     rng = random.Random(5)
     lines = []

@@ -20,6 +20,9 @@ pub struct FeatureBaseline {
     pub peer_dev: TailSketch,
     /// Absolute change between consecutive samples of a replica.
     pub steps: TailSketch,
+    /// A replica's recent roughness: the moving average of its step sizes (a series that
+    /// goes flat, or becomes jittery, within its usual range).
+    pub roughness: TailSketch,
     /// Smallest meaningful difference in this feature's unit (its resolution).
     pub resolution: f64,
 }
@@ -31,6 +34,7 @@ impl FeatureBaseline {
             values: TailSketch::new(half_life_ms),
             peer_dev: TailSketch::new(half_life_ms),
             steps: TailSketch::new(half_life_ms),
+            roughness: TailSketch::new(half_life_ms),
             resolution: resolution_of(name),
         }
     }
@@ -57,6 +61,16 @@ impl FeatureBaseline {
         self.steps.surprise(dx, Tails::Upper, floor)
     }
 
+    /// Surprise of a roughness (moving average of step sizes), in both directions.
+    /// Its tails are never narrower than 2 % of the usual roughness (or the resolution).
+    pub fn roughness_surprise(&mut self, r: f64) -> f64 {
+        let floor = match self.roughness.summary() {
+            Some(s) => self.resolution.max(0.02 * s.q50.abs()),
+            None => self.resolution,
+        };
+        self.roughness.surprise(r, Tails::Both, floor)
+    }
+
     /// Surprise of a deviation from live peers (a [`slog`] difference). The tail is never
     /// modelled narrower than 0.02 (2 % of the peers' level): the resolution of a peer
     /// comparison.
@@ -76,7 +90,10 @@ impl FeatureBaseline {
 
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        self.values.heap_bytes() + self.peer_dev.heap_bytes() + self.steps.heap_bytes()
+        self.values.heap_bytes()
+            + self.peer_dev.heap_bytes()
+            + self.steps.heap_bytes()
+            + self.roughness.heap_bytes()
     }
 
     /// Merges another baseline of the same feature.
@@ -84,6 +101,7 @@ impl FeatureBaseline {
         self.values.merge(&other.values);
         self.peer_dev.merge(&other.peer_dev);
         self.steps.merge(&other.steps);
+        self.roughness.merge(&other.roughness);
     }
 }
 

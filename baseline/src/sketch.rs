@@ -94,10 +94,11 @@ pub struct TailSketch {
     /// Latest event time inserted.
     last_ms: i64,
     half_life_ms: i64,
-    /// Cached quantiles (q001 … q999), refreshed every few inserts.
-    #[serde(skip)]
+    /// Cached quantiles (q001 … q999), refreshed every few inserts. Part of the state:
+    /// scores depend on when it was last refreshed, so a restored sketch must carry it.
+    #[serde(default)]
     cache: Option<Summary>,
-    #[serde(skip)]
+    #[serde(default)]
     since_cache: u32,
 }
 
@@ -116,9 +117,11 @@ fn tail_p(beyond: f64, gap: f64, empirical: f64, floor: f64, widen: f64) -> f64 
 }
 
 impl PartialEq for TailSketch {
-    /// Equal when the learned state is equal; the quantile cache is not state.
+    /// Equal when the learned state, quantile cache included, is equal.
     fn eq(&self, o: &Self) -> bool {
-        self.pos == o.pos
+        self.cache == o.cache
+            && self.since_cache == o.since_cache
+            && self.pos == o.pos
             && self.neg == o.neg
             && self.zero == o.zero
             && self.total == o.total
@@ -129,7 +132,7 @@ impl PartialEq for TailSketch {
 }
 
 /// Cached quantiles of a sketch.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// 0.1th percentile.
     pub q001: f64,

@@ -49,6 +49,8 @@ pub enum Detector {
     Baseline,
     /// A change between consecutive samples unlike the group's history.
     Step,
+    /// A series gone flat or jittery: its recent mean step unlike the usual one.
+    Roughness,
     /// Behaviour never seen for this group, or only on this replica.
     Novelty,
     /// `docker exec` of a command the group does not normally run.
@@ -70,6 +72,7 @@ impl Detector {
             Detector::Peer => "peer",
             Detector::Baseline => "baseline",
             Detector::Step => "step",
+            Detector::Roughness => "roughness",
             Detector::Novelty => "novelty",
             Detector::Exec => "exec",
             Detector::Oom => "oom",
@@ -105,6 +108,10 @@ pub struct FeatureEvidence {
     /// The change since this replica's previous sample, when that was the finding.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub step: Option<f64>,
+    /// The replica's recent mean step size and the group's usual one (median), when the
+    /// finding is a series gone flat or jittery.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub roughness: Option<[f64; 2]>,
     /// Surprise (−log10 of the probability of a value at least this extreme).
     pub surprise: f64,
 }

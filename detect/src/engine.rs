@@ -22,6 +22,11 @@ const FORMAT: u32 = 1;
 /// Steps further apart than this are not steps: the series had a gap.
 const MAX_STEP_GAP_MS: i64 = 30 * 60_000;
 
+/// Weight of the newest step in a replica's roughness: a moving average over about 24
+/// samples (four minutes at the agent's interval, two hours of five-minute data; chosen
+/// over 6 and 12 on the even-numbered NAB series).
+const ROUGHNESS_ALPHA: f64 = 1.0 / 24.0;
+
 /// The peers' median is outside the history's central 10–90 % band: the fleet itself
 /// moved, and only a deviation from the peers counts.
 const FLEET_SHIFT_SURPRISE: f64 = 1.0;
@@ -299,8 +304,8 @@ fn score_metrics(
 ) {
     let live = group.live_count(now, cfg);
     let peer_mode = live >= cfg.min_peers;
-    // Two tests per metric either way: (history, peers) or (history, step).
-    let tests_per_metric = 2.0;
+    // Tests per metric: (history, peers) with peers; (history, step, roughness) alone.
+    let tests_per_metric = if peer_mode { 2.0 } else { 3.0 };
     let threshold = match group.replicas.get_mut(id) {
         Some(r) => {
             r.sampled(now);
@@ -357,6 +362,16 @@ fn score_metrics(
             Some(d) if peers.is_none() && ready(fb.steps.count()) => fb.step_surprise(d),
             _ => 0.0,
         };
+        let rough = match (prev, step) {
+            (Some(l), Some(d)) if l.rough > 0.0 => l.rough + ROUGHNESS_ALPHA * (d - l.rough),
+            (_, Some(d)) => d,
+            _ => 0.0,
+        };
+        let sr = if peers.is_none() && step.is_some() && ready(fb.roughness.count()) {
+            fb.roughness_surprise(rough)
+        } else {
+            0.0
+        };
         // With peers: unlike the history while the peers are not (when the peers' median
         // is itself outside the history's 10–90 % band, the fleet moved: a surge), or unlike
         // the peers in a way the group never is. Alone: unlike the history, or a step
@@ -371,8 +386,10 @@ fn score_metrics(
             } else {
                 (fleet, Detector::Baseline)
             }
-        } else if ss > sb {
+        } else if ss >= sb && ss >= sr {
             (ss, Detector::Step)
+        } else if sr > sb {
+            (sr, Detector::Roughness)
         } else {
             (sb, Detector::Baseline)
         };
@@ -399,6 +416,9 @@ fn score_metrics(
                 expected: fb.expected_range().map(|(lo, hi)| [lo, hi]),
                 peers,
                 step: (detector == Detector::Step).then_some(step).flatten(),
+                roughness: (detector == Detector::Roughness)
+                    .then(|| fb.roughness.summary().map(|s| [rough, s.q50]))
+                    .flatten(),
                 surprise: (surprise * 100.0).round() / 100.0,
             });
         }
@@ -414,6 +434,8 @@ fn score_metrics(
         // is learned at full weight (the value view still guards the levels).
         if let Some(d) = step {
             fb.steps.insert(d, now, 1.0);
+            fb.roughness
+                .insert(rough, now, if sr >= threshold { slow } else { 1.0 });
         }
         if let Some(r) = group.replicas.get_mut(id) {
             if r.latest.len() <= slot {
@@ -423,6 +445,7 @@ fn score_metrics(
                 value: x,
                 ts_ms: now,
                 hot,
+                rough,
             });
         }
     }

@@ -40,6 +40,15 @@ fn feature_phrase(f: &FeatureEvidence) -> String {
     let range = f
         .expected
         .map(|[lo, hi]| format!("{}–{}", fmt_value(&f.name, lo), fmt_value(&f.name, hi)));
+    if let Some([recent, usual]) = f.roughness {
+        let how = if recent < usual { "flat" } else { "jittery" };
+        return format!(
+            "{} has gone unusually {how}: it moved by {} per sample lately, against a usual {}",
+            f.name,
+            fmt_value(&f.name, recent),
+            fmt_value(&f.name, usual)
+        );
+    }
     match (&f.peers, f.step, range) {
         (Some(p), _, Some(r)) => format!(
             "{} was {v} while the median of its {} live replicas was {} (spread {}; usual range {r})",

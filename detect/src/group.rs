@@ -21,6 +21,8 @@ pub(crate) struct Latest {
     /// for two consecutive samples: the first replica to report a fleet-wide change is
     /// compared with peers that have not reported it yet).
     pub(crate) hot: bool,
+    /// Moving average of the replica's step sizes (0 until a step was seen).
+    pub(crate) rough: f64,
 }
 
 /// One replica (container) of a group.
@@ -91,7 +93,7 @@ pub(crate) struct Pending {
     pub(crate) deadline_ms: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct PeerCache {
     at_ms: i64,
     stats: Option<PeerEvidence>,
@@ -104,7 +106,9 @@ pub(crate) struct GroupState {
     pub(crate) replicas: FxHashMap<String, Replica>,
     pub(crate) pending: Vec<Pending>,
     pub(crate) last_seen_ms: i64,
-    #[serde(skip)]
+    /// Peer statistics are reused for `peer_refresh_ms`: part of the state, since scores
+    /// depend on when they were computed.
+    #[serde(default)]
     peer_cache: Vec<Option<PeerCache>>,
 }
 
@@ -114,6 +118,7 @@ impl PartialEq for GroupState {
             && self.replicas == o.replicas
             && self.pending == o.pending
             && self.last_seen_ms == o.last_seen_ms
+            && self.peer_cache == o.peer_cache
     }
 }
 

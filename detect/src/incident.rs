@@ -49,7 +49,7 @@ pub(crate) fn numeric_severity(surprise: f64, threshold: f64) -> Severity {
 
 fn family(d: Detector) -> u8 {
     match d {
-        Detector::Peer | Detector::Baseline | Detector::Step => 0,
+        Detector::Peer | Detector::Baseline | Detector::Step | Detector::Roughness => 0,
         Detector::Novelty | Detector::Exec | Detector::Falco => 1,
         Detector::Oom | Detector::RestartLoop | Detector::Privileged => 2,
     }
@@ -283,6 +283,7 @@ mod tests {
             expected: Some([0.0, 0.5]),
             peers: None,
             step: None,
+            roughness: None,
             surprise: 7.0,
         });
         f

@@ -6,9 +6,9 @@
 //!   inherits that repository's baseline and re-learns (rollout awareness);
 //! - scores each metric ([`engine`]): with three or more live replicas, against its peers
 //!   *and* the group's history (the smaller surprise of the two, so a fleet-wide surge or
-//!   a bimodal worker switching mode stays quiet); with fewer, against the history and
-//!   the usual step size between samples (single-replica images, spikes, level shifts,
-//!   variance changes);
+//!   a bimodal worker switching mode stays quiet); with fewer, against the history, the
+//!   usual step size between samples and the usual roughness (single-replica images,
+//!   spikes, level shifts, variance changes, a series gone flat);
 //! - judges event items for novelty against the group's catalog with its replica
 //!   support ([`novelty`]), applies event rules (OOM, restart loop, privileged start,
 //!   critical Falco rules, `docker exec`);
