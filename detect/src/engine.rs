@@ -432,7 +432,10 @@ fn score_metrics(
         }
         // Steps describe how jumpy a series is: a recurring jump is its character and
         // is learned at full weight (the value view still guards the levels).
-        if let Some(d) = step {
+        // Step and roughness are scored only without peers, so only then learned.
+        if let Some(d) = step
+            && peers.is_none()
+        {
             fb.steps.insert(d, now, 1.0);
             fb.roughness
                 .insert(rough, now, if sr >= threshold { slow } else { 1.0 });
