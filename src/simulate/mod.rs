@@ -278,38 +278,15 @@ pub fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<SimSummary> {
     // (kind, effect on metrics, target, start hour, minutes). All after the first day,
     // the baselines' learning period; exec_and_download hits a replica of the new
     // version, while its baseline re-learns after the rollout.
+    #[rustfmt::skip]
     let table: [(&str, Option<Effect>, &str, f64, i64); 7] = [
-        (
-            "exfiltration",
-            Some(Effect::Exfiltration),
-            "api-2",
-            26.0,
-            25,
-        ),
-        ("cryptominer", Some(Effect::Miner), "web-3", 28.0, 45),
-        (
-            "memory_leak_oom",
-            Some(Effect::MemoryLeak),
-            "cache-2",
-            30.0,
-            60,
-        ),
-        (
-            "cpu_spike_single_replica",
-            Some(Effect::CpuSpike),
-            "cron-1",
-            32.33,
-            15,
-        ),
-        ("fork_bomb", Some(Effect::ForkBomb), "worker-1", 36.0, 10),
-        (
-            "disk_write_burst",
-            Some(Effect::DiskBurst),
-            "worker-3",
-            42.0,
-            10,
-        ),
-        ("reverse_shell", None, "web-5", 44.0, 10),
+        ("exfiltration",             Some(Effect::Exfiltration), "api-2",    26.0,  25),
+        ("cryptominer",              Some(Effect::Miner),        "web-3",    28.0,  45),
+        ("memory_leak_oom",          Some(Effect::MemoryLeak),   "cache-2",  30.0,  60),
+        ("cpu_spike_single_replica", Some(Effect::CpuSpike),     "cron-1",   32.33, 15),
+        ("fork_bomb",                Some(Effect::ForkBomb),     "worker-1", 36.0,  10),
+        ("disk_write_burst",         Some(Effect::DiskBurst),    "worker-3", 42.0,  10),
+        ("reverse_shell",            None,                       "web-5",    44.0,  10),
     ];
     let mut attacks: Vec<Attack> = table
         .iter()
