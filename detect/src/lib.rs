@@ -10,7 +10,7 @@
 //!   usual step size between samples and the usual roughness (single-replica images,
 //!   spikes, level shifts, variance changes, a series gone flat);
 //! - judges event items for novelty against the group's catalog with its replica
-//!   support ([`novelty`]), applies event rules (OOM, restart loop, privileged start,
+//!   support (`novelty.rs`), applies event rules (OOM, restart loop, privileged start,
 //!   critical Falco rules, `docker exec`);
 //! - turns surprises into alerts at the threshold the false-alert budget implies
 //!   ([`calibrate`]) and folds them into one incident per container per episode
