@@ -66,6 +66,13 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         interval_s: u32,
     },
+    /// Print the effective configuration (built-in defaults, overlaid by the file) as
+    /// TOML: a starting point for a configuration file, and a check of what herd will use.
+    Config {
+        /// Configuration file (TOML) to overlay on the defaults.
+        #[arg(long, env = "HERD_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Score alerts against a simulation's labels: recall, precision, false alarms and
     /// detection delay.
     Evaluate {
@@ -137,6 +144,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 s.benign,
                 out.display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config { config } => {
+            let cfg = HerdConfig::load(config.as_deref())?;
+            print!("{}", toml::to_string_pretty(&cfg)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Evaluate {

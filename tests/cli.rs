@@ -235,3 +235,30 @@ fn a_record_from_the_far_future_cannot_wipe_baselines() {
     assert_eq!(got, want, "the future record changed detection");
     assert!(stderr.contains("invalid_timestamp"), "{stderr}");
 }
+
+#[test]
+fn config_prints_the_effective_configuration_as_loadable_toml() {
+    let dir = tmpdir("config-print");
+    let file = dir.join("herd.toml");
+    std::fs::write(&file, "[detect]\nfalse_alerts_per_container_day = 0.2\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (printed, _) = ok(&herd()
+        .args(["config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}")));
+    assert!(
+        printed.contains("false_alerts_per_container_day = 0.2"),
+        "{printed}"
+    );
+    assert!(printed.contains("[detect.baseline]"), "{printed}");
+    // What it prints is itself a valid configuration that replays the same way.
+    let again = dir.join("printed.toml");
+    std::fs::write(&again, &printed).unwrap_or_else(|e| panic!("{e}"));
+    let (reprinted, _) = ok(&herd()
+        .args(["config", "--config"])
+        .arg(&again)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}")));
+    assert_eq!(printed, reprinted);
+}
