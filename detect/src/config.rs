@@ -60,6 +60,9 @@ pub struct DetectConfig {
     /// Most replicas tracked per group; beyond it the least recently seen goes. Ten
     /// thousand replicas of one image is past any real deployment.
     pub max_replicas_per_group: usize,
+    /// Most incidents open at once; beyond it the one quiet the longest is closed. An
+    /// input that makes every container anomalous cannot grow memory without bound.
+    pub max_open_incidents: usize,
     /// Group state (replicas, incidents) idle this long is dropped; the baseline itself
     /// lives on in checkpoints. A week outlives weekends and maintenance windows.
     pub group_idle_ms: i64,
@@ -85,6 +88,7 @@ impl Default for DetectConfig {
             group_idle_ms: 7 * 86_400_000,
             max_groups: 20_000,
             max_replicas_per_group: 10_000,
+            max_open_incidents: 100_000,
         }
     }
 }
@@ -129,6 +133,9 @@ impl DetectConfig {
         }
         if !(0.0..=1.0).contains(&self.anomalous_learn_weight) {
             return bad("detect.anomalous_learn_weight", "must be within 0..=1");
+        }
+        if self.max_open_incidents == 0 {
+            return bad("detect.max_open_incidents", "must be at least 1");
         }
         if self.max_groups == 0 || self.max_replicas_per_group < self.min_peers {
             return bad(

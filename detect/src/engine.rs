@@ -182,11 +182,12 @@ impl Engine {
             .get(&obs.container.id)
             .map_or(cfg.incident_quiet_ms, |r| r.quiet_ms(cfg));
         let incidents = &mut self.state.incidents;
-        if let Some(a) = incidents.record(&obs.container, &key, finding, now, quiet) {
+        let max_open = cfg.max_open_incidents;
+        if let Some(a) = incidents.record(&obs.container, &key, finding, now, quiet, max_open) {
             out.push(a);
         }
         for (c, f, q) in late {
-            if let Some(a) = incidents.record(&c, &key, f, now, q) {
+            if let Some(a) = incidents.record(&c, &key, f, now, q, max_open) {
                 out.push(a);
             }
         }

@@ -118,6 +118,7 @@ impl Incidents {
         f: Finding,
         now_ms: i64,
         quiet_ms: i64,
+        max_open: usize,
     ) -> Option<Alert> {
         if f.is_empty() {
             return None;
@@ -129,6 +130,16 @@ impl Incidents {
             .is_some_and(|o| now_ms - o.last_ms > quiet_ms);
         if stale {
             self.open.remove(&c.id);
+        }
+        if !self.open.contains_key(&c.id)
+            && self.open.len() >= max_open
+            && let Some(oldest) = self
+                .open
+                .iter()
+                .min_by_key(|(_, o)| o.last_ms)
+                .map(|(k, _)| k.clone())
+        {
+            self.open.remove(&oldest);
         }
         let mut changed = false;
         let o = self.open.entry(c.id.clone()).or_insert_with(|| {
@@ -299,6 +310,7 @@ mod tests {
             finding(Detector::Peer, Severity::Low, "cpu_cores"),
             0,
             q,
+            usize::MAX,
         );
         let Some(a) = a else { panic!("no alert") };
         assert_eq!(a.seq, 0);
@@ -309,7 +321,8 @@ mod tests {
                 "g",
                 finding(Detector::Peer, Severity::Low, "cpu_cores"),
                 10_000,
-                q
+                q,
+                usize::MAX,
             )
             .is_none()
         );
@@ -319,6 +332,7 @@ mod tests {
             finding(Detector::Peer, Severity::Low, "net_tx_bytes_per_s"),
             20_000,
             q,
+            usize::MAX,
         );
         assert_eq!(
             u.as_ref().map(|u| (u.seq, u.incident_id.clone())),
@@ -331,8 +345,28 @@ mod tests {
             finding(Detector::Peer, Severity::Low, "cpu_cores"),
             200_000,
             q,
+            usize::MAX,
         );
         assert!(n.is_some_and(|n| n.incident_id != a.incident_id && n.seq == 0));
+    }
+
+    #[test]
+    fn open_incidents_are_capped_by_closing_the_quietest() {
+        let mut inc = Incidents::default();
+        for i in 0..10i64 {
+            let mut who = c();
+            who.id = format!("c{i}");
+            inc.record(
+                &who,
+                "g",
+                finding(Detector::Peer, Severity::Low, "x"),
+                i * 1000,
+                60_000,
+                3,
+            );
+        }
+        assert_eq!(inc.len(), 3);
+        assert!(inc.is_open("c9") && inc.is_open("c8") && inc.is_open("c7"));
     }
 
     #[test]
@@ -344,10 +378,11 @@ mod tests {
             finding(Detector::Peer, Severity::Medium, "cpu_cores"),
             0,
             60_000,
+            usize::MAX,
         );
         let mut f = Finding::default();
         f.add(Detector::Novelty, Severity::High, 9.0);
-        let u = inc.record(&c(), "g", f, 1000, 60_000);
+        let u = inc.record(&c(), "g", f, 1000, 60_000, usize::MAX);
         assert_eq!(u.map(|u| u.severity), Some(Severity::Critical));
     }
 }

@@ -68,15 +68,21 @@ impl RateState {
         w: RateWindow,
         out: &mut Vec<(String, f64)>,
     ) -> Ordering {
-        let prev = self.stats.get(id);
-        if let Some(p) = prev {
+        if let Some(p) = self.stats.get(id) {
             if ts_ms == p.ts_ms {
                 return Ordering::Duplicate;
             }
             if ts_ms < p.ts_ms {
-                return Ordering::Late;
+                // Slightly older: late, dropped. Far older: the previous sample's clock
+                // was wrong (or reset); start the container's counters afresh rather
+                // than drop every sample until that bogus time.
+                if p.ts_ms - ts_ms <= w.max_dt_ms {
+                    return Ordering::Late;
+                }
+                self.stats.remove(id);
             }
         }
+        let prev = self.stats.get(id);
         let dt_ms = prev.map(|p| ts_ms - p.ts_ms);
         let usable = dt_ms.is_some_and(|dt| (w.min_dt_ms..=w.max_dt_ms).contains(&dt));
         let prev = prev.filter(|_| usable);
@@ -157,7 +163,12 @@ impl RateState {
     ) -> (Ordering, Option<f64>) {
         match self.prom.get(&key) {
             Some(&(pts, _)) if ts_ms == pts => return (Ordering::Duplicate, None),
-            Some(&(pts, _)) if ts_ms < pts => return (Ordering::Late, None),
+            Some(&(pts, _)) if ts_ms < pts && pts - ts_ms <= w.max_dt_ms => {
+                return (Ordering::Late, None);
+            }
+            Some(&(pts, _)) if ts_ms < pts => {
+                self.prom.remove(&key);
+            }
             _ => {}
         }
         let rate = self.prom.get(&key).and_then(|&(pts, pv)| {
@@ -238,6 +249,26 @@ mod tests {
             Ordering::Late
         );
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_sample_from_a_wrong_clock_does_not_block_the_container() {
+        let mut r = RateState::default();
+        let mut out = vec![];
+        r.stats("a", 10_000, &sample(0.0, 0.0, 0.0), W, &mut out);
+        // A year in the future: accepted as the newest sample...
+        r.stats("a", 31_536_000_000, &sample(1e9, 4e9, 0.0), W, &mut out);
+        out.clear();
+        // ...but the real samples that follow are not dropped as late forever.
+        assert_eq!(
+            r.stats("a", 20_000, &sample(2e9, 8e9, 0.0), W, &mut out),
+            Ordering::Fresh
+        );
+        assert_eq!(
+            r.stats("a", 30_000, &sample(3e9, 12e9, 100.0), W, &mut out),
+            Ordering::Fresh
+        );
+        assert!(out.iter().any(|(n, _)| n == metric::CPU_CORES), "{out:?}");
     }
 
     #[test]
