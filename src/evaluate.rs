@@ -156,7 +156,9 @@ pub fn evaluate(labels: &Labels, alerts: &[Alert]) -> anyhow::Result<Evaluation>
             .extend(a.detectors.iter().map(|d| d.as_str().to_owned()));
         for (i, l) in labels.attacks.iter().enumerate() {
             let (s, e) = windows[i];
-            if l.container_id == a.container_id && s <= t && t <= e {
+            let target =
+                l.container_id == a.container_id || l.container_ids.contains(&a.container_id);
+            if target && s <= t && t <= e {
                 inc.matched = true;
                 let r = &mut per_attack[i];
                 let delay = (t - s) as f64 / 1000.0;
@@ -329,6 +331,7 @@ mod tests {
                     id: format!("atk-{c}"),
                     kind: "cryptominer".into(),
                     container_id: (*c).into(),
+                    container_ids: vec![(*c).into()],
                     container_name: (*c).into(),
                     image: "shop/web:1".into(),
                     start: "2026-11-03T10:00:00Z".into(),

@@ -199,7 +199,7 @@ fn simulated_fleet_is_detected_without_false_alarms() {
     assert!(recall >= 0.9, "recall {recall}: {report}");
     assert!(precision >= 0.9, "precision {precision}: {report}");
     assert_eq!(e["false_alarms_in_benign_windows"], 0, "{report}");
-    assert_eq!(e["attacks"], 8, "{report}");
+    assert_eq!(e["attacks"], 9, "{report}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

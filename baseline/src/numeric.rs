@@ -23,6 +23,11 @@ pub struct FeatureBaseline {
     /// A replica's recent roughness: the moving average of its step sizes (a series that
     /// goes flat, or becomes jittery, within its usual range).
     pub roughness: TailSketch,
+    /// How far the group's median moves from its usual level beyond the group's common
+    /// load factor (the median move of all its features, in [`slog`] terms). A surge moves
+    /// the load-driven features together; a fleet-wide compromise moves one the others do
+    /// not explain.
+    pub fleet_dev: TailSketch,
     /// Smallest meaningful difference in this feature's unit (its resolution).
     pub resolution: f64,
 }
@@ -35,6 +40,7 @@ impl FeatureBaseline {
             peer_dev: TailSketch::new(half_life_ms),
             steps: TailSketch::new(half_life_ms),
             roughness: TailSketch::new(half_life_ms),
+            fleet_dev: TailSketch::new(half_life_ms),
             resolution: resolution_of(name),
         }
     }
@@ -78,6 +84,14 @@ impl FeatureBaseline {
         self.peer_dev.surprise(dev, Tails::Both, 0.02)
     }
 
+    /// Surprise of a fleet-wide move beyond the common load factor (upper tail: a whole
+    /// group doing more of one thing than its load explains). A median of replicas'
+    /// values sampled once a minute is coarser than one replica's value: its tail is never
+    /// modelled narrower than 0.1 (a 10 % move beyond the usual band).
+    pub fn fleet_surprise(&mut self, dev: f64) -> f64 {
+        self.fleet_dev.surprise(dev, Tails::Upper, 0.1)
+    }
+
     /// The expected range of raw values (1st to 99th percentile), for explanations.
     pub fn expected_range(&mut self) -> Option<(f64, f64)> {
         self.values.summary().map(|s: Summary| (s.q01, s.q99))
@@ -94,6 +108,7 @@ impl FeatureBaseline {
             + self.peer_dev.heap_bytes()
             + self.steps.heap_bytes()
             + self.roughness.heap_bytes()
+            + self.fleet_dev.heap_bytes()
     }
 
     /// Merges another baseline of the same feature.
@@ -102,6 +117,7 @@ impl FeatureBaseline {
         self.peer_dev.merge(&other.peer_dev);
         self.steps.merge(&other.steps);
         self.roughness.merge(&other.roughness);
+        self.fleet_dev.merge(&other.fleet_dev);
     }
 }
 

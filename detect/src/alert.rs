@@ -51,6 +51,8 @@ pub enum Detector {
     Step,
     /// A series gone flat or jittery: its recent mean step unlike the usual one.
     Roughness,
+    /// The whole group moved in one feature more than its common load explains.
+    Fleet,
     /// Behaviour never seen for this group, or only on this replica.
     Novelty,
     /// `docker exec` of a command the group does not normally run.
@@ -73,6 +75,7 @@ impl Detector {
             Detector::Baseline => "baseline",
             Detector::Step => "step",
             Detector::Roughness => "roughness",
+            Detector::Fleet => "fleet",
             Detector::Novelty => "novelty",
             Detector::Exec => "exec",
             Detector::Oom => "oom",
@@ -112,6 +115,10 @@ pub struct FeatureEvidence {
     /// finding is a series gone flat or jittery.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub roughness: Option<[f64; 2]>,
+    /// For a whole-group finding: how far the group's median moved beyond the common
+    /// load factor of its features (an `slog` difference; ln(2) ≈ twice as much).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fleet_shift: Option<f64>,
     /// Surprise (−log10 of the probability of a value at least this extreme).
     pub surprise: f64,
 }

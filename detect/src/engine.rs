@@ -9,9 +9,10 @@ use herd_baseline::{GroupBaseline, ItemKind, Phase};
 use herd_ingest::{ContainerRef, Event, Observation, Payload};
 use serde::{Deserialize, Serialize};
 
+use crate::alert::PeerEvidence;
 use crate::alert::{Alert, Detector, FeatureEvidence, NovelEvidence, Severity};
 use crate::calibrate;
-use crate::group::{GroupState, Latest, Pending, Replica};
+use crate::group::{GroupState, Latest, Pending, Replica, median_in_place};
 use crate::incident::{Finding, Incidents, numeric_severity};
 use crate::novelty::{Verdict, attack_ids, falco_rank, items_of, judge};
 use crate::{DetectConfig, Error, Result};
@@ -174,7 +175,12 @@ impl Engine {
             }
         }
         group.baseline.updated_ms = group.baseline.updated_ms.max(now);
-        let late = uncorroborated(group, now, cfg);
+        let mut late = uncorroborated(group, now, cfg);
+        if matches!(obs.payload, Payload::Metrics(_))
+            && let Some(f) = fleet_check(group, now, phase, cfg, &mut self.scratch)
+        {
+            late.push(f);
+        }
         // An episode ends after the longer of a fixed quiet time and a number of the
         // container's own sampling intervals.
         let quiet = group
@@ -243,6 +249,146 @@ impl Engine {
         let groups = &self.state.groups;
         self.state.repos.retain(|_, k| groups.contains_key(k));
         self.state.incidents.close_quiet(now);
+    }
+}
+
+/// Every this much event time, a group with peers is checked as a whole.
+const FLEET_CHECK_MS: i64 = 60_000;
+
+/// The group as a whole against its own history: for each feature, how far the peers'
+/// median moved from its usual level (in `slog` terms), less the common load factor (the
+/// median move over all the group's features). A surge moves the load-driven features
+/// together and leaves this near its usual value; a fleet-wide compromise moves one
+/// feature that the others do not explain. Held for two checks, calibrated like every
+/// other score (the group counts as one container tested per feature each check).
+/// Returns the finding on a stable representative replica.
+fn fleet_check(
+    group: &mut GroupState,
+    now: i64,
+    phase: Phase,
+    cfg: &DetectConfig,
+    scratch: &mut Vec<f64>,
+) -> Option<(Arc<ContainerRef>, Finding, i64)> {
+    if now - group.fleet_checked_ms < FLEET_CHECK_MS {
+        return None;
+    }
+    group.fleet_checked_ms = now;
+    // The group's own history is trusted only once it covers a learning period (a daily
+    // cycle, by default), as for a lone series; it keeps learning before that.
+    let scoring = phase == Phase::Locked;
+    if group.live_count(now, cfg) < cfg.min_peers {
+        return None;
+    }
+    let n = group.baseline.feature_count();
+    let mut moves: Vec<(usize, f64, PeerEvidence, f64)> = Vec::with_capacity(n);
+    for slot in 0..n {
+        let Some(p) = group.peer_stats(slot, now, cfg, scratch) else {
+            continue;
+        };
+        let Some((_, fb)) = group.baseline.feature_at_mut(slot) else {
+            continue;
+        };
+        if fb.values.count() < cfg.min_samples {
+            continue;
+        }
+        let Some(usual) = fb.values.summary() else {
+            continue;
+        };
+        let res = fb.resolution;
+        moves.push((
+            slot,
+            slog(p.median, res) - slog(usual.q50, res),
+            p,
+            usual.q90,
+        ));
+    }
+    // A common load factor needs several features to be told apart from any one.
+    if moves.len() < 3 {
+        return None;
+    }
+    scratch.clear();
+    scratch.extend(moves.iter().map(|m| m.1));
+    let common = median_in_place(scratch);
+    let tests_per_day = moves.len() as f64 * calibrate::DAY_MS / FLEET_CHECK_MS as f64;
+    let threshold = calibrate::threshold(tests_per_day, cfg.false_alerts_per_container_day);
+    if group.fleet_hot.len() < n {
+        group.fleet_hot.resize(n, false);
+    }
+    let mut finding = Finding {
+        threshold,
+        ..Finding::default()
+    };
+    let mut lead: Option<f64> = None;
+    for (slot, z, p, q90) in moves {
+        let dev = z - common;
+        let Some((name, fb)) = group.baseline.feature_at_mut(slot) else {
+            continue;
+        };
+        let s = if scoring && fb.fleet_dev.count() >= cfg.min_samples {
+            fb.fleet_surprise(dev)
+        } else {
+            0.0
+        };
+        // The fleet moved, not one replica dragging a median: at least two thirds of
+        // the live replicas must each be above the group's usual 90th percentile.
+        let hot = s >= threshold && share_above(&group.replicas, slot, q90, now, cfg) >= 2.0 / 3.0;
+        let held = hot && group.fleet_hot[slot];
+        group.fleet_hot[slot] = hot;
+        let w = if hot { cfg.anomalous_learn_weight } else { 1.0 };
+        if held {
+            finding.add(Detector::Fleet, numeric_severity(s, threshold), s);
+            finding.features.push(FeatureEvidence {
+                name: name.to_owned(),
+                value: p.median,
+                expected: fb.expected_range().map(|(lo, hi)| [lo, hi]),
+                peers: Some(p),
+                step: None,
+                roughness: None,
+                fleet_shift: Some(dev),
+                surprise: (s * 100.0).round() / 100.0,
+            });
+            lead = Some(lead.map_or(s, |best: f64| best.max(s)));
+        }
+        fb.fleet_dev.insert(dev, now, w);
+    }
+    lead?;
+    // One incident per fleet episode: the finding goes to a stable representative, the
+    // live replica with the smallest id (the explanation names the whole group).
+    let rep = group
+        .replicas
+        .values()
+        .filter(|r| r.alive && now - r.last_seen_ms <= cfg.replica_ttl_ms)
+        .min_by(|a, b| a.cref.id.cmp(&b.cref.id))?;
+    Some((Arc::clone(&rep.cref), finding, rep.quiet_ms(cfg)))
+}
+
+/// Share of the live replicas whose latest value of `slot` is above `level`.
+fn share_above(
+    replicas: &rustc_hash::FxHashMap<String, Replica>,
+    slot: usize,
+    level: f64,
+    now: i64,
+    cfg: &DetectConfig,
+) -> f64 {
+    let (mut live, mut above) = (0usize, 0usize);
+    for r in replicas.values() {
+        if !r.alive || now - r.last_seen_ms > cfg.replica_ttl_ms {
+            continue;
+        }
+        live += 1;
+        if r.latest
+            .get(slot)
+            .copied()
+            .flatten()
+            .is_some_and(|l| l.value > level)
+        {
+            above += 1;
+        }
+    }
+    if live == 0 {
+        0.0
+    } else {
+        above as f64 / live as f64
     }
 }
 
@@ -420,6 +566,7 @@ fn score_metrics(
                 roughness: (detector == Detector::Roughness)
                     .then(|| fb.roughness.summary().map(|s| [rough, s.q50]))
                     .flatten(),
+                fleet_shift: None,
                 surprise: (surprise * 100.0).round() / 100.0,
             });
         }

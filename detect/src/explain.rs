@@ -40,6 +40,22 @@ fn feature_phrase(f: &FeatureEvidence) -> String {
     let range = f
         .expected
         .map(|[lo, hi]| format!("{}–{}", fmt_value(&f.name, lo), fmt_value(&f.name, hi)));
+    if let (Some(shift), Some(p)) = (f.fleet_shift, &f.peers) {
+        let range = f.expected.map_or(String::new(), |[lo, hi]| {
+            format!(
+                " (usual range {}–{})",
+                fmt_value(&f.name, lo),
+                fmt_value(&f.name, hi)
+            )
+        });
+        return format!(
+            "and all {} live replicas of its image moved {} to a median of {}{range}, {:.1}x beyond what their other metrics explain",
+            p.n,
+            f.name,
+            fmt_value(&f.name, p.median),
+            shift.exp()
+        );
+    }
     if let Some([recent, usual]) = f.roughness {
         let how = if recent < usual { "flat" } else { "jittery" };
         return format!(

@@ -110,6 +110,12 @@ pub(crate) struct GroupState {
     /// depend on when they were computed.
     #[serde(default)]
     peer_cache: Vec<Option<PeerCache>>,
+    /// When the group-wide check last ran, and which features were beyond the threshold
+    /// then (a fleet finding must hold for two checks).
+    #[serde(default)]
+    pub(crate) fleet_checked_ms: i64,
+    #[serde(default)]
+    pub(crate) fleet_hot: Vec<bool>,
 }
 
 impl PartialEq for GroupState {
@@ -119,6 +125,8 @@ impl PartialEq for GroupState {
             && self.pending == o.pending
             && self.last_seen_ms == o.last_seen_ms
             && self.peer_cache == o.peer_cache
+            && self.fleet_checked_ms == o.fleet_checked_ms
+            && self.fleet_hot == o.fleet_hot
     }
 }
 
@@ -133,6 +141,8 @@ impl GroupState {
             pending: Vec::new(),
             last_seen_ms: now_ms,
             peer_cache: Vec::new(),
+            fleet_checked_ms: now_ms,
+            fleet_hot: Vec::new(),
         }
     }
 
@@ -247,7 +257,7 @@ impl GroupState {
 }
 
 /// Median of a non-empty slice (reorders it).
-fn median_in_place(v: &mut [f64]) -> f64 {
+pub(crate) fn median_in_place(v: &mut [f64]) -> f64 {
     let n = v.len();
     let mid = n / 2;
     let (_, m, _) = v.select_nth_unstable_by(mid, f64::total_cmp);

@@ -49,7 +49,11 @@ pub(crate) fn numeric_severity(surprise: f64, threshold: f64) -> Severity {
 
 fn family(d: Detector) -> u8 {
     match d {
-        Detector::Peer | Detector::Baseline | Detector::Step | Detector::Roughness => 0,
+        Detector::Peer
+        | Detector::Baseline
+        | Detector::Step
+        | Detector::Roughness
+        | Detector::Fleet => 0,
         Detector::Novelty | Detector::Exec | Detector::Falco => 1,
         Detector::Oom | Detector::RestartLoop | Detector::Privileged => 2,
     }
@@ -295,6 +299,7 @@ mod tests {
             peers: None,
             step: None,
             roughness: None,
+            fleet_shift: None,
             surprise: 7.0,
         });
         f

@@ -8,7 +8,9 @@
 //!   *and* the group's history (the smaller surprise of the two, so a fleet-wide surge or
 //!   a bimodal worker switching mode stays quiet); with fewer, against the history, the
 //!   usual step size between samples and the usual roughness (single-replica images,
-//!   spikes, level shifts, variance changes, a series gone flat);
+//!   spikes, level shifts, variance changes, a series gone flat); once a minute, the
+//!   group as a whole against its history (one feature moving fleet-wide beyond what the
+//!   others explain: every replica compromised, not a surge);
 //! - judges event items for novelty against the group's catalog with its replica
 //!   support (`novelty.rs`), applies event rules (OOM, restart loop, privileged start,
 //!   critical Falco rules, `docker exec`);

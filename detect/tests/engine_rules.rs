@@ -258,3 +258,82 @@ fn invented_images_and_containers_cannot_grow_state_without_bound() {
         "the busy group must survive the flood"
     );
 }
+
+/// Four features of four replicas, one sample a minute, with a daily-ish load wave;
+/// `f(minute, replica)` may change them.
+fn fleet_run(
+    engine: &mut Engine,
+    cs: &[Arc<ContainerRef>],
+    minutes: i64,
+    f: impl Fn(i64, &mut [f64; 4]),
+) -> Vec<Alert> {
+    let mut out = Vec::new();
+    for m in 0..minutes {
+        let load = 1.0 + 0.5 * ((m as f64) / 240.0 * std::f64::consts::TAU).sin();
+        for (i, c) in cs.iter().enumerate() {
+            let jitter = 1.0 + 0.03 * (((m * 7 + i as i64 * 13) % 11) as f64 / 11.0 - 0.5);
+            let mut v = [
+                0.2 * load * jitter,
+                3e5 * load * jitter,
+                9e5 * load * jitter,
+                2e8 * jitter,
+            ];
+            f(m, &mut v);
+            let o = Observation {
+                ts_ms: T0 + m * MIN + i as i64,
+                container: Arc::clone(c),
+                payload: Payload::Metrics(vec![
+                    ("cpu_cores".into(), v[0]),
+                    ("net_rx_bytes_per_s".into(), v[1]),
+                    ("net_tx_bytes_per_s".into(), v[2]),
+                    ("mem_bytes".into(), v[3]),
+                ]),
+            };
+            engine.observe(&o, &mut out);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_fleet_wide_surge_is_quiet_and_a_fleet_wide_compromise_is_not() {
+    let cs = replicas(4, "shop/app:1");
+    let mut cfg = DetectConfig::default();
+    cfg.baseline.warmup_ms = 30 * MIN;
+    cfg.baseline.learning_period_ms = 8 * 60 * MIN;
+    let surge = |m: i64, v: &mut [f64; 4]| {
+        if (600..630).contains(&m) {
+            v[0] *= 3.0;
+            v[1] *= 3.0;
+            v[2] *= 3.0;
+        }
+    };
+    let mut quiet = Engine::new(cfg.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let out = fleet_run(&mut quiet, &cs, 700, surge);
+    assert!(
+        out.is_empty(),
+        "a surge of the whole fleet alerted: {out:#?}"
+    );
+
+    // Every replica mines: CPU triples while the traffic that would explain it does not.
+    let mine = |m: i64, v: &mut [f64; 4]| {
+        if (600..630).contains(&m) {
+            v[0] += 0.8;
+        }
+    };
+    let mut e = Engine::new(cfg).unwrap_or_else(|err| panic!("{err}"));
+    let out = fleet_run(&mut e, &cs, 700, mine);
+    let fleet: Vec<&Alert> = out
+        .iter()
+        .filter(|a| a.detectors.contains(&Detector::Fleet))
+        .collect();
+    assert_eq!(fleet.len(), 1, "{out:#?}");
+    let f = &fleet[0].features[0];
+    assert_eq!(f.name, "cpu_cores");
+    assert!(f.fleet_shift.is_some_and(|s| s > 1.0), "{f:?}");
+    assert!(
+        fleet[0].explanation.contains("all 4 live replicas"),
+        "{}",
+        fleet[0].explanation
+    );
+}

@@ -5,8 +5,9 @@
 //! raw stats joined through start events, rolled out to a new version that costs 25 %
 //! more), `batch/worker` (4 bimodal replicas), `shop/cache` (3 replicas with a memory
 //! limit) and `ops/cron` (one replica with an hourly job). After the first day (the
-//! baselines' learning period) eight attacks hit single replicas, between benign
-//! episodes that must stay quiet. `labels.json` says what happened when.
+//! baselines' learning period) eight attacks hit single replicas and one hits every
+//! replica of `shop/cache` at once, between benign episodes that must stay quiet.
+//! `labels.json` says what happened when.
 //!
 //! Output: `stats.jsonl` (envelopes), `stats-raw.jsonl`, `events.jsonl` (Docker events),
 //! `falco.jsonl`, `labels.json`. Deterministic: the same seed gives the same bytes.
@@ -58,8 +59,11 @@ pub struct AttackLabel {
     pub id: String,
     /// What it is (`cryptominer`, `exfiltration`, …).
     pub kind: String,
-    /// The attacked container.
+    /// The attacked container (the first, for an attack on several).
     pub container_id: String,
+    /// Every attacked container; an alert on any of them detects the attack.
+    #[serde(default)]
+    pub container_ids: Vec<String>,
     /// Its name.
     pub container_name: String,
     /// Its image.
@@ -104,7 +108,10 @@ const T0: i64 = 1_793_577_600_000;
 struct Attack {
     kind: &'static str,
     effect: Option<Effect>,
+    /// The (first) attacked container.
     target: usize,
+    /// Every attacked container (more than one for a fleet-wide attack).
+    targets: Vec<usize>,
     start: i64,
     end: i64,
 }
@@ -294,6 +301,7 @@ pub fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<SimSummary> {
             kind,
             effect,
             target: idx(&cs, name),
+            targets: vec![idx(&cs, name)],
             start: h(hour),
             end: h(hour) + minutes * MIN,
         })
@@ -303,10 +311,22 @@ pub fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<SimSummary> {
             kind: "exec_and_download",
             effect: Some(Effect::Download),
             target: *api4,
+            targets: vec![*api4],
             start: h(40.5),
             end: h(40.5) + 10 * MIN,
         });
     }
+    // A fleet-wide compromise: every cache replica starts mining at once. Its peers
+    // move with it, so only the group's own history can tell.
+    let caches: Vec<usize> = (1..=3).map(|i| idx(&cs, &format!("cache-{i}"))).collect();
+    attacks.push(Attack {
+        kind: "fleet_cryptominer",
+        effect: Some(Effect::Miner),
+        target: caches[0],
+        targets: caches,
+        start: h(46.5),
+        end: h(46.5) + 20 * MIN,
+    });
     attacks.retain(|a| a.end <= end);
     let surge = (h(38.0), h(38.0) + 40 * MIN);
 
@@ -501,7 +521,7 @@ pub fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<SimSummary> {
             }
             let mut effects: Vec<(Effect, f64)> = attacks
                 .iter()
-                .filter(|a| a.target == ci && a.start <= now && now < a.end)
+                .filter(|a| a.targets.contains(&ci) && a.start <= now && now < a.end)
                 .filter_map(|a| {
                     a.effect
                         .map(|e| (e, (now - a.start) as f64 / (a.end - a.start) as f64))
@@ -584,6 +604,7 @@ pub fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<SimSummary> {
                 id: format!("a{}", i + 1),
                 kind: a.kind.into(),
                 container_id: cs[a.target].ident.id.clone(),
+                container_ids: a.targets.iter().map(|t| cs[*t].ident.id.clone()).collect(),
                 container_name: cs[a.target].ident.name.clone(),
                 image: cs[a.target].ident.image.clone(),
                 start: format_ms(a.start),
