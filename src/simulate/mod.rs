@@ -198,59 +198,60 @@ pub fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<SimSummary> {
             restarted_at: None,
         });
     };
-    for i in 0..6 {
-        let who = fleet::ident(
-            &mut rng,
-            &format!("web-{}", i + 1),
+    // (service, replicas, image, digest, first host, workload, stats format).
+    let fleet_spec = [
+        (
+            "web",
+            6,
             "shop/web:1.4",
             Some(&web_digest),
-            i,
-            "web",
-        );
-        add(&mut rng, &mut cs, who, Kind::Web, Format::Envelope, T0);
-    }
-    for i in 0..5 {
-        let who = fleet::ident(
-            &mut rng,
-            &format!("api-{}", i + 1),
+            0,
+            Kind::Web,
+            Format::Envelope,
+        ),
+        (
+            "api",
+            5,
             "shop/api:2.3",
             None,
-            i + 1,
-            "api",
-        );
-        add(
-            &mut rng,
-            &mut cs,
-            who,
+            1,
             Kind::Api { version: 1.0 },
             Format::Raw,
-            T0,
-        );
-    }
-    for i in 0..4 {
-        let who = fleet::ident(
-            &mut rng,
-            &format!("worker-{}", i + 1),
+        ),
+        (
+            "worker",
+            4,
             "batch/worker:7",
             Some(&worker_digest),
-            i + 2,
-            "worker",
-        );
-        add(&mut rng, &mut cs, who, Kind::Worker, Format::Envelope, T0);
-    }
-    for i in 0..3 {
-        let who = fleet::ident(
-            &mut rng,
-            &format!("cache-{}", i + 1),
+            2,
+            Kind::Worker,
+            Format::Envelope,
+        ),
+        (
+            "cache",
+            3,
             "shop/cache:6.2",
             Some(&cache_digest),
-            i,
-            "cache",
-        );
-        add(&mut rng, &mut cs, who, Kind::Cache, Format::Envelope, T0);
+            0,
+            Kind::Cache,
+            Format::Envelope,
+        ),
+        ("cron", 1, "ops/cron:3", None, 0, Kind::Cron, Format::Raw),
+    ];
+    for (service, replicas, image, digest, host, kind, format) in fleet_spec {
+        for i in 0..replicas {
+            let name = format!("{service}-{}", i + 1);
+            let who = fleet::ident(
+                &mut rng,
+                &name,
+                image,
+                digest.map(String::as_str),
+                i + host,
+                service,
+            );
+            add(&mut rng, &mut cs, who, kind, format, T0);
+        }
     }
-    let who = fleet::ident(&mut rng, "cron-1", "ops/cron:3", None, 0, "cron");
-    add(&mut rng, &mut cs, who, Kind::Cron, Format::Raw, T0);
     let idx =
         |cs: &[Container], name: &str| cs.iter().position(|c| c.ident.name == name).unwrap_or(0);
 
