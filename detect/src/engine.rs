@@ -520,18 +520,19 @@ fn score_metrics(
             0.0
         };
         // With peers: unlike the history while the peers are not (when the peers' median
-        // is itself outside the history's 10–90 % band, the fleet moved: a surge), or unlike
-        // the peers in a way the group never is. Alone: unlike the history, or a step
-        // unlike the usual steps.
-        let fleet = match peers {
+        // is itself outside the history's 10–90 % band, the fleet moved: a surge; whether
+        // it moved beyond its load is `fleet_check`'s question), or unlike the peers in a
+        // way the group never is. Alone: unlike the history, unlike the usual steps, or
+        // unlike the usual roughness.
+        let history = match peers {
             Some(p) if values_ready && fb.value_surprise(p.median) < FLEET_SHIFT_SURPRISE => sb,
             _ => 0.0,
         };
         let (surprise, detector) = if peers.is_some() {
-            if sp >= fleet {
+            if sp >= history {
                 (sp, Detector::Peer)
             } else {
-                (fleet, Detector::Baseline)
+                (history, Detector::Baseline)
             }
         } else if ss >= sb && ss >= sr {
             (ss, Detector::Step)
@@ -549,7 +550,7 @@ fn score_metrics(
         // the peers share is a fleet-wide change, adopted slowly; one they do not share
         // is never the group's normal. A lone series adopts lasting level changes slowly.
         let slow = cfg.anomalous_learn_weight;
-        let w_values = match (sb >= threshold, peers.is_some(), fleet >= threshold) {
+        let w_values = match (sb >= threshold, peers.is_some(), history >= threshold) {
             (false, _, _) => 1.0,
             (true, true, true) => 0.0,
             (true, _, _) => slow,
