@@ -132,10 +132,10 @@ pub fn explain(a: &Alert) -> String {
         );
     }
     let more = a.novel.len().saturating_sub(1) + a.features.len().saturating_sub(1);
-    let tail = if more > 0 {
-        format!(" ({more} more findings in this alert)")
-    } else {
-        String::new()
+    let tail = match more {
+        0 => String::new(),
+        1 => " (1 more finding in this alert)".to_owned(),
+        n => format!(" ({n} more findings in this alert)"),
     };
     format!("{who} {}{tail}.", parts.join("; "))
 }
