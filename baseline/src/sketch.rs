@@ -81,8 +81,9 @@ impl Store {
     }
 }
 
-/// The decaying sketch. See the module documentation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The decaying sketch. See the module documentation. Equality covers the quantile
+/// cache too: scores depend on when it was refreshed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TailSketch {
     pos: Store,
     neg: Store,
@@ -114,21 +115,6 @@ fn tail_p(beyond: f64, gap: f64, empirical: f64, floor: f64, widen: f64) -> f64 
         0.01
     };
     empirical.max(model)
-}
-
-impl PartialEq for TailSketch {
-    /// Equal when the learned state, quantile cache included, is equal.
-    fn eq(&self, o: &Self) -> bool {
-        self.cache == o.cache
-            && self.since_cache == o.since_cache
-            && self.pos == o.pos
-            && self.neg == o.neg
-            && self.zero == o.zero
-            && self.total == o.total
-            && self.ref_ms == o.ref_ms
-            && self.last_ms == o.last_ms
-            && self.half_life_ms == o.half_life_ms
-    }
 }
 
 /// Cached quantiles of a sketch.

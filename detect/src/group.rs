@@ -100,7 +100,7 @@ struct PeerCache {
 }
 
 /// The state of one group.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct GroupState {
     pub(crate) baseline: GroupBaseline,
     pub(crate) replicas: FxHashMap<String, Replica>,
@@ -116,18 +116,6 @@ pub(crate) struct GroupState {
     pub(crate) fleet_checked_ms: i64,
     #[serde(default)]
     pub(crate) fleet_hot: Vec<bool>,
-}
-
-impl PartialEq for GroupState {
-    fn eq(&self, o: &Self) -> bool {
-        self.baseline == o.baseline
-            && self.replicas == o.replicas
-            && self.pending == o.pending
-            && self.last_seen_ms == o.last_seen_ms
-            && self.peer_cache == o.peer_cache
-            && self.fleet_checked_ms == o.fleet_checked_ms
-            && self.fleet_hot == o.fleet_hot
-    }
 }
 
 /// Most items pending corroboration per group; beyond it the oldest is judged early.
