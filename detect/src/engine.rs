@@ -149,13 +149,21 @@ impl Engine {
         {
             group.evict_oldest_replica();
         }
+        let mut revived = false;
         let replica = group
             .replicas
             .entry(obs.container.id.clone())
-            .or_insert_with(|| Replica::new(Arc::clone(&obs.container), now));
+            .or_insert_with(|| {
+                revived = true;
+                Replica::new(Arc::clone(&obs.container), now)
+            });
+        revived |= now - replica.last_seen_ms > cfg.replica_ttl_ms;
         replica.last_seen_ms = replica.last_seen_ms.max(now);
         if !Arc::ptr_eq(&replica.cref, &obs.container) && *replica.cref != *obs.container {
             replica.cref = Arc::clone(&obs.container);
+        }
+        if revived {
+            group.liveness_changed();
         }
         let phase = group.baseline.phase(now, &cfg.baseline);
         let mut finding = Finding::default();
@@ -702,6 +710,9 @@ fn score_event(
             replicas: live,
             phase: phase.as_str().into(),
         });
+    }
+    if matches!(ev, Event::Start { .. } | Event::Die { .. }) {
+        group.liveness_changed();
     }
     if finding.is_empty() {
         finding.attack.clear();

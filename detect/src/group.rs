@@ -116,6 +116,11 @@ pub(crate) struct GroupState {
     pub(crate) fleet_checked_ms: i64,
     #[serde(default)]
     pub(crate) fleet_hot: Vec<bool>,
+    /// The live-replica count and when it was taken: reused for `peer_refresh_ms` (part
+    /// of the state, like the peer statistics), dropped whenever a replica appears,
+    /// goes, starts, dies or reports again after its TTL.
+    #[serde(default)]
+    live_cache: Option<(i64, usize)>,
 }
 
 /// Most items pending corroboration per group; beyond it the oldest is judged early.
@@ -131,15 +136,31 @@ impl GroupState {
             peer_cache: Vec::new(),
             fleet_checked_ms: now_ms,
             fleet_hot: Vec::new(),
+            live_cache: None,
         }
     }
 
-    /// Live replicas: not dead, seen within the replica TTL.
-    pub(crate) fn live_count(&self, now_ms: i64, cfg: &DetectConfig) -> usize {
-        self.replicas
+    /// Live replicas: not dead, seen within the replica TTL. Counted at most once per
+    /// `peer_refresh_ms` (the scan is O(replicas) and every observation asks).
+    pub(crate) fn live_count(&mut self, now_ms: i64, cfg: &DetectConfig) -> usize {
+        if let Some((at, n)) = self.live_cache
+            && now_ms >= at
+            && now_ms - at < cfg.peer_refresh_ms
+        {
+            return n;
+        }
+        let n = self
+            .replicas
             .values()
             .filter(|r| r.alive && now_ms - r.last_seen_ms <= cfg.replica_ttl_ms)
-            .count()
+            .count();
+        self.live_cache = Some((now_ms, n));
+        n
+    }
+
+    /// Drops the live-replica count after a change of liveness.
+    pub(crate) fn liveness_changed(&mut self) {
+        self.live_cache = None;
     }
 
     /// Median and spread of the live replicas' latest values of a feature, when at least
@@ -234,6 +255,7 @@ impl GroupState {
             .map(|(id, _)| id.clone())
         {
             self.replicas.remove(&id);
+            self.live_cache = None;
         }
     }
 
@@ -241,6 +263,7 @@ impl GroupState {
     pub(crate) fn evict_replicas(&mut self, now_ms: i64, keep_ms: i64) {
         self.replicas
             .retain(|_, r| now_ms - r.last_seen_ms <= keep_ms);
+        self.live_cache = None;
     }
 }
 
