@@ -6,6 +6,7 @@ use herd_detect::{Alert, DetectConfig, Engine};
 use herd_ingest::normalize::Dropped;
 use herd_ingest::{Decoder, Limits, Normalizer, NormalizerConfig, Observation, Record, Reject};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 /// What happened to the input, for the summary and, later, for metrics.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -58,14 +59,16 @@ pub struct Pipeline {
 struct SnapOut<'a> {
     format: u32,
     normalizer: &'a Normalizer,
-    engine: serde_json::Value,
+    /// The engine's own snapshot, embedded as it is.
+    engine: &'a RawValue,
 }
 
 #[derive(Deserialize)]
-struct SnapIn {
+struct SnapIn<'a> {
     format: u32,
     normalizer: Normalizer,
-    engine: serde_json::Value,
+    #[serde(borrow)]
+    engine: &'a RawValue,
 }
 
 impl Pipeline {
@@ -139,23 +142,24 @@ impl Pipeline {
 
     /// Serialises normaliser and engine state.
     pub fn snapshot(&self) -> anyhow::Result<Vec<u8>> {
-        let engine: serde_json::Value = serde_json::from_slice(&self.engine.snapshot()?)?;
+        let engine = String::from_utf8(self.engine.snapshot()?)?;
+        let engine = RawValue::from_string(engine)?;
         Ok(serde_json::to_vec(&SnapOut {
             format: 1,
             normalizer: &self.normalizer,
-            engine,
+            engine: &engine,
         })?)
     }
 
     /// Restores a pipeline from [`Pipeline::snapshot`] output.
     pub fn restore(limits: Limits, detect: DetectConfig, bytes: &[u8]) -> anyhow::Result<Self> {
-        let s: SnapIn = serde_json::from_slice(bytes)?;
+        let s: SnapIn<'_> = serde_json::from_slice(bytes)?;
         anyhow::ensure!(
             s.format == 1,
             "pipeline snapshot format {} is not supported",
             s.format
         );
-        let engine = Engine::restore(detect, &serde_json::to_vec(&s.engine)?)?;
+        let engine = Engine::restore(detect, s.engine.get().as_bytes())?;
         Ok(Self {
             decoder: Decoder::new(limits),
             normalizer: s.normalizer,

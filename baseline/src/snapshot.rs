@@ -5,6 +5,7 @@
 //! it does not know rather than guess.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::{Error, GroupBaseline, Result};
 
@@ -18,9 +19,10 @@ struct Out<'a> {
 }
 
 #[derive(Deserialize)]
-struct In {
+struct In<'a> {
     format: u32,
-    group: serde_json::Value,
+    #[serde(borrow)]
+    group: &'a RawValue,
 }
 
 /// Encodes a group baseline.
@@ -33,14 +35,14 @@ pub fn encode(g: &GroupBaseline) -> Result<Vec<u8>> {
 
 /// Decodes a group baseline written by [`encode`].
 pub fn decode(bytes: &[u8]) -> Result<GroupBaseline> {
-    let i: In = serde_json::from_slice(bytes)?;
+    let i: In<'_> = serde_json::from_slice(bytes)?;
     if i.format != FORMAT {
         return Err(Error::UnsupportedFormat {
             found: i.format,
             supported: FORMAT,
         });
     }
-    Ok(serde_json::from_value(i.group)?)
+    Ok(serde_json::from_str(i.group.get())?)
 }
 
 #[cfg(test)]

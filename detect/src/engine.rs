@@ -71,9 +71,10 @@ struct SnapOut<'a> {
 }
 
 #[derive(Deserialize)]
-struct SnapIn {
+struct SnapIn<'a> {
     format: u32,
-    state: serde_json::Value,
+    #[serde(borrow)]
+    state: &'a serde_json::value::RawValue,
 }
 
 impl Engine {
@@ -122,13 +123,13 @@ impl Engine {
     /// Restores an engine from [`Engine::snapshot`] output.
     pub fn restore(cfg: DetectConfig, bytes: &[u8]) -> Result<Self> {
         cfg.validate()?;
-        let s: SnapIn = serde_json::from_slice(bytes)?;
+        let s: SnapIn<'_> = serde_json::from_slice(bytes)?;
         if s.format != FORMAT {
             return Err(Error::UnsupportedFormat(s.format));
         }
         Ok(Self {
             cfg,
-            state: serde_json::from_value(s.state)?,
+            state: serde_json::from_str(s.state.get())?,
             scratch: Vec::new(),
         })
     }
