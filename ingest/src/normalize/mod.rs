@@ -138,10 +138,14 @@ impl Normalizer {
         }
         match rec {
             Record::Native(o) => {
-                let cref = self.registry.upsert((*o.container).clone(), o.ts_ms);
+                // The decoder made this identity and nothing else holds it: take it
+                // rather than copy it (the registry keeps its own Arc when unchanged).
+                let c = Arc::try_unwrap(o.container).unwrap_or_else(|shared| (*shared).clone());
+                let cref = self.registry.upsert(c, o.ts_ms);
                 out.push(Observation {
+                    ts_ms: o.ts_ms,
                     container: cref,
-                    ..o
+                    payload: o.payload,
                 });
                 Ok(None)
             }
