@@ -70,6 +70,28 @@ struct SnapOut<'a> {
     state: &'a State,
 }
 
+/// One group's share of the engine: what moves between workers with the group.
+#[derive(Serialize)]
+struct GroupOut<'a> {
+    format: u32,
+    key: &'a str,
+    /// The repository whose newest digest this group is, for rollout inheritance.
+    latest_of: Option<&'a str>,
+    now_ms: i64,
+    group: &'a GroupState,
+    incidents: BTreeMap<String, crate::incident::Open>,
+}
+
+#[derive(Deserialize)]
+struct GroupIn {
+    format: u32,
+    key: String,
+    latest_of: Option<String>,
+    now_ms: i64,
+    group: GroupState,
+    incidents: BTreeMap<String, crate::incident::Open>,
+}
+
 #[derive(Deserialize)]
 struct SnapIn<'a> {
     format: u32,
@@ -132,6 +154,84 @@ impl Engine {
             state: serde_json::from_str(s.state.get())?,
             scratch: Vec::new(),
         })
+    }
+
+    /// The keys of the tracked groups.
+    pub fn group_keys(&self) -> impl Iterator<Item = &str> {
+        self.state.groups.keys().map(String::as_str)
+    }
+
+    /// Keys of the groups that saw an observation at or after `since_ms` (event time):
+    /// the ones a periodic checkpoint has to write again.
+    pub fn groups_seen_since(&self, since_ms: i64) -> impl Iterator<Item = &str> {
+        self.state
+            .groups
+            .iter()
+            .filter(move |(_, g)| g.last_seen_ms >= since_ms)
+            .map(|(k, _)| k.as_str())
+    }
+
+    /// Latest event time the engine has seen.
+    pub fn now_ms(&self) -> i64 {
+        self.state.now_ms
+    }
+
+    /// Serialises one group (baseline, replicas, open incidents) for hand-off to another
+    /// worker; `None` when the group is not tracked.
+    pub fn export_group(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let Some(group) = self.state.groups.get(key) else {
+            return Ok(None);
+        };
+        let latest_of = self
+            .state
+            .repos
+            .iter()
+            .find(|(_, k)| k.as_str() == key)
+            .map(|(r, _)| r.as_str());
+        Ok(Some(serde_json::to_vec(&GroupOut {
+            format: FORMAT,
+            key,
+            latest_of,
+            now_ms: self.state.now_ms,
+            group,
+            incidents: self.state.incidents.of_group(key),
+        })?))
+    }
+
+    /// Adopts a group exported by [`Engine::export_group`] (on this or another worker),
+    /// replacing any state of the same group; returns its key.
+    pub fn import_group(&mut self, bytes: &[u8]) -> Result<String> {
+        let g: GroupIn = serde_json::from_slice(bytes)?;
+        if g.format != FORMAT {
+            return Err(Error::UnsupportedFormat(g.format));
+        }
+        self.state.now_ms = self.state.now_ms.max(g.now_ms);
+        if let Some(repo) = g.latest_of {
+            // The newer of two digests of one repository stays the rollout parent.
+            let newer = match self
+                .state
+                .repos
+                .get(&repo)
+                .and_then(|k| self.state.groups.get(k))
+            {
+                Some(other) => other.baseline.created_ms <= g.group.baseline.created_ms,
+                None => true,
+            };
+            if newer {
+                self.state.repos.insert(repo, g.key.clone());
+            }
+        }
+        self.state.incidents.remove_group(&g.key);
+        self.state.incidents.adopt(g.incidents);
+        self.state.groups.insert(g.key.clone(), g.group);
+        Ok(g.key)
+    }
+
+    /// Forgets a group (its partition moved to another worker).
+    pub fn remove_group(&mut self, key: &str) {
+        self.state.groups.remove(key);
+        self.state.repos.retain(|_, k| k != key);
+        self.state.incidents.remove_group(key);
     }
 
     /// Processes one observation; alerts it raises or updates are appended to `out`.

@@ -64,7 +64,7 @@ const MAX_NOVEL: usize = 32;
 const MAX_EVENTS: usize = 32;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-struct Open {
+pub(crate) struct Open {
     id: String,
     /// How long it stays open without anomalies (depends on the container's sampling).
     quiet_ms: i64,
@@ -107,6 +107,33 @@ pub fn incident_id(container_id: &str, opened_ms: i64) -> String {
 impl Incidents {
     pub(crate) fn len(&self) -> usize {
         self.open.len()
+    }
+
+    /// The open incidents of one group, by container (for a group's checkpoint).
+    pub(crate) fn of_group(&self, group: &str) -> BTreeMap<String, Open> {
+        self.open
+            .iter()
+            .filter(|(_, o)| o.group == group)
+            .map(|(k, o)| (k.clone(), o.clone()))
+            .collect()
+    }
+
+    /// Drops the open incidents of one group (its state moved to another worker).
+    pub(crate) fn remove_group(&mut self, group: &str) {
+        self.open.retain(|_, o| o.group != group);
+    }
+
+    /// Adds incidents restored from a group's checkpoint; an incident already open here
+    /// for the same container is kept when it is newer.
+    pub(crate) fn adopt(&mut self, open: BTreeMap<String, Open>) {
+        for (k, o) in open {
+            match self.open.get(&k) {
+                Some(mine) if mine.last_ms >= o.last_ms => {}
+                _ => {
+                    self.open.insert(k, o);
+                }
+            }
+        }
     }
 
     /// Whether the container has an open incident.

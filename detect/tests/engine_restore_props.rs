@@ -111,3 +111,66 @@ proptest! {
         prop_assert!(sa.is_some() && sa == sb, "states differ after restore");
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Issue 3: a partition's groups move to another worker one group at a time
+    /// (`herd.baselines`, key = group). The new owner, built only from those exports,
+    /// continues exactly like the old one.
+    #[test]
+    fn groups_exported_one_by_one_continue_on_a_new_engine(
+        steps in proptest::collection::vec(step(), 50..600),
+        cut in 0.0f64..1.0,
+    ) {
+        let obs = observations(&steps);
+        let cut = ((obs.len() as f64) * cut) as usize;
+        let fail = |e: herd_detect::Error| TestCaseError::fail(e.to_string());
+        let mut a = Engine::new(config()).map_err(fail)?;
+        let mut sink = Vec::new();
+        for o in &obs[..cut] {
+            a.observe(o, &mut sink);
+        }
+        let mut b = Engine::new(config()).map_err(fail)?;
+        let keys: Vec<String> = a.group_keys().map(str::to_owned).collect();
+        for k in &keys {
+            let bytes = a.export_group(k).map_err(fail)?;
+            prop_assert!(bytes.is_some());
+            let got = b.import_group(&bytes.unwrap_or_default()).map_err(fail)?;
+            prop_assert_eq!(&got, k);
+        }
+        prop_assert_eq!(a.stats(), b.stats());
+        let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
+        for o in &obs[cut..] {
+            a.observe(o, &mut out_a);
+            b.observe(o, &mut out_b);
+        }
+        prop_assert_eq!(out_a, out_b);
+    }
+}
+
+#[test]
+fn a_removed_group_leaves_nothing_behind() {
+    let mut e = Engine::new(config()).expect("config");
+    let mut out = Vec::new();
+    for o in observations(&[
+        Step::Metric {
+            g: 1,
+            r: 0,
+            cpu: 1.0,
+            dt: 10,
+        },
+        Step::Metric {
+            g: 2,
+            r: 0,
+            cpu: 1.0,
+            dt: 10,
+        },
+    ]) {
+        e.observe(&o, &mut out);
+    }
+    assert_eq!(e.stats().groups, 2);
+    e.remove_group("img/1:1");
+    assert_eq!(e.group_keys().collect::<Vec<_>>(), vec!["img/2:1"]);
+    assert_eq!(e.export_group("img/1:1").expect("export"), None);
+}
