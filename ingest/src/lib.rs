@@ -15,17 +15,22 @@
 //!    order (callers reorder between the two steps), so that a `start` event registers a
 //!    container before its first raw stats sample is joined to it.
 //!
+//! [`route`] says which worker owns a record (its routing key), for the stream service's
+//! re-keying of input that arrives keyed otherwise.
+//!
 //! What it must not do: score, keep baselines, or talk to Kafka or Docker. Those live in
 //! `herd-baseline`, `herd-detect` and the I/O layers that call this crate.
 
 pub mod decode;
 pub mod model;
 pub mod normalize;
+pub mod route;
 pub mod time;
 
 pub use decode::{Decoder, Limits, Record, Reject, RejectReason};
 pub use model::{ContainerRef, Event, GroupBy, Observation, Payload};
 pub use normalize::{Normalizer, NormalizerConfig};
+pub use route::Router;
 
 /// Errors of this crate that are not per-line rejections (those are [`Reject`]s, which
 /// are data, not failures).
