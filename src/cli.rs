@@ -20,6 +20,38 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Kafka connection settings shared by the commands that talk to a broker.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Configuration file (TOML).
+    #[arg(long, env = "HERD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Bootstrap brokers (overrides `kafka."bootstrap.servers"`).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Any librdkafka property, `KEY=VALUE`; repeatable (overrides the file and
+    /// the environment).
+    #[arg(long = "kafka", value_name = "KEY=VALUE")]
+    pub properties: Vec<String>,
+}
+
+impl KafkaArgs {
+    /// The configuration: file, then environment, then these flags.
+    pub fn load(&self) -> anyhow::Result<HerdConfig> {
+        let mut cfg = HerdConfig::load(self.config.as_deref())?;
+        if let Some(b) = &self.brokers {
+            cfg.kafka.insert("bootstrap.servers".into(), b.clone());
+        }
+        for p in &self.properties {
+            let (k, v) = p
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--kafka {p}: expected KEY=VALUE"))?;
+            cfg.kafka.insert(k.trim().to_owned(), v.to_owned());
+        }
+        Ok(cfg)
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
@@ -50,6 +82,45 @@ pub enum Command {
         /// No summary on stderr.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Run one worker of the stream service: a member of the Kafka consumer group that
+    /// scores the input topics and produces alerts, until SIGTERM or SIGINT.
+    Run {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Consumer group (overrides `stream.group_id`).
+        #[arg(long)]
+        group_id: Option<String>,
+    },
+    /// The whole stream service in one process, with nothing to set up: an in-process
+    /// Kafka, a simulated fleet produced to it on an accelerated clock, one worker.
+    /// Prints alerts as they come and a summary at the end.
+    Demo {
+        /// Simulation seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// How long the demo runs (`90s`, `2m`).
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        duration: std::time::Duration,
+    },
+    /// Produce recorded lines (any input format) to a topic, keyed the way herd routes
+    /// them. Several files are merged in event time.
+    Produce {
+        /// Input files; `-` reads stdin.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Destination topic. Without it, records go to the input topics by kind
+        /// (`stream.topics.inputs`: samples, events, metrics), as the agent publishes.
+        #[arg(long)]
+        topic: Option<String>,
+        /// How records are keyed.
+        #[arg(long, value_enum, default_value_t = crate::produce::KeyBy::Route)]
+        key_by: crate::produce::KeyBy,
+        /// At most this many records per second.
+        #[arg(long)]
+        rate: Option<f64>,
+        #[command(flatten)]
+        kafka: KafkaArgs,
     },
     /// Write a labelled synthetic fleet in the real input formats.
     Simulate {
@@ -87,6 +158,24 @@ pub enum Command {
     },
 }
 
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, mult) = match s.strip_suffix("ms") {
+        Some(n) => (n, 0.001),
+        None => match s.strip_suffix('m') {
+            Some(n) => (n, 60.0),
+            None => (s.strip_suffix('s').unwrap_or(s), 1.0),
+        },
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration such as 90s or 2m"))?;
+    if !(v.is_finite() && v > 0.0 && v * mult <= 86_400.0) {
+        return Err(format!("{s:?}: out of range"));
+    }
+    Ok(std::time::Duration::from_secs_f64(v * mult))
+}
+
 /// Sets up `tracing` on stderr.
 pub fn init_tracing(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -120,6 +209,68 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !quiet {
                 eprint!("{}", crate::replay::render_summary(&summary));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { kafka, group_id } => {
+            let mut cfg = kafka.load()?;
+            if let Some(g) = group_id {
+                cfg.stream.group_id = g;
+            }
+            let s = crate::stream::serve(cfg)?;
+            eprintln!(
+                "herd run: {} records, {} observations, {} alerts, {} dead-lettered, {} re-keyed, {} checkpoints",
+                s.counters.lines,
+                s.counters.observations,
+                s.counters.alerts,
+                s.dead_lettered,
+                s.forwarded,
+                s.checkpoints
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { seed, duration } => {
+            let mut stdout = std::io::stdout().lock();
+            let e = crate::demo::demo(&crate::demo::DemoOptions { seed, duration }, &mut stdout)?;
+            Ok(if e.detected > 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Produce {
+            inputs,
+            topic,
+            key_by,
+            rate,
+            kafka,
+        } => {
+            let cfg = kafka.load()?;
+            anyhow::ensure!(
+                cfg.kafka.contains_key("bootstrap.servers"),
+                "kafka.\"bootstrap.servers\": required (--brokers)"
+            );
+            let pace = rate.map_or(crate::produce::Pace::Fast, crate::produce::Pace::Rate);
+            let never = std::sync::atomic::AtomicBool::new(false);
+            let dest = match topic {
+                Some(t) => crate::produce::Dest::Topic(t),
+                None => {
+                    let i = &cfg.stream.topics.inputs;
+                    anyhow::ensure!(
+                        i.len() >= 3,
+                        "--topic is required when stream.topics.inputs has fewer than three topics"
+                    );
+                    crate::produce::Dest::ByKind {
+                        samples: i[0].clone(),
+                        events: i[1].clone(),
+                        metrics: i[2].clone(),
+                    }
+                }
+            };
+            let p = crate::produce::produce(&cfg.kafka, &inputs, &dest, key_by, pace, &never)?;
+            eprintln!(
+                "herd produce: {} records ({} without a key)",
+                p.records, p.unkeyed
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate {

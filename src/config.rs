@@ -1,12 +1,15 @@
 //! herd's configuration file (TOML). Every section has defaults; unknown keys are
 //! errors, so a typo cannot silently fall back to a default.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context;
 use herd_detect::DetectConfig;
 use herd_ingest::{Limits, NormalizerConfig};
 use serde::{Deserialize, Serialize};
+
+use crate::stream::StreamConfig;
 
 /// Event-time ordering of replayed input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,20 +48,63 @@ pub struct HerdConfig {
     pub detect: DetectConfig,
     /// Replay ordering.
     pub replay: ReplayConfig,
+    /// The stream service (`herd run`).
+    pub stream: StreamConfig,
+    /// librdkafka properties, passed through to every client as they are
+    /// (`"bootstrap.servers"`, `"security.protocol"`, `"sasl.username"`, ...).
+    pub kafka: BTreeMap<String, String>,
 }
 
 impl HerdConfig {
-    /// Reads a TOML file, or the defaults when `path` is `None`, and validates it.
+    /// Reads a TOML file, or the defaults when `path` is `None`, overlays the `HERD_…`
+    /// environment variables, and validates the result.
     pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
-        let cfg: HerdConfig = match path {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// [`HerdConfig::load`] with the environment given: `HERD_SECTION__KEY=value` sets
+    /// `[section] key` (more `__` go deeper; values parse as TOML, else as strings). In
+    /// the `kafka` section, `_` in the key stands for `.`:
+    /// `HERD_KAFKA__BOOTSTRAP_SERVERS` sets `kafka."bootstrap.servers"`.
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
+        let mut doc: toml::Table = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("reading configuration {}", p.display()))?;
                 toml::from_str(&text)
                     .with_context(|| format!("parsing configuration {}", p.display()))?
             }
-            None => HerdConfig::default(),
+            None => toml::Table::new(),
         };
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("HERD_") else {
+                continue;
+            };
+            if !rest.contains("__") {
+                continue; // HERD_CONFIG, HERD_LOG_FORMAT: flags' own variables
+            }
+            let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            overlay(&mut doc, &parts, &value)
+                .with_context(|| format!("environment variable {name}"))?;
+        }
+        let cfg: HerdConfig =
+            HerdConfig::deserialize(toml::Value::Table(doc)).with_context(|| match path {
+                Some(p) => format!(
+                    "parsing configuration {} (and HERD_… variables)",
+                    p.display()
+                ),
+                None => "parsing HERD_… environment variables".to_owned(),
+            })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every section; messages name the field.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let cfg = self;
         cfg.detect.validate()?;
         cfg.normalizer.validate()?;
         anyhow::ensure!(
@@ -73,8 +119,42 @@ impl HerdConfig {
             cfg.replay.max_buffered >= 1,
             "replay.max_buffered: must be at least 1"
         );
-        Ok(cfg)
+        Ok(())
     }
+}
+
+fn overlay(doc: &mut toml::Table, path: &[String], value: &str) -> anyhow::Result<()> {
+    let (Some(section), Some(key)) = (path.first(), path.get(1)) else {
+        anyhow::bail!("expected HERD_SECTION__KEY");
+    };
+    if section == "kafka" {
+        anyhow::ensure!(path.len() == 2, "kafka properties are not nested");
+        let table = doc
+            .entry("kafka")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(t) = table else {
+            anyhow::bail!("[kafka] is not a table");
+        };
+        t.insert(key.replace('_', "."), toml::Value::String(value.to_owned()));
+        return Ok(());
+    }
+    let mut t = doc;
+    for part in &path[..path.len() - 1] {
+        let next = t
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(inner) = next else {
+            anyhow::bail!("{part} is not a section");
+        };
+        t = inner;
+    }
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut v| v.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    t.insert(path[path.len() - 1].clone(), parsed);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -88,5 +168,37 @@ mod tests {
         assert_eq!(c.detect.false_alerts_per_container_day, 0.5);
         assert_eq!(c.detect.min_peers, 3);
         assert!(toml::from_str::<HerdConfig>("[detect]\nfalse_alert_budget = 1\n").is_err());
+    }
+
+    #[test]
+    fn environment_overlays_the_file_and_names_bad_fields() {
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let c = HerdConfig::load_with_env(
+            None,
+            env(&[
+                ("HERD_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9"),
+                ("HERD_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512"),
+                ("HERD_STREAM__GROUP_ID", "blue"),
+                ("HERD_STREAM__TOPICS__ALERTS", "x.alerts"),
+                ("HERD_DETECT__MIN_PEERS", "4"),
+                ("HERD_CONFIG", "ignored.toml"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(c.kafka["bootstrap.servers"], "127.0.0.1:9");
+        assert_eq!(c.kafka["sasl.mechanism"], "SCRAM-SHA-512");
+        assert_eq!(c.stream.group_id, "blue");
+        assert_eq!(c.stream.topics.alerts, "x.alerts");
+        assert_eq!(c.detect.min_peers, 4);
+        let e = HerdConfig::load_with_env(None, env(&[("HERD_STREAM__GROUP_IDD", "x")]))
+            .err()
+            .unwrap_or_else(|| panic!("a typo must fail"));
+        assert!(format!("{e:#}").contains("group_idd"), "{e:#}");
     }
 }

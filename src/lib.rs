@@ -4,13 +4,19 @@
 //! - [`pipeline`]: decode → normalise → detect, the one path every command shares;
 //! - [`input`]: bounded line reading and event-time ordering of several inputs;
 //! - [`replay`]: `herd replay`;
+//! - [`demo`]: `herd demo`, the stream service on an in-process Kafka with a simulated fleet;
+//! - [`stream`]: `herd run`, the Kafka stream service;
+//! - [`produce`]: `herd produce`, recorded lines into a topic;
 //! - [`simulate`]: `herd simulate`, a labelled synthetic fleet in the real formats;
 //! - [`evaluate`]: `herd evaluate`, recall/precision/delay of alerts against labels.
 
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod evaluate;
 pub mod input;
 pub mod pipeline;
+pub mod produce;
 pub mod replay;
 pub mod simulate;
+pub mod stream;

@@ -151,6 +151,23 @@ impl Pipeline {
         })?)
     }
 
+    /// The engine, for per-group hand-off (export, import, remove).
+    pub fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
+    /// The normaliser's state (container registry, counter state) alone: the part of a
+    /// stream task's checkpoint that is not per group.
+    pub fn normalizer_state(&self) -> anyhow::Result<Vec<u8>> {
+        Ok(serde_json::to_vec(&self.normalizer)?)
+    }
+
+    /// Replaces the normaliser's state with one from [`Pipeline::normalizer_state`].
+    pub fn restore_normalizer(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.normalizer = serde_json::from_slice(bytes)?;
+        Ok(())
+    }
+
     /// Restores a pipeline from [`Pipeline::snapshot`] output.
     pub fn restore(limits: Limits, detect: DetectConfig, bytes: &[u8]) -> anyhow::Result<Self> {
         let s: SnapIn<'_> = serde_json::from_slice(bytes)?;

@@ -1,0 +1,67 @@
+//! The stream service: `herd run`, one member of a Kafka consumer group.
+//!
+//! - [`config`]: `[stream]` settings (topics, checkpoint interval, backpressure, shutdown);
+//! - [`kafka`]: client configuration (every `kafka.*` property passes through), the
+//!   producer with delivery accounting, topic creation and the co-partitioning check,
+//!   reading checkpoints back;
+//! - [`task`]: one partition number across the input topics: routing, event-time merge,
+//!   the shared [`Pipeline`](crate::pipeline::Pipeline), checkpoints;
+//! - [`worker`]: the consumer loop, rebalance hand-off, commits and shutdown.
+//!
+//! Records are routed by image repository ([`herd_ingest::route`]); input keyed
+//! otherwise is re-keyed through the repartition topic. State is checkpointed per group
+//! to the compacted `herd.baselines` (key = group), in the partition of the task that
+//! owns it, and restored from there by the next owner.
+
+pub mod config;
+pub mod kafka;
+pub mod task;
+pub mod worker;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub use config::{StreamConfig, Topics};
+pub use worker::Summary;
+
+use crate::config::HerdConfig;
+
+/// `herd run`: prepares the topics, runs a worker on a dedicated thread, and stops it
+/// on SIGTERM or SIGINT. Returns the worker's summary.
+pub fn serve(cfg: HerdConfig) -> anyhow::Result<Summary> {
+    cfg.stream.validate(&cfg.kafka)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        kafka::prepare_topics(&cfg.kafka, &cfg.stream).await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let stop = Arc::clone(&stop);
+            let cfg = cfg.clone();
+            std::thread::Builder::new()
+                .name("herd-worker".into())
+                .spawn(move || worker::run(&cfg, &cfg.kafka, &stop))?
+        };
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let finished = loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break false,
+                _ = term.recv() => break false,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                    if worker.is_finished() {
+                        break true;
+                    }
+                }
+            }
+        };
+        if !finished {
+            tracing::info!("stopping: draining, checkpointing and committing");
+        }
+        stop.store(true, Ordering::Relaxed);
+        let summary = tokio::task::spawn_blocking(move || worker.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the worker thread panicked"))??;
+        Ok(summary)
+    })
+}

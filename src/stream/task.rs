@@ -1,0 +1,366 @@
+//! A stream task: one partition number across every input topic (and the repartition
+//! topic), with the state of the peer groups routed to it.
+//!
+//! A task decodes what it is offered, forwards what belongs to another task (re-keying
+//! through the repartition topic), and processes the rest through the same
+//! [`Pipeline`] `herd replay` uses, merged in event time across its input partitions so
+//! that a `start` event is seen before the raw stats it identifies, whichever topic each
+//! came on. It does no I/O: the worker hands it records and sends what it returns.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use herd_detect::{Alert, DetectConfig};
+use herd_ingest::{Limits, NormalizerConfig, Record, Reject, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::pipeline::Pipeline;
+
+/// Format of the task record in `herd.baselines`.
+const TASK_FORMAT: u32 = 1;
+
+/// Key of a task's own record in `herd.baselines`. `~` cannot start an image reference,
+/// so it cannot collide with a group key.
+pub fn task_key(partition: i32) -> String {
+    format!("~task/{partition}")
+}
+
+/// What the worker must do with the outcome of a record.
+#[derive(Debug)]
+pub enum Out {
+    /// Produce an alert line (key = its group).
+    Alert(Box<Alert>),
+    /// Produce the original record to the dead-letter topic.
+    Dead {
+        /// Index of the input the record came from.
+        input: usize,
+        /// Its partition.
+        partition: i32,
+        /// Its offset.
+        offset: i64,
+        /// Its key.
+        key: Option<Vec<u8>>,
+        /// The original bytes.
+        payload: Vec<u8>,
+        /// Why.
+        reject: Reject,
+    },
+    /// Produce the original record to the repartition topic under its routing key.
+    Forward {
+        /// Routing key.
+        key: String,
+        /// The original bytes.
+        payload: Vec<u8>,
+    },
+}
+
+#[derive(Debug)]
+struct Msg {
+    ts: i64,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    rec: Record,
+    /// Kept for the dead-letter topic: normalisation can still reject the record.
+    payload: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct Input {
+    buf: VecDeque<Msg>,
+    /// Offset after the last record offered (consumed, whether buffered or not).
+    consumed_next: Option<i64>,
+    /// librdkafka said this partition is at its end, and nothing came since.
+    at_eof: bool,
+    /// When the buffer last became empty.
+    empty_since: Option<Instant>,
+}
+
+/// The task record: everything of a task's state that is not per group.
+#[derive(Serialize)]
+struct TaskOut<'a> {
+    format: u32,
+    normalizer: &'a RawValue,
+    router: &'a Router,
+    groups: &'a BTreeSet<String>,
+}
+
+#[derive(Deserialize)]
+struct TaskIn<'a> {
+    format: u32,
+    #[serde(borrow)]
+    normalizer: &'a RawValue,
+    router: Router,
+    groups: BTreeSet<String>,
+}
+
+/// One task. See the module documentation.
+#[derive(Debug)]
+pub struct Task {
+    partition: i32,
+    pipeline: Pipeline,
+    router: Router,
+    inputs: Vec<Input>,
+    /// Index of the repartition topic among the inputs (its records are never
+    /// forwarded again).
+    repartition: usize,
+    /// Groups with a record in `herd.baselines` (deleted ones get a tombstone).
+    checkpointed: BTreeSet<String>,
+    /// Event time of the last checkpoint: groups seen since then are written again.
+    checkpoint_ms: i64,
+    alerts: Vec<Alert>,
+}
+
+/// A task's checkpoint: records for `herd.baselines` and the positions they cover.
+#[derive(Debug)]
+pub struct Checkpoint {
+    /// Key → value (`None`: tombstone).
+    pub records: Vec<(String, Option<Vec<u8>>)>,
+    /// Per input: the offset to commit (everything before it is reflected in the
+    /// records above or in outputs already handed to the worker).
+    pub positions: Vec<Option<i64>>,
+}
+
+/// Settings a task needs.
+#[derive(Debug, Clone)]
+pub struct TaskConfig {
+    /// Decoder limits.
+    pub limits: Limits,
+    /// Normaliser settings.
+    pub normalizer: NormalizerConfig,
+    /// Detection settings.
+    pub detect: DetectConfig,
+    /// Number of inputs (input topics plus the repartition topic, which is last).
+    pub inputs: usize,
+    /// Router memory.
+    pub max_routed_containers: usize,
+    /// How long to wait for an idle input before merging without it.
+    pub max_idle: Duration,
+}
+
+impl Task {
+    /// A task with no state.
+    pub fn new(partition: i32, cfg: &TaskConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            partition,
+            pipeline: Pipeline::new(cfg.limits, cfg.normalizer.clone(), cfg.detect.clone())?,
+            router: Router::new(cfg.max_routed_containers),
+            inputs: (0..cfg.inputs).map(|_| Input::default()).collect(),
+            repartition: cfg.inputs.saturating_sub(1),
+            checkpointed: BTreeSet::new(),
+            checkpoint_ms: i64::MIN,
+            alerts: Vec::new(),
+        })
+    }
+
+    /// A task restored from the last value of every key of its partition of
+    /// `herd.baselines`.
+    pub fn restore(
+        partition: i32,
+        cfg: &TaskConfig,
+        records: &BTreeMap<String, Option<Vec<u8>>>,
+    ) -> anyhow::Result<Self> {
+        let mut t = Self::new(partition, cfg)?;
+        let own = task_key(partition);
+        for (key, value) in records {
+            let Some(bytes) = value else { continue };
+            if *key == own {
+                let r: TaskIn<'_> = serde_json::from_slice(bytes)?;
+                anyhow::ensure!(
+                    r.format == TASK_FORMAT,
+                    "task record format {} is not supported",
+                    r.format
+                );
+                t.pipeline
+                    .restore_normalizer(r.normalizer.get().as_bytes())?;
+                t.router = r.router;
+                t.checkpointed.extend(r.groups);
+            } else if key.starts_with('~') {
+                // Another task's record (the partition count changed): not ours.
+                continue;
+            } else {
+                let got = t.pipeline.engine_mut().import_group(bytes)?;
+                anyhow::ensure!(
+                    got == *key,
+                    "checkpoint under key {key:?} holds group {got:?}"
+                );
+                t.checkpointed.insert(got);
+            }
+        }
+        t.checkpoint_ms = t.pipeline.engine().now_ms();
+        Ok(t)
+    }
+
+    /// The partition number.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// The shared pipeline (counters, engine statistics).
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// Records buffered on an input.
+    pub fn buffered(&self, input: usize) -> usize {
+        self.inputs.get(input).map_or(0, |i| i.buf.len())
+    }
+
+    /// The offset after the last record consumed from an input.
+    pub fn consumed_next(&self, input: usize) -> Option<i64> {
+        self.inputs.get(input).and_then(|i| i.consumed_next)
+    }
+
+    /// Marks an input partition as at its end.
+    pub fn eof(&mut self, input: usize) {
+        if let Some(i) = self.inputs.get_mut(input) {
+            i.at_eof = true;
+        }
+    }
+
+    /// Offers one consumed record. It is buffered for processing, or its outcome
+    /// (dead letter, forward) is appended to `out` at once.
+    pub fn offer(
+        &mut self,
+        input: usize,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        out: &mut Vec<Out>,
+    ) {
+        let Some(inp) = self.inputs.get_mut(input) else {
+            return;
+        };
+        inp.consumed_next = Some(offset + 1);
+        inp.at_eof = false;
+        let rec = match self.pipeline.decode(payload) {
+            Ok(r) => r,
+            Err(reject) => {
+                out.push(Out::Dead {
+                    input,
+                    partition: self.partition,
+                    offset,
+                    key: key.map(<[u8]>::to_vec),
+                    payload: payload.to_vec(),
+                    reject,
+                });
+                return;
+            }
+        };
+        if input != self.repartition
+            && let Some(route) = self.router.route(&rec)
+            && key != Some(route.as_bytes())
+        {
+            out.push(Out::Forward {
+                key: route,
+                payload: payload.to_vec(),
+            });
+            return;
+        }
+        let inp = &mut self.inputs[input];
+        inp.buf.push_back(Msg {
+            ts: rec.ts_ms().unwrap_or(i64::MIN),
+            offset,
+            key: key.map(<[u8]>::to_vec),
+            rec,
+            payload: payload.to_vec(),
+        });
+        inp.empty_since = None;
+    }
+
+    /// Processes buffered records in event-time order across the inputs, as far as it
+    /// can without waiting for an input that may still deliver an earlier record
+    /// (`force` processes everything: shutdown). Returns the number processed.
+    pub fn drain(
+        &mut self,
+        now: Instant,
+        max_idle: Duration,
+        force: bool,
+        out: &mut Vec<Out>,
+    ) -> usize {
+        let mut n = 0;
+        loop {
+            let mut best: Option<(usize, i64)> = None;
+            let mut wait = false;
+            for (j, inp) in self.inputs.iter_mut().enumerate() {
+                match inp.buf.front() {
+                    Some(m) => {
+                        if best.is_none_or(|(_, ts)| m.ts < ts) {
+                            best = Some((j, m.ts));
+                        }
+                    }
+                    None => {
+                        let since = *inp.empty_since.get_or_insert(now);
+                        if !force && !inp.at_eof && now.duration_since(since) < max_idle {
+                            wait = true;
+                        }
+                    }
+                }
+            }
+            let Some((j, _)) = best else { break };
+            if wait {
+                break;
+            }
+            let Some(m) = self.inputs[j].buf.pop_front() else {
+                break;
+            };
+            if self.inputs[j].buf.is_empty() {
+                self.inputs[j].empty_since = Some(now);
+            }
+            self.alerts.clear();
+            if let Err(reject) = self.pipeline.process(m.rec, &mut self.alerts) {
+                out.push(Out::Dead {
+                    input: j,
+                    partition: self.partition,
+                    offset: m.offset,
+                    key: m.key,
+                    payload: m.payload,
+                    reject,
+                });
+            }
+            out.extend(self.alerts.drain(..).map(|a| Out::Alert(Box::new(a))));
+            n += 1;
+        }
+        n
+    }
+
+    /// The positions to commit: per input, the first record still buffered, else the
+    /// offset after the last one consumed.
+    pub fn positions(&self) -> Vec<Option<i64>> {
+        self.inputs
+            .iter()
+            .map(|i| i.buf.front().map(|m| m.offset).or(i.consumed_next))
+            .collect()
+    }
+
+    /// The checkpoint: every group seen since the last one, tombstones for groups that
+    /// are gone, and the task record; with the positions it covers.
+    pub fn checkpoint(&mut self) -> anyhow::Result<Checkpoint> {
+        let engine = self.pipeline.engine();
+        let mut records = Vec::new();
+        let live: BTreeSet<String> = engine.group_keys().map(str::to_owned).collect();
+        for key in engine.groups_seen_since(self.checkpoint_ms) {
+            if let Some(bytes) = engine.export_group(key)? {
+                records.push((key.to_owned(), Some(bytes)));
+            }
+        }
+        for gone in self.checkpointed.difference(&live) {
+            records.push((gone.clone(), None));
+        }
+        let normalizer =
+            RawValue::from_string(String::from_utf8(self.pipeline.normalizer_state()?)?)?;
+        let task = serde_json::to_vec(&TaskOut {
+            format: TASK_FORMAT,
+            normalizer: &normalizer,
+            router: &self.router,
+            groups: &live,
+        })?;
+        records.push((task_key(self.partition), Some(task)));
+        self.checkpoint_ms = engine.now_ms();
+        self.checkpointed = live;
+        Ok(Checkpoint {
+            records,
+            positions: self.positions(),
+        })
+    }
+}

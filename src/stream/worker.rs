@@ -1,0 +1,480 @@
+//! The worker loop: one consumer-group member on a dedicated thread.
+//!
+//! A `BaseConsumer` is polled in batches on this thread; each record goes to its task
+//! (partition number), whose outputs go to one producer. No task per message, no lock
+//! on the hot path (the task map's mutex is only ever taken by this thread: the
+//! rebalance callbacks run inside `poll`). Backpressure: an input partition with a full
+//! buffer is paused until its task has worked it down; librdkafka's producer queue, when
+//! full, makes the loop wait.
+//!
+//! At-least-once: offsets are committed only at a checkpoint, after the producer has
+//! flushed every alert, dead letter, forwarded record and checkpoint record that the
+//! input before those offsets caused, with no delivery failure. A crash therefore
+//! reprocesses at most one checkpoint interval, from state as of that checkpoint;
+//! incident ids are deterministic, so reprocessing updates incidents, never doubles them.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::config::StreamConfig;
+use super::kafka::{self, HerdProducer, Role};
+use super::task::{Checkpoint, Out, Task, TaskConfig};
+use crate::config::HerdConfig;
+use crate::pipeline::Counters;
+
+/// Records taken from the consumer per loop turn before the tasks work on them.
+const BATCH: usize = 2048;
+
+/// What a worker did, for its exit summary and for tests.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    /// Counters summed over the tasks this worker held when it stopped, plus those it
+    /// handed off.
+    pub counters: Counters,
+    /// Records forwarded to the repartition topic.
+    pub forwarded: u64,
+    /// Records sent to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Checkpoints committed.
+    pub checkpoints: u64,
+    /// Tasks restored from `herd.baselines` on assignment.
+    pub restored: u64,
+}
+
+struct Shared {
+    tasks: Mutex<BTreeMap<i32, Task>>,
+    /// Tasks revoked in the current rebalance: kept if they come straight back.
+    parked: Mutex<BTreeMap<i32, Task>>,
+    assigned: Mutex<Vec<i32>>,
+    producer: HerdProducer,
+    topics: Vec<String>,
+    cfg: StreamConfig,
+    failed_at_commit: Mutex<u64>,
+    summary: Mutex<Summary>,
+    /// (topic, partition) → (high watermark, application offset), from librdkafka's
+    /// statistics.
+    watermarks: Mutex<HashMap<(String, i32), (i64, i64)>>,
+    /// A failure inside a rebalance callback, raised by the loop.
+    error: Mutex<Option<anyhow::Error>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Only the worker thread takes these locks; a poisoned one means that thread
+    // already panicked, and the data is still the best there is.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+struct Ctx(Arc<Shared>);
+
+impl ClientContext for Ctx {
+    fn stats(&self, s: Statistics) {
+        let mut wm = lock(&self.0.watermarks);
+        for (name, topic) in &s.topics {
+            for (p, part) in &topic.partitions {
+                if *p >= 0 && part.desired {
+                    wm.insert((name.clone(), *p), (part.hi_offset, part.app_offset));
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let parts: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        let mut tasks = lock(&self.0.tasks);
+        let revoked: Vec<Task> = parts.iter().filter_map(|p| tasks.remove(p)).collect();
+        drop(tasks);
+        if revoked.is_empty() {
+            return;
+        }
+        let deadline = Duration::from_millis(self.0.cfg.shutdown_deadline_ms);
+        let mut revoked = revoked;
+        let result = commit(&self.0, consumer, revoked.iter_mut(), deadline);
+        let span = tracing::info_span!("revoke", partitions = ?parts);
+        let _g = span.enter();
+        match result {
+            Ok(()) => tracing::info!("checkpointed and committed revoked partitions"),
+            Err(e) => {
+                tracing::error!(error = %e, "checkpoint on revoke failed");
+                lock(&self.0.error).get_or_insert(e);
+            }
+        }
+        let mut parked = lock(&self.0.parked);
+        for t in revoked {
+            parked.insert(t.partition(), t);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let parts: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                lock(&self.0.assigned).extend(parts);
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+/// Checkpoints the given tasks, waits until the producer has delivered everything sent
+/// so far, and commits their positions.
+fn commit<'a>(
+    shared: &Shared,
+    consumer: &BaseConsumer<Ctx>,
+    tasks: impl Iterator<Item = &'a mut Task>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let mut tpl = TopicPartitionList::new();
+    for t in tasks {
+        let Checkpoint { records, positions } = t.checkpoint()?;
+        for (key, value) in &records {
+            let mut r = BaseRecord::<[u8], [u8]>::to(&shared.cfg.topics.baselines)
+                .key(key.as_bytes())
+                .partition(t.partition());
+            if let Some(v) = value {
+                r = r.payload(v.as_slice());
+            }
+            kafka::send(&shared.producer, r)?;
+        }
+        for (topic, pos) in shared.topics.iter().zip(positions) {
+            if let Some(pos) = pos {
+                tpl.add_partition_offset(topic, t.partition(), Offset::Offset(pos))?;
+            }
+        }
+    }
+    shared
+        .producer
+        .flush(timeout)
+        .context("flushing alerts and checkpoints before a commit")?;
+    let failed = shared.producer.context().failed();
+    let mut seen = lock(&shared.failed_at_commit);
+    anyhow::ensure!(
+        failed == *seen,
+        "{} deliveries failed since the last commit: not committing (a restart \
+         reprocesses from the last commit)",
+        failed - *seen
+    );
+    *seen = failed;
+    if tpl.count() > 0 {
+        consumer
+            .commit(&tpl, CommitMode::Sync)
+            .context("committing offsets")?;
+    }
+    lock(&shared.summary).checkpoints += 1;
+    Ok(())
+}
+
+/// Runs one worker until `shutdown` is set, then drains, checkpoints, commits and
+/// returns. Errors are external (the broker refused, a checkpoint could not be read)
+/// and mean: exit non-zero, a restart resumes from the last commit.
+pub fn run(
+    cfg: &HerdConfig,
+    kafka_cfg: &BTreeMap<String, String>,
+    shutdown: &AtomicBool,
+) -> anyhow::Result<Summary> {
+    let scfg = cfg.stream.clone();
+    let mut topics = scfg.topics.inputs.clone();
+    topics.push(scfg.topics.repartition.clone());
+    let index: HashMap<String, usize> = topics
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i))
+        .collect();
+    let task_cfg = TaskConfig {
+        limits: cfg.limits,
+        normalizer: cfg.normalizer.clone(),
+        detect: cfg.detect.clone(),
+        inputs: topics.len(),
+        max_routed_containers: scfg.max_routed_containers,
+        max_idle: Duration::from_millis(scfg.max_task_idle_ms),
+    };
+    let shared = Arc::new(Shared {
+        tasks: Mutex::new(BTreeMap::new()),
+        parked: Mutex::new(BTreeMap::new()),
+        assigned: Mutex::new(Vec::new()),
+        producer: kafka::producer(kafka_cfg)?,
+        topics: topics.clone(),
+        cfg: scfg.clone(),
+        failed_at_commit: Mutex::new(0),
+        summary: Mutex::new(Summary::default()),
+        watermarks: Mutex::new(HashMap::new()),
+        error: Mutex::new(None),
+    });
+    let consumer: BaseConsumer<Ctx> = kafka::client_config(
+        kafka_cfg,
+        Role::Consumer {
+            group_id: &scfg.group_id,
+        },
+    )
+    .create_with_context(Ctx(Arc::clone(&shared)))
+    .context("creating the Kafka consumer")?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&names).context("subscribing")?;
+    tracing::info!(topics = ?names, group = %scfg.group_id, "worker started");
+
+    let mut out = Vec::new();
+    let mut paused: BTreeSet<(usize, i32)> = BTreeSet::new();
+    let mut last_commit = Instant::now();
+    let interval = Duration::from_millis(scfg.checkpoint_interval_ms);
+    let max_buf = scfg.max_buffered_per_partition;
+    let restore_timeout = Duration::from_millis(scfg.shutdown_deadline_ms.max(10_000));
+
+    while !shutdown.load(Ordering::Relaxed) {
+        let mut first = Some(Duration::from_millis(100));
+        for _ in 0..BATCH {
+            let msg = consumer.poll(first.take().unwrap_or(Duration::ZERO));
+            if let Some(e) = lock(&shared.error).take() {
+                return Err(e);
+            }
+            adopt_assignments(&shared, kafka_cfg, &task_cfg, restore_timeout)?;
+            let Some(msg) = msg else { break };
+            let mut tasks = lock(&shared.tasks);
+            match msg {
+                Ok(m) => {
+                    let (Some(&input), p) = (index.get(m.topic()), m.partition()) else {
+                        continue;
+                    };
+                    let task = tasks.get_mut(&p).with_context(|| {
+                        format!("a record of {}/{p}, which no task owns", m.topic())
+                    })?;
+                    task.offer(
+                        input,
+                        m.offset(),
+                        m.key(),
+                        m.payload().unwrap_or_default(),
+                        &mut out,
+                    );
+                    if task.buffered(input) >= max_buf && paused.insert((input, p)) {
+                        let mut tpl = TopicPartitionList::new();
+                        tpl.add_partition(&topics[input], p);
+                        consumer.pause(&tpl)?;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "consumer error"),
+            }
+        }
+        let now = Instant::now();
+        {
+            let mut tasks = lock(&shared.tasks);
+            mark_caught_up(&shared, &topics, &mut tasks);
+            for t in tasks.values_mut() {
+                t.drain(now, task_cfg.max_idle, false, &mut out);
+            }
+            send_outputs(&shared, &mut out)?;
+            let resume: Vec<(usize, i32)> = paused
+                .iter()
+                .copied()
+                .filter(|(i, p)| tasks.get(p).is_none_or(|t| t.buffered(*i) <= max_buf / 2))
+                .collect();
+            for (i, p) in resume {
+                paused.remove(&(i, p));
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&topics[i], p);
+                // A partition revoked meanwhile cannot be resumed; that is fine.
+                let _ = consumer.resume(&tpl);
+            }
+        }
+        if last_commit.elapsed() >= interval {
+            let mut tasks = lock(&shared.tasks);
+            commit(
+                &shared,
+                &consumer,
+                tasks.values_mut(),
+                interval.max(Duration::from_secs(10)),
+            )?;
+            last_commit = Instant::now();
+        }
+    }
+
+    // Shutdown: stop fetching, drain, checkpoint, commit, within the deadline.
+    let deadline = Duration::from_millis(scfg.shutdown_deadline_ms);
+    let started = Instant::now();
+    {
+        let mut tasks = lock(&shared.tasks);
+        for t in tasks.values_mut() {
+            t.drain(Instant::now(), task_cfg.max_idle, true, &mut out);
+        }
+        send_outputs(&shared, &mut out)?;
+        commit(&shared, &consumer, tasks.values_mut(), deadline)?;
+        let mut s = lock(&shared.summary);
+        for t in tasks.values() {
+            add(&mut s.counters, &t.pipeline().counters);
+        }
+    }
+    consumer.unsubscribe();
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "worker stopped"
+    );
+    let s = lock(&shared.summary).clone();
+    Ok(s)
+}
+
+/// Creates the tasks of newly assigned partitions: those revoked just before come back
+/// as they were, the others are restored from `herd.baselines` before any of their
+/// records is processed.
+fn adopt_assignments(
+    shared: &Shared,
+    kafka_cfg: &BTreeMap<String, String>,
+    task_cfg: &TaskConfig,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let assigned: Vec<i32> = std::mem::take(&mut *lock(&shared.assigned));
+    if assigned.is_empty() {
+        return Ok(());
+    }
+    let mut parked = std::mem::take(&mut *lock(&shared.parked));
+    let mut tasks = lock(&shared.tasks);
+    for p in assigned {
+        if tasks.contains_key(&p) {
+            continue;
+        }
+        let task = match parked.remove(&p) {
+            Some(t) => t,
+            None => {
+                let records =
+                    kafka::read_checkpoints(kafka_cfg, &shared.cfg.topics.baselines, p, timeout)?;
+                let t = Task::restore(p, task_cfg, &records)
+                    .with_context(|| format!("restoring partition {p} from checkpoints"))?;
+                tracing::info!(
+                    partition = p,
+                    keys = records.len(),
+                    groups = t.pipeline().engine().stats().groups,
+                    "restored task"
+                );
+                lock(&shared.summary).restored += 1;
+                t
+            }
+        };
+        tasks.insert(p, task);
+    }
+    // Parked tasks that did not come back belong to another worker now.
+    let mut s = lock(&shared.summary);
+    for t in parked.values() {
+        add(&mut s.counters, &t.pipeline().counters);
+    }
+    Ok(())
+}
+
+/// Marks the inputs with nothing buffered that have consumed everything the broker had
+/// at the last statistics report: a task need not wait for them to merge in event time.
+fn mark_caught_up(shared: &Shared, topics: &[String], tasks: &mut BTreeMap<i32, Task>) {
+    let wm = lock(&shared.watermarks);
+    if wm.is_empty() {
+        return;
+    }
+    for (p, t) in tasks.iter_mut() {
+        for (i, topic) in topics.iter().enumerate() {
+            if t.buffered(i) > 0 {
+                continue;
+            }
+            if let Some(&(hi, app)) = wm.get(&(topic.clone(), *p))
+                && hi >= 0
+                && t.consumed_next(i).unwrap_or(app) >= hi
+            {
+                t.eof(i);
+            }
+        }
+    }
+}
+
+fn send_outputs(shared: &Shared, out: &mut Vec<Out>) -> anyhow::Result<()> {
+    let t = &shared.cfg.topics;
+    let (mut forwarded, mut dead) = (0, 0);
+    for o in out.drain(..) {
+        match o {
+            Out::Alert(a) => {
+                let line = serde_json::to_vec(&a)?;
+                kafka::send(
+                    &shared.producer,
+                    BaseRecord::to(&t.alerts)
+                        .key(a.group.as_bytes())
+                        .payload(line.as_slice()),
+                )?;
+            }
+            Out::Forward { key, payload } => {
+                forwarded += 1;
+                kafka::send(
+                    &shared.producer,
+                    BaseRecord::to(&t.repartition)
+                        .key(key.as_bytes())
+                        .payload(payload.as_slice()),
+                )?;
+            }
+            Out::Dead {
+                input,
+                partition,
+                offset,
+                key,
+                payload,
+                reject,
+            } => {
+                dead += 1;
+                let source = shared.topics.get(input).map_or("", String::as_str);
+                let headers = OwnedHeaders::new()
+                    .insert(Header {
+                        key: "herd.reason",
+                        value: Some(reject.reason.as_str()),
+                    })
+                    .insert(Header {
+                        key: "herd.detail",
+                        value: Some(reject.detail.as_str()),
+                    })
+                    .insert(Header {
+                        key: "herd.source.topic",
+                        value: Some(source),
+                    })
+                    .insert(Header {
+                        key: "herd.source.partition",
+                        value: Some(&partition.to_string()),
+                    })
+                    .insert(Header {
+                        key: "herd.source.offset",
+                        value: Some(&offset.to_string()),
+                    });
+                let mut r = BaseRecord::<[u8], [u8]>::to(&t.dlq)
+                    .payload(payload.as_slice())
+                    .headers(headers);
+                if let Some(k) = &key {
+                    r = r.key(k.as_slice());
+                }
+                kafka::send(&shared.producer, r)?;
+            }
+        }
+    }
+    if forwarded + dead > 0 {
+        let mut s = lock(&shared.summary);
+        s.forwarded += forwarded;
+        s.dead_lettered += dead;
+    }
+    Ok(())
+}
+
+fn add(into: &mut Counters, c: &Counters) {
+    into.lines += c.lines;
+    into.observations += c.observations;
+    into.alerts += c.alerts;
+    for (k, v) in &c.decoded {
+        *into.decoded.entry(k.clone()).or_default() += v;
+    }
+    for (k, v) in &c.rejected {
+        *into.rejected.entry(k.clone()).or_default() += v;
+    }
+    for (k, v) in &c.filtered {
+        *into.filtered.entry(k.clone()).or_default() += v;
+    }
+}
