@@ -122,6 +122,15 @@ pub enum Command {
         #[command(flatten)]
         kafka: KafkaArgs,
     },
+    /// Print every record of a topic (payload, key, headers) as JSON lines, from its
+    /// start to its current end.
+    Consume {
+        /// The topic.
+        #[arg(long)]
+        topic: String,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    },
     /// Write a labelled synthetic fleet in the real input formats.
     Simulate {
         /// Random seed: the same seed gives the same fleet, byte for byte.
@@ -218,14 +227,31 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let s = crate::stream::serve(cfg)?;
             eprintln!(
-                "herd run: {} records, {} observations, {} alerts, {} dead-lettered, {} re-keyed, {} checkpoints",
+                "herd run: {} records, {} observations, {} alerts, {} dead-lettered, {} re-keyed, {} checkpoints, {} out of order",
                 s.counters.lines,
                 s.counters.observations,
                 s.counters.alerts,
                 s.dead_lettered,
                 s.forwarded,
-                s.checkpoints
+                s.checkpoints,
+                s.out_of_order
             );
+            if !s.counters.rejected.is_empty() {
+                eprintln!("herd run: dead-letter reasons: {:?}", s.counters.rejected);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Consume { topic, kafka } => {
+            let cfg = kafka.load()?;
+            let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+            let n = crate::consume::consume(
+                &cfg.kafka,
+                &topic,
+                std::time::Duration::from_secs(60),
+                &mut stdout,
+            )?;
+            std::io::Write::flush(&mut stdout)?;
+            eprintln!("herd consume: {n} records from {topic}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { seed, duration } => {

@@ -6,12 +6,14 @@
 //! - [`replay`]: `herd replay`;
 //! - [`demo`]: `herd demo`, the stream service on an in-process Kafka with a simulated fleet;
 //! - [`stream`]: `herd run`, the Kafka stream service;
+//! - [`consume`]: `herd consume`, a topic's records as JSON lines;
 //! - [`produce`]: `herd produce`, recorded lines into a topic;
 //! - [`simulate`]: `herd simulate`, a labelled synthetic fleet in the real formats;
 //! - [`evaluate`]: `herd evaluate`, recall/precision/delay of alerts against labels.
 
 pub mod cli;
 pub mod config;
+pub mod consume;
 pub mod demo;
 pub mod evaluate;
 pub mod input;

@@ -65,13 +65,14 @@ struct Msg {
     payload: Vec<u8>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Input {
     buf: VecDeque<Msg>,
     /// Offset after the last record offered (consumed, whether buffered or not).
     consumed_next: Option<i64>,
-    /// librdkafka said this partition is at its end, and nothing came since.
-    at_eof: bool,
+    /// The partition's high watermark as last known (-1: unknown). While the offset
+    /// consumed is below it, the broker holds records this input has not delivered yet.
+    high: i64,
     /// When the buffer last became empty.
     empty_since: Option<Instant>,
 }
@@ -109,6 +110,11 @@ pub struct Task {
     /// Event time of the last checkpoint: groups seen since then are written again.
     checkpoint_ms: i64,
     alerts: Vec<Alert>,
+    /// Event time of the newest record processed.
+    last_ts: i64,
+    /// Records processed after a newer one (an input was idle past the wait, or its
+    /// producer was late).
+    out_of_order: u64,
 }
 
 /// A task's checkpoint: records for `herd.baselines` and the positions they cover.
@@ -145,11 +151,20 @@ impl Task {
             partition,
             pipeline: Pipeline::new(cfg.limits, cfg.normalizer.clone(), cfg.detect.clone())?,
             router: Router::new(cfg.max_routed_containers),
-            inputs: (0..cfg.inputs).map(|_| Input::default()).collect(),
+            inputs: (0..cfg.inputs)
+                .map(|_| Input {
+                    buf: VecDeque::new(),
+                    consumed_next: None,
+                    high: -1,
+                    empty_since: None,
+                })
+                .collect(),
             repartition: cfg.inputs.saturating_sub(1),
             checkpointed: BTreeSet::new(),
             checkpoint_ms: i64::MIN,
             alerts: Vec::new(),
+            last_ts: i64::MIN,
+            out_of_order: 0,
         })
     }
 
@@ -201,6 +216,11 @@ impl Task {
         &self.pipeline
     }
 
+    /// Records processed after a newer one.
+    pub fn out_of_order(&self) -> u64 {
+        self.out_of_order
+    }
+
     /// Records buffered on an input.
     pub fn buffered(&self, input: usize) -> usize {
         self.inputs.get(input).map_or(0, |i| i.buf.len())
@@ -211,10 +231,19 @@ impl Task {
         self.inputs.get(input).and_then(|i| i.consumed_next)
     }
 
-    /// Marks an input partition as at its end.
-    pub fn eof(&mut self, input: usize) {
+    /// Where an input starts (its committed offset, or where the reset policy puts it)
+    /// and its high watermark, both as the broker said at assignment.
+    pub fn start_at(&mut self, input: usize, start: i64, high: i64) {
         if let Some(i) = self.inputs.get_mut(input) {
-            i.at_eof = true;
+            i.consumed_next.get_or_insert(start);
+            i.high = i.high.max(high);
+        }
+    }
+
+    /// A newer high watermark of an input (from librdkafka's statistics).
+    pub fn observe_high(&mut self, input: usize, high: i64) {
+        if let Some(i) = self.inputs.get_mut(input) {
+            i.high = i.high.max(high);
         }
     }
 
@@ -232,7 +261,6 @@ impl Task {
             return;
         };
         inp.consumed_next = Some(offset + 1);
-        inp.at_eof = false;
         let rec = match self.pipeline.decode(payload) {
             Ok(r) => r,
             Err(reject) => {
@@ -291,7 +319,19 @@ impl Task {
                     }
                     None => {
                         let since = *inp.empty_since.get_or_insert(now);
-                        if !force && !inp.at_eof && now.duration_since(since) < max_idle {
+                        let idle = now.duration_since(since);
+                        let pos = inp.consumed_next.unwrap_or(-1);
+                        // Caught up: nothing to wait for. Records known to be on the
+                        // broker: wait for them (up to ten idle periods, in case the
+                        // end is a transaction marker). Unknown: one idle period.
+                        let patience = if inp.high < 0 {
+                            max_idle
+                        } else if pos >= inp.high {
+                            Duration::ZERO
+                        } else {
+                            max_idle * 10
+                        };
+                        if !force && idle < patience {
                             wait = true;
                         }
                     }
@@ -307,6 +347,11 @@ impl Task {
             if self.inputs[j].buf.is_empty() {
                 self.inputs[j].empty_since = Some(now);
             }
+            if m.ts < self.last_ts {
+                self.out_of_order += 1;
+                tracing::debug!(input = j, behind_ms = self.last_ts - m.ts, "out of order");
+            }
+            self.last_ts = self.last_ts.max(m.ts);
             self.alerts.clear();
             if let Err(reject) = self.pipeline.process(m.rec, &mut self.alerts) {
                 out.push(Out::Dead {

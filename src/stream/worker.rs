@@ -48,6 +48,8 @@ pub struct Summary {
     pub checkpoints: u64,
     /// Tasks restored from `herd.baselines` on assignment.
     pub restored: u64,
+    /// Records processed after a newer one of the same task.
+    pub out_of_order: u64,
 }
 
 struct Shared {
@@ -240,7 +242,7 @@ pub fn run(
             if let Some(e) = lock(&shared.error).take() {
                 return Err(e);
             }
-            adopt_assignments(&shared, kafka_cfg, &task_cfg, restore_timeout)?;
+            adopt_assignments(&shared, &consumer, kafka_cfg, &task_cfg, restore_timeout)?;
             let Some(msg) = msg else { break };
             let mut tasks = lock(&shared.tasks);
             match msg {
@@ -270,7 +272,7 @@ pub fn run(
         let now = Instant::now();
         {
             let mut tasks = lock(&shared.tasks);
-            mark_caught_up(&shared, &topics, &mut tasks);
+            observe_watermarks(&shared, &topics, &mut tasks);
             for t in tasks.values_mut() {
                 t.drain(now, task_cfg.max_idle, false, &mut out);
             }
@@ -312,7 +314,7 @@ pub fn run(
         commit(&shared, &consumer, tasks.values_mut(), deadline)?;
         let mut s = lock(&shared.summary);
         for t in tasks.values() {
-            add(&mut s.counters, &t.pipeline().counters);
+            add_task(&mut s, t);
         }
     }
     consumer.unsubscribe();
@@ -329,6 +331,7 @@ pub fn run(
 /// records is processed.
 fn adopt_assignments(
     shared: &Shared,
+    consumer: &BaseConsumer<Ctx>,
     kafka_cfg: &BTreeMap<String, String>,
     task_cfg: &TaskConfig,
     timeout: Duration,
@@ -343,7 +346,7 @@ fn adopt_assignments(
         if tasks.contains_key(&p) {
             continue;
         }
-        let task = match parked.remove(&p) {
+        let mut task = match parked.remove(&p) {
             Some(t) => t,
             None => {
                 let records =
@@ -360,33 +363,48 @@ fn adopt_assignments(
                 t
             }
         };
+        // Where each input starts and how far the broker has it: the event-time
+        // merge waits for an input only while it has records still to deliver.
+        let mut tpl = TopicPartitionList::new();
+        for topic in &shared.topics {
+            tpl.add_partition(topic, p);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, timeout)
+            .context("reading committed offsets")?;
+        for (i, topic) in shared.topics.iter().enumerate() {
+            let (lo, hi) = consumer
+                .fetch_watermarks(topic, p, timeout)
+                .with_context(|| format!("watermarks of {topic}/{p}"))?;
+            let start = match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) if o >= lo => o,
+                _ => lo,
+            };
+            task.start_at(i, start, hi);
+        }
         tasks.insert(p, task);
     }
     // Parked tasks that did not come back belong to another worker now.
     let mut s = lock(&shared.summary);
     for t in parked.values() {
-        add(&mut s.counters, &t.pipeline().counters);
+        add_task(&mut s, t);
     }
     Ok(())
 }
 
-/// Marks the inputs with nothing buffered that have consumed everything the broker had
-/// at the last statistics report: a task need not wait for them to merge in event time.
-fn mark_caught_up(shared: &Shared, topics: &[String], tasks: &mut BTreeMap<i32, Task>) {
+/// Gives the tasks the high watermarks of librdkafka's last statistics report, so that
+/// they know which inputs still have records on the broker.
+fn observe_watermarks(shared: &Shared, topics: &[String], tasks: &mut BTreeMap<i32, Task>) {
     let wm = lock(&shared.watermarks);
     if wm.is_empty() {
         return;
     }
     for (p, t) in tasks.iter_mut() {
         for (i, topic) in topics.iter().enumerate() {
-            if t.buffered(i) > 0 {
-                continue;
-            }
-            if let Some(&(hi, app)) = wm.get(&(topic.clone(), *p))
+            if let Some(&(hi, _)) = wm.get(&(topic.clone(), *p))
                 && hi >= 0
-                && t.consumed_next(i).unwrap_or(app) >= hi
             {
-                t.eof(i);
+                t.observe_high(i, hi);
             }
         }
     }
@@ -462,6 +480,11 @@ fn send_outputs(shared: &Shared, out: &mut Vec<Out>) -> anyhow::Result<()> {
         s.dead_lettered += dead;
     }
     Ok(())
+}
+
+fn add_task(into: &mut Summary, t: &Task) {
+    add(&mut into.counters, &t.pipeline().counters);
+    into.out_of_order += t.out_of_order();
 }
 
 fn add(into: &mut Counters, c: &Counters) {
