@@ -119,6 +119,13 @@ pub enum Command {
         /// At most this many records per second.
         #[arg(long)]
         rate: Option<f64>,
+        /// Send only records at or after this time (RFC 3339 or epoch ms); earlier ones
+        /// are read to learn containers, not sent.
+        #[arg(long, value_parser = parse_time)]
+        from: Option<i64>,
+        /// Send only records before this time (RFC 3339 or epoch ms).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<i64>,
         #[command(flatten)]
         kafka: KafkaArgs,
     },
@@ -165,6 +172,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+fn parse_time(s: &str) -> Result<i64, String> {
+    s.parse::<i64>()
+        .ok()
+        .or_else(|| herd_ingest::time::parse_rfc3339_ms(s))
+        .ok_or_else(|| format!("{s:?}: expected RFC 3339 or epoch milliseconds"))
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -268,6 +282,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             topic,
             key_by,
             rate,
+            from,
+            until,
             kafka,
         } => {
             let cfg = kafka.load()?;
@@ -292,7 +308,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             };
-            let p = crate::produce::produce(&cfg.kafka, &inputs, &dest, key_by, pace, &never)?;
+            if matches!(dest, crate::produce::Dest::ByKind { .. }) && cfg.stream.create_topics {
+                // herd's own input topics: create them as the workers would.
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(crate::stream::kafka::prepare_topics(
+                        &cfg.kafka,
+                        &cfg.stream,
+                    ))?;
+            }
+            let window = crate::produce::Window {
+                from_ms: from,
+                until_ms: until,
+            };
+            let p =
+                crate::produce::produce(&cfg.kafka, &inputs, &dest, key_by, pace, window, &never)?;
             eprintln!(
                 "herd produce: {} records ({} without a key)",
                 p.records, p.unkeyed

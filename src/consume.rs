@@ -45,22 +45,18 @@ pub fn consume(
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
     anyhow::ensure!(!parts.is_empty(), "topic {topic} not found");
-    let mut ends = BTreeMap::new();
+    // The end is where librdkafka reports end-of-partition (from the fetch responses'
+    // high watermarks), not a watermark asked for up front: some brokers answer a
+    // ListOffsets for the latest offset with the start of the last batch.
+    let mut open: std::collections::BTreeSet<i32> = parts.iter().copied().collect();
     let mut tpl = TopicPartitionList::new();
-    for p in parts {
-        let (lo, hi) = c.fetch_watermarks(topic, p, timeout)?;
-        if hi > lo {
-            ends.insert(p, hi);
-            tpl.add_partition_offset(topic, p, Offset::Offset(lo))?;
-        }
-    }
-    if ends.is_empty() {
-        return Ok(0);
+    for p in &parts {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
     }
     c.assign(&tpl)?;
     let deadline = Instant::now() + timeout;
     let mut n = 0;
-    while !ends.is_empty() {
+    while !open.is_empty() {
         anyhow::ensure!(
             Instant::now() < deadline,
             "{topic}: not read to its end in time"
@@ -71,17 +67,11 @@ pub fn consume(
         let m = match m {
             Ok(m) => m,
             Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
-                ends.remove(&p);
+                open.remove(&p);
                 continue;
             }
             Err(e) => return Err(e.into()),
         };
-        if ends
-            .get(&m.partition())
-            .is_some_and(|end| m.offset() + 1 >= *end)
-        {
-            ends.remove(&m.partition());
-        }
         let mut headers = BTreeMap::new();
         if let Some(h) = m.headers() {
             for hd in h.iter() {
@@ -92,7 +82,11 @@ pub fn consume(
             }
         }
         let payload = m.payload().unwrap_or_default();
-        let json = serde_json::from_slice::<Box<serde_json::value::RawValue>>(payload).ok();
+        // Embedded as JSON only when it parses within serde_json's nesting limit, so
+        // that every printed line can be read back.
+        let json = serde_json::from_slice::<serde_json::Value>(payload)
+            .ok()
+            .and_then(|_| serde_json::from_slice::<Box<serde_json::value::RawValue>>(payload).ok());
         let text = json.is_none().then(|| String::from_utf8_lossy(payload));
         serde_json::to_writer(
             &mut *out,

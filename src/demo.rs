@@ -23,7 +23,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::HerdConfig;
-use crate::produce::{Dest, KeyBy, Pace, produce};
+use crate::produce::{Dest, KeyBy, Pace, Window, produce};
 use crate::simulate::{SimConfig, simulate};
 use crate::stream::kafka::{Role, client_config};
 
@@ -136,6 +136,7 @@ fn run(
                 &dest,
                 KeyBy::Route,
                 Pace::Speedup(speedup),
+                Window::default(),
                 &stop,
             )
         })

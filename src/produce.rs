@@ -77,6 +77,26 @@ impl Dest {
     }
 }
 
+/// Which records to send, by event time. Records outside are still read, so that what
+/// they say about containers keys the records inside the way a producer that had sent
+/// everything would. Lines without a time go with the first window (`from` unset).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    /// Send records at or after this time (epoch ms).
+    pub from_ms: Option<i64>,
+    /// Send records before this time (epoch ms).
+    pub until_ms: Option<i64>,
+}
+
+impl Window {
+    fn contains(&self, ts: i64) -> bool {
+        if ts == i64::MIN {
+            return self.from_ms.is_none();
+        }
+        self.from_ms.is_none_or(|f| ts >= f) && self.until_ms.is_none_or(|u| ts < u)
+    }
+}
+
 /// What was produced.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Produced {
@@ -94,6 +114,7 @@ pub fn produce(
     dest: &Dest,
     key_by: KeyBy,
     pace: Pace,
+    window: Window,
     stop: &AtomicBool,
 ) -> anyhow::Result<Produced> {
     let limits = Limits::default();
@@ -142,6 +163,9 @@ pub fn produce(
                 container_of(r)
             }
         };
+        if !window.contains(ts) {
+            continue;
+        }
         let topic = dest.topic(decoded.as_ref());
         let mut rec = BaseRecord::<[u8], [u8]>::to(topic).payload(line.as_slice());
         if let Some(k) = &key {

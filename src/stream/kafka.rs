@@ -253,6 +253,11 @@ fn partition_counts<'a>(
 
 /// Reads one partition of the compacted checkpoint topic from its start to its current
 /// end: the last value of every key (`None` for a tombstone).
+///
+/// The end is where librdkafka reports end-of-partition (from the fetch responses),
+/// not a watermark asked for up front: some brokers (Tansu) answer ListOffsets for the
+/// latest offset with the start of the last batch, and stopping there would restore
+/// a state older than the committed offsets.
 pub fn read_checkpoints(
     kafka: &BTreeMap<String, String>,
     topic: &str,
@@ -262,36 +267,26 @@ pub fn read_checkpoints(
     let reader: BaseConsumer = client_config(kafka, Role::Reader)
         .create()
         .context("creating the checkpoint reader")?;
-    let (low, high) = reader
-        .fetch_watermarks(topic, partition, timeout)
-        .with_context(|| format!("watermarks of {topic}/{partition}"))?;
-    let mut out = BTreeMap::new();
-    if high <= low {
-        return Ok(out);
-    }
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(low))?;
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
     reader.assign(&tpl)?;
     let deadline = Instant::now() + timeout;
-    let mut next = low;
-    while next < high {
+    let mut out = BTreeMap::new();
+    loop {
         anyhow::ensure!(
             Instant::now() < deadline,
-            "restoring {topic}/{partition}: read to offset {next} of {high} before the deadline"
+            "restoring {topic}/{partition}: not read to its end before the deadline"
         );
         match reader.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
-                next = m.offset() + 1;
                 let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
                     continue;
                 };
                 out.insert(key.to_owned(), m.payload().map(<[u8]>::to_vec));
             }
-            // At the end (compaction can leave the last offsets empty).
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(out),
             Some(Err(e)) => return Err(e).context("reading checkpoints"),
             None => {}
         }
     }
-    Ok(out)
 }

@@ -369,6 +369,18 @@ impl Task {
         n
     }
 
+    /// Forgets the records buffered but not processed: the consumer lost its partitions
+    /// and will fetch again from the committed positions ([`Task::positions`]).
+    pub fn rewind(&mut self) {
+        for inp in &mut self.inputs {
+            if let Some(m) = inp.buf.front() {
+                inp.consumed_next = Some(m.offset);
+            }
+            inp.buf.clear();
+            inp.empty_since = None;
+        }
+    }
+
     /// The positions to commit: per input, the first record still buffered, else the
     /// offset after the last one consumed.
     pub fn positions(&self) -> Vec<Option<i64>> {

@@ -114,8 +114,11 @@ impl ConsumerContext for Ctx {
                 lock(&self.0.error).get_or_insert(e);
             }
         }
+        // librdkafka drops what it fetched for revoked partitions and fetches again
+        // from the committed offsets if they come back: so do the tasks.
         let mut parked = lock(&self.0.parked);
-        for t in revoked {
+        for mut t in revoked {
+            t.rewind();
             parked.insert(t.partition(), t);
         }
     }

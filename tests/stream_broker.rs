@@ -1,0 +1,367 @@
+//! The stream service against a real broker (Tansu, started on a free loopback port)
+//! with `herd run` workers as separate processes (issue 3):
+//!
+//! 1. a simulated fleet produced to Kafka yields the same incidents as `herd replay`;
+//! 2. of two workers, one leaves: its groups move with their learned state;
+//! 3. a worker killed with SIGKILL and restarted: every attack alerted, no incident
+//!    opened twice;
+//! 4. poison records land in the dead-letter topic with reasons; the stream goes on.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use herd::simulate::{SimConfig, simulate};
+use support::broker::{Broker, Names, PARTITIONS, Worker, consume, herd, produce};
+
+const FILES: [&str; 4] = [
+    "stats.jsonl",
+    "stats-raw.jsonl",
+    "events.jsonl",
+    "falco.jsonl",
+];
+
+fn workdir(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("herd-e2e-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{e}"));
+    d
+}
+
+/// A two-day fleet at one sample a minute (9 labelled attacks).
+fn fleet(dir: &Path) -> Vec<PathBuf> {
+    simulate(
+        &SimConfig {
+            seed: 2,
+            hours: 48,
+            interval_s: 60,
+        },
+        dir,
+    )
+    .unwrap_or_else(|e| panic!("simulate: {e}"));
+    FILES.iter().map(|f| dir.join(f)).collect()
+}
+
+/// Incident ids of `herd replay` on the files.
+fn replay_incidents(files: &[PathBuf]) -> BTreeSet<String> {
+    let out = herd()
+        .arg("replay")
+        .arg("--quiet")
+        .args(files)
+        .output()
+        .unwrap_or_else(|e| panic!("herd replay: {e}"));
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}"));
+            v["incident_id"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect()
+}
+
+/// Alerts on the test's alert topic: incident id → alert lines.
+fn stream_alerts(names: &Names, broker: &Broker) -> BTreeMap<String, Vec<serde_json::Value>> {
+    let mut by_incident: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for r in consume(names, broker, &names.topic("alerts")) {
+        let a = r["payload"].clone();
+        let group = a["group"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(r["key"].as_str(), Some(group.as_str()), "alert key = group");
+        by_incident
+            .entry(a["incident_id"].as_str().unwrap_or_default().to_owned())
+            .or_default()
+            .push(a);
+    }
+    by_incident
+}
+
+/// Every labelled attack container has an incident among `alerts`.
+fn assert_every_attack_alerted(dir: &Path, alerts: &BTreeMap<String, Vec<serde_json::Value>>) {
+    let labels: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("labels.json")).unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let alerted: BTreeSet<&str> = alerts
+        .values()
+        .flatten()
+        .filter_map(|a| a["container_id"].as_str())
+        .collect();
+    let attacks = labels["attacks"].as_array().cloned().unwrap_or_default();
+    assert!(attacks.len() >= 9);
+    for a in &attacks {
+        let ids: Vec<&str> = a["container_ids"]
+            .as_array()
+            .map(|v| v.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
+        assert!(
+            ids.iter().any(|id| alerted.contains(id)),
+            "attack {} ({}) was not alerted",
+            a["id"],
+            a["kind"]
+        );
+    }
+}
+
+fn summary_line(log: &str) -> &str {
+    log.lines()
+        .rev()
+        .find(|l| l.starts_with("herd run:") && l.contains(" records"))
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_fleet_through_kafka_gives_the_same_incidents_as_replay_issue_3() {
+    let dir = workdir("same");
+    let files = fleet(&dir.join("fleet"));
+    let broker = Broker::start(&dir.join("broker.log"));
+    let names = Names::new("same");
+    let worker = Worker::start(&names, &broker, dir.join("worker.log"));
+    produce(&names, &broker, &files, &[]);
+    broker.wait_caught_up(&names, Duration::from_secs(300));
+    let log = worker.stop();
+    let alerts = stream_alerts(&names, &broker);
+    let stream: BTreeSet<String> = alerts.keys().cloned().collect();
+    let replay = replay_incidents(&files);
+    assert_eq!(stream, replay, "worker: {}", summary_line(&log));
+    assert_every_attack_alerted(&dir.join("fleet"), &alerts);
+    assert!(consume(&names, &broker, &names.topic("dlq")).is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn window(from: Option<i64>, until: Option<i64>) -> Vec<String> {
+    let mut args = Vec::new();
+    if let Some(f) = from {
+        args.extend(["--from".to_owned(), f.to_string()]);
+    }
+    if let Some(u) = until {
+        args.extend(["--until".to_owned(), u.to_string()]);
+    }
+    args
+}
+
+fn fleet_start_ms(dir: &Path) -> i64 {
+    let labels: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("labels.json")).unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let start = labels["start"].as_str().unwrap_or_default();
+    herd_ingest::time::parse_rfc3339_ms(start).unwrap_or_else(|| panic!("start {start}"))
+}
+
+#[test]
+fn a_leaving_worker_hands_its_groups_over_with_their_learned_state_issue_3() {
+    let dir = workdir("handoff");
+    let files = fleet(&dir.join("fleet"));
+    // The first attack starts 26 hours in: learn for 25 hours on two workers.
+    let at = fleet_start_ms(&dir.join("fleet")) + 25 * 3_600_000;
+    let broker = Broker::start(&dir.join("broker.log"));
+    let names = Names::new("handoff");
+    let a = Worker::start(&names, &broker, dir.join("a.log"));
+    let b = Worker::start(&names, &broker, dir.join("b.log"));
+    let args = window(None, Some(at));
+    produce(
+        &names,
+        &broker,
+        &files,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    broker.wait_caught_up(&names, Duration::from_secs(300));
+    // B leaves (SIGTERM): it checkpoints and commits, and A takes its partitions.
+    let b_log = b.stop();
+    assert!(
+        b_log.contains("restored task"),
+        "B owned no partition, so nothing would be handed over:\n{b_log}"
+    );
+    let args = window(Some(at), None);
+    produce(
+        &names,
+        &broker,
+        &files,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    broker.wait_caught_up(&names, Duration::from_secs(300));
+    let a_log = a.stop();
+    let restored = a_log.matches("restored task").count();
+    assert!(
+        restored > PARTITIONS as usize - 1,
+        "A restored only {restored} tasks; B's partitions must be restored from herd.baselines:\n{a_log}"
+    );
+    // The learned state moved intact: the incidents are exactly replay's (a relearning
+    // worker would miss attacks while learning, or raise others).
+    let alerts = stream_alerts(&names, &broker);
+    let stream: BTreeSet<String> = alerts.keys().cloned().collect();
+    assert_eq!(
+        stream,
+        replay_incidents(&files),
+        "A: {}",
+        summary_line(&a_log)
+    );
+    assert_every_attack_alerted(&dir.join("fleet"), &alerts);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_worker_killed_mid_stream_and_restarted_alerts_every_attack_once_issue_3() {
+    let dir = workdir("kill");
+    let files = fleet(&dir.join("fleet"));
+    let broker = Broker::start(&dir.join("broker.log"));
+    let names = Names::new("kill");
+    produce(&names, &broker, &files, &[]);
+    let total: i64 = names.inputs()[..3]
+        .iter()
+        .flat_map(|t| broker.ends(t, PARTITIONS))
+        .sum();
+    // Static membership, as a restarted pod of a StatefulSet has: the restarted worker
+    // takes the killed one's place at once instead of waiting for its session to expire.
+    let member = [("HERD_KAFKA__GROUP_INSTANCE_ID", "worker-0")];
+    let first = Worker::start_with(&names, &broker, dir.join("first.log"), &member);
+    // Kill it once it has committed some of the stream, before it is done.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let done: i64 = broker
+            .committed(&names.group(), &names.inputs()[..3], PARTITIONS)
+            .iter()
+            .map(|c| (*c).max(0))
+            .sum();
+        if done * 3 >= total {
+            assert!(
+                done < total,
+                "the worker finished before it could be killed"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress before the kill");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    first.kill();
+    let second = Worker::start_with(&names, &broker, dir.join("second.log"), &member);
+    broker.wait_caught_up(&names, Duration::from_secs(300));
+    let log = second.stop();
+    assert!(log.contains("restored task"), "{log}");
+    let alerts = stream_alerts(&names, &broker);
+    assert_every_attack_alerted(&dir.join("fleet"), &alerts);
+    // An incident reopened after the restart would carry a new id.
+    let stream: BTreeSet<String> = alerts.keys().cloned().collect();
+    assert_eq!(
+        stream,
+        replay_incidents(&files),
+        "second: {}",
+        summary_line(&log)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn poison_records_are_dead_lettered_with_reasons_and_the_stream_goes_on_issue_3() {
+    let dir = workdir("poison");
+    simulate(
+        &SimConfig {
+            seed: 3,
+            hours: 2,
+            interval_s: 60,
+        },
+        &dir.join("fleet"),
+    )
+    .unwrap_or_else(|e| panic!("simulate: {e}"));
+    let files: Vec<PathBuf> = FILES.iter().map(|f| dir.join("fleet").join(f)).collect();
+    let mid = fleet_start_ms(&dir.join("fleet")) + 3_600_000;
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let huge = format!("{{\"ts\":1,\"pad\":\"{}\"}}", "x".repeat(300_000));
+    let poison: Vec<String> = vec![
+        "this is not json".into(),
+        "{\"ts\":\"2026-11-23T10:00:00Z\",\"container_id\":\"x\"".into(),
+        deep,
+        huge,
+        "{\"hello\":\"world\"}".into(),
+        "{\"ts\":\"yesterday\",\"container_id\":\"c\",\"image\":\"i\",\"metrics\":{\"x\":1}}"
+            .into(),
+    ];
+    let poison_file = dir.join("poison.jsonl");
+    std::fs::write(&poison_file, poison.join("\n") + "\n").unwrap_or_else(|e| panic!("{e}"));
+
+    let broker = Broker::start(&dir.join("broker.log"));
+    let names = Names::new("poison");
+    let worker = Worker::start_with(
+        &names,
+        &broker,
+        dir.join("worker.log"),
+        &[("HERD_LIMITS__MAX_LINE_BYTES", "65536")],
+    );
+    let (early, late) = (window(None, Some(mid)), window(Some(mid), None));
+    produce(&names, &broker, &files, &strs(&early));
+    let topic = names.topic("samples");
+    produce(&names, &broker, &[poison_file], &["--topic", &topic]);
+    produce(&names, &broker, &files, &strs(&late));
+    broker.wait_caught_up(&names, Duration::from_secs(120));
+    let log = worker.stop();
+
+    let dead = consume(&names, &broker, &names.topic("dlq"));
+    assert_eq!(dead.len(), poison.len(), "{}", summary_line(&log));
+    let reasons: BTreeSet<&str> = dead
+        .iter()
+        .filter_map(|d| d["headers"]["herd.reason"].as_str())
+        .collect();
+    assert!(
+        reasons.is_subset(&BTreeSet::from([
+            "invalid_json",
+            "too_deep",
+            "too_large",
+            "unknown_format",
+            "missing_field",
+            "invalid_timestamp",
+        ])),
+        "{reasons:?}"
+    );
+    assert!(reasons.len() >= 4, "distinct reasons: {reasons:?}");
+    let samples = names.topic("samples");
+    for d in &dead {
+        let h = &d["headers"];
+        assert_eq!(h["herd.source.topic"].as_str(), Some(samples.as_str()));
+        assert!(
+            h["herd.source.partition"]
+                .as_str()
+                .is_some_and(|p| p.parse::<i32>().is_ok())
+        );
+        assert!(
+            h["herd.source.offset"]
+                .as_str()
+                .is_some_and(|o| o.parse::<i64>().is_ok())
+        );
+        assert!(h["herd.detail"].as_str().is_some());
+        // The original payload (compared as JSON where it is JSON: the printer
+        // re-encodes it).
+        let same = |p: &String| match d["payload_text"].as_str() {
+            Some(text) => text == p,
+            None => {
+                serde_json::from_str::<serde_json::Value>(p).ok().as_ref() == Some(&d["payload"])
+            }
+        };
+        assert!(
+            poison.iter().any(same),
+            "dead letter is not an original record: {:.200}",
+            d.to_string()
+        );
+    }
+    // Everything after the poison was scored.
+    let line = summary_line(&log);
+    let total_valid: usize = files
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .map(|t| t.lines().count())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(
+        line.contains(&format!("herd run: {} records", total_valid + poison.len())),
+        "{line} (expected {} records)",
+        total_valid + poison.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,4 @@
+//! Shared helpers of the end-to-end tests.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod broker;
