@@ -55,9 +55,10 @@ pub struct StreamConfig {
     /// State is checkpointed, and offsets committed, this often. Kafka Streams commits
     /// every 30 s; a crash reprocesses at most this much input.
     pub checkpoint_interval_ms: u64,
-    /// A task waits this long for an input partition that has nothing buffered (and is
-    /// not known to be at its end) before it goes on without it: Kafka Streams'
-    /// `max.task.idle.ms`. Records are merged in event time across a task's topics.
+    /// Records are merged in event time across a task's topics. An input with nothing
+    /// buffered that is caught up but far behind in event time is waited for this long
+    /// (Kafka Streams' `max.task.idle.ms`); one with records still on the broker, or
+    /// whose position is not known yet, ten times as long. A live stream never waits.
     pub max_task_idle_ms: u64,
     /// Records buffered per input partition before that partition is paused
     /// (backpressure to the consumer; bounds memory).
@@ -78,7 +79,7 @@ impl Default for StreamConfig {
             replication: 1,
             create_topics: true,
             checkpoint_interval_ms: 30_000,
-            max_task_idle_ms: 500,
+            max_task_idle_ms: 2_000,
             max_buffered_per_partition: 20_000,
             shutdown_deadline_ms: 20_000,
             max_routed_containers: 100_000,

@@ -32,8 +32,10 @@ pub fn client_config(kafka: &BTreeMap<String, String>, role: Role<'_>) -> Client
                 // Range assignment gives one member the same partition number of every
                 // subscribed topic: a task's inputs stay together (co-partitioning).
                 .set("partition.assignment.strategy", "range")
-                // Watermarks for the event-time merge (and, later, lag metrics).
-                .set("statistics.interval.ms", "1000");
+                // Watermarks and ends of partitions for the event-time merge (and,
+                // later, lag metrics).
+                .set("statistics.interval.ms", "1000")
+                .set("enable.partition.eof", "true");
         }
         Role::Reader => {
             c.set("group.id", "herd-restore")

@@ -17,6 +17,11 @@ use serde_json::value::RawValue;
 
 use crate::pipeline::Pipeline;
 
+/// An input that is caught up but whose newest record is this far behind (in event
+/// time) the record about to be processed is waited for, briefly: agents on different
+/// hosts flush within seconds of each other, so a larger gap means a backlog.
+const MAX_SKEW_MS: i64 = 10_000;
+
 /// Format of the task record in `herd.baselines`.
 const TASK_FORMAT: u32 = 1;
 
@@ -73,6 +78,14 @@ struct Input {
     /// The partition's high watermark as last known (-1: unknown). While the offset
     /// consumed is below it, the broker holds records this input has not delivered yet.
     high: i64,
+    /// Its low watermark as last known: where a group without a committed offset
+    /// starts (`auto.offset.reset = earliest`).
+    low: i64,
+    /// Where librdkafka last signalled the end of the partition (-1: never), from the
+    /// high watermark of a fetch response.
+    eof: i64,
+    /// Event time of the newest record offered on this input.
+    last_ts: Option<i64>,
     /// When the buffer last became empty.
     empty_since: Option<Instant>,
 }
@@ -156,6 +169,9 @@ impl Task {
                     buf: VecDeque::new(),
                     consumed_next: None,
                     high: -1,
+                    low: -1,
+                    eof: -1,
+                    last_ts: None,
                     empty_since: None,
                 })
                 .collect(),
@@ -231,19 +247,20 @@ impl Task {
         self.inputs.get(input).and_then(|i| i.consumed_next)
     }
 
-    /// Where an input starts (its committed offset, or where the reset policy puts it)
-    /// and its high watermark, both as the broker said at assignment.
-    pub fn start_at(&mut self, input: usize, start: i64, high: i64) {
+    /// Where an input starts: its committed offset, or where the reset policy puts it.
+    pub fn start_at(&mut self, input: usize, start: i64) {
         if let Some(i) = self.inputs.get_mut(input) {
             i.consumed_next.get_or_insert(start);
-            i.high = i.high.max(high);
         }
     }
 
-    /// A newer high watermark of an input (from librdkafka's statistics).
-    pub fn observe_high(&mut self, input: usize, high: i64) {
+    /// What librdkafka's statistics say of an input: its watermarks and where it last
+    /// reached the end.
+    pub fn observe_watermarks(&mut self, input: usize, low: i64, high: i64, eof: i64) {
         if let Some(i) = self.inputs.get_mut(input) {
             i.high = i.high.max(high);
+            i.low = i.low.max(low);
+            i.eof = i.eof.max(eof);
         }
     }
 
@@ -286,8 +303,12 @@ impl Task {
             return;
         }
         let inp = &mut self.inputs[input];
+        let ts = rec.ts_ms().unwrap_or(i64::MIN);
+        if ts != i64::MIN {
+            inp.last_ts = Some(inp.last_ts.map_or(ts, |l| l.max(ts)));
+        }
         inp.buf.push_back(Msg {
-            ts: rec.ts_ms().unwrap_or(i64::MIN),
+            ts,
             offset,
             key: key.map(<[u8]>::to_vec),
             rec,
@@ -308,36 +329,41 @@ impl Task {
     ) -> usize {
         let mut n = 0;
         loop {
-            let mut best: Option<(usize, i64)> = None;
+            let best = self
+                .inputs
+                .iter()
+                .enumerate()
+                .filter_map(|(j, inp)| inp.buf.front().map(|m| (j, m.ts)))
+                .min_by_key(|(_, ts)| *ts);
+            let Some((j, ts)) = best else { break };
             let mut wait = false;
-            for (j, inp) in self.inputs.iter_mut().enumerate() {
-                match inp.buf.front() {
-                    Some(m) => {
-                        if best.is_none_or(|(_, ts)| m.ts < ts) {
-                            best = Some((j, m.ts));
-                        }
-                    }
-                    None => {
-                        let since = *inp.empty_since.get_or_insert(now);
-                        let idle = now.duration_since(since);
-                        let pos = inp.consumed_next.unwrap_or(-1);
-                        // Caught up: nothing to wait for. Records known to be on the
-                        // broker: wait for them (up to ten idle periods, in case the
-                        // end is a transaction marker). Unknown: one idle period.
-                        let patience = if inp.high < 0 {
-                            max_idle
-                        } else if pos >= inp.high {
-                            Duration::ZERO
-                        } else {
-                            max_idle * 10
-                        };
-                        if !force && idle < patience {
-                            wait = true;
-                        }
-                    }
+            for inp in self.inputs.iter_mut().filter(|i| i.buf.is_empty()) {
+                let since = *inp.empty_since.get_or_insert(now);
+                let idle = now.duration_since(since);
+                let pos = inp.consumed_next.unwrap_or(inp.low);
+                // Caught up: librdkafka reached the end of the partition, everything
+                // up to there was delivered, and no later record is known.
+                let caught_up = inp.eof >= 0 && pos >= inp.eof && inp.high <= inp.eof;
+                // Records known to be on the broker, or nothing known yet (the first
+                // statistics report comes within a second): wait for them, up to ten
+                // idle periods (the end may be a transaction marker that never comes).
+                // Caught up, but far behind the record to process in event time (a
+                // backlog arriving faster than the statistics tell): wait one idle
+                // period for it to catch up. In a live stream neither happens, and
+                // nothing waits.
+                let patience = if !caught_up {
+                    max_idle * 10
+                } else if inp.last_ts.is_none_or(|last| ts - last > MAX_SKEW_MS) {
+                    // (Nothing delivered yet counts as far behind: a broker's
+                    // watermarks can say caught up before its first fetch does.)
+                    max_idle
+                } else {
+                    Duration::ZERO
+                };
+                if !force && idle < patience {
+                    wait = true;
                 }
             }
-            let Some((j, _)) = best else { break };
             if wait {
                 break;
             }

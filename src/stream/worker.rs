@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::statistics::Statistics;
@@ -62,9 +63,9 @@ struct Shared {
     cfg: StreamConfig,
     failed_at_commit: Mutex<u64>,
     summary: Mutex<Summary>,
-    /// (topic, partition) → (high watermark, application offset), from librdkafka's
-    /// statistics.
-    watermarks: Mutex<HashMap<(String, i32), (i64, i64)>>,
+    /// (topic, partition) → (high watermark, low watermark, end-of-partition offset),
+    /// from librdkafka's statistics.
+    watermarks: Mutex<HashMap<(String, i32), (i64, i64, i64)>>,
     /// A failure inside a rebalance callback, raised by the loop.
     error: Mutex<Option<anyhow::Error>>,
 }
@@ -83,7 +84,10 @@ impl ClientContext for Ctx {
         for (name, topic) in &s.topics {
             for (p, part) in &topic.partitions {
                 if *p >= 0 && part.desired {
-                    wm.insert((name.clone(), *p), (part.hi_offset, part.app_offset));
+                    wm.insert(
+                        (name.clone(), *p),
+                        (part.hi_offset, part.lo_offset, part.eof_offset),
+                    );
                 }
             }
         }
@@ -269,6 +273,8 @@ pub fn run(
                         consumer.pause(&tpl)?;
                     }
                 }
+                // End of a partition: the statistics carry it per topic.
+                Err(KafkaError::PartitionEOF(_)) => {}
                 Err(e) => tracing::warn!(error = %e, "consumer error"),
             }
         }
@@ -295,6 +301,17 @@ pub fn run(
         }
         if last_commit.elapsed() >= interval {
             let mut tasks = lock(&shared.tasks);
+            let _span = tracing::debug_span!("checkpoint").entered();
+            for t in tasks.values() {
+                tracing::debug!(
+                    partition = t.partition(),
+                    records = t.pipeline().counters.lines,
+                    buffered = ?(0..topics.len()).map(|i| t.buffered(i)).collect::<Vec<_>>(),
+                    positions = ?t.positions(),
+                    paused = paused.len(),
+                    "task"
+                );
+            }
             commit(
                 &shared,
                 &consumer,
@@ -366,8 +383,10 @@ fn adopt_assignments(
                 t
             }
         };
-        // Where each input starts and how far the broker has it: the event-time
-        // merge waits for an input only while it has records still to deliver.
+        // Where each input starts. How far the broker has it comes from librdkafka's
+        // statistics (the fetch responses' high watermarks): some brokers answer
+        // ListOffsets with the start of the last batch, which would make an input look
+        // caught up when it is not.
         let mut tpl = TopicPartitionList::new();
         for topic in &shared.topics {
             tpl.add_partition(topic, p);
@@ -376,14 +395,10 @@ fn adopt_assignments(
             .committed_offsets(tpl, timeout)
             .context("reading committed offsets")?;
         for (i, topic) in shared.topics.iter().enumerate() {
-            let (lo, hi) = consumer
-                .fetch_watermarks(topic, p, timeout)
-                .with_context(|| format!("watermarks of {topic}/{p}"))?;
-            let start = match committed.find_partition(topic, p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) if o >= lo => o,
-                _ => lo,
-            };
-            task.start_at(i, start, hi);
+            if let Some(Offset::Offset(o)) = committed.find_partition(topic, p).map(|e| e.offset())
+            {
+                task.start_at(i, o);
+            }
         }
         tasks.insert(p, task);
     }
@@ -404,10 +419,10 @@ fn observe_watermarks(shared: &Shared, topics: &[String], tasks: &mut BTreeMap<i
     }
     for (p, t) in tasks.iter_mut() {
         for (i, topic) in topics.iter().enumerate() {
-            if let Some(&(hi, _)) = wm.get(&(topic.clone(), *p))
+            if let Some(&(hi, lo, eof)) = wm.get(&(topic.clone(), *p))
                 && hi >= 0
             {
-                t.observe_high(i, hi);
+                t.observe_watermarks(i, lo, hi, eof);
             }
         }
     }
