@@ -53,6 +53,9 @@ pub struct Summary {
     pub out_of_order: u64,
 }
 
+/// (high watermark, low watermark, end-of-partition offset) of one partition.
+type Watermarks = (i64, i64, i64);
+
 struct Shared {
     tasks: Mutex<BTreeMap<i32, Task>>,
     /// Tasks revoked in the current rebalance: kept if they come straight back.
@@ -65,7 +68,7 @@ struct Shared {
     summary: Mutex<Summary>,
     /// (topic, partition) → (high watermark, low watermark, end-of-partition offset),
     /// from librdkafka's statistics.
-    watermarks: Mutex<HashMap<(String, i32), (i64, i64, i64)>>,
+    watermarks: Mutex<HashMap<(String, i32), Watermarks>>,
     /// A failure inside a rebalance callback, raised by the loop.
     error: Mutex<Option<anyhow::Error>>,
 }
