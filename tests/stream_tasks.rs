@@ -78,6 +78,7 @@ fn a_fleet_split_by_routing_key_loses_no_record_to_its_partitioning() {
         tasks[p].offer(
             input,
             *o,
+            None,
             key.as_deref().map(str::as_bytes),
             line.as_bytes(),
             &mut out,

@@ -22,6 +22,12 @@ use crate::pipeline::Pipeline;
 /// hosts flush within seconds of each other, so a larger gap means a backlog.
 const MAX_SKEW_MS: i64 = 10_000;
 
+/// A histogram of milliseconds, 1 ms to an hour, two significant digits.
+pub fn new_latency_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 2)
+        .unwrap_or_else(|_| hdrhistogram::Histogram::new(2).unwrap_or_else(|_| unreachable!()))
+}
+
 /// Format of the task record in `herd.baselines`.
 const TASK_FORMAT: u32 = 1;
 
@@ -63,6 +69,8 @@ pub enum Out {
 #[derive(Debug)]
 struct Msg {
     ts: i64,
+    /// The record's Kafka timestamp (ms), for the ingest→scored latency.
+    created_ms: Option<i64>,
     offset: i64,
     key: Option<Vec<u8>>,
     rec: Record,
@@ -128,6 +136,10 @@ pub struct Task {
     /// Records processed after a newer one (an input was idle past the wait, or its
     /// producer was late).
     out_of_order: u64,
+    /// Milliseconds from each record's Kafka timestamp to the end of its scoring.
+    latency_ms: hdrhistogram::Histogram<u64>,
+    /// When the first record was offered and the last one processed (busy span).
+    busy: Option<(Instant, Instant)>,
 }
 
 /// A task's checkpoint: records for `herd.baselines` and the positions they cover.
@@ -181,6 +193,8 @@ impl Task {
             alerts: Vec::new(),
             last_ts: i64::MIN,
             out_of_order: 0,
+            latency_ms: new_latency_histogram(),
+            busy: None,
         })
     }
 
@@ -270,6 +284,7 @@ impl Task {
         &mut self,
         input: usize,
         offset: i64,
+        created_ms: Option<i64>,
         key: Option<&[u8]>,
         payload: &[u8],
         out: &mut Vec<Out>,
@@ -278,6 +293,10 @@ impl Task {
             return;
         };
         inp.consumed_next = Some(offset + 1);
+        if self.busy.is_none() {
+            let now = Instant::now();
+            self.busy = Some((now, now));
+        }
         let rec = match self.pipeline.decode(payload) {
             Ok(r) => r,
             Err(reject) => {
@@ -309,6 +328,7 @@ impl Task {
         }
         inp.buf.push_back(Msg {
             ts,
+            created_ms,
             offset,
             key: key.map(<[u8]>::to_vec),
             rec,
@@ -390,9 +410,29 @@ impl Task {
                 });
             }
             out.extend(self.alerts.drain(..).map(|a| Out::Alert(Box::new(a))));
+            if let Some(created) = m.created_ms {
+                let _ = self
+                    .latency_ms
+                    .record(wall_ms().saturating_sub(created).max(1) as u64);
+            }
             n += 1;
         }
+        if n > 0
+            && let Some((_, last)) = &mut self.busy
+        {
+            *last = Instant::now();
+        }
         n
+    }
+
+    /// Latency from Kafka timestamp to scored, in milliseconds.
+    pub fn latency_ms(&self) -> &hdrhistogram::Histogram<u64> {
+        &self.latency_ms
+    }
+
+    /// When the first record was offered and the last one processed.
+    pub fn busy(&self) -> Option<(Instant, Instant)> {
+        self.busy
     }
 
     /// Forgets the records buffered but not processed: the consumer lost its partitions
@@ -446,4 +486,12 @@ impl Task {
             positions: self.positions(),
         })
     }
+}
+
+/// Wall-clock milliseconds since the epoch, for latency against Kafka timestamps only
+/// (detection never reads a clock).
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -36,7 +36,7 @@ use crate::pipeline::Counters;
 const BATCH: usize = 2048;
 
 /// What a worker did, for its exit summary and for tests.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Summary {
     /// Counters summed over the tasks this worker held when it stopped, plus those it
     /// handed off.
@@ -51,6 +51,25 @@ pub struct Summary {
     pub restored: u64,
     /// Records processed after a newer one of the same task.
     pub out_of_order: u64,
+    /// Milliseconds from each record's Kafka timestamp to the end of its scoring.
+    pub latency_ms: hdrhistogram::Histogram<u64>,
+    /// From the first record offered to the last one processed, over all tasks.
+    pub busy: Option<(Instant, Instant)>,
+}
+
+impl Default for Summary {
+    fn default() -> Self {
+        Self {
+            counters: Counters::default(),
+            forwarded: 0,
+            dead_lettered: 0,
+            checkpoints: 0,
+            restored: 0,
+            out_of_order: 0,
+            latency_ms: super::task::new_latency_histogram(),
+            busy: None,
+        }
+    }
 }
 
 /// (high watermark, low watermark, end-of-partition offset) of one partition.
@@ -266,6 +285,7 @@ pub fn run(
                     task.offer(
                         input,
                         m.offset(),
+                        m.timestamp().to_millis(),
                         m.key(),
                         m.payload().unwrap_or_default(),
                         &mut out,
@@ -506,6 +526,13 @@ fn send_outputs(shared: &Shared, out: &mut Vec<Out>) -> anyhow::Result<()> {
 fn add_task(into: &mut Summary, t: &Task) {
     add(&mut into.counters, &t.pipeline().counters);
     into.out_of_order += t.out_of_order();
+    let _ = into.latency_ms.add(t.latency_ms());
+    if let Some((a, b)) = t.busy() {
+        into.busy = Some(match into.busy {
+            Some((x, y)) => (x.min(a), y.max(b)),
+            None => (a, b),
+        });
+    }
 }
 
 fn add(into: &mut Counters, c: &Counters) {

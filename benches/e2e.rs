@@ -1,0 +1,331 @@
+//! End-to-end harness: one machine, one broker (Tansu on a free loopback port), one run.
+//!
+//! `cargo bench --bench e2e` (add `-- --hours N` for a longer fleet) prints:
+//! 1. the raw rdkafka consume rate of a pre-filled topic set (consume and drop);
+//! 2. the `herd run` end-to-end rate on the same topics (a worker, in process);
+//!    and their ratio;
+//! 3. at half of that rate, the latency from each record's Kafka timestamp to the end
+//!    of its scoring (hdrhistogram), beside the broker's own produce→consume latency
+//!    measured in the same run, and the alert delivery latency.
+//!
+//! Rates are over the busy span (first record to last), so group joins and checkpoint
+//! restores, which both sides pay once, do not dilute them.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use herd::config::HerdConfig;
+use herd::produce::{Dest, KeyBy, Pace, Window, produce};
+use herd::simulate::{SimConfig, simulate};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+
+struct Broker(Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_broker() -> anyhow::Result<(Broker, String)> {
+    let bin = std::env::var_os("HERD_TANSU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/herd/tansu/bin/tansu")
+        });
+    anyhow::ensure!(
+        bin.exists(),
+        "Tansu not found at {} (scripts/check installs it)",
+        bin.display()
+    );
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(bin)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(&addr).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "the broker did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((Broker(child), addr))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn config(bootstrap: &str, prefix: &str) -> HerdConfig {
+    let mut cfg = HerdConfig::default();
+    cfg.kafka
+        .insert("bootstrap.servers".into(), bootstrap.to_owned());
+    let t = &mut cfg.stream.topics;
+    t.inputs = ["samples", "events", "metrics"]
+        .iter()
+        .map(|n| format!("{prefix}.{n}"))
+        .collect();
+    t.repartition = format!("{prefix}.repartition");
+    t.alerts = format!("{prefix}.alerts");
+    t.dlq = format!("{prefix}.dlq");
+    t.baselines = format!("{prefix}.baselines");
+    cfg.stream.group_id = format!("{prefix}-workers");
+    cfg.stream.partitions = 3;
+    cfg
+}
+
+fn dest(cfg: &HerdConfig) -> Dest {
+    let i = &cfg.stream.topics.inputs;
+    Dest::ByKind {
+        samples: i[0].clone(),
+        events: i[1].clone(),
+        metrics: i[2].clone(),
+    }
+}
+
+/// Consumes `n` records of `topics` with a plain consumer, dropping them; returns the
+/// rate over the busy span and, when `latency` is set, each record's produce→consume
+/// latency.
+fn raw_consume(
+    bootstrap: &str,
+    group: &str,
+    topics: &[String],
+    n: u64,
+    mut latency: Option<&mut Histogram<u64>>,
+    stop: &AtomicBool,
+) -> anyhow::Result<f64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    c.subscribe(&names)?;
+    let (mut got, mut first, mut last) = (0u64, None, Instant::now());
+    while got < n && !stop.load(Ordering::Relaxed) {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                got += 1;
+                last = Instant::now();
+                first.get_or_insert(last);
+                if let (Some(h), Some(ts)) = (latency.as_deref_mut(), m.timestamp().to_millis()) {
+                    let _ = h.record((now_ms() - ts).max(1) as u64);
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(e)) => anyhow::bail!("raw consumer: {e}"),
+        }
+    }
+    let span = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
+    Ok(got as f64 / span.max(1e-9))
+}
+
+fn pct(h: &Histogram<u64>, q: f64) -> u64 {
+    h.value_at_quantile(q)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let hours = args
+        .iter()
+        .position(|a| a == "--hours")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(48u32);
+    let dir = std::env::temp_dir().join(format!("herd-e2e-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let sim = simulate(
+        &SimConfig {
+            seed: 11,
+            hours,
+            interval_s: 20,
+        },
+        &dir,
+    )?;
+    let files: Vec<PathBuf> = [
+        "stats.jsonl",
+        "stats-raw.jsonl",
+        "events.jsonl",
+        "falco.jsonl",
+    ]
+    .iter()
+    .map(|f| dir.join(f))
+    .collect();
+    let (_broker, bootstrap) = start_broker()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let never = AtomicBool::new(false);
+    eprintln!(
+        "herd e2e: {} lines of a simulated fleet ({hours} h), Tansu at {bootstrap}",
+        sim.lines
+    );
+
+    // 1 and 2: the same pre-filled topics, consumed raw, then by a herd worker.
+    let cfg = config(&bootstrap, "rate");
+    rt.block_on(herd::stream::kafka::prepare_topics(&cfg.kafka, &cfg.stream))?;
+    let n = produce(
+        &cfg.kafka,
+        &files,
+        &dest(&cfg),
+        KeyBy::Route,
+        Pace::Fast,
+        Window::default(),
+        &never,
+    )?
+    .records;
+    let raw = raw_consume(
+        &bootstrap,
+        "rate-raw",
+        &cfg.stream.topics.inputs,
+        n,
+        None,
+        &never,
+    )?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (cfg, stop) = (cfg.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || herd::stream::worker::run(&cfg, &cfg.kafka, &stop))
+    };
+    // Done when the worker's group has committed every record.
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", &cfg.stream.group_id)
+        .create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for t in &cfg.stream.topics.inputs {
+        for p in 0..3 {
+            tpl.add_partition(t, p);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let done: i64 = probe
+            .committed_offsets(tpl.clone(), Duration::from_secs(10))?
+            .elements()
+            .iter()
+            .map(|e| e.offset().to_raw().unwrap_or(0).max(0))
+            .sum();
+        if done as u64 >= n {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the worker did not finish");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let s = worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("worker panicked"))??;
+    let span = s
+        .busy
+        .map_or(0.0, |(a, b)| b.duration_since(a).as_secs_f64());
+    let herd_rate = s.counters.lines as f64 / span.max(1e-9);
+
+    // 3: latency at half of herd's rate, broker baseline measured beside it.
+    let cfg = config(&bootstrap, "lat");
+    rt.block_on(herd::stream::kafka::prepare_topics(&cfg.kafka, &cfg.stream))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (cfg, stop) = (cfg.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || herd::stream::worker::run(&cfg, &cfg.kafka, &stop))
+    };
+    let base = {
+        let (b, topics, stop) = (
+            bootstrap.clone(),
+            cfg.stream.topics.inputs.clone(),
+            Arc::clone(&stop),
+        );
+        std::thread::spawn(move || -> anyhow::Result<Histogram<u64>> {
+            let mut h = herd::stream::task::new_latency_histogram();
+            raw_consume(&b, "lat-raw", &topics, n, Some(&mut h), &stop)?;
+            Ok(h)
+        })
+    };
+    let alerts = {
+        let (b, topic, stop) = (
+            bootstrap.clone(),
+            cfg.stream.topics.alerts.clone(),
+            Arc::clone(&stop),
+        );
+        std::thread::spawn(move || -> anyhow::Result<Histogram<u64>> {
+            let mut h = herd::stream::task::new_latency_histogram();
+            raw_consume(&b, "lat-alerts", &[topic], u64::MAX, Some(&mut h), &stop)?;
+            Ok(h)
+        })
+    };
+    // Let the consumers join before records flow.
+    std::thread::sleep(Duration::from_secs(8));
+    let half = (herd_rate / 2.0).max(100.0);
+    produce(
+        &cfg.kafka,
+        &files,
+        &dest(&cfg),
+        KeyBy::Route,
+        Pace::Rate(half),
+        Window::default(),
+        &never,
+    )?;
+    std::thread::sleep(Duration::from_secs(5));
+    stop.store(true, Ordering::Relaxed);
+    let s = worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("worker panicked"))??;
+    let base = base
+        .join()
+        .map_err(|_| anyhow::anyhow!("consumer panicked"))??;
+    let alert = alerts
+        .join()
+        .map_err(|_| anyhow::anyhow!("consumer panicked"))??;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let l = &s.latency_ms;
+    println!("herd end-to-end harness (one machine, one Tansu broker, one run; {n} records)");
+    println!("  raw rdkafka consume (drop)      {raw:>10.0} records/s");
+    println!("  herd run end to end             {herd_rate:>10.0} records/s");
+    println!(
+        "  ratio                           {:>10.2}",
+        herd_rate / raw.max(1e-9)
+    );
+    println!("latency at half of herd's rate ({half:.0} records/s), milliseconds");
+    println!("                                  p50    p99   p99.9    max      n");
+    let row = |name: &str, h: &Histogram<u64>| {
+        println!(
+            "  {name:<30}{:>5}  {:>5}  {:>6}  {:>5}  {:>5}",
+            pct(h, 0.5),
+            pct(h, 0.99),
+            pct(h, 0.999),
+            h.max(),
+            h.len()
+        );
+    };
+    row("broker produce→consume", &base);
+    row("herd record→scored", l);
+    row("herd alert produce→consume", &alert);
+    println!(
+        "  herd record→scored p99 above the broker's: {} ms",
+        pct(l, 0.99) as i64 - pct(&base, 0.99) as i64
+    );
+    Ok(())
+}
