@@ -79,18 +79,12 @@ pub enum Role<'a> {
 #[derive(Debug, Default, Clone)]
 pub struct DeliveryTracker {
     failed: Arc<AtomicU64>,
-    delivered: Arc<AtomicU64>,
 }
 
 impl DeliveryTracker {
     /// Deliveries that failed so far.
     pub fn failed(&self) -> u64 {
         self.failed.load(Ordering::Relaxed)
-    }
-
-    /// Deliveries acknowledged so far.
-    pub fn delivered(&self) -> u64 {
-        self.delivered.load(Ordering::Relaxed)
     }
 }
 
@@ -100,14 +94,9 @@ impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => {
-                self.delivered.fetch_add(1, Ordering::Relaxed);
-            }
-            Err((err, msg)) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %err, topic = msg.topic(), "delivery failed");
-            }
+        if let Err((err, msg)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %err, topic = msg.topic(), "delivery failed");
         }
     }
 }
@@ -158,14 +147,15 @@ pub async fn prepare_topics(
         }
         c.create().context("creating the Kafka admin client")?
     };
-    let existing = partition_counts(&admin, tasked.iter().chain(&others).copied())?;
-    if cfg.create_topics {
-        let missing: Vec<&str> = tasked
-            .iter()
-            .chain(&others)
+    let all: Vec<&str> = tasked.iter().chain(&others).copied().collect();
+    let missing = |counts: &BTreeMap<String, i32>| -> Vec<&str> {
+        all.iter()
             .copied()
-            .filter(|t| !existing.contains_key(*t))
-            .collect();
+            .filter(|t| !counts.contains_key(*t))
+            .collect()
+    };
+    if cfg.create_topics {
+        let missing = missing(&partition_counts(&admin, all.iter().copied())?);
         if !missing.is_empty() {
             let new: Vec<NewTopic<'_>> = missing
                 .iter()
@@ -197,13 +187,8 @@ pub async fn prepare_topics(
     // Topics can take a moment to show in metadata after creation.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let counts = partition_counts(&admin, tasked.iter().chain(&others).copied())?;
-        let missing: Vec<&str> = tasked
-            .iter()
-            .chain(&others)
-            .copied()
-            .filter(|t| !counts.contains_key(*t))
-            .collect();
+        let counts = partition_counts(&admin, all.iter().copied())?;
+        let missing = missing(&counts);
         if missing.is_empty() {
             return co_partitioned(&counts, &tasked);
         }

@@ -256,11 +256,6 @@ impl Task {
         self.inputs.get(input).map_or(0, |i| i.buf.len())
     }
 
-    /// The offset after the last record consumed from an input.
-    pub fn consumed_next(&self, input: usize) -> Option<i64> {
-        self.inputs.get(input).and_then(|i| i.consumed_next)
-    }
-
     /// Where an input starts: its committed offset, or where the reset policy puts it.
     pub fn start_at(&mut self, input: usize, start: i64) {
         if let Some(i) = self.inputs.get_mut(input) {

@@ -85,9 +85,8 @@ struct Shared {
     cfg: StreamConfig,
     failed_at_commit: Mutex<u64>,
     summary: Mutex<Summary>,
-    /// (topic, partition) → (high watermark, low watermark, end-of-partition offset),
-    /// from librdkafka's statistics.
-    watermarks: Mutex<HashMap<(String, i32), Watermarks>>,
+    /// (input index, partition) → watermarks, from librdkafka's statistics.
+    watermarks: Mutex<HashMap<(usize, i32), Watermarks>>,
     /// A failure inside a rebalance callback, raised by the loop.
     error: Mutex<Option<anyhow::Error>>,
 }
@@ -104,10 +103,13 @@ impl ClientContext for Ctx {
     fn stats(&self, s: Statistics) {
         let mut wm = lock(&self.0.watermarks);
         for (name, topic) in &s.topics {
+            let Some(input) = self.0.topics.iter().position(|t| t == name) else {
+                continue;
+            };
             for (p, part) in &topic.partitions {
                 if *p >= 0 && part.desired {
                     wm.insert(
-                        (name.clone(), *p),
+                        (input, *p),
                         (part.hi_offset, part.lo_offset, part.eof_offset),
                     );
                 }
@@ -304,7 +306,7 @@ pub fn run(
         let now = Instant::now();
         {
             let mut tasks = lock(&shared.tasks);
-            observe_watermarks(&shared, &topics, &mut tasks);
+            observe_watermarks(&shared, &mut tasks);
             for t in tasks.values_mut() {
                 t.drain(now, task_cfg.max_idle, false, &mut out);
             }
@@ -435,14 +437,14 @@ fn adopt_assignments(
 
 /// Gives the tasks the high watermarks of librdkafka's last statistics report, so that
 /// they know which inputs still have records on the broker.
-fn observe_watermarks(shared: &Shared, topics: &[String], tasks: &mut BTreeMap<i32, Task>) {
+fn observe_watermarks(shared: &Shared, tasks: &mut BTreeMap<i32, Task>) {
     let wm = lock(&shared.watermarks);
     if wm.is_empty() {
         return;
     }
     for (p, t) in tasks.iter_mut() {
-        for (i, topic) in topics.iter().enumerate() {
-            if let Some(&(hi, lo, eof)) = wm.get(&(topic.clone(), *p))
+        for i in 0..shared.topics.len() {
+            if let Some(&(hi, lo, eof)) = wm.get(&(i, *p))
                 && hi >= 0
             {
                 t.observe_watermarks(i, lo, hi, eof);

@@ -1,7 +1,6 @@
 //! A real Kafka-compatible broker (Tansu) on a free loopback port, and `herd run`
 //! workers as child processes, for the end-to-end tests.
 
-use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -74,11 +73,6 @@ impl Broker {
             std::thread::sleep(Duration::from_millis(50));
         }
         b
-    }
-
-    /// librdkafka properties that reach this broker.
-    pub fn kafka(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([("bootstrap.servers".to_owned(), self.bootstrap.clone())])
     }
 
     /// The end offset (last offset + 1, 0 when empty) of every partition of `topic`,
