@@ -238,8 +238,11 @@ fn partition_counts<'a>(
         .collect())
 }
 
-/// Reads one partition of the compacted checkpoint topic from its start to its current
-/// end: the last value of every key (`None` for a tombstone).
+/// Checkpoints of one partition: the last value of every key (`None` for a tombstone).
+pub type Checkpoints = BTreeMap<String, Option<Vec<u8>>>;
+
+/// Reads the given partitions of the compacted checkpoint topic, with one reader, from
+/// their start to their current end.
 ///
 /// The end is where librdkafka reports end-of-partition (from the fetch responses),
 /// not a watermark asked for up front: some brokers (Tansu) answer ListOffsets for the
@@ -248,32 +251,45 @@ fn partition_counts<'a>(
 pub fn read_checkpoints(
     kafka: &BTreeMap<String, String>,
     topic: &str,
-    partition: i32,
+    partitions: &[i32],
     timeout: Duration,
-) -> anyhow::Result<BTreeMap<String, Option<Vec<u8>>>> {
+) -> anyhow::Result<BTreeMap<i32, Checkpoints>> {
+    let mut out: BTreeMap<i32, Checkpoints> =
+        partitions.iter().map(|p| (*p, BTreeMap::new())).collect();
+    if partitions.is_empty() {
+        return Ok(out);
+    }
     let reader: BaseConsumer = client_config(kafka, Role::Reader)
         .create()
         .context("creating the checkpoint reader")?;
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
+    for p in partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
+    }
     reader.assign(&tpl)?;
+    let mut open: std::collections::BTreeSet<i32> = partitions.iter().copied().collect();
     let deadline = Instant::now() + timeout;
-    let mut out = BTreeMap::new();
-    loop {
+    while !open.is_empty() {
         anyhow::ensure!(
             Instant::now() < deadline,
-            "restoring {topic}/{partition}: not read to its end before the deadline"
+            "restoring {topic} partitions {open:?}: not read to their end before the deadline"
         );
         match reader.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
                     continue;
                 };
-                out.insert(key.to_owned(), m.payload().map(<[u8]>::to_vec));
+                if let Some(part) = out.get_mut(&m.partition()) {
+                    part.insert(key.to_owned(), m.payload().map(<[u8]>::to_vec));
+                }
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(out),
+            // At the end (compaction can leave the last offsets empty).
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
             Some(Err(e)) => return Err(e).context("reading checkpoints"),
             None => {}
         }
     }
+    Ok(out)
 }

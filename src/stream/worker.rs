@@ -387,6 +387,18 @@ fn adopt_assignments(
     }
     let mut parked = std::mem::take(&mut *lock(&shared.parked));
     let mut tasks = lock(&shared.tasks);
+    // Every partition that needs its state from herd.baselines, read with one reader.
+    let to_restore: Vec<i32> = assigned
+        .iter()
+        .copied()
+        .filter(|p| !tasks.contains_key(p) && !parked.contains_key(p))
+        .collect();
+    let mut restored = kafka::read_checkpoints(
+        kafka_cfg,
+        &shared.cfg.topics.baselines,
+        &to_restore,
+        timeout,
+    )?;
     for p in assigned {
         if tasks.contains_key(&p) {
             continue;
@@ -394,8 +406,7 @@ fn adopt_assignments(
         let mut task = match parked.remove(&p) {
             Some(t) => t,
             None => {
-                let records =
-                    kafka::read_checkpoints(kafka_cfg, &shared.cfg.topics.baselines, p, timeout)?;
+                let records = restored.remove(&p).unwrap_or_default();
                 let t = Task::restore(p, task_cfg, &records)
                     .with_context(|| format!("restoring partition {p} from checkpoints"))?;
                 tracing::info!(
