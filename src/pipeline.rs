@@ -38,6 +38,22 @@ impl Counters {
         *self.filtered.entry(reason.to_owned()).or_default() += 1;
     }
 
+    /// Adds another pipeline's counters (a worker sums its tasks').
+    pub fn absorb(&mut self, other: &Counters) {
+        self.lines += other.lines;
+        self.observations += other.observations;
+        self.alerts += other.alerts;
+        for (mine, theirs) in [
+            (&mut self.decoded, &other.decoded),
+            (&mut self.rejected, &other.rejected),
+            (&mut self.filtered, &other.filtered),
+        ] {
+            for (k, v) in theirs {
+                *mine.entry(k.clone()).or_default() += v;
+            }
+        }
+    }
+
     /// Total rejected lines.
     pub fn rejected_total(&self) -> u64 {
         self.rejected.values().sum()

@@ -87,6 +87,10 @@ struct Shared {
     summary: Mutex<Summary>,
     /// (input index, partition) → watermarks, from librdkafka's statistics.
     watermarks: Mutex<HashMap<(usize, i32), Watermarks>>,
+    /// Set by the rebalance callbacks (which run inside `poll`): the loop has an
+    /// assignment to adopt or a failure to raise. One atomic load per record instead
+    /// of two locks.
+    rebalanced: AtomicBool,
     /// A failure inside a rebalance callback, raised by the loop.
     error: Mutex<Option<anyhow::Error>>,
 }
@@ -140,6 +144,7 @@ impl ConsumerContext for Ctx {
             Err(e) => {
                 tracing::error!(error = %e, "checkpoint on revoke failed");
                 lock(&self.0.error).get_or_insert(e);
+                self.0.rebalanced.store(true, Ordering::Relaxed);
             }
         }
         // librdkafka drops what it fetched for revoked partitions and fetches again
@@ -156,6 +161,7 @@ impl ConsumerContext for Ctx {
             Rebalance::Assign(tpl) => {
                 let parts: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 lock(&self.0.assigned).extend(parts);
+                self.0.rebalanced.store(true, Ordering::Relaxed);
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
             Rebalance::Revoke(_) => {}
@@ -245,6 +251,7 @@ pub fn run(
         failed_at_commit: Mutex::new(0),
         summary: Mutex::new(Summary::default()),
         watermarks: Mutex::new(HashMap::new()),
+        rebalanced: AtomicBool::new(false),
         error: Mutex::new(None),
     });
     let consumer: BaseConsumer<Ctx> = kafka::client_config(
@@ -270,10 +277,12 @@ pub fn run(
         let mut first = Some(Duration::from_millis(100));
         for _ in 0..BATCH {
             let msg = consumer.poll(first.take().unwrap_or(Duration::ZERO));
-            if let Some(e) = lock(&shared.error).take() {
-                return Err(e);
+            if shared.rebalanced.swap(false, Ordering::Relaxed) {
+                if let Some(e) = lock(&shared.error).take() {
+                    return Err(e);
+                }
+                adopt_assignments(&shared, &consumer, kafka_cfg, &task_cfg, restore_timeout)?;
             }
-            adopt_assignments(&shared, &consumer, kafka_cfg, &task_cfg, restore_timeout)?;
             let Some(msg) = msg else { break };
             let mut tasks = lock(&shared.tasks);
             match msg {
@@ -537,7 +546,7 @@ fn send_outputs(shared: &Shared, out: &mut Vec<Out>) -> anyhow::Result<()> {
 }
 
 fn add_task(into: &mut Summary, t: &Task) {
-    add(&mut into.counters, &t.pipeline().counters);
+    into.counters.absorb(&t.pipeline().counters);
     into.out_of_order += t.out_of_order();
     let _ = into.latency_ms.add(t.latency_ms());
     if let Some((a, b)) = t.busy() {
@@ -545,20 +554,5 @@ fn add_task(into: &mut Summary, t: &Task) {
             Some((x, y)) => (x.min(a), y.max(b)),
             None => (a, b),
         });
-    }
-}
-
-fn add(into: &mut Counters, c: &Counters) {
-    into.lines += c.lines;
-    into.observations += c.observations;
-    into.alerts += c.alerts;
-    for (k, v) in &c.decoded {
-        *into.decoded.entry(k.clone()).or_default() += v;
-    }
-    for (k, v) in &c.rejected {
-        *into.rejected.entry(k.clone()).or_default() += v;
-    }
-    for (k, v) in &c.filtered {
-        *into.filtered.entry(k.clone()).or_default() += v;
     }
 }
