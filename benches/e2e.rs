@@ -11,9 +11,7 @@
 //! Rates are over the busy span (first record to last), so group joins and checkpoint
 //! restores, which both sides pay once, do not dilute them.
 
-use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,49 +25,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 
-struct Broker(Child);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_broker() -> anyhow::Result<(Broker, String)> {
-    let bin = std::env::var_os("HERD_TANSU")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/herd/tansu/bin/tansu")
-        });
-    anyhow::ensure!(
-        bin.exists(),
-        "Tansu not found at {} (scripts/check installs it)",
-        bin.display()
-    );
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(bin)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let addr = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(&addr).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "the broker did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok((Broker(child), addr))
-}
+#[allow(dead_code, unreachable_pub)]
+#[path = "../tests/support/broker.rs"]
+mod broker;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -142,6 +100,23 @@ fn raw_consume(
     Ok(got as f64 / span.max(1e-9))
 }
 
+/// A plain consumer on its own thread recording produce→consume latency until `stop`
+/// (or `n` records).
+fn spawn_latency_consumer(
+    bootstrap: &str,
+    group: &'static str,
+    topics: Vec<String>,
+    n: u64,
+    stop: &Arc<AtomicBool>,
+) -> std::thread::JoinHandle<anyhow::Result<Histogram<u64>>> {
+    let (b, stop) = (bootstrap.to_owned(), Arc::clone(stop));
+    std::thread::spawn(move || {
+        let mut h = herd::stream::task::new_latency_histogram();
+        raw_consume(&b, group, &topics, n, Some(&mut h), &stop)?;
+        Ok(h)
+    })
+}
+
 fn pct(h: &Histogram<u64>, q: f64) -> u64 {
     h.value_at_quantile(q)
 }
@@ -173,7 +148,8 @@ fn main() -> anyhow::Result<()> {
     .iter()
     .map(|f| dir.join(f))
     .collect();
-    let (_broker, bootstrap) = start_broker()?;
+    let broker = broker::Broker::start(&dir.join("broker.log"));
+    let bootstrap = broker.bootstrap.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -251,30 +227,20 @@ fn main() -> anyhow::Result<()> {
         let (cfg, stop) = (cfg.clone(), Arc::clone(&stop));
         std::thread::spawn(move || herd::stream::worker::run(&cfg, &cfg.kafka, &stop))
     };
-    let base = {
-        let (b, topics, stop) = (
-            bootstrap.clone(),
-            cfg.stream.topics.inputs.clone(),
-            Arc::clone(&stop),
-        );
-        std::thread::spawn(move || -> anyhow::Result<Histogram<u64>> {
-            let mut h = herd::stream::task::new_latency_histogram();
-            raw_consume(&b, "lat-raw", &topics, n, Some(&mut h), &stop)?;
-            Ok(h)
-        })
-    };
-    let alerts = {
-        let (b, topic, stop) = (
-            bootstrap.clone(),
-            cfg.stream.topics.alerts.clone(),
-            Arc::clone(&stop),
-        );
-        std::thread::spawn(move || -> anyhow::Result<Histogram<u64>> {
-            let mut h = herd::stream::task::new_latency_histogram();
-            raw_consume(&b, "lat-alerts", &[topic], u64::MAX, Some(&mut h), &stop)?;
-            Ok(h)
-        })
-    };
+    let base = spawn_latency_consumer(
+        &bootstrap,
+        "lat-raw",
+        cfg.stream.topics.inputs.clone(),
+        n,
+        &stop,
+    );
+    let alerts = spawn_latency_consumer(
+        &bootstrap,
+        "lat-alerts",
+        vec![cfg.stream.topics.alerts.clone()],
+        u64::MAX,
+        &stop,
+    );
     // Let the consumers join before records flow.
     std::thread::sleep(Duration::from_secs(8));
     let half = (herd_rate / 2.0).max(100.0);

@@ -130,19 +130,32 @@ fn a_fleet_through_kafka_gives_the_same_incidents_as_replay_issue_3() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
+/// `--from`/`--until` arguments of `herd produce`.
 fn window(from: Option<i64>, until: Option<i64>) -> Vec<String> {
     let mut args = Vec::new();
-    if let Some(f) = from {
-        args.extend(["--from".to_owned(), f.to_string()]);
-    }
-    if let Some(u) = until {
-        args.extend(["--until".to_owned(), u.to_string()]);
+    for (flag, at) in [("--from", from), ("--until", until)] {
+        if let Some(at) = at {
+            args.extend([flag.to_owned(), at.to_string()]);
+        }
     }
     args
+}
+
+/// Produces the records of `files` in the event-time window (see [`window`]).
+fn produce_window(
+    names: &Names,
+    broker: &Broker,
+    files: &[PathBuf],
+    from: Option<i64>,
+    until: Option<i64>,
+) {
+    let args = window(from, until);
+    produce(
+        names,
+        broker,
+        files,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
 }
 
 fn fleet_start_ms(dir: &Path) -> i64 {
@@ -164,13 +177,7 @@ fn a_leaving_worker_hands_its_groups_over_with_their_learned_state_issue_3() {
     let names = Names::new("handoff");
     let a = Worker::start(&names, &broker, dir.join("a.log"));
     let b = Worker::start(&names, &broker, dir.join("b.log"));
-    let args = window(None, Some(at));
-    produce(
-        &names,
-        &broker,
-        &files,
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    produce_window(&names, &broker, &files, None, Some(at));
     broker.wait_caught_up(&names, Duration::from_secs(300));
     // B leaves (SIGTERM): it checkpoints and commits, and A takes its partitions.
     let b_log = b.stop();
@@ -178,13 +185,7 @@ fn a_leaving_worker_hands_its_groups_over_with_their_learned_state_issue_3() {
         b_log.contains("restored task"),
         "B owned no partition, so nothing would be handed over:\n{b_log}"
     );
-    let args = window(Some(at), None);
-    produce(
-        &names,
-        &broker,
-        &files,
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    produce_window(&names, &broker, &files, Some(at), None);
     broker.wait_caught_up(&names, Duration::from_secs(300));
     let a_log = a.stop();
     let restored = a_log.matches("restored task").count();
@@ -293,11 +294,10 @@ fn poison_records_are_dead_lettered_with_reasons_and_the_stream_goes_on_issue_3(
         dir.join("worker.log"),
         &[("HERD_LIMITS__MAX_LINE_BYTES", "65536")],
     );
-    let (early, late) = (window(None, Some(mid)), window(Some(mid), None));
-    produce(&names, &broker, &files, &strs(&early));
+    produce_window(&names, &broker, &files, None, Some(mid));
     let topic = names.topic("samples");
     produce(&names, &broker, &[poison_file], &["--topic", &topic]);
-    produce(&names, &broker, &files, &strs(&late));
+    produce_window(&names, &broker, &files, Some(mid), None);
     broker.wait_caught_up(&names, Duration::from_secs(120));
     let log = worker.stop();
 
