@@ -311,6 +311,7 @@ mod tests {
             events: vec![],
             attack: vec![],
             labels: BTreeMap::new(),
+            evidence: None,
         }
     }
 

@@ -178,4 +178,8 @@ pub struct Alert {
     pub attack: Vec<String>,
     /// Kubernetes identity and other labels worth routing on.
     pub labels: BTreeMap<String, String>,
+    /// Where the evidence bundle is (or is being) written, when a response policy
+    /// captures it (`file:///var/lib/herd/evidence/<incident>/`, `s3://…`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub evidence: Option<String>,
 }

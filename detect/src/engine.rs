@@ -171,6 +171,21 @@ impl Engine {
             .map(|(k, _)| k.as_str())
     }
 
+    /// Live replicas of a group (not dead, seen within the replica TTL) at the engine's
+    /// latest event time, by container id. The
+    /// response policy's quorum guard counts on it.
+    pub fn live_replicas(&self, group: &str) -> Vec<&str> {
+        let now = self.state.now_ms;
+        let ttl = self.cfg.replica_ttl_ms;
+        self.state.groups.get(group).map_or_else(Vec::new, |g| {
+            g.replicas
+                .values()
+                .filter(|r| r.alive && now - r.last_seen_ms <= ttl)
+                .map(|r| r.cref.id.as_str())
+                .collect()
+        })
+    }
+
     /// Latest event time the engine has seen.
     pub fn now_ms(&self) -> i64 {
         self.state.now_ms

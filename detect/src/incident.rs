@@ -293,6 +293,7 @@ fn to_alert(o: &Open, c: &ContainerRef, now_ms: i64) -> Alert {
         events: o.events.clone(),
         attack: o.attack.iter().cloned().collect(),
         labels,
+        evidence: None,
     };
     alert.explanation = explain(&alert);
     alert

@@ -116,6 +116,7 @@ mod tests {
             events: vec![],
             attack: vec![],
             labels: BTreeMap::new(),
+            evidence: None,
         };
         let mut buf = Vec::new();
         {

@@ -1,0 +1,307 @@
+//! `capture`: the evidence of one container, collected through the Docker API at once
+//! (every call concurrently, so the bundle is complete in the time of the slowest) and
+//! written as one bundle ([`crate::evidence`]).
+
+use bollard::Docker;
+use bollard::query_parameters::{LogsOptions, StatsOptions, TopOptions};
+use futures_util::StreamExt;
+
+use crate::command::Command;
+use crate::docker::classify;
+use crate::evidence::{BundleWriter, Manifest, Store};
+use crate::{Error, Result};
+
+/// What the agent kept of a container it was watching, for when the container is gone
+/// by the time the capture runs.
+#[derive(Debug, Clone, Default)]
+pub struct Cached {
+    /// The inspect document taken when the watch began.
+    pub inspect: Option<Vec<u8>>,
+    /// Log lines followed since the watch began (bounded).
+    pub logs: Vec<u8>,
+    /// Whether the followed logs were cut at their bound.
+    pub logs_truncated: bool,
+}
+
+/// Limits and identity of a capture.
+#[derive(Debug, Clone)]
+pub struct CaptureSpec {
+    /// Log lines to keep from the end.
+    pub logs_tail: u32,
+    /// Also `docker export` the filesystem.
+    pub export: bool,
+    /// Also commit the container to `herd-evidence:<incident>`.
+    pub commit: bool,
+    /// Start of the alert window (epoch ms): logs since then go to `logs-window.log`.
+    pub window_start_ms: i64,
+    /// Most bytes of each log artifact.
+    pub max_log_bytes: usize,
+    /// Most bytes of a filesystem export.
+    pub max_export_bytes: usize,
+    /// `policy:<name>`, `die`, `oom`.
+    pub trigger: String,
+    /// The collecting host.
+    pub host: String,
+    /// `herd-agent/<version>`.
+    pub collector: String,
+}
+
+/// Collects and writes the bundle. Fails without writing anything when the engine is
+/// unreachable (the caller may retry); otherwise writes every artifact it could get,
+/// records the others as missing, and returns the manifest and the bytes written.
+pub async fn capture(
+    docker: &Docker,
+    store: &Store,
+    cmd: &Command,
+    spec: &CaptureSpec,
+    cached: Option<&Cached>,
+) -> Result<(Manifest, u64)> {
+    docker.ping().await.map_err(|e| crate::docker::error(&e))?;
+    let id = cmd.container_id.as_str();
+    let src = |what: &str| format!("docker {what}");
+
+    let inspect = async {
+        docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| (classify(&e).0, e.to_string()))
+            .and_then(|v| serde_json::to_vec_pretty(&v).map_err(|e| ("encoding", e.to_string())))
+    };
+    let top = async {
+        docker
+            .top_processes(id, Some(TopOptions { ps_args: "-ef".into() }))
+            .await
+            .map_err(|e| (classify(&e).0, e.to_string()))
+            .and_then(|v| serde_json::to_vec_pretty(&v).map_err(|e| ("encoding", e.to_string())))
+    };
+    let changes = async {
+        docker
+            .container_changes(id)
+            .await
+            .map_err(|e| (classify(&e).0, e.to_string()))
+            .and_then(|v| {
+                serde_json::to_vec_pretty(&v.unwrap_or_default())
+                    .map_err(|e| ("encoding", e.to_string()))
+            })
+    };
+    let stats = async {
+        let opts = StatsOptions {
+            stream: false,
+            one_shot: true,
+        };
+        match docker.stats(id, Some(opts)).next().await {
+            Some(Ok(s)) => serde_json::to_vec_pretty(&s).map_err(|e| ("encoding", e.to_string())),
+            Some(Err(e)) => Err((classify(&e).0, e.to_string())),
+            None => Err(("docker_error", "no stats returned".to_owned())),
+        }
+    };
+    let tail = logs(
+        docker,
+        id,
+        LogsOptions {
+            stdout: true,
+            stderr: true,
+            timestamps: true,
+            tail: spec.logs_tail.to_string(),
+            ..LogsOptions::default()
+        },
+        spec.max_log_bytes,
+    );
+    let window = logs(
+        docker,
+        id,
+        LogsOptions {
+            stdout: true,
+            stderr: true,
+            timestamps: true,
+            since: i32::try_from(spec.window_start_ms / 1000).unwrap_or(0),
+            tail: "all".into(),
+            ..LogsOptions::default()
+        },
+        spec.max_log_bytes,
+    );
+    let (inspect, top, changes, stats, tail, window) =
+        tokio::join!(inspect, top, changes, stats, tail, window);
+
+    let mut w = BundleWriter::new(store.clone(), &cmd.incident_id);
+    let gone = matches!(inspect, Err(("not_found", _)));
+    match (inspect, cached.and_then(|c| c.inspect.clone())) {
+        (Ok(b), _) => w.put("inspect.json", b, &src("GET /containers/{id}/json"), false).await?,
+        (Err(_), Some(b)) if gone => {
+            w.put(
+                "inspect.json",
+                b,
+                "herd-agent cache (taken at the alert; the container was gone at capture)",
+                false,
+            )
+            .await?
+        }
+        (Err((r, e)), _) => w.missing("inspect.json", format!("{r}: {e}")),
+    }
+    put_or_missing(&mut w, "processes.json", top.map(|b| (b, false)), &src("GET /containers/{id}/top")).await?;
+    put_or_missing(&mut w, "changes.json", changes.map(|b| (b, false)), &src("GET /containers/{id}/changes")).await?;
+    put_or_missing(&mut w, "stats.json", stats.map(|b| (b, false)), &src("GET /containers/{id}/stats?one-shot")).await?;
+    put_or_missing(&mut w, "logs-tail.log", tail, &src("GET /containers/{id}/logs?tail")).await?;
+    match (window, cached) {
+        (Ok((b, t)), _) => w.put("logs-window.log", b, &src("GET /containers/{id}/logs?since"), t).await?,
+        (Err(("not_found", _)), Some(c)) if !c.logs.is_empty() => {
+            w.put(
+                "logs-window.log",
+                c.logs.clone(),
+                "herd-agent log follower (from the alert; the container was gone at capture)",
+                c.logs_truncated,
+            )
+            .await?
+        }
+        (Err((r, e)), _) => w.missing("logs-window.log", format!("{r}: {e}")),
+    }
+    if !cmd.observations.is_empty() {
+        let mut lines = Vec::new();
+        for o in &cmd.observations {
+            lines.extend_from_slice(o.get().as_bytes());
+            lines.push(b'\n');
+        }
+        w.put("observations-before.jsonl", lines, "herd worker ring buffer", false).await?;
+    }
+    let mut notes = serde_json::Map::new();
+    if spec.export && !gone {
+        match export(docker, id, spec.max_export_bytes).await {
+            Ok((b, t)) => w.put("filesystem.tar", b, &src("GET /containers/{id}/export"), t).await?,
+            Err((r, e)) => w.missing("filesystem.tar", format!("{r}: {e}")),
+        }
+    }
+    if spec.commit && !gone {
+        let tag = crate::evidence::safe_name(&cmd.incident_id).to_ascii_lowercase();
+        let opts = bollard::query_parameters::CommitContainerOptions {
+            container: Some(id.to_owned()),
+            repo: Some("herd-evidence".into()),
+            tag: Some(tag.clone()),
+            comment: Some(format!("herd evidence of incident {}", cmd.incident_id)),
+            author: Some(spec.collector.clone()),
+            pause: false,
+            changes: None,
+        };
+        match docker
+            .commit_container(opts, bollard::models::ContainerConfig::default())
+            .await
+        {
+            Ok(r) => {
+                notes.insert("image".into(), format!("herd-evidence:{tag}").into());
+                notes.insert("image_id".into(), r.id.into());
+            }
+            Err(e) => w.missing("image", format!("{}: {e}", classify(&e).0)),
+        }
+    }
+    let manifest = Manifest {
+        format: 0,
+        incident_id: String::new(),
+        trigger: spec.trigger.clone(),
+        container_id: cmd.container_id.clone(),
+        container_name: cmd.container_name.clone(),
+        host: spec.host.clone(),
+        collector: spec.collector.clone(),
+        created: String::new(),
+        alert: cmd
+            .alert
+            .as_ref()
+            .map(|a| serde_json::to_value(a))
+            .transpose()?,
+        artifacts: Vec::new(),
+        missing: Vec::new(),
+        previous_manifest_sha256: None,
+        notes: if notes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::Value::Object(notes)
+        },
+    };
+    w.finish(manifest, "manifest.json").await
+}
+
+async fn put_or_missing(
+    w: &mut BundleWriter,
+    name: &str,
+    r: std::result::Result<(Vec<u8>, bool), (&'static str, String)>,
+    source: &str,
+) -> Result<()> {
+    match r {
+        Ok((b, t)) => w.put(name, b, source, t).await,
+        Err((reason, e)) => {
+            w.missing(name, format!("{reason}: {e}"));
+            Ok(())
+        }
+    }
+}
+
+/// Reads a log stream into at most `max` bytes (the newest are dropped past the bound,
+/// and the artifact says it was truncated).
+async fn logs(
+    docker: &Docker,
+    id: &str,
+    opts: LogsOptions,
+    max: usize,
+) -> std::result::Result<(Vec<u8>, bool), (&'static str, String)> {
+    let mut s = docker.logs(id, Some(opts));
+    let mut out = Vec::new();
+    while let Some(chunk) = s.next().await {
+        let chunk = chunk.map_err(|e| (classify(&e).0, e.to_string()))?;
+        let b = chunk.into_bytes();
+        if out.len() + b.len() > max {
+            out.extend_from_slice(&b[..max - out.len()]);
+            return Ok((out, true));
+        }
+        out.extend_from_slice(&b);
+    }
+    Ok((out, false))
+}
+
+async fn export(
+    docker: &Docker,
+    id: &str,
+    max: usize,
+) -> std::result::Result<(Vec<u8>, bool), (&'static str, String)> {
+    let mut s = docker.export_container(id);
+    let mut out = Vec::new();
+    while let Some(chunk) = s.next().await {
+        let b = chunk.map_err(|e| (classify(&e).0, e.to_string()))?;
+        if out.len() + b.len() > max {
+            out.extend_from_slice(&b[..max - out.len()]);
+            return Ok((out, true));
+        }
+        out.extend_from_slice(&b);
+    }
+    Ok((out, false))
+}
+
+/// `attach`: the observations after the alert, as an addendum chained to the first
+/// manifest by its hash.
+pub async fn attach(store: &Store, cmd: &Command, spec: &CaptureSpec) -> Result<(Manifest, u64)> {
+    let previous = match store.read(&cmd.incident_id, "manifest.json").await {
+        Ok(b) => Some(crate::evidence::sha256_hex(&b)),
+        Err(Error::Store(_)) => None,
+        Err(e) => return Err(e),
+    };
+    let mut w = BundleWriter::new(store.clone(), &cmd.incident_id);
+    let mut lines = Vec::new();
+    for o in &cmd.observations {
+        lines.extend_from_slice(o.get().as_bytes());
+        lines.push(b'\n');
+    }
+    w.put("observations-after.jsonl", lines, "herd worker ring buffer", false).await?;
+    let manifest = Manifest {
+        format: 0,
+        incident_id: String::new(),
+        trigger: "attach".into(),
+        container_id: cmd.container_id.clone(),
+        container_name: cmd.container_name.clone(),
+        host: spec.host.clone(),
+        collector: spec.collector.clone(),
+        created: String::new(),
+        alert: None,
+        artifacts: Vec::new(),
+        missing: Vec::new(),
+        previous_manifest_sha256: previous,
+        notes: serde_json::Value::Null,
+    };
+    w.finish(manifest, "manifest-after.json").await
+}
