@@ -92,6 +92,16 @@ pub enum Command {
         #[arg(long)]
         group_id: Option<String>,
     },
+    /// Run the node agent on this Docker host: publish stats samples and Docker events,
+    /// execute the commands of `herd.actions` for this host (capture, pause, isolate,
+    /// …) and publish their outcomes, until SIGTERM or SIGINT.
+    Agent {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// This host's name (overrides `agent.host`).
+        #[arg(long)]
+        host: Option<String>,
+    },
     /// The whole stream service in one process, with nothing to set up: an in-process
     /// Kafka, a simulated fleet produced to it on an accelerated clock, one worker.
     /// Prints alerts as they come and a summary at the end.
@@ -232,6 +242,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !quiet {
                 eprint!("{}", crate::replay::render_summary(&summary));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agent { kafka, host } => {
+            let mut cfg = kafka.load()?;
+            if host.is_some() {
+                cfg.agent.host = host;
+            }
+            crate::agent::serve(cfg)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { kafka, group_id } => {

@@ -9,7 +9,9 @@ use herd_detect::DetectConfig;
 use herd_ingest::{Limits, NormalizerConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::agent::AgentConfig;
 use crate::stream::StreamConfig;
+use crate::stream::respond::RespondConfig;
 
 /// Event-time ordering of replayed input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +52,10 @@ pub struct HerdConfig {
     pub replay: ReplayConfig,
     /// The stream service (`herd run`).
     pub stream: StreamConfig,
+    /// The worker's response loop: policies, evidence location, observation windows.
+    pub respond: RespondConfig,
+    /// The node agent (`herd agent`).
+    pub agent: AgentConfig,
     /// librdkafka properties, passed through to every client as they are
     /// (`"bootstrap.servers"`, `"security.protocol"`, `"sasl.username"`, ...).
     pub kafka: BTreeMap<String, String>,

@@ -5,12 +5,14 @@
 //! - [`input`]: bounded line reading and event-time ordering of several inputs;
 //! - [`replay`]: `herd replay`;
 //! - [`demo`]: `herd demo`, the stream service on an in-process Kafka with a simulated fleet;
-//! - [`stream`]: `herd run`, the Kafka stream service;
+//! - [`stream`]: `herd run`, the Kafka stream service (and its response loop);
+//! - [`agent`]: `herd agent`, the node agent: Docker collector and action executor;
 //! - [`consume`]: `herd consume`, a topic's records as JSON lines;
 //! - [`produce`]: `herd produce`, recorded lines into a topic;
 //! - [`simulate`]: `herd simulate`, a labelled synthetic fleet in the real formats;
 //! - [`evaluate`]: `herd evaluate`, recall/precision/delay of alerts against labels.
 
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod consume;

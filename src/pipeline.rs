@@ -156,6 +156,11 @@ impl Pipeline {
         Ok(())
     }
 
+    /// The observations the last [`Pipeline::process`] scored.
+    pub fn observations(&self) -> &[Observation] {
+        &self.obs
+    }
+
     /// Serialises normaliser and engine state.
     pub fn snapshot(&self) -> anyhow::Result<Vec<u8>> {
         let engine = String::from_utf8(self.engine.snapshot()?)?;

@@ -36,6 +36,7 @@ fn a_fleet_split_by_routing_key_loses_no_record_to_its_partitioning() {
         inputs: 3,
         max_routed_containers: 1000,
         max_idle: Duration::from_millis(1),
+        respond: None,
     };
     let n = 3usize;
     let mut tasks: Vec<Task> = (0..n)

@@ -18,9 +18,15 @@
 //! [`route`] says which worker owns a record (its routing key), for the stream service's
 //! re-keying of input that arrives keyed otherwise.
 //!
-//! What it must not do: score, keep baselines, or talk to Kafka or Docker. Those live in
-//! `herd-baseline`, `herd-detect` and the I/O layers that call this crate.
+//! [`collect`] (feature `docker`) is the agent's collector: Docker stats and events of
+//! one host through bollard, as records for the caller to publish.
+//!
+//! What it must not do: score, keep baselines, or talk to Kafka; without the `docker`
+//! feature it does no I/O at all. Scoring and baselines live in `herd-baseline` and
+//! `herd-detect`; Kafka in the binary.
 
+#[cfg(feature = "docker")]
+pub mod collect;
 pub mod decode;
 pub mod model;
 pub mod normalize;

@@ -19,6 +19,10 @@ pub struct Topics {
     pub dlq: String,
     /// Compacted group checkpoints, key = peer group.
     pub baselines: String,
+    /// Commands for the agents, key = host.
+    pub actions: String,
+    /// Outcomes of commands and refusals, key = host.
+    pub responses: String,
 }
 
 impl Default for Topics {
@@ -33,6 +37,8 @@ impl Default for Topics {
             alerts: "herd.alerts".into(),
             dlq: "herd.dlq".into(),
             baselines: "herd.baselines".into(),
+            actions: "herd.actions".into(),
+            responses: "herd.responses".into(),
         }
     }
 }

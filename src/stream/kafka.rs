@@ -138,7 +138,12 @@ pub async fn prepare_topics(
     let mut tasked: Vec<&str> = t.inputs.iter().map(String::as_str).collect();
     tasked.push(&t.repartition);
     tasked.push(&t.baselines);
-    let others = [t.alerts.as_str(), t.dlq.as_str()];
+    let others = [
+        t.alerts.as_str(),
+        t.dlq.as_str(),
+        t.actions.as_str(),
+        t.responses.as_str(),
+    ];
 
     let admin: AdminClient<DefaultClientContext> = {
         let mut c = ClientConfig::new();

@@ -6,6 +6,8 @@
 //!   reading checkpoints back;
 //! - [`task`]: one partition number across the input topics: routing, event-time merge,
 //!   the shared [`Pipeline`](crate::pipeline::Pipeline), checkpoints;
+//! - [`respond`]: per task, the observation ring, the policy decision on every alert and
+//!   the `attach` addenda (commands to `herd.actions`, refusals to `herd.responses`);
 //! - [`worker`]: the consumer loop, rebalance hand-off, commits and shutdown.
 //!
 //! Records are routed by image repository ([`herd_ingest::route`]); input keyed
@@ -15,6 +17,7 @@
 
 pub mod config;
 pub mod kafka;
+pub mod respond;
 pub mod task;
 pub mod worker;
 

@@ -15,6 +15,11 @@ use herd_ingest::{Limits, NormalizerConfig, Record, Reject, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use std::sync::Arc;
+
+use herd_respond::PolicyFile;
+
+use super::respond::{Publish, RespondConfig, Responder};
 use crate::pipeline::Pipeline;
 
 /// An input that is caught up but whose newest record is this far behind (in event
@@ -57,6 +62,10 @@ pub enum Out {
         /// Why.
         reject: Reject,
     },
+    /// Produce a command to the actions topic (key = host).
+    Command(Box<herd_respond::Command>),
+    /// Produce a response (a refusal) to the responses topic (key = host).
+    Response(Box<herd_respond::Response>),
     /// Produce the original record to the repartition topic under its routing key.
     Forward {
         /// Routing key.
@@ -140,6 +149,9 @@ pub struct Task {
     latency_ms: hdrhistogram::Histogram<u64>,
     /// When the first record was offered and the last one processed (busy span).
     busy: Option<(Instant, Instant)>,
+    /// The response loop, when policies are configured.
+    responder: Option<Responder>,
+    published: Vec<Publish>,
 }
 
 /// A task's checkpoint: records for `herd.baselines` and the positions they cover.
@@ -167,6 +179,8 @@ pub struct TaskConfig {
     pub max_routed_containers: usize,
     /// How long to wait for an idle input before merging without it.
     pub max_idle: Duration,
+    /// Response settings and the policies in force, when policies are configured.
+    pub respond: Option<(RespondConfig, Arc<PolicyFile>)>,
 }
 
 impl Task {
@@ -195,6 +209,11 @@ impl Task {
             out_of_order: 0,
             latency_ms: new_latency_histogram(),
             busy: None,
+            responder: cfg
+                .respond
+                .as_ref()
+                .map(|(c, p)| Responder::new(c.clone(), (**p).clone())),
+            published: Vec::new(),
         })
     }
 
@@ -234,6 +253,13 @@ impl Task {
         }
         t.checkpoint_ms = t.pipeline.engine().now_ms();
         Ok(t)
+    }
+
+    /// Puts a reloaded policy file in force.
+    pub fn reload_policies(&mut self, p: &PolicyFile) {
+        if let Some(r) = &mut self.responder {
+            r.reload(p.clone());
+        }
     }
 
     /// The partition number.
@@ -407,7 +433,21 @@ impl Task {
                     reject,
                 });
             }
+            if let Some(r) = &mut self.responder {
+                for o in self.pipeline.observations() {
+                    r.record(o);
+                }
+                for a in &mut self.alerts {
+                    let live = self.pipeline.engine().live_replicas(&a.group);
+                    r.on_alert(a, &live, &mut self.published);
+                }
+                r.tick(self.last_ts, &mut self.published);
+            }
             out.extend(self.alerts.drain(..).map(|a| Out::Alert(Box::new(a))));
+            out.extend(self.published.drain(..).map(|p| match p {
+                Publish::Command(c) => Out::Command(c),
+                Publish::Response(r) => Out::Response(r),
+            }));
             if let Some(created) = m.created_ms {
                 let _ = self
                     .latency_ms

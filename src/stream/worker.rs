@@ -233,13 +233,24 @@ pub fn run(
         .enumerate()
         .map(|(i, t)| (t.clone(), i))
         .collect();
-    let task_cfg = TaskConfig {
+    let mut policies = None;
+    let respond = match &cfg.respond.policy_file {
+        Some(path) => {
+            let (src, file) = super::respond::PolicySource::open(path)?;
+            policies = Some(src);
+            Some((cfg.respond.clone(), Arc::new(file)))
+        }
+        None => None,
+    };
+    let mut last_policy_poll = Instant::now();
+    let mut task_cfg = TaskConfig {
         limits: cfg.limits,
         normalizer: cfg.normalizer.clone(),
         detect: cfg.detect.clone(),
         inputs: topics.len(),
         max_routed_containers: scfg.max_routed_containers,
         max_idle: Duration::from_millis(scfg.max_task_idle_ms),
+        respond,
     };
     let shared = Arc::new(Shared {
         tasks: Mutex::new(BTreeMap::new()),
@@ -313,6 +324,17 @@ pub fn run(
             }
         }
         let now = Instant::now();
+        if let Some(src) = &mut policies
+            && now.duration_since(last_policy_poll) >= Duration::from_secs(1)
+        {
+            last_policy_poll = now;
+            if let Some(new) = src.poll() {
+                for t in lock(&shared.tasks).values_mut() {
+                    t.reload_policies(&new);
+                }
+                task_cfg.respond = Some((cfg.respond.clone(), new));
+            }
+        }
         {
             let mut tasks = lock(&shared.tasks);
             observe_watermarks(&shared, &mut tasks);
@@ -484,6 +506,24 @@ fn send_outputs(shared: &Shared, out: &mut Vec<Out>) -> anyhow::Result<()> {
                     &shared.producer,
                     BaseRecord::to(&t.alerts)
                         .key(a.group.as_bytes())
+                        .payload(line.as_slice()),
+                )?;
+            }
+            Out::Command(c) => {
+                let line = serde_json::to_vec(&c)?;
+                kafka::send(
+                    &shared.producer,
+                    BaseRecord::to(&t.actions)
+                        .key(c.host.as_bytes())
+                        .payload(line.as_slice()),
+                )?;
+            }
+            Out::Response(r) => {
+                let line = serde_json::to_vec(&r)?;
+                kafka::send(
+                    &shared.producer,
+                    BaseRecord::to(&t.responses)
+                        .key(r.host.as_bytes())
                         .payload(line.as_slice()),
                 )?;
             }

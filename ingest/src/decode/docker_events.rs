@@ -28,7 +28,9 @@ pub struct DockerEventRecord {
 }
 
 /// Attribute keys Docker adds that are not container labels.
-const DOCKER_KEYS: [&str; 7] = [
+const DOCKER_KEYS: [&str; 9] = [
+    "privileged",
+    "capAdd",
     "image",
     "name",
     "exitCode",
@@ -82,7 +84,11 @@ pub(super) fn decode(v: &Obj<'_>, l: &Limits) -> Result<Record, Reject> {
                 None => (action.trim(), ""),
             };
             let event = match verb {
-                "start" => Event::Start { privileged: None },
+                // Docker's own event says nothing of privileges; herd's agent adds them
+                // from the container's inspect.
+                "start" => Event::Start {
+                    privileged: attr("privileged").map(|p| p == "true"),
+                },
                 "die" => Event::Die {
                     exit_code: attr("exitCode").and_then(|s| s.parse().ok()),
                 },

@@ -1,0 +1,237 @@
+//! The worker's side of the response loop, per task: the observation ring buffer, the
+//! policy decision on every alert line, and the after-window attachments.
+//!
+//! - Every observation the task scores is kept per container for `before_ms + after_ms`
+//!   of event time (bounded per container and per task).
+//! - Every alert line goes through the [`Decider`] with the group's live replicas; the
+//!   commands it issues go to `herd.actions` (key = host), its refusals to
+//!   `herd.responses`. A `capture` carries the container's observations from the
+//!   window before the alert.
+//! - `after_ms` of event time after a capture, an `attach` command carries the
+//!   observations since the alert, which the agent adds to the bundle.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use herd_detect::Alert;
+use herd_ingest::Observation;
+use herd_respond::command::{Action, Command, Outcome, Response};
+use herd_respond::policy::{DEFAULT_TIMEOUT_MS, Decider, PolicyFile};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// `[respond]`: the worker's response settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RespondConfig {
+    /// The policy file (TOML); none means alerts only, no actions. Re-read when it
+    /// changes, without a restart.
+    pub policy_file: Option<std::path::PathBuf>,
+    /// Where the agents write bundles, for the alert's `evidence` field (the agents'
+    /// `agent.evidence_url` must be the same).
+    pub evidence_url: String,
+    /// Observations before the alert that a capture carries: five minutes.
+    pub before_ms: i64,
+    /// Observations after the alert that the `attach` addendum carries: two minutes.
+    pub after_ms: i64,
+    /// Most observations kept per container: five minutes at one-second sampling.
+    pub max_ring_per_container: usize,
+    /// Most containers with a ring per task; beyond it the least recently seen goes.
+    pub max_ring_containers: usize,
+}
+
+impl Default for RespondConfig {
+    fn default() -> Self {
+        Self {
+            policy_file: None,
+            evidence_url: "file:///var/lib/herd/evidence".into(),
+            before_ms: 300_000,
+            after_ms: 120_000,
+            max_ring_per_container: 420,
+            max_ring_containers: 50_000,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    due_ms: i64,
+    cmd: Command,
+}
+
+/// What the responder asks the worker to publish.
+#[derive(Debug)]
+pub enum Publish {
+    /// To `herd.actions`, key = host.
+    Command(Box<Command>),
+    /// To `herd.responses`, key = host.
+    Response(Box<Response>),
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Responder {
+    cfg: RespondConfig,
+    decider: Decider,
+    ring: HashMap<String, (i64, VecDeque<Observation>)>,
+    pending: Vec<Pending>,
+}
+
+impl Responder {
+    /// A responder with its policies.
+    pub fn new(cfg: RespondConfig, policies: PolicyFile) -> Self {
+        Self {
+            decider: Decider::new(policies, cfg.evidence_url.clone()),
+            cfg,
+            ring: HashMap::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// Replaces the policies (reload).
+    pub fn reload(&mut self, policies: PolicyFile) {
+        self.decider.reload(policies);
+    }
+
+    /// Keeps an observation in its container's ring.
+    pub fn record(&mut self, o: &Observation) {
+        let keep = self.cfg.before_ms + self.cfg.after_ms;
+        if self.ring.len() >= self.cfg.max_ring_containers
+            && !self.ring.contains_key(&o.container.id)
+        {
+            let now = o.ts_ms;
+            self.ring.retain(|_, (seen, _)| now - *seen < keep);
+            if self.ring.len() >= self.cfg.max_ring_containers
+                && let Some(oldest) = self.ring.iter().min_by_key(|(_, (s, _))| *s).map(|(k, _)| k.clone())
+            {
+                self.ring.remove(&oldest);
+            }
+        }
+        let (seen, q) = self
+            .ring
+            .entry(o.container.id.clone())
+            .or_insert_with(|| (o.ts_ms, VecDeque::new()));
+        *seen = (*seen).max(o.ts_ms);
+        q.push_back(o.clone());
+        while q.len() > self.cfg.max_ring_per_container
+            || q.front().is_some_and(|f| o.ts_ms - f.ts_ms > keep)
+        {
+            q.pop_front();
+        }
+    }
+
+    fn window(&self, container: &str, from_ms: i64, to_ms: i64) -> Vec<Box<RawValue>> {
+        self.ring.get(container).map_or_else(Vec::new, |(_, q)| {
+            q.iter()
+                .filter(|o| o.ts_ms > from_ms && o.ts_ms <= to_ms)
+                .filter_map(|o| RawValue::from_string(herd_ingest::decode::encode_native(o)).ok())
+                .collect()
+        })
+    }
+
+    /// Decides on one alert line (setting its `evidence` when a capture is issued).
+    pub fn on_alert(&mut self, alert: &mut Alert, live: &[&str], out: &mut Vec<Publish>) {
+        let d = self.decider.decide(alert, live);
+        for mut cmd in d.commands {
+            if matches!(cmd.action, Action::Capture { .. }) {
+                cmd.observations = self.window(
+                    &cmd.container_id,
+                    cmd.alert_ms - self.cfg.before_ms,
+                    cmd.alert_ms,
+                );
+                if !cmd.dry_run {
+                    self.pending.push(Pending {
+                        due_ms: cmd.alert_ms + self.cfg.after_ms,
+                        cmd: Command {
+                            id: Command::key(&cmd.incident_id, &Action::Attach),
+                            action: Action::Attach,
+                            timeout_ms: DEFAULT_TIMEOUT_MS,
+                            alert: None,
+                            observations: Vec::new(),
+                            ..cmd.clone()
+                        },
+                    });
+                }
+            }
+            out.push(Publish::Command(Box::new(cmd)));
+        }
+        for r in d.refusals {
+            let resp = Response::to(&r.command, Outcome::Refused, &by()).because(r.reason, r.detail);
+            tracing::info!(
+                incident = %r.command.incident_id,
+                action = r.command.action.name(),
+                reason = r.reason,
+                "action refused"
+            );
+            out.push(Publish::Response(Box::new(resp)));
+        }
+    }
+
+    /// Issues the `attach` commands whose after-window has passed at event time `now_ms`.
+    pub fn tick(&mut self, now_ms: i64, out: &mut Vec<Publish>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let (due, later): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| p.due_ms <= now_ms);
+        self.pending = later;
+        for Pending { mut cmd, .. } in due {
+            cmd.observations =
+                self.window(&cmd.container_id, cmd.alert_ms, cmd.alert_ms + self.cfg.after_ms);
+            out.push(Publish::Command(Box::new(cmd)));
+        }
+    }
+
+    /// Containments in force in a group (for tests and metrics).
+    pub fn contained(&self, group: &str) -> usize {
+        self.decider.contained(group)
+    }
+}
+
+/// Who decided: recorded on refusals.
+pub fn by() -> String {
+    format!("herd-worker/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// A policy file read once and re-read when its modification time changes.
+#[derive(Debug)]
+pub struct PolicySource {
+    path: std::path::PathBuf,
+    mtime: Option<std::time::SystemTime>,
+}
+
+impl PolicySource {
+    /// Reads the file; fails at start-up on an invalid one.
+    pub fn open(path: &std::path::Path) -> anyhow::Result<(Self, PolicyFile)> {
+        let file = PolicyFile::load(path)?;
+        let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        Ok((
+            Self {
+                path: path.to_owned(),
+                mtime,
+            },
+            file,
+        ))
+    }
+
+    /// A new version when the file changed and is valid; an invalid one is logged and
+    /// the policies in force stay.
+    pub fn poll(&mut self) -> Option<Arc<PolicyFile>> {
+        let m = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        if m == self.mtime {
+            return None;
+        }
+        self.mtime = m;
+        match PolicyFile::load(&self.path) {
+            Ok(f) => {
+                tracing::info!(path = %self.path.display(), policies = f.policies.len(), "policies reloaded");
+                Some(Arc::new(f))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "policy file invalid; keeping the policies in force");
+                None
+            }
+        }
+    }
+}
