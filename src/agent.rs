@@ -41,6 +41,8 @@ pub struct AgentConfig {
     pub focus_ms: u64,
     /// Stats requests in flight at once.
     pub max_concurrent_stats: usize,
+    /// Watch only containers with this label (`key` or `key=value`); all when unset.
+    pub label: Option<String>,
     /// Topic of stats samples.
     pub samples_topic: String,
     /// Topic of Docker events.
@@ -79,6 +81,7 @@ impl Default for AgentConfig {
             fast_interval_ms: 1_000,
             focus_ms: 180_000,
             max_concurrent_stats: 16,
+            label: None,
             samples_topic: "herd.samples".into(),
             events_topic: "herd.events".into(),
             group_id: None,
@@ -170,6 +173,7 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
                 interval_ms: a.interval_ms,
                 fast_interval_ms: a.fast_interval_ms,
                 max_concurrent: a.max_concurrent_stats,
+                label: a.label.clone(),
             },
             tx,
             move || exec.watched(),
@@ -203,14 +207,20 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
                 if !key.is_empty() {
                     rec = rec.key(&key);
                 }
-                if let Err((e, _)) = producer.send(rec, Timeout::After(Duration::from_secs(30))).await {
+                if let Err((e, _)) = producer
+                    .send(rec, Timeout::After(Duration::from_secs(30)))
+                    .await
+                {
                     tracing::warn!(error = %e, topic = %topic, "publish failed");
                 }
             }
         })
     };
     let actions = {
-        let group = a.group_id.clone().unwrap_or_else(|| format!("herd-agent.{host}"));
+        let group = a
+            .group_id
+            .clone()
+            .unwrap_or_else(|| format!("herd-agent.{host}"));
         let mut c = rdkafka::ClientConfig::new();
         c.set("group.id", &group)
             .set("enable.auto.commit", "false")
@@ -250,8 +260,12 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
                         .map_or(0, |t| chrono::Utc::now().timestamp_millis() - t);
                     match decode_command(payload) {
                         Ok(cmd) if age > max_age => {
-                            let r = Response::to(&cmd, Outcome::Refused, &herd_respond::executor::collector())
-                                .because("stale", format!("issued {age} ms ago (limit {max_age} ms)"));
+                            let r = Response::to(
+                                &cmd,
+                                Outcome::Refused,
+                                &herd_respond::executor::collector(),
+                            )
+                            .because("stale", format!("issued {age} ms ago (limit {max_age} ms)"));
                             publish_response(&producer, &responses, &r).await;
                         }
                         Ok(cmd) => {
@@ -261,13 +275,32 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
                         Err((reason, detail)) => {
                             tracing::warn!(reason, %detail, "unreadable command sent to the dead-letter topic");
                             let headers = OwnedHeaders::new()
-                                .insert(Header { key: "herd.reason", value: Some(reason) })
-                                .insert(Header { key: "herd.detail", value: Some(detail.as_str()) })
-                                .insert(Header { key: "herd.source.topic", value: Some(m.topic()) })
-                                .insert(Header { key: "herd.source.partition", value: Some(&m.partition().to_string()) })
-                                .insert(Header { key: "herd.source.offset", value: Some(&m.offset().to_string()) });
-                            let rec = FutureRecord::<[u8], [u8]>::to(&dlq).payload(payload).headers(headers);
-                            let _ = producer.send(rec, Timeout::After(Duration::from_secs(30))).await;
+                                .insert(Header {
+                                    key: "herd.reason",
+                                    value: Some(reason),
+                                })
+                                .insert(Header {
+                                    key: "herd.detail",
+                                    value: Some(detail.as_str()),
+                                })
+                                .insert(Header {
+                                    key: "herd.source.topic",
+                                    value: Some(m.topic()),
+                                })
+                                .insert(Header {
+                                    key: "herd.source.partition",
+                                    value: Some(&m.partition().to_string()),
+                                })
+                                .insert(Header {
+                                    key: "herd.source.offset",
+                                    value: Some(&m.offset().to_string()),
+                                });
+                            let rec = FutureRecord::<[u8], [u8]>::to(&dlq)
+                                .payload(payload)
+                                .headers(headers);
+                            let _ = producer
+                                .send(rec, Timeout::After(Duration::from_secs(30)))
+                                .await;
                         }
                     }
                 }
@@ -316,7 +349,10 @@ async fn publish_response(producer: &FutureProducer, topic: &str, r: &Response) 
         return;
     };
     let rec = FutureRecord::to(topic).key(r.host.as_str()).payload(&line);
-    if let Err((e, _)) = producer.send(rec, Timeout::After(Duration::from_secs(30))).await {
+    if let Err((e, _)) = producer
+        .send(rec, Timeout::After(Duration::from_secs(30)))
+        .await
+    {
         tracing::error!(error = %e, command = %r.command_id, "response not published");
     }
 }

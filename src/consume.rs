@@ -19,6 +19,8 @@ use crate::stream::kafka::{Role, client_config};
 struct Printed<'a> {
     partition: i32,
     offset: i64,
+    /// The record's Kafka timestamp, epoch milliseconds.
+    timestamp_ms: Option<i64>,
     key: Option<std::borrow::Cow<'a, str>>,
     headers: BTreeMap<&'a str, std::borrow::Cow<'a, str>>,
     /// The payload as JSON when it parses, else as a string (lossy).
@@ -93,6 +95,7 @@ pub fn consume(
             &Printed {
                 partition: m.partition(),
                 offset: m.offset(),
+                timestamp_ms: m.timestamp().to_millis(),
                 key: m.key().map(String::from_utf8_lossy),
                 headers,
                 payload: json,

@@ -41,6 +41,10 @@ pub struct CollectorConfig {
     pub fast_interval_ms: u64,
     /// Stats requests in flight at once.
     pub max_concurrent: usize,
+    /// Only containers with this label (`key` or `key=value`, Docker's filter syntax)
+    /// are watched; none means all. Network events carry no container labels, so with
+    /// a filter they are not followed.
+    pub label: Option<String>,
 }
 
 /// Something the collector produced.
@@ -139,19 +143,19 @@ pub async fn run(
 ) -> crate::Result<()> {
     let mut containers: HashMap<String, Info> = HashMap::new();
     let (ev_tx, mut ev_rx) = mpsc::channel::<Option<EventMessage>>(1024);
-    let events = tokio::spawn(follow_events(docker.clone(), ev_tx));
+    let events = tokio::spawn(follow_events(docker.clone(), cfg.label.clone(), ev_tx));
     let (res_tx, mut res_rx) = mpsc::channel(cfg.max_concurrent.max(1) * 2);
     let sem = Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent.max(1)));
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    relist(&docker, &mut containers).await;
+    relist(&docker, cfg.label.as_deref(), &mut containers).await;
     let result = loop {
         tokio::select! {
             biased;
             _ = stop.changed() => break Ok(()),
             ev = ev_rx.recv() => match ev {
                 // The stream (re)connected: events may have been missed.
-                Some(None) => relist(&docker, &mut containers).await,
+                Some(None) => relist(&docker, cfg.label.as_deref(), &mut containers).await,
                 Some(Some(ev)) => {
                     if on_event(&docker, &cfg, &mut containers, ev, &out).await.is_err() {
                         break Ok(());
@@ -228,10 +232,12 @@ fn sample(host: &str, c: &mut Info, stats: Option<serde_json::Value>) -> Option<
     })
 }
 
-async fn relist(docker: &Docker, containers: &mut HashMap<String, Info>) {
+async fn relist(docker: &Docker, label: Option<&str>, containers: &mut HashMap<String, Info>) {
+    let filters = label.map(|l| HashMap::from([("label".to_owned(), vec![l.to_owned()])]));
     let listed = match docker
         .list_containers(Some(ListContainersOptions {
             all: false,
+            filters,
             ..ListContainersOptions::default()
         }))
         .await
@@ -333,14 +339,26 @@ async fn on_event(
 
 /// Follows `/events` (containers and networks), reconnecting with back-off. `None` on
 /// the channel says "(re)connected: list again".
-async fn follow_events(docker: Docker, tx: mpsc::Sender<Option<EventMessage>>) {
+async fn follow_events(
+    docker: Docker,
+    label: Option<String>,
+    tx: mpsc::Sender<Option<EventMessage>>,
+) {
     let mut backoff = Duration::from_millis(250);
     loop {
         let mut filters = HashMap::new();
-        filters.insert(
-            "type".to_owned(),
-            vec!["container".to_owned(), "network".to_owned()],
-        );
+        match &label {
+            Some(l) => {
+                filters.insert("type".to_owned(), vec!["container".to_owned()]);
+                filters.insert("label".to_owned(), vec![l.clone()]);
+            }
+            None => {
+                filters.insert(
+                    "type".to_owned(),
+                    vec!["container".to_owned(), "network".to_owned()],
+                );
+            }
+        }
         let since = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
@@ -404,7 +422,7 @@ mod tests {
         let Some(Emit::Sample { payload, .. }) = sample("h", &mut c, Some(s(3_000, 14_000))) else {
             panic!("no sample")
         };
-        let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&payload).expect("test fixture");
         assert_eq!(v["stats"]["precpu_stats"]["system_cpu_usage"], 10_000);
         assert_eq!(v["container"]["image_digest"], "sha256:aa");
         let rec = crate::Decoder::new(crate::Limits::default()).decode(&payload);

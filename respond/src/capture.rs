@@ -69,7 +69,12 @@ pub async fn capture(
     };
     let top = async {
         docker
-            .top_processes(id, Some(TopOptions { ps_args: "-ef".into() }))
+            .top_processes(
+                id,
+                Some(TopOptions {
+                    ps_args: "-ef".into(),
+                }),
+            )
             .await
             .map_err(|e| (classify(&e).0, e.to_string()))
             .and_then(|v| serde_json::to_vec_pretty(&v).map_err(|e| ("encoding", e.to_string())))
@@ -126,8 +131,11 @@ pub async fn capture(
     let mut w = BundleWriter::new(store.clone(), &cmd.incident_id);
     let gone = matches!(inspect, Err(("not_found", _)));
     match (inspect, cached.and_then(|c| c.inspect.clone())) {
-        (Ok(b), _) => w.put("inspect.json", b, &src("GET /containers/{id}/json"), false).await?,
-        (Err(_), Some(b)) if gone => {
+        (Ok(b), _) => {
+            w.put("inspect.json", b, &src("GET /containers/{id}/json"), false)
+                .await?
+        }
+        (Err(_), Some(b)) => {
             w.put(
                 "inspect.json",
                 b,
@@ -138,17 +146,61 @@ pub async fn capture(
         }
         (Err((r, e)), _) => w.missing("inspect.json", format!("{r}: {e}")),
     }
-    put_or_missing(&mut w, "processes.json", top.map(|b| (b, false)), &src("GET /containers/{id}/top")).await?;
-    put_or_missing(&mut w, "changes.json", changes.map(|b| (b, false)), &src("GET /containers/{id}/changes")).await?;
-    put_or_missing(&mut w, "stats.json", stats.map(|b| (b, false)), &src("GET /containers/{id}/stats?one-shot")).await?;
-    put_or_missing(&mut w, "logs-tail.log", tail, &src("GET /containers/{id}/logs?tail")).await?;
+    put_or_missing(
+        &mut w,
+        "processes.json",
+        top.map(|b| (b, false)),
+        &src("GET /containers/{id}/top"),
+    )
+    .await?;
+    put_or_missing(
+        &mut w,
+        "changes.json",
+        changes.map(|b| (b, false)),
+        &src("GET /containers/{id}/changes"),
+    )
+    .await?;
+    put_or_missing(
+        &mut w,
+        "stats.json",
+        stats.map(|b| (b, false)),
+        &src("GET /containers/{id}/stats?one-shot"),
+    )
+    .await?;
+    // A container dead or being removed cannot give its logs any more (404, or 409
+    // "marked for removal"); what the watch followed stands in for them.
+    let follower = "herd-agent log follower (from the alert; the container was gone at capture)";
+    match (tail, cached) {
+        (Ok((b, t)), _) => {
+            w.put(
+                "logs-tail.log",
+                b,
+                &src("GET /containers/{id}/logs?tail"),
+                t,
+            )
+            .await?
+        }
+        (Err(_), Some(c)) if !c.logs.is_empty() => {
+            w.put("logs-tail.log", c.logs.clone(), follower, c.logs_truncated)
+                .await?
+        }
+        (Err((r, e)), _) => w.missing("logs-tail.log", format!("{r}: {e}")),
+    }
     match (window, cached) {
-        (Ok((b, t)), _) => w.put("logs-window.log", b, &src("GET /containers/{id}/logs?since"), t).await?,
-        (Err(("not_found", _)), Some(c)) if !c.logs.is_empty() => {
+        (Ok((b, t)), _) => {
+            w.put(
+                "logs-window.log",
+                b,
+                &src("GET /containers/{id}/logs?since"),
+                t,
+            )
+            .await?
+        }
+        (Err(_), Some(c)) if !c.logs.is_empty() => {
             w.put(
                 "logs-window.log",
                 c.logs.clone(),
-                "herd-agent log follower (from the alert; the container was gone at capture)",
+                follower,
                 c.logs_truncated,
             )
             .await?
@@ -161,12 +213,21 @@ pub async fn capture(
             lines.extend_from_slice(o.get().as_bytes());
             lines.push(b'\n');
         }
-        w.put("observations-before.jsonl", lines, "herd worker ring buffer", false).await?;
+        w.put(
+            "observations-before.jsonl",
+            lines,
+            "herd worker ring buffer",
+            false,
+        )
+        .await?;
     }
     let mut notes = serde_json::Map::new();
     if spec.export && !gone {
         match export(docker, id, spec.max_export_bytes).await {
-            Ok((b, t)) => w.put("filesystem.tar", b, &src("GET /containers/{id}/export"), t).await?,
+            Ok((b, t)) => {
+                w.put("filesystem.tar", b, &src("GET /containers/{id}/export"), t)
+                    .await?
+            }
             Err((r, e)) => w.missing("filesystem.tar", format!("{r}: {e}")),
         }
     }
@@ -201,11 +262,7 @@ pub async fn capture(
         host: spec.host.clone(),
         collector: spec.collector.clone(),
         created: String::new(),
-        alert: cmd
-            .alert
-            .as_ref()
-            .map(|a| serde_json::to_value(a))
-            .transpose()?,
+        alert: cmd.alert.as_ref().map(serde_json::to_value).transpose()?,
         artifacts: Vec::new(),
         missing: Vec::new(),
         previous_manifest_sha256: None,
@@ -287,7 +344,13 @@ pub async fn attach(store: &Store, cmd: &Command, spec: &CaptureSpec) -> Result<
         lines.extend_from_slice(o.get().as_bytes());
         lines.push(b'\n');
     }
-    w.put("observations-after.jsonl", lines, "herd worker ring buffer", false).await?;
+    w.put(
+        "observations-after.jsonl",
+        lines,
+        "herd worker ring buffer",
+        false,
+    )
+    .await?;
     let manifest = Manifest {
         format: 0,
         incident_id: String::new(),

@@ -274,7 +274,7 @@ mod tests {
 
     #[test]
     fn actions_round_trip_with_defaults() {
-        let a: Action = serde_json::from_str(r#"{"kind":"capture"}"#).unwrap();
+        let a: Action = serde_json::from_str(r#"{"kind":"capture"}"#).expect("test fixture");
         assert_eq!(
             a,
             Action::Capture {
@@ -283,13 +283,15 @@ mod tests {
                 commit: false
             }
         );
-        let s: Action = serde_json::from_str(r#"{"kind":"stop","grace_s":3}"#).unwrap();
+        let s: Action =
+            serde_json::from_str(r#"{"kind":"stop","grace_s":3}"#).expect("test fixture");
         assert_eq!(s, Action::Stop { grace_s: 3 });
         assert!(s.contains() && !s.releases());
         assert!(Action::Release.releases());
         assert!(serde_json::from_str::<Action>(r#"{"kind":"stop","grace":3}"#).is_err());
         assert!(serde_json::from_str::<Action>(r#"{"kind":"rm"}"#).is_err());
-        let back: Action = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        let back: Action = serde_json::from_str(&serde_json::to_string(&a).expect("test fixture"))
+            .expect("test fixture");
         assert_eq!(back, a);
     }
 

@@ -6,15 +6,21 @@ use crate::{Error, Result};
 
 /// Connects to the engine (`DOCKER_HOST`, else the local socket) and negotiates the API
 /// version, so an engine older than bollard's default (Docker 20.10 speaks 1.41) works.
+/// An engine that cannot be reached now is not an error: the client is returned as it
+/// is, every call through it fails (and is recorded) until the engine is back, and the
+/// agent keeps running. An unusable `DOCKER_HOST` is an error.
 pub async fn connect() -> Result<Docker> {
     let d = Docker::connect_with_defaults().map_err(|e| Error::Docker {
         reason: "docker_unreachable",
         detail: e.to_string(),
     })?;
-    d.negotiate_version().await.map_err(|e| Error::Docker {
-        reason: "docker_unreachable",
-        detail: e.to_string(),
-    })
+    match d.clone().negotiate_version().await {
+        Ok(d) => Ok(d),
+        Err(e) => {
+            tracing::warn!(error = %e, "the Docker engine is unreachable; continuing without it");
+            Ok(d)
+        }
+    }
 }
 
 /// A bounded token for a Docker failure (the `reason` of a response) and whether trying

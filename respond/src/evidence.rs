@@ -140,7 +140,10 @@ impl Store {
     /// Opens a store by URL: `file:///var/lib/herd/evidence` (or a plain path) or
     /// `s3://bucket/prefix`, with `options` passed to the S3 client (`endpoint`,
     /// `region`, `allow_http`, …; credentials come from the usual AWS environment).
-    pub fn open<'a>(url: &str, options: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self> {
+    pub fn open<'a>(
+        url: &str,
+        options: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self> {
         let store_err = |e: object_store::Error| Error::Store(e.to_string());
         if !url.contains("://") || url.starts_with("file://") {
             let dir = PathBuf::from(url.strip_prefix("file://").unwrap_or(url));
@@ -284,7 +287,13 @@ impl BundleWriter {
     }
 
     /// Writes an artifact (once) and records it.
-    pub async fn put(&mut self, name: &str, bytes: Vec<u8>, source: &str, truncated: bool) -> Result<()> {
+    pub async fn put(
+        &mut self,
+        name: &str,
+        bytes: Vec<u8>,
+        source: &str,
+        truncated: bool,
+    ) -> Result<()> {
         let entry = Artifact {
             name: safe_name(name),
             sha256: sha256_hex(&bytes),
@@ -354,16 +363,22 @@ mod tests {
     }
 
     fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("test fixture")
     }
 
     #[test]
     fn bundles_are_written_once_hashed_and_read_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().to_str().unwrap(), []).unwrap();
+        let dir = tempfile::tempdir().expect("test fixture");
+        let store =
+            Store::open(dir.path().to_str().expect("test fixture"), []).expect("test fixture");
         rt().block_on(async {
             let mut w = BundleWriter::new(store.clone(), "inc/../1");
-            w.put("inspect.json", b"{}".to_vec(), "docker", false).await.unwrap();
+            w.put("inspect.json", b"{}".to_vec(), "docker", false)
+                .await
+                .expect("test fixture");
             w.missing("logs-tail.log", "not_found");
             let m = Manifest {
                 format: 0,
@@ -380,21 +395,39 @@ mod tests {
                 previous_manifest_sha256: None,
                 notes: serde_json::Value::Null,
             };
-            let (m, bytes) = w.finish(m, "manifest.json").await.unwrap();
+            let (m, bytes) = w.finish(m, "manifest.json").await.expect("test fixture");
             assert!(bytes > 2);
             assert_eq!(m.artifacts[0].sha256, sha256_hex(b"{}"));
             assert_eq!(m.missing.len(), 1);
             // Everything stayed inside one folder of the store.
-            let folder = dir.path().canonicalize().unwrap().join("inc_.._1");
+            let folder = dir
+                .path()
+                .canonicalize()
+                .expect("test fixture")
+                .join("inc_.._1");
             assert!(folder.join("manifest.json").exists());
-            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-            let again = store.put_once("inc/../1", "inspect.json", b"[]".to_vec()).await;
+            assert_eq!(
+                std::fs::read_dir(dir.path()).expect("test fixture").count(),
+                1
+            );
+            let again = store
+                .put_once("inc/../1", "inspect.json", b"[]".to_vec())
+                .await;
             assert!(matches!(again, Err(Error::AlreadyWritten(_))), "{again:?}");
-            assert_eq!(store.read("inc/../1", "inspect.json").await.unwrap(), b"{}");
+            assert_eq!(
+                store
+                    .read("inc/../1", "inspect.json")
+                    .await
+                    .expect("test fixture"),
+                b"{}"
+            );
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;
-                let mode = std::fs::metadata(folder.join("inspect.json")).unwrap().permissions().mode();
+                let mode = std::fs::metadata(folder.join("inspect.json"))
+                    .expect("test fixture")
+                    .permissions()
+                    .mode();
                 assert_eq!(mode & 0o777, 0o400);
             }
         });

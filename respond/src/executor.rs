@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::models::{EndpointSettings, NetworkConnectRequest, NetworkDisconnectRequest};
-use bollard::query_parameters::{KillContainerOptions, LogsOptions, RestartContainerOptions, StopContainerOptions};
+use bollard::query_parameters::{
+    KillContainerOptions, LogsOptions, RestartContainerOptions, StopContainerOptions,
+};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -121,7 +123,11 @@ impl Executor {
         std::fs::create_dir_all(cfg.state_dir.join("isolated")).map_err(io)?;
         let path = cfg.state_dir.join("executed.journal");
         let mut ids: Vec<String> = match std::fs::read_to_string(&path) {
-            Ok(t) => t.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect(),
+            Ok(t) => t
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(io(e)),
         };
@@ -237,10 +243,16 @@ impl Executor {
             );
         }
         if let Action::Notify { url } = &cmd.action
-            && !self.cfg.webhook_allow.iter().any(|p| url.starts_with(p.as_str()))
+            && !self
+                .cfg
+                .webhook_allow
+                .iter()
+                .any(|p| url.starts_with(p.as_str()))
         {
-            return Response::to(cmd, Outcome::Refused, &by)
-                .because("not_allowed", "the webhook is not in the agent's allow-list");
+            return Response::to(cmd, Outcome::Refused, &by).because(
+                "not_allowed",
+                "the webhook is not in the agent's allow-list",
+            );
         }
         if cmd.dry_run {
             let mut r = Response::to(cmd, Outcome::DryRun, &by);
@@ -266,7 +278,10 @@ impl Executor {
                     .because("duplicate", format!("{what} was already written")),
                 Ok(Err(e)) => {
                     let (reason, retry) = match &e {
-                        Error::Docker { reason, .. } => (*reason, matches!(*reason, "docker_unreachable" | "docker_error" | "timeout")),
+                        Error::Docker { reason, .. } => (
+                            *reason,
+                            matches!(*reason, "docker_unreachable" | "docker_error" | "timeout"),
+                        ),
                         Error::Http(_) => ("webhook_error", true),
                         _ => ("internal", false),
                     };
@@ -278,8 +293,10 @@ impl Executor {
                     }
                     Response::to(cmd, Outcome::Failed, &by).because(reason, e.to_string())
                 }
-                Err(_) => Response::to(cmd, Outcome::Failed, &by)
-                    .because("timeout", format!("gave up after {} ms", timeout.as_millis())),
+                Err(_) => Response::to(cmd, Outcome::Failed, &by).because(
+                    "timeout",
+                    format!("gave up after {} ms", timeout.as_millis()),
+                ),
             };
             r.attempts = attempts;
             return r;
@@ -290,7 +307,8 @@ impl Executor {
         let per_min = f64::from(self.cfg.max_actions_per_minute);
         let mut b = lock(&self.bucket);
         let now = Instant::now();
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * per_min / 60.0).min(per_min);
+        b.tokens =
+            (b.tokens + now.duration_since(b.at).as_secs_f64() * per_min / 60.0).min(per_min);
         b.at = now;
         if b.tokens < 1.0 {
             return false;
@@ -346,7 +364,8 @@ impl Executor {
                     p => format!("policy:{p}"),
                 };
                 let spec = self.spec(cmd, trigger);
-                let (m, bytes) = crate::capture::capture(d, &self.store, cmd, &spec, cached.as_ref()).await?;
+                let (m, bytes) =
+                    crate::capture::capture(d, &self.store, cmd, &spec, cached.as_ref()).await?;
                 Ok((
                     serde_json::json!({
                         "artifacts": m.artifacts.iter().map(|a| &a.name).collect::<Vec<_>>(),
@@ -369,11 +388,15 @@ impl Executor {
                 Ok((serde_json::json!({ "watch_ms": self.cfg.focus_ms }), None))
             }
             Action::Pause => match d.pause_container(id).await {
-                Err(e) if conflict_means_done(&e, "paused") => Ok((serde_json::json!({"already": true}), None)),
+                Err(e) if conflict_means_done(&e, "paused") => {
+                    Ok((serde_json::json!({"already": true}), None))
+                }
                 r => r.map(|()| (serde_json::Value::Null, None)).map_err(docker),
             },
             Action::Unpause => match d.unpause_container(id).await {
-                Err(e) if conflict_means_done(&e, "not paused") => Ok((serde_json::json!({"already": true}), None)),
+                Err(e) if conflict_means_done(&e, "not paused") => {
+                    Ok((serde_json::json!({"already": true}), None))
+                }
                 r => r.map(|()| (serde_json::Value::Null, None)).map_err(docker),
             },
             Action::Stop { grace_s } => {
@@ -428,7 +451,11 @@ impl Executor {
 
     async fn isolate(&self, id: &str) -> Result<(serde_json::Value, Option<String>)> {
         let docker = |e: bollard::errors::Error| crate::docker::error(&e);
-        let info = self.docker.inspect_container(id, None).await.map_err(docker)?;
+        let info = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(docker)?;
         let nets: Vec<(String, Option<EndpointSettings>)> = info
             .network_settings
             .and_then(|n| n.networks)
@@ -470,7 +497,10 @@ impl Executor {
                 container: id.to_owned(),
                 force: Some(true),
             };
-            self.docker.disconnect_network(name, req).await.map_err(docker)?;
+            self.docker
+                .disconnect_network(name, req)
+                .await
+                .map_err(docker)?;
         }
         Ok((
             serde_json::json!({ "disconnected": nets.iter().map(|(n, _)| n).collect::<Vec<_>>() }),
@@ -484,7 +514,10 @@ impl Executor {
         let rec: Isolation = match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok((serde_json::json!({ "reconnected": [], "note": "nothing was isolated" }), None));
+                return Ok((
+                    serde_json::json!({ "reconnected": [], "note": "nothing was isolated" }),
+                    None,
+                ));
             }
             Err(source) => {
                 return Err(Error::Io {
@@ -502,7 +535,11 @@ impl Executor {
             match self.docker.connect_network(name, req).await {
                 Ok(()) => done.push(name.clone()),
                 // Already connected (a release retried after a partial one).
-                Err(e) if classify(&e).0 == "conflict" || e.to_string().contains("already exists") => done.push(name.clone()),
+                Err(e)
+                    if classify(&e).0 == "conflict" || e.to_string().contains("already exists") =>
+                {
+                    done.push(name.clone())
+                }
                 Err(e) => return Err(docker(e)),
             }
         }

@@ -102,7 +102,11 @@ impl Responder {
             let now = o.ts_ms;
             self.ring.retain(|_, (seen, _)| now - *seen < keep);
             if self.ring.len() >= self.cfg.max_ring_containers
-                && let Some(oldest) = self.ring.iter().min_by_key(|(_, (s, _))| *s).map(|(k, _)| k.clone())
+                && let Some(oldest) = self
+                    .ring
+                    .iter()
+                    .min_by_key(|(_, (s, _))| *s)
+                    .map(|(k, _)| k.clone())
             {
                 self.ring.remove(&oldest);
             }
@@ -156,7 +160,8 @@ impl Responder {
             out.push(Publish::Command(Box::new(cmd)));
         }
         for r in d.refusals {
-            let resp = Response::to(&r.command, Outcome::Refused, &by()).because(r.reason, r.detail);
+            let resp =
+                Response::to(&r.command, Outcome::Refused, &by()).because(r.reason, r.detail);
             tracing::info!(
                 incident = %r.command.incident_id,
                 action = r.command.action.name(),
@@ -177,8 +182,11 @@ impl Responder {
             .partition(|p| p.due_ms <= now_ms);
         self.pending = later;
         for Pending { mut cmd, .. } in due {
-            cmd.observations =
-                self.window(&cmd.container_id, cmd.alert_ms, cmd.alert_ms + self.cfg.after_ms);
+            cmd.observations = self.window(
+                &cmd.container_id,
+                cmd.alert_ms,
+                cmd.alert_ms + self.cfg.after_ms,
+            );
             out.push(Publish::Command(Box::new(cmd)));
         }
     }
@@ -218,7 +226,9 @@ impl PolicySource {
     /// A new version when the file changed and is valid; an invalid one is logged and
     /// the policies in force stay.
     pub fn poll(&mut self) -> Option<Arc<PolicyFile>> {
-        let m = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        let m = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
         if m == self.mtime {
             return None;
         }

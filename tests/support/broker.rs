@@ -230,6 +230,13 @@ impl Names {
             ),
             ("HERD_STREAM__TOPICS__ALERTS".into(), self.topic("alerts")),
             ("HERD_STREAM__TOPICS__DLQ".into(), self.topic("dlq")),
+            ("HERD_STREAM__TOPICS__ACTIONS".into(), self.topic("actions")),
+            (
+                "HERD_STREAM__TOPICS__RESPONSES".into(),
+                self.topic("responses"),
+            ),
+            ("HERD_AGENT__SAMPLES_TOPIC".into(), self.topic("samples")),
+            ("HERD_AGENT__EVENTS_TOPIC".into(), self.topic("events")),
             (
                 "HERD_STREAM__TOPICS__BASELINES".into(),
                 self.topic("baselines"),

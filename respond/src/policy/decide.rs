@@ -204,10 +204,7 @@ impl Decider {
             });
             let already_held = set.contains_key(&cmd.container_id);
             if !already_held {
-                let held = set
-                    .keys()
-                    .filter(|id| live.contains(&id.as_str()))
-                    .count();
+                let held = set.keys().filter(|id| live.contains(&id.as_str())).count();
                 let is_live = live.contains(&cmd.container_id.as_str());
                 let running_after = live.len().saturating_sub(held + usize::from(is_live));
                 let share = (held + 1) as f64 / live.len().max(1) as f64;
@@ -290,7 +287,7 @@ mod tests {
         Alert {
             incident_id: incident.into(),
             ts: chrono::DateTime::from_timestamp(1_800_000_000 + ts_s, 0)
-                .unwrap()
+                .expect("test fixture")
                 .to_rfc3339(),
             seq: 0,
             container_id: container.into(),
@@ -316,7 +313,10 @@ mod tests {
         let text = format!(
             "{extra}\n[[policy]]\nname = \"contain\"\nmatch = {{ severity = \"high\" }}\nactions = [{{ action = \"capture\" }}, {{ action = \"pause\" }}]\n"
         );
-        Decider::new(PolicyFile::parse(&text).unwrap(), "file:///ev")
+        Decider::new(
+            PolicyFile::parse(&text).expect("test fixture"),
+            "file:///ev",
+        )
     }
 
     fn names(d: &Decision) -> Vec<&str> {
@@ -364,16 +364,23 @@ mod tests {
         assert_eq!(dec.contained("shop/web@sha256:ab"), 2);
         let d = dec.decide(&mut alert("i9", "c", 0, Severity::High), &live);
         assert_eq!(d.refusals[0].reason, "quorum");
-        assert!(d.refusals[0].detail.contains("3 of 4"), "{}", d.refusals[0].detail);
+        assert!(
+            d.refusals[0].detail.contains("3 of 4"),
+            "{}",
+            d.refusals[0].detail
+        );
     }
 
     #[test]
     fn dry_runs_do_not_count_as_contained() {
         let text = "[[policy]]\nname = \"p\"\nactions = [{ action = \"pause\", dry_run = true }]";
-        let mut dec = Decider::new(PolicyFile::parse(text).unwrap(), "file:///ev");
+        let mut dec = Decider::new(PolicyFile::parse(text).expect("test fixture"), "file:///ev");
         let live = ["a", "b"];
         for (i, c) in ["a", "b"].iter().enumerate() {
-            let d = dec.decide(&mut alert(&format!("i{i}"), c, 0, Severity::Low), &["a", "b"]);
+            let d = dec.decide(
+                &mut alert(&format!("i{i}"), c, 0, Severity::Low),
+                &["a", "b"],
+            );
             assert_eq!(names(&d), ["focus", "pause"], "{live:?}");
             assert!(d.commands[1].dry_run);
         }

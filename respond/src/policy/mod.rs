@@ -113,12 +113,17 @@ impl Matcher {
     pub fn accepts(&self, a: &Alert) -> bool {
         self.severity.is_none_or(|s| a.severity >= s)
             && (self.detectors.is_empty()
-                || a
-                    .detectors
+                || a.detectors
                     .iter()
                     .any(|d| self.detectors.iter().any(|n| n == d.as_str())))
-            && self.group.as_deref().is_none_or(|g| glob::matches(g, &a.group))
-            && self.image.as_deref().is_none_or(|g| glob::matches(g, &a.image))
+            && self
+                .group
+                .as_deref()
+                .is_none_or(|g| glob::matches(g, &a.group))
+            && self
+                .image
+                .as_deref()
+                .is_none_or(|g| glob::matches(g, &a.image))
             && self.labels.iter().all(|(k, g)| {
                 a.labels
                     .get(k)
@@ -157,9 +162,7 @@ impl TryFrom<toml::Table> for Step {
             Some(toml::Value::Integer(n)) if n > 0 => n as u64,
             Some(v) => return Err(format!("timeout_ms must be a positive integer, not {v}")),
         };
-        let kind = t
-            .remove("action")
-            .ok_or("a step needs `action = \"…\"`")?;
+        let kind = t.remove("action").ok_or("a step needs `action = \"…\"`")?;
         t.insert("kind".into(), kind);
         let keys: Vec<String> = t.keys().cloned().collect();
         let action: Action = toml::Value::Table(t)
@@ -168,10 +171,16 @@ impl TryFrom<toml::Table> for Step {
         // serde lets an action without fields ignore extra keys; a typo must not pass.
         let known = toml::Table::try_from(&action).unwrap_or_default();
         if let Some(k) = keys.iter().find(|k| !known.contains_key(k.as_str())) {
-            return Err(format!("unknown field `{k}` for action `{}`", action.name()));
+            return Err(format!(
+                "unknown field `{k}` for action `{}`",
+                action.name()
+            ));
         }
         if matches!(action, Action::Focus | Action::Attach) {
-            return Err(format!("`{}` is internal, not a policy action", action.name()));
+            return Err(format!(
+                "`{}` is internal, not a policy action",
+                action.name()
+            ));
         }
         Ok(Step {
             action,
@@ -301,7 +310,7 @@ actions = [{ action = "capture" }]
 
     #[test]
     fn parses_and_matches_first_policy() {
-        let f = PolicyFile::parse(SAMPLE).unwrap();
+        let f = PolicyFile::parse(SAMPLE).expect("test fixture");
         assert_eq!(f.policies.len(), 2);
         let p = &f.policies[0];
         assert_eq!(
@@ -335,8 +344,8 @@ actions = [{ action = "capture" }]
 
     #[test]
     fn steps_round_trip_through_toml() {
-        let f = PolicyFile::parse(SAMPLE).unwrap();
-        let text = toml::to_string(&f).unwrap();
-        assert_eq!(PolicyFile::parse(&text).unwrap(), f);
+        let f = PolicyFile::parse(SAMPLE).expect("test fixture");
+        let text = toml::to_string(&f).expect("test fixture");
+        assert_eq!(PolicyFile::parse(&text).expect("test fixture"), f);
     }
 }

@@ -1,0 +1,591 @@
+//! `herd agent` against the real Docker engine and a real broker (issue 4): busybox
+//! replicas, one misbehaving per group; samples and events on Kafka, an alert for the
+//! misbehaving replica only, an evidence bundle whose hashes match its manifest,
+//! containment seen by inspect, the quorum guard, capture of a container removed right
+//! after its alert, and Docker failures recorded on `herd.responses`.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde_json::Value;
+use sha2::Digest;
+use support::broker::{Broker, Names, Worker, consume, herd};
+use support::docker::{Fleet, image};
+
+/// A `herd agent` process; killed when dropped.
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(names: &Names, broker: &Broker, log: PathBuf, env: &[(&str, String)]) -> Agent {
+        let out = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
+        let child = herd()
+            .arg("agent")
+            .envs(names.env(broker))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("RUST_LOG", "herd=info,herd_respond=info,herd_ingest=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting herd agent: {e}"));
+        Agent { child, log }
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` every second until it returns `Some`, or fails with `what` and the logs.
+fn wait_for<T>(
+    what: &str,
+    within: Duration,
+    logs: &[&Path],
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            let mut text = String::new();
+            for l in logs {
+                let t = std::fs::read_to_string(l).unwrap_or_default();
+                let tail: Vec<&str> = t.lines().rev().take(40).collect();
+                text.push_str(&format!("\n--- {} (tail)\n", l.display()));
+                for line in tail.into_iter().rev() {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+            panic!("timed out waiting for {what}{text}");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn payloads(names: &Names, broker: &Broker, topic: &str) -> Vec<Value> {
+    consume(names, broker, &names.topic(topic))
+        .into_iter()
+        .filter_map(|r| r.get("payload").cloned())
+        .collect()
+}
+
+fn response<'a>(rs: &'a [Value], incident: &str, action: &str) -> Option<&'a Value> {
+    rs.iter()
+        .find(|r| r["incident_id"] == incident && r["action"] == action)
+}
+
+/// A one-request HTTP server on 127.0.0.1 that keeps what was posted.
+fn webhook() -> (String, std::sync::mpsc::Receiver<String>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let url = format!(
+        "http://{}/hook",
+        l.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut s = s;
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            // Headers, then Content-Length bytes of body.
+            while let Ok(n) = s.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(h) = text.find("\r\n\r\n") {
+                    let len = text[..h]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= h + 4 + len {
+                        let _ = tx.send(text[h + 4..].to_owned());
+                        break;
+                    }
+                }
+            }
+            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    (url, rx)
+}
+
+fn produce_command(broker: &Broker, topic: &str, key: &str, cmd: &Value) {
+    let p: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let line = cmd.to_string();
+    p.send(BaseRecord::to(topic).key(key).payload(&line))
+        .unwrap_or_else(|(e, _)| panic!("{e}"));
+    p.flush(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn command(host: &str, id: &str, container: &str, action: Value, timeout_ms: u64) -> Value {
+    serde_json::json!({
+        "format": 1, "id": id, "incident_id": id.split('/').next().unwrap_or(id),
+        "action": action, "dry_run": false, "timeout_ms": timeout_ms, "host": host,
+        "container_id": container, "container_name": container, "group": "g",
+        "policy": "test", "alert_ms": chrono::Utc::now().timestamp_millis(),
+    })
+}
+
+fn verify_bundle(dir: &Path, expect: &[&str]) -> Value {
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(dir.join("manifest.json"))
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display())),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let arts = manifest["artifacts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for a in &arts {
+        let name = a["name"].as_str().unwrap_or_default();
+        let bytes = std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let hash: String = sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            a["sha256"],
+            hash.as_str(),
+            "{name}: hash differs from the manifest"
+        );
+        assert_eq!(a["size"], bytes.len() as u64, "{name}: size differs");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.join(name))
+                .unwrap_or_else(|e| panic!("{e}"))
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o400, "{name} is not read-only for its owner");
+    }
+    for want in expect {
+        assert!(
+            arts.iter().any(|a| a["name"] == *want),
+            "{want} missing from the bundle: {manifest:#}"
+        );
+    }
+    manifest
+}
+
+#[test]
+fn agent_captures_evidence_and_contains_only_as_far_as_policy_says_issue_4() {
+    let broker = Broker::start(
+        &std::env::temp_dir().join(format!("herd-agent-broker-{}.log", std::process::id())),
+    );
+    let names = Names::new("agent");
+    let run = format!("herd-it-{}", std::process::id());
+    let host = format!("{run}-host");
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let evidence = tmp.path().join("evidence");
+    let (hook_url, hook_rx) = webhook();
+    let fleet = Fleet::new(&run);
+    let img_a = image("herd-test/a", "a");
+    let img_b = image("herd-test/b", "b");
+    let img_d = image("herd-test/d", "d");
+
+    let policy = tmp.path().join("policies.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"
+[guards]
+max_contained_share = 0.5
+
+[[policy]]
+name = "contain-a"
+match = {{ image = "herd-test/a:*" }}
+actions = [
+  {{ action = "capture" }},
+  {{ action = "isolate" }},
+  {{ action = "pause" }},
+  {{ action = "notify", url = "{hook_url}" }},
+]
+
+[[policy]]
+name = "solo-b"
+match = {{ image = "herd-test/b:*" }}
+actions = [{{ action = "capture" }}, {{ action = "stop", grace_s = 1 }}]
+"#
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let ev_url = format!("file://{}", evidence.display());
+    let common: Vec<(&str, String)> = vec![
+        ("HERD_RESPOND__POLICY_FILE", policy.display().to_string()),
+        ("HERD_RESPOND__EVIDENCE_URL", ev_url.clone()),
+        ("HERD_RESPOND__AFTER_MS", "5000".into()),
+        ("HERD_DETECT__CORROBORATION_MS", "5000".into()),
+        // Groups here are seconds old: score after 15 s of history instead of an hour.
+        ("HERD_DETECT__BASELINE__WARMUP_MS", "15000".into()),
+    ];
+    let worker_env: Vec<(&str, &str)> = common.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let worker_log = tmp.path().join("worker.log");
+    let worker = Worker::start_with(&names, &broker, worker_log.clone(), &worker_env);
+    let mut agent_env = common.clone();
+    agent_env.extend([
+        ("HERD_AGENT__HOST", host.clone()),
+        ("HERD_AGENT__LABEL", format!("herd.test={run}")),
+        ("HERD_AGENT__INTERVAL_MS", "1000".into()),
+        ("HERD_AGENT__EVIDENCE_URL", ev_url),
+        (
+            "HERD_AGENT__STATE_DIR",
+            tmp.path().join("state").display().to_string(),
+        ),
+        (
+            "HERD_AGENT__WEBHOOK_ALLOW",
+            "[\"http://127.0.0.1:\"]".into(),
+        ),
+    ]);
+    let agent_log = tmp.path().join("agent.log");
+    let mut agent = Agent::start(&names, &broker, agent_log.clone(), &agent_env);
+    let logs = [worker_log.as_path(), agent_log.as_path()];
+
+    let a: Vec<String> = (0..3)
+        .map(|i| fleet.start(&img_a, &format!("a{i}")))
+        .collect();
+    let b0 = fleet.start(&img_b, "b0");
+    let d: Vec<String> = (0..3)
+        .map(|i| fleet.start(&img_d, &format!("d{i}")))
+        .collect();
+    let all: Vec<&String> = a.iter().chain([&b0]).chain(d.iter()).collect();
+    let started = Instant::now();
+
+    // Samples (agent envelopes) and events (start) of every container arrive on Kafka.
+    wait_for(
+        "samples of every container",
+        Duration::from_secs(60),
+        &logs,
+        || {
+            let s = payloads(&names, &broker, "samples");
+            let ok = all.iter().all(|id| {
+                s.iter()
+                    .filter(|p| p["container"]["id"] == id.as_str())
+                    .count()
+                    >= 8
+            });
+            ok.then_some(())
+        },
+    );
+    let events = payloads(&names, &broker, "events");
+    for id in &all {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["Actor"]["ID"] == id.as_str() && e["Action"] == "start"),
+            "no start event for {id}"
+        );
+    }
+    let sample = payloads(&names, &broker, "samples")
+        .into_iter()
+        .find(|p| p["container"]["id"] == a[0].as_str())
+        .unwrap_or_default();
+    assert_eq!(sample["host"], host.as_str());
+    assert_eq!(sample["container"]["image"], img_a.as_str());
+    assert!(
+        sample["container"]["image_digest"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("sha256:")
+    );
+    assert_eq!(sample["container"]["privileged"], false);
+
+    // Misbehave, once the groups are past their warm-up: one replica of each group.
+    std::thread::sleep(Duration::from_secs(22).saturating_sub(started.elapsed()));
+    fleet.exec_detached(
+        &a[0],
+        &[
+            "/bin/sh",
+            "-c",
+            "mkdir -p /tmp/.x && echo pwned > /tmp/.x/miner && yes > /dev/null",
+        ],
+    );
+    fleet.exec_detached(&b0, &["/bin/sh", "-c", "echo hi > /tmp/b; sleep 600"]);
+    fleet.exec_detached(&d[0], &["/bin/sh", "-c", "echo bye > /tmp/d; sleep 600"]);
+
+    let incident_of = |alerts: &[Value], id: &str| {
+        alerts
+            .iter()
+            .find(|x| x["container_id"] == id)
+            .and_then(|x| x["incident_id"].as_str().map(str::to_owned))
+    };
+    let (ia, ib, id0) = wait_for(
+        "alerts for a0, b0 and d0",
+        Duration::from_secs(90),
+        &logs,
+        || {
+            let al = payloads(&names, &broker, "alerts");
+            Some((
+                incident_of(&al, &a[0])?,
+                incident_of(&al, &b0)?,
+                incident_of(&al, &d[0])?,
+            ))
+        },
+    );
+
+    // d0: the agent has been told (focus); the container is removed right away. Its
+    // inspect and logs are still captured, by the die-triggered capture from the cache.
+    wait_for("focus on d0", Duration::from_secs(30), &logs, || {
+        let rs = payloads(&names, &broker, "responses");
+        response(&rs, &id0, "focus")
+            .filter(|r| r["outcome"] == "ok")
+            .map(|_| ())
+    });
+    let removed_at = Instant::now();
+    fleet.remove(&d[0]);
+    let rd = wait_for(
+        "the capture of removed d0",
+        Duration::from_secs(30),
+        &logs,
+        || {
+            let rs = payloads(&names, &broker, "responses");
+            response(&rs, &id0, "capture").cloned()
+        },
+    );
+    assert_eq!(rd["outcome"], "ok", "{rd:#}");
+    let md = verify_bundle(&evidence.join(&id0), &["inspect.json", "logs-window.log"]);
+    assert!(md["trigger"] == "die" || md["trigger"] == "oom", "{md:#}");
+    let logs_d =
+        std::fs::read_to_string(evidence.join(&id0).join("logs-window.log")).unwrap_or_default();
+    assert!(
+        logs_d.contains("tick"),
+        "the logs of the removed container were lost: {logs_d:?}"
+    );
+    eprintln!(
+        "d0 removed; its bundle was complete {} ms later",
+        removed_at.elapsed().as_millis()
+    );
+
+    // a0: capture, isolate, pause, notify, in that order, each ok.
+    let ra = wait_for("a0's actions", Duration::from_secs(60), &logs, || {
+        let rs = payloads(&names, &broker, "responses");
+        let got: Vec<Value> = ["capture", "isolate", "pause", "notify"]
+            .iter()
+            .filter_map(|act| response(&rs, &ia, act).cloned())
+            .collect();
+        (got.len() == 4).then_some(got)
+    });
+    for r in &ra {
+        assert_eq!(r["outcome"], "ok", "{r:#}\n{}", agent.log());
+    }
+    let insp = fleet.inspect(&a[0]);
+    let state = insp.state.clone().unwrap_or_default();
+    assert_eq!(state.paused, Some(true), "a0 is not paused");
+    let nets = insp
+        .network_settings
+        .and_then(|n| n.networks)
+        .unwrap_or_default();
+    assert!(
+        nets.is_empty(),
+        "a0 is still connected to {:?}",
+        nets.keys()
+    );
+    let posted = hook_rx
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("webhook: {e}"));
+    assert!(posted.contains(&ia), "the webhook got {posted}");
+    let dir_a = evidence.join(&ia);
+    let ma = verify_bundle(
+        &dir_a,
+        &[
+            "inspect.json",
+            "processes.json",
+            "changes.json",
+            "stats.json",
+            "logs-tail.log",
+            "logs-window.log",
+            "observations-before.jsonl",
+        ],
+    );
+    assert_eq!(ma["host"], host.as_str());
+    assert_eq!(ma["alert"]["incident_id"], ia.as_str());
+    assert!(ma["missing"].as_array().is_none_or(Vec::is_empty), "{ma:#}");
+    let changes = std::fs::read_to_string(dir_a.join("changes.json")).unwrap_or_default();
+    assert!(changes.contains("/tmp/.x/miner"), "{changes}");
+    let procs = std::fs::read_to_string(dir_a.join("processes.json")).unwrap_or_default();
+    assert!(procs.contains("yes"), "{procs}");
+    // The alert names its bundle.
+    let al = payloads(&names, &broker, "alerts");
+    assert!(al.iter().any(|x| {
+        x["incident_id"] == ia.as_str()
+            && x["evidence"]
+                .as_str()
+                .is_some_and(|e| e.ends_with(&format!("{ia}/")))
+    }));
+    // The after-window arrives as an addendum chained to the manifest.
+    wait_for(
+        "a0's after-window addendum",
+        Duration::from_secs(60),
+        &logs,
+        || dir_a.join("manifest-after.json").exists().then_some(()),
+    );
+    let after: Value = serde_json::from_slice(
+        &std::fs::read(dir_a.join("manifest-after.json")).unwrap_or_default(),
+    )
+    .unwrap_or_default();
+    let first: String =
+        sha2::Sha256::digest(std::fs::read(dir_a.join("manifest.json")).unwrap_or_default())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+    assert_eq!(after["previous_manifest_sha256"], first.as_str());
+
+    // b0 is its group's only replica: captured, but never stopped.
+    let rb = wait_for("b0's actions", Duration::from_secs(60), &logs, || {
+        let rs = payloads(&names, &broker, "responses");
+        Some((
+            response(&rs, &ib, "capture")?.clone(),
+            response(&rs, &ib, "stop")?.clone(),
+        ))
+    });
+    assert_eq!(rb.0["outcome"], "ok");
+    assert_eq!(rb.1["outcome"], "refused");
+    assert_eq!(rb.1["reason"], "quorum");
+    assert_eq!(fleet.inspect(&b0).state.and_then(|s| s.running), Some(true));
+
+    // Only the misbehaving replicas were alerted.
+    let alerted: std::collections::BTreeSet<String> = payloads(&names, &broker, "alerts")
+        .iter()
+        .filter_map(|x| x["container_id"].as_str().map(str::to_owned))
+        .collect();
+    let expected: std::collections::BTreeSet<String> =
+        [a[0].clone(), b0.clone(), d[0].clone()].into();
+    assert_eq!(alerted, expected, "alerts for well-behaved replicas");
+
+    // A redelivered command does nothing twice.
+    let actions = payloads(&names, &broker, "actions");
+    let capture_a = actions
+        .iter()
+        .find(|c| c["incident_id"] == ia.as_str() && c["action"]["kind"] == "capture")
+        .cloned()
+        .unwrap_or_default();
+    produce_command(&broker, &names.topic("actions"), &host, &capture_a);
+    // A container that is already gone: recorded, not retried.
+    produce_command(
+        &broker,
+        &names.topic("actions"),
+        &host,
+        &command(
+            &host,
+            "gone/pause",
+            "no-such-container",
+            serde_json::json!({"kind": "pause"}),
+            5000,
+        ),
+    );
+    let (dup, gone) = wait_for(
+        "the duplicate and the missing container",
+        Duration::from_secs(30),
+        &logs,
+        || {
+            let rs = payloads(&names, &broker, "responses");
+            let dup = rs
+                .iter()
+                .filter(|r| r["command_id"] == format!("{ia}/capture"))
+                .nth(1)?
+                .clone();
+            Some((dup, response(&rs, "gone", "pause")?.clone()))
+        },
+    );
+    assert_eq!(dup["outcome"], "duplicate");
+    assert_eq!(gone["outcome"], "failed");
+    assert_eq!(gone["reason"], "not_found");
+    assert_eq!(gone["attempts"], 1);
+
+    // The daemon unreachable: a second agent pointed at a dead socket (its file is
+    // there, nothing listens, as when dockerd stopped) records the failure after
+    // retrying, and keeps running.
+    let dead_sock = tmp.path().join("no-docker.sock");
+    drop(std::os::unix::net::UnixListener::bind(&dead_sock).unwrap_or_else(|e| panic!("{e}")));
+    let host2 = format!("{run}-nodocker");
+    let mut env2 = agent_env.clone();
+    env2.retain(|(k, _)| *k != "HERD_AGENT__HOST" && *k != "HERD_AGENT__STATE_DIR");
+    env2.extend([
+        ("HERD_AGENT__HOST", host2.clone()),
+        (
+            "HERD_AGENT__STATE_DIR",
+            tmp.path().join("state2").display().to_string(),
+        ),
+        ("DOCKER_HOST", format!("unix://{}", dead_sock.display())),
+    ]);
+    let mut agent2 = Agent::start(&names, &broker, tmp.path().join("agent2.log"), &env2);
+    produce_command(
+        &broker,
+        &names.topic("actions"),
+        &host2,
+        &command(
+            &host2,
+            "nodocker/pause",
+            &a[1],
+            serde_json::json!({"kind": "pause"}),
+            3000,
+        ),
+    );
+    let un = wait_for(
+        "the unreachable daemon's failure",
+        Duration::from_secs(60),
+        &[&tmp.path().join("agent2.log")],
+        || {
+            let rs = payloads(&names, &broker, "responses");
+            response(&rs, "nodocker", "pause").cloned()
+        },
+    );
+    assert_eq!(un["outcome"], "failed", "{un:#}");
+    assert_eq!(un["reason"], "docker_unreachable", "{un:#}");
+    assert!(
+        un["attempts"].as_u64().unwrap_or(0) >= 2,
+        "not retried: {un:#}"
+    );
+    assert!(
+        agent2.alive(),
+        "the agent died without its Docker engine:\n{}",
+        agent2.log()
+    );
+    assert!(agent.alive(), "{}", agent.log());
+    // a1 was never touched by the failed agent.
+    assert_eq!(
+        fleet.inspect(&a[1]).state.and_then(|s| s.paused),
+        Some(false)
+    );
+
+    // The pipeline went on: samples kept flowing after all this.
+    let before = payloads(&names, &broker, "samples").len();
+    wait_for("more samples", Duration::from_secs(20), &logs, || {
+        (payloads(&names, &broker, "samples").len() > before + 5).then_some(())
+    });
+    let _ = BTreeMap::<(), ()>::new();
+    drop(agent2);
+    drop(agent);
+    worker.stop();
+}
