@@ -4,12 +4,12 @@
 //! - The collector ([`herd_ingest::collect`]) publishes stats samples (agent envelope)
 //!   to `herd.samples` and Docker events to `herd.events`, keyed by routing key.
 //! - The executor ([`herd_respond::Executor`]) runs the commands of `herd.actions`
-//!   whose key is this host, one at a time in order, and publishes each outcome to
-//!   `herd.responses`; a command's offset is committed after its response is delivered.
+//!   whose key is this host and publishes each outcome to `herd.responses`. Commands of one container run in order, different containers
+//!   concurrently; an offset is committed once every command up to it is answered.
 //! - `focus` commands make the collector sample the container every second; a `die` or
 //!   `oom` of a watched container captures its evidence at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -141,21 +141,36 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
             .map(|(k, v)| (k.as_str(), v.as_str())),
     )
     .context("opening the evidence store")?;
-    let executor = Arc::new(Executor::new(
-        docker.clone(),
-        store,
-        ExecutorConfig {
-            host: host.clone(),
-            state_dir: a.state_dir.clone(),
-            before_ms: a.before_ms,
-            focus_ms: a.focus_ms,
-            max_log_bytes: a.max_log_bytes,
-            max_export_bytes: a.max_export_bytes,
-            max_actions_per_minute: a.max_actions_per_minute,
-            webhook_allow: a.webhook_allow.clone(),
-            capture_on_exit: a.capture_on_exit,
-        },
-    )?);
+    let latest: herd_ingest::collect::LatestStats = Arc::default();
+    let executor = Arc::new(
+        Executor::new(
+            docker.clone(),
+            store,
+            ExecutorConfig {
+                host: host.clone(),
+                state_dir: a.state_dir.clone(),
+                before_ms: a.before_ms,
+                focus_ms: a.focus_ms,
+                max_log_bytes: a.max_log_bytes,
+                max_export_bytes: a.max_export_bytes,
+                max_actions_per_minute: a.max_actions_per_minute,
+                webhook_allow: a.webhook_allow.clone(),
+                capture_on_exit: a.capture_on_exit,
+            },
+        )?
+        .with_stats_source({
+            let latest = Arc::clone(&latest);
+            let fresh = Duration::from_millis(a.interval_ms.saturating_mul(2));
+            Arc::new(move |id: &str| {
+                let l = latest
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                l.get(id)
+                    .filter(|(at, _)| at.elapsed() <= fresh)
+                    .map(|(at, b)| (at.elapsed().as_millis().max(1) as u64, b.clone()))
+            })
+        }),
+    );
     let producer: FutureProducer =
         crate::stream::kafka::client_config(&cfg.kafka, crate::stream::kafka::Role::Producer)
             .create()
@@ -177,6 +192,7 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
             },
             tx,
             move || exec.watched(),
+            Arc::clone(&latest),
             stop_rx.clone(),
         ))
     };
@@ -224,7 +240,9 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
         let mut c = rdkafka::ClientConfig::new();
         c.set("group.id", &group)
             .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            // Commands are few and urgent: do not let the broker hold a fetch long.
+            .set("fetch.wait.max.ms", "50");
         for (k, v) in &cfg.kafka {
             if k != "group.id" {
                 c.set(k, v);
@@ -239,9 +257,23 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
         let (host, max_age) = (host.clone(), a.max_command_age_ms);
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
+            let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(i32, i64)>();
+            let mut offsets = Offsets::default();
+            let mut queues: HashMap<String, tokio::sync::mpsc::Sender<Job>> = HashMap::new();
+            let ctx = QueueCtx {
+                exec,
+                producer: producer.clone(),
+                responses: responses.clone(),
+                done: done_tx.clone(),
+            };
             loop {
                 let m = tokio::select! {
+                    biased;
                     _ = stop.changed() => break,
+                    Some((p, o)) = done_rx.recv() => {
+                        offsets.done(&consumer, p, o);
+                        continue;
+                    }
                     m = consumer.recv() => m,
                 };
                 let m = match m {
@@ -252,60 +284,80 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
                         continue;
                     }
                 };
-                if m.key() == Some(host.as_bytes()) {
-                    let payload = m.payload().unwrap_or_default();
-                    let age = m
-                        .timestamp()
-                        .to_millis()
-                        .map_or(0, |t| chrono::Utc::now().timestamp_millis() - t);
-                    match decode_command(payload) {
-                        Ok(cmd) if age > max_age => {
-                            let r = Response::to(
-                                &cmd,
-                                Outcome::Refused,
-                                &herd_respond::executor::collector(),
-                            )
-                            .because("stale", format!("issued {age} ms ago (limit {max_age} ms)"));
-                            publish_response(&producer, &responses, &r).await;
+                let (p, o) = (m.partition(), m.offset());
+                offsets.seen(p, o);
+                if m.key() != Some(host.as_bytes()) {
+                    offsets.done(&consumer, p, o);
+                    continue;
+                }
+                let payload = m.payload().unwrap_or_default();
+                let age = m
+                    .timestamp()
+                    .to_millis()
+                    .map_or(0, |t| chrono::Utc::now().timestamp_millis() - t);
+                match decode_command(payload) {
+                    Ok(cmd) if age > max_age => {
+                        let r = Response::to(
+                            &cmd,
+                            Outcome::Refused,
+                            &herd_respond::executor::collector(),
+                        )
+                        .because("stale", format!("issued {age} ms ago (limit {max_age} ms)"));
+                        publish_response(&producer, &responses, &r).await;
+                        offsets.done(&consumer, p, o);
+                    }
+                    Ok(cmd) => {
+                        // One queue per container keeps its commands in order (capture
+                        // before pause); different containers go on concurrently.
+                        if queues.len() > 1024 {
+                            queues.retain(|_, q| !q.is_closed());
                         }
-                        Ok(cmd) => {
-                            let r = exec.execute(&cmd).await;
-                            publish_response(&producer, &responses, &r).await;
-                        }
-                        Err((reason, detail)) => {
-                            tracing::warn!(reason, %detail, "unreadable command sent to the dead-letter topic");
-                            let headers = OwnedHeaders::new()
-                                .insert(Header {
-                                    key: "herd.reason",
-                                    value: Some(reason),
-                                })
-                                .insert(Header {
-                                    key: "herd.detail",
-                                    value: Some(detail.as_str()),
-                                })
-                                .insert(Header {
-                                    key: "herd.source.topic",
-                                    value: Some(m.topic()),
-                                })
-                                .insert(Header {
-                                    key: "herd.source.partition",
-                                    value: Some(&m.partition().to_string()),
-                                })
-                                .insert(Header {
-                                    key: "herd.source.offset",
-                                    value: Some(&m.offset().to_string()),
-                                });
-                            let rec = FutureRecord::<[u8], [u8]>::to(&dlq)
-                                .payload(payload)
-                                .headers(headers);
-                            let _ = producer
-                                .send(rec, Timeout::After(Duration::from_secs(30)))
-                                .await;
+                        let key = cmd.container_id.clone();
+                        let mut job = (cmd, p, o);
+                        loop {
+                            let q = queues
+                                .entry(key.clone())
+                                .or_insert_with(|| spawn_queue(ctx.clone()));
+                            match q.send(job).await {
+                                Ok(()) => break,
+                                Err(tokio::sync::mpsc::error::SendError(j)) => {
+                                    queues.remove(&key);
+                                    job = j;
+                                }
+                            }
                         }
                     }
-                }
-                if let Err(e) = consumer.commit_message(&m, CommitMode::Async) {
-                    tracing::warn!(error = %e, "commit failed");
+                    Err((reason, detail)) => {
+                        tracing::warn!(reason, %detail, "unreadable command sent to the dead-letter topic");
+                        let headers = OwnedHeaders::new()
+                            .insert(Header {
+                                key: "herd.reason",
+                                value: Some(reason),
+                            })
+                            .insert(Header {
+                                key: "herd.detail",
+                                value: Some(detail.as_str()),
+                            })
+                            .insert(Header {
+                                key: "herd.source.topic",
+                                value: Some(m.topic()),
+                            })
+                            .insert(Header {
+                                key: "herd.source.partition",
+                                value: Some(&p.to_string()),
+                            })
+                            .insert(Header {
+                                key: "herd.source.offset",
+                                value: Some(&o.to_string()),
+                            });
+                        let rec = FutureRecord::<[u8], [u8]>::to(&dlq)
+                            .payload(payload)
+                            .headers(headers);
+                        let _ = producer
+                            .send(rec, Timeout::After(Duration::from_secs(30)))
+                            .await;
+                        offsets.done(&consumer, p, o);
+                    }
                 }
             }
         })
@@ -327,6 +379,87 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
     publisher.abort();
     let _ = rdkafka::producer::Producer::flush(&producer, Timeout::After(Duration::from_secs(10)));
     Ok(())
+}
+
+/// A command with the partition and offset it came from.
+type Job = (Command, i32, i64);
+
+#[derive(Clone)]
+struct QueueCtx {
+    exec: Arc<Executor>,
+    producer: FutureProducer,
+    responses: String,
+    done: tokio::sync::mpsc::UnboundedSender<(i32, i64)>,
+}
+
+/// A container's command queue: runs its commands one after another, publishes each
+/// response, then reports the offset done. Ends after a minute idle (a later command
+/// finds it closed and starts a new one); what is queued when it closes still runs.
+fn spawn_queue(ctx: QueueCtx) -> tokio::sync::mpsc::Sender<Job> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Job>(256);
+    tokio::spawn(async move {
+        let run = |(cmd, p, o): Job| {
+            let ctx = ctx.clone();
+            async move {
+                let r = ctx.exec.execute(&cmd).await;
+                publish_response(&ctx.producer, &ctx.responses, &r).await;
+                let _ = ctx.done.send((p, o));
+            }
+        };
+        while let Ok(Some(job)) = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+            run(job).await;
+        }
+        rx.close();
+        while let Ok(job) = rx.try_recv() {
+            run(job).await;
+        }
+    });
+    tx
+}
+
+/// Offsets of `herd.actions` seen and done, per partition: an offset is committed only
+/// when every command before it is done (its response published), so a crash
+/// redelivers what was in flight, and idempotence makes that harmless.
+#[derive(Default)]
+struct Offsets {
+    outstanding: BTreeMap<i32, std::collections::BTreeSet<i64>>,
+    high: BTreeMap<i32, i64>,
+    committed: BTreeMap<i32, i64>,
+}
+
+impl Offsets {
+    fn seen(&mut self, p: i32, o: i64) {
+        self.outstanding.entry(p).or_default().insert(o);
+        let h = self.high.entry(p).or_insert(o);
+        *h = (*h).max(o);
+    }
+
+    fn done(&mut self, consumer: &StreamConsumer, p: i32, o: i64) {
+        let set = self.outstanding.entry(p).or_default();
+        set.remove(&o);
+        let next = match set.first() {
+            Some(first) => *first,
+            None => self.high.get(&p).map_or(o, |h| *h) + 1,
+        };
+        if self.committed.get(&p).is_some_and(|c| *c >= next) {
+            return;
+        }
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let Some(topic) = consumer
+            .assignment()
+            .ok()
+            .and_then(|a| a.elements().first().map(|e| e.topic().to_owned()))
+        else {
+            return;
+        };
+        if tpl
+            .add_partition_offset(&topic, p, rdkafka::Offset::Offset(next))
+            .is_ok()
+            && consumer.commit(&tpl, CommitMode::Async).is_ok()
+        {
+            self.committed.insert(p, next);
+        }
+    }
 }
 
 fn decode_command(payload: &[u8]) -> Result<Command, (&'static str, String)> {

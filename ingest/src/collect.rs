@@ -132,19 +132,26 @@ struct Envelope<'a> {
     stats: serde_json::Value,
 }
 
+/// The latest stats-API object of every container sampled (JSON), with when it was
+/// taken: evidence capture reads it instead of asking the engine again. Entries of
+/// containers gone for ten minutes are dropped.
+pub type LatestStats = Arc<std::sync::Mutex<HashMap<String, (Instant, Vec<u8>)>>>;
+
 /// Runs until `stop` resolves or `out` is closed. `watched` is asked on every tick for
-/// the containers to sample fast.
+/// the containers to sample fast; `latest` receives every sample's stats object.
 pub async fn run(
     docker: Docker,
     cfg: CollectorConfig,
     out: mpsc::Sender<Emit>,
     watched: impl Fn() -> Vec<String>,
+    latest: LatestStats,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> crate::Result<()> {
     let mut containers: HashMap<String, Info> = HashMap::new();
     let (ev_tx, mut ev_rx) = mpsc::channel::<Option<EventMessage>>(1024);
     let events = tokio::spawn(follow_events(docker.clone(), cfg.label.clone(), ev_tx));
-    let (res_tx, mut res_rx) = mpsc::channel(cfg.max_concurrent.max(1) * 2);
+    let (res_tx, mut res_rx) =
+        mpsc::channel::<(String, Option<serde_json::Value>)>(cfg.max_concurrent.max(1) * 2);
     let sem = Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent.max(1)));
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -165,8 +172,20 @@ pub async fn run(
             },
             r = res_rx.recv() => {
                 let Some((id, stats)) = r else { break Ok(()) };
+                let running = containers.len();
                 let Some(c) = containers.get_mut(&id) else { continue };
                 c.in_flight = false;
+                if let Some(v) = &stats
+                    && let Ok(bytes) = serde_json::to_vec(v)
+                {
+                    let mut l = latest.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    // Gone containers stay ten minutes (a capture after death reads
+                    // them), and are pruned once they outnumber the running by 1,024.
+                    if l.len() > running + 1024 {
+                        l.retain(|_, (at, _)| at.elapsed() < Duration::from_secs(600));
+                    }
+                    l.insert(id.clone(), (Instant::now(), bytes));
+                }
                 if let Some(emit) = sample(&cfg.host, c, stats) && out.send(emit).await.is_err() {
                     break Ok(());
                 }

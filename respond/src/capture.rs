@@ -23,6 +23,9 @@ pub struct Cached {
     pub logs_truncated: bool,
 }
 
+/// The collector's latest stats sample of a container and its age, when it has one.
+pub type StatsSource = std::sync::Arc<dyn Fn(&str) -> Option<(u64, Vec<u8>)> + Send + Sync>;
+
 /// Limits and identity of a capture.
 #[derive(Debug, Clone)]
 pub struct CaptureSpec {
@@ -55,8 +58,11 @@ pub async fn capture(
     cmd: &Command,
     spec: &CaptureSpec,
     cached: Option<&Cached>,
+    latest_stats: Option<&StatsSource>,
 ) -> Result<(Manifest, u64)> {
+    let t0 = std::time::Instant::now();
     docker.ping().await.map_err(|e| crate::docker::error(&e))?;
+    let pinged_ms = t0.elapsed().as_millis() as u64;
     let id = cmd.container_id.as_str();
     let src = |what: &str| format!("docker {what}");
 
@@ -89,13 +95,21 @@ pub async fn capture(
                     .map_err(|e| ("encoding", e.to_string()))
             })
     };
+    let recent = latest_stats.and_then(|f| f(id));
     let stats = async {
+        // The collector sampled it within the last interval: no need to ask again (a
+        // one-shot stats call of a busy engine takes hundreds of milliseconds).
+        if let Some((age_ms, bytes)) = &recent {
+            return Ok((bytes.clone(), *age_ms));
+        }
         let opts = StatsOptions {
             stream: false,
             one_shot: true,
         };
         match docker.stats(id, Some(opts)).next().await {
-            Some(Ok(s)) => serde_json::to_vec_pretty(&s).map_err(|e| ("encoding", e.to_string())),
+            Some(Ok(s)) => serde_json::to_vec_pretty(&s)
+                .map(|b| (b, 0))
+                .map_err(|e| ("encoding", e.to_string())),
             Some(Err(e)) => Err((classify(&e).0, e.to_string())),
             None => Err(("docker_error", "no stats returned".to_owned())),
         }
@@ -125,8 +139,15 @@ pub async fn capture(
         },
         spec.max_log_bytes,
     );
-    let (inspect, top, changes, stats, tail, window) =
-        tokio::join!(inspect, top, changes, stats, tail, window);
+    let (inspect, top, changes, stats, tail, window) = tokio::join!(
+        timed("inspect", inspect),
+        timed("top", top),
+        timed("changes", changes),
+        timed("stats", stats),
+        timed("logs_tail", tail),
+        timed("logs_window", window)
+    );
+    let collected_ms = t0.elapsed().as_millis() as u64;
 
     let mut w = BundleWriter::new(store.clone(), &cmd.incident_id);
     let gone = matches!(inspect, Err(("not_found", _)));
@@ -160,13 +181,24 @@ pub async fn capture(
         &src("GET /containers/{id}/changes"),
     )
     .await?;
-    put_or_missing(
-        &mut w,
-        "stats.json",
-        stats.map(|b| (b, false)),
-        &src("GET /containers/{id}/stats?one-shot"),
-    )
-    .await?;
+    match stats {
+        Ok((b, 0)) => {
+            w.put(
+                "stats.json",
+                b,
+                &src("GET /containers/{id}/stats?one-shot"),
+                false,
+            )
+            .await?
+        }
+        Ok((b, age)) => {
+            let how = format!(
+                "herd-agent collector (its latest one-shot stats sample, {age} ms before capture)"
+            );
+            w.put("stats.json", b, &how, false).await?
+        }
+        Err((r, e)) => w.missing("stats.json", format!("{r}: {e}")),
+    }
     // A container dead or being removed cannot give its logs any more (404, or 409
     // "marked for removal"); what the watch followed stands in for them.
     let follower = "herd-agent log follower (from the alert; the container was gone at capture)";
@@ -272,7 +304,26 @@ pub async fn capture(
             serde_json::Value::Object(notes)
         },
     };
-    w.finish(manifest, "manifest.json").await
+    let r = w.finish(manifest, "manifest.json").await;
+    tracing::debug!(
+        pinged_ms,
+        collected_ms,
+        written_ms = t0.elapsed().as_millis() as u64,
+        "capture timing"
+    );
+    r
+}
+
+/// Runs a collection step and logs how long it took (debug level).
+async fn timed<T>(step: &'static str, f: impl std::future::Future<Output = T>) -> T {
+    let t = std::time::Instant::now();
+    let r = f.await;
+    tracing::debug!(
+        step,
+        elapsed_ms = t.elapsed().as_millis() as u64,
+        "capture step"
+    );
+    r
 }
 
 async fn put_or_missing(

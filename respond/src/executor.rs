@@ -8,6 +8,8 @@
 //! - **Dry run, timeout, retries:** every action can be a dry run; each has a timeout;
 //!   failures that another attempt can fix (engine unreachable, a 5xx) are retried with
 //!   back-off within the timeout, the others (container gone) are not.
+//! - **Concurrency:** commands run concurrently; the caller keeps the commands of one
+//!   container in order, and copies of one command never run at once.
 //! - **Rate limit** per host: at most `max_actions_per_minute` policy actions.
 //! - **Watches** (`focus`): the inspect document is taken at once and the logs are
 //!   followed into a bounded buffer, so that a container that dies or is removed right
@@ -96,7 +98,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// See the module documentation.
-#[derive(Debug)]
 pub struct Executor {
     docker: Docker,
     store: Store,
@@ -106,8 +107,23 @@ pub struct Executor {
     watches: Mutex<HashMap<String, Watch>>,
     bucket: Mutex<Bucket>,
     http: reqwest::Client,
-    /// Ids executing now: a command redelivered while its first copy runs waits for it.
-    running: tokio::sync::Mutex<()>,
+    /// The collector's latest stats samples.
+    latest_stats: Option<crate::capture::StatsSource>,
+    /// Command ids executing now: a copy of a command (a redelivery, or the capture a
+    /// container's death triggers while the policy's capture runs) waits for the first
+    /// and then answers `duplicate`.
+    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("cfg", &self.cfg)
+            .field("store", &self.store)
+            .field("watches", &lock(&self.watches).len())
+            .field("executed", &lock(&self.done).len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Most ids the journal keeps (older ones are dropped when it is compacted at start).
@@ -158,8 +174,15 @@ impl Executor {
             journal: Mutex::new(journal),
             watches: Mutex::new(HashMap::new()),
             http,
-            running: tokio::sync::Mutex::new(()),
+            inflight: Mutex::new(HashMap::new()),
+            latest_stats: None,
         })
+    }
+
+    /// Where captures read the collector's latest stats sample from.
+    pub fn with_stats_source(mut self, f: crate::capture::StatsSource) -> Self {
+        self.latest_stats = Some(f);
+        self
     }
 
     /// The bundle store.
@@ -202,8 +225,17 @@ impl Executor {
             dry_run = cmd.dry_run
         );
         let started = Instant::now();
-        let _one_at_a_time = self.running.lock().await;
-        let mut r = self.execute_inner(cmd).await;
+        let slot = Arc::clone(lock(&self.inflight).entry(cmd.id.clone()).or_default());
+        let mut r = {
+            let _one_copy_at_a_time = slot.lock().await;
+            self.execute_inner(cmd).await
+        };
+        {
+            let mut inflight = lock(&self.inflight);
+            if Arc::strong_count(&slot) == 2 {
+                inflight.remove(&cmd.id);
+            }
+        }
         r.duration_ms = started.elapsed().as_millis() as u64;
         if matches!(r.outcome, Outcome::Ok | Outcome::DryRun)
             && !matches!(cmd.action, Action::Focus)
@@ -364,8 +396,15 @@ impl Executor {
                     p => format!("policy:{p}"),
                 };
                 let spec = self.spec(cmd, trigger);
-                let (m, bytes) =
-                    crate::capture::capture(d, &self.store, cmd, &spec, cached.as_ref()).await?;
+                let (m, bytes) = crate::capture::capture(
+                    d,
+                    &self.store,
+                    cmd,
+                    &spec,
+                    cached.as_ref(),
+                    self.latest_stats.as_ref(),
+                )
+                .await?;
                 Ok((
                     serde_json::json!({
                         "artifacts": m.artifacts.iter().map(|a| &a.name).collect::<Vec<_>>(),
