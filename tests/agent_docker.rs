@@ -589,3 +589,221 @@ actions = [{{ action = "capture" }}, {{ action = "stop", grace_s = 1 }}]
     drop(agent);
     worker.stop();
 }
+
+/// Every action kind, sent straight to the agent: stop, restart, kill, unpause,
+/// isolate then release (networks restored), a capture with export and commit, a dry
+/// run that changes nothing, a timeout, and an unreadable command to the dead letters.
+#[test]
+fn agent_executes_each_action_as_inspect_sees_it_issue_4() {
+    let broker = Broker::start(
+        &std::env::temp_dir().join(format!("herd-actions-broker-{}.log", std::process::id())),
+    );
+    let names = Names::new("actions");
+    let run = format!("herd-act-{}", std::process::id());
+    let host = format!("{run}-host");
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let evidence = tmp.path().join("evidence");
+    let fleet = Fleet::new(&run);
+    let img = image("herd-test/a", "a");
+    let env: Vec<(&str, String)> = vec![
+        ("HERD_AGENT__HOST", host.clone()),
+        ("HERD_AGENT__LABEL", format!("herd.test={run}")),
+        (
+            "HERD_AGENT__EVIDENCE_URL",
+            format!("file://{}", evidence.display()),
+        ),
+        (
+            "HERD_AGENT__STATE_DIR",
+            tmp.path().join("state").display().to_string(),
+        ),
+    ];
+    let agent_log = tmp.path().join("agent.log");
+    let agent = Agent::start(&names, &broker, agent_log.clone(), &env);
+    let logs = [agent_log.as_path()];
+    let c: Vec<String> = (0..6)
+        .map(|i| fleet.start(&img, &format!("c{i}")))
+        .collect();
+    let topic = names.topic("actions");
+    let send = |id: &str, container: &str, action: Value, dry: bool, timeout_ms: u64| {
+        let mut cmd = command(&host, id, container, action, timeout_ms);
+        cmd["dry_run"] = Value::Bool(dry);
+        produce_command(&broker, &topic, &host, &cmd);
+    };
+    let answer = |incident: &str, action: &str| {
+        wait_for(
+            &format!("{incident}/{action}"),
+            Duration::from_secs(60),
+            &logs,
+            || {
+                let rs = payloads(&names, &broker, "responses");
+                response(&rs, incident, action).cloned()
+            },
+        )
+    };
+    let state = |id: &str| fleet.inspect(id).state.unwrap_or_default();
+    let restarted_before = state(&c[2]).started_at.clone();
+
+    send(
+        "i-stop/stop",
+        &c[0],
+        serde_json::json!({"kind": "stop", "grace_s": 1}),
+        false,
+        30_000,
+    );
+    send(
+        "i-kill/kill",
+        &c[1],
+        serde_json::json!({"kind": "kill"}),
+        false,
+        30_000,
+    );
+    send(
+        "i-restart/restart",
+        &c[2],
+        serde_json::json!({"kind": "restart", "grace_s": 1}),
+        false,
+        30_000,
+    );
+    send(
+        "i-dry/pause",
+        &c[3],
+        serde_json::json!({"kind": "pause"}),
+        true,
+        30_000,
+    );
+    send(
+        "i-iso/isolate",
+        &c[4],
+        serde_json::json!({"kind": "isolate"}),
+        false,
+        30_000,
+    );
+    send(
+        "i-exp/capture",
+        &c[5],
+        serde_json::json!({"kind": "capture", "export": true, "commit": true}),
+        false,
+        60_000,
+    );
+    produce_command(
+        &broker,
+        &topic,
+        &host,
+        &Value::String("not a command".into()),
+    );
+
+    assert_eq!(answer("i-stop", "stop")["outcome"], "ok");
+    assert_eq!(state(&c[0]).running, Some(false), "stop did not stop");
+    assert_eq!(answer("i-kill", "kill")["outcome"], "ok");
+    let killed = state(&c[1]);
+    assert_eq!(killed.running, Some(false), "kill did not kill");
+    assert_eq!(killed.exit_code, Some(137));
+    assert_eq!(answer("i-restart", "restart")["outcome"], "ok");
+    let st = state(&c[2]);
+    assert_eq!(st.running, Some(true));
+    assert_ne!(st.started_at, restarted_before, "restart did not restart");
+    let dry = answer("i-dry", "pause");
+    assert_eq!(dry["outcome"], "dry_run");
+    assert_eq!(
+        state(&c[3]).paused,
+        Some(false),
+        "a dry run paused the container"
+    );
+
+    let iso = answer("i-iso", "isolate");
+    assert_eq!(iso["outcome"], "ok", "{iso:#}");
+    assert_eq!(
+        iso["details"]["disconnected"],
+        serde_json::json!(["bridge"])
+    );
+    let nets = |id: &str| {
+        fleet
+            .inspect(id)
+            .network_settings
+            .and_then(|n| n.networks)
+            .unwrap_or_default()
+            .into_keys()
+            .collect::<Vec<_>>()
+    };
+    assert!(nets(&c[4]).is_empty());
+    send(
+        "i-iso/release",
+        &c[4],
+        serde_json::json!({"kind": "release"}),
+        false,
+        30_000,
+    );
+    assert_eq!(answer("i-iso", "release")["outcome"], "ok");
+    assert_eq!(
+        nets(&c[4]),
+        ["bridge"],
+        "release did not restore the network"
+    );
+
+    send(
+        "i-pause/pause",
+        &c[3],
+        serde_json::json!({"kind": "pause"}),
+        false,
+        30_000,
+    );
+    assert_eq!(answer("i-pause", "pause")["outcome"], "ok");
+    assert_eq!(state(&c[3]).paused, Some(true));
+    send(
+        "i-pause/unpause",
+        &c[3],
+        serde_json::json!({"kind": "unpause"}),
+        false,
+        30_000,
+    );
+    assert_eq!(answer("i-pause", "unpause")["outcome"], "ok");
+    assert_eq!(state(&c[3]).paused, Some(false));
+
+    let exp = answer("i-exp", "capture");
+    assert_eq!(exp["outcome"], "ok", "{exp:#}");
+    let m = verify_bundle(
+        &evidence.join("i-exp"),
+        &["inspect.json", "filesystem.tar", "changes.json"],
+    );
+    let image_ref = m["notes"]["image"].as_str().unwrap_or_default().to_owned();
+    assert!(image_ref.starts_with("herd-evidence:"), "{m:#}");
+    let present = std::process::Command::new("docker")
+        .args(["image", "inspect", &image_ref])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", "-f", &image_ref])
+        .output();
+    assert!(present, "the committed image {image_ref} is missing");
+    let tar = std::fs::read(evidence.join("i-exp").join("filesystem.tar")).unwrap_or_default();
+    assert!(
+        tar.windows(11).any(|w| w == b"bin/busybox"),
+        "the export holds no busybox"
+    );
+
+    // A timeout too short for any capture is recorded as one.
+    send(
+        "i-slow/capture",
+        &c[5],
+        serde_json::json!({"kind": "capture", "export": true}),
+        false,
+        1,
+    );
+    let slow = answer("i-slow", "capture");
+    assert_eq!(slow["outcome"], "failed");
+    assert_eq!(slow["reason"], "timeout");
+
+    // The unreadable command went to the dead letters with its reason.
+    let dlq = wait_for(
+        "the dead-lettered command",
+        Duration::from_secs(30),
+        &logs,
+        || {
+            consume(&names, &broker, &names.topic("dlq"))
+                .into_iter()
+                .next()
+        },
+    );
+    assert_eq!(dlq["headers"]["herd.reason"], "invalid_command");
+    drop(agent);
+}

@@ -685,3 +685,117 @@ impl Executor {
 fn conflict_means_done(e: &bollard::errors::Error, state: &str) -> bool {
     matches!(classify(e).0, "conflict" | "not_modified") && e.to_string().contains(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn executor(dir: &std::path::Path, per_minute: u32) -> Executor {
+        // An engine address nothing listens on: these tests never reach Docker.
+        let docker =
+            Docker::connect_with_http("http://127.0.0.1:9", 1, bollard::API_DEFAULT_VERSION)
+                .expect("client");
+        let store = Store::open(dir.join("ev").to_str().expect("utf-8"), []).expect("store");
+        Executor::new(
+            docker,
+            store,
+            ExecutorConfig {
+                host: "h".into(),
+                state_dir: dir.join("state"),
+                before_ms: 300_000,
+                focus_ms: 1_000,
+                max_log_bytes: 1 << 20,
+                max_export_bytes: 1 << 20,
+                max_actions_per_minute: per_minute,
+                webhook_allow: vec!["https://hooks.example/".into()],
+                capture_on_exit: true,
+            },
+        )
+        .expect("executor")
+    }
+
+    fn cmd(id: &str, action: Action, host: &str, dry_run: bool) -> Command {
+        Command {
+            format: crate::command::FORMAT,
+            id: Command::key(id, &action),
+            incident_id: id.into(),
+            action,
+            dry_run,
+            timeout_ms: 1_000,
+            host: host.into(),
+            container_id: "c".into(),
+            container_name: "c".into(),
+            group: "g".into(),
+            policy: "p".into(),
+            alert_ms: 0,
+            alert: None,
+            evidence: None,
+            observations: Vec::new(),
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn refuses_other_hosts_unlisted_webhooks_and_beyond_the_host_rate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ex = executor(dir.path(), 2);
+        rt().block_on(async {
+            let r = ex.execute(&cmd("i0", Action::Pause, "other", true)).await;
+            assert_eq!(
+                (r.outcome, r.reason.as_deref()),
+                (Outcome::Refused, Some("wrong_host"))
+            );
+            let hook = Action::Notify {
+                url: "http://127.0.0.1:1/steal".into(),
+            };
+            let r = ex.execute(&cmd("i1", hook, "h", true)).await;
+            assert_eq!(
+                (r.outcome, r.reason.as_deref()),
+                (Outcome::Refused, Some("not_allowed"))
+            );
+            // The refused webhook took the first token; one more action fits the minute.
+            let r = ex.execute(&cmd("i2", Action::Pause, "h", true)).await;
+            assert_eq!(r.outcome, Outcome::DryRun);
+            let r = ex.execute(&cmd("i3", Action::Pause, "h", true)).await;
+            assert_eq!(
+                (r.outcome, r.reason.as_deref()),
+                (Outcome::Refused, Some("rate_limit"))
+            );
+            // Focus is not a policy action: never rate-limited.
+            let r = ex.execute(&cmd("i4", Action::Focus, "h", true)).await;
+            assert_eq!(r.outcome, Outcome::DryRun);
+        });
+    }
+
+    #[test]
+    fn a_command_done_is_a_duplicate_even_after_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = cmd("inc", Action::Pause, "h", true);
+        {
+            let ex = executor(dir.path(), 60);
+            let r = rt().block_on(ex.execute(&c));
+            assert_eq!(r.outcome, Outcome::DryRun);
+            assert_eq!(rt().block_on(ex.execute(&c)).outcome, Outcome::Duplicate);
+        }
+        // A new executor reads the journal.
+        let ex = executor(dir.path(), 60);
+        assert_eq!(rt().block_on(ex.execute(&c)).outcome, Outcome::Duplicate);
+    }
+
+    #[test]
+    fn an_unreachable_engine_fails_after_retries_within_the_timeout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ex = executor(dir.path(), 60);
+        let r = rt().block_on(ex.execute(&cmd("inc", Action::Unpause, "h", false)));
+        assert_eq!(r.outcome, Outcome::Failed);
+        assert_eq!(r.reason.as_deref(), Some("docker_unreachable"));
+        assert!(r.attempts >= 2, "{r:?}");
+        assert!(r.duration_ms < 2_000, "{r:?}");
+    }
+}

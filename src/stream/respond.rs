@@ -245,3 +245,165 @@ impl PolicySource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use herd_detect::{Detector, Severity};
+    use herd_ingest::{ContainerRef, Payload};
+
+    use super::*;
+
+    fn obs(id: &str, ts_ms: i64) -> Observation {
+        Observation {
+            ts_ms,
+            container: Arc::new(ContainerRef {
+                id: id.into(),
+                name: Some(id.into()),
+                image: "shop/web:1".into(),
+                image_digest: None,
+                labels: BTreeMap::new(),
+                host: Some("h".into()),
+            }),
+            payload: Payload::Metrics(vec![("cpu_cores".into(), 0.5)]),
+        }
+    }
+
+    fn alert(ts_ms: i64) -> Alert {
+        Alert {
+            incident_id: "inc-1".into(),
+            ts: herd_ingest::time::format_ms(ts_ms),
+            seq: 0,
+            container_id: "a".into(),
+            container_name: "a".into(),
+            group: "shop/web:1".into(),
+            image: "shop/web:1".into(),
+            host: Some("h".into()),
+            severity: Severity::High,
+            score: 9.0,
+            threshold: 6.0,
+            detectors: vec![Detector::Peer],
+            explanation: String::new(),
+            features: vec![],
+            novel: vec![],
+            events: vec![],
+            attack: vec![],
+            labels: BTreeMap::new(),
+            evidence: None,
+        }
+    }
+
+    fn policies(text: &str) -> PolicyFile {
+        PolicyFile::parse(text).expect("policy")
+    }
+
+    #[test]
+    fn capture_carries_the_window_before_and_attach_the_window_after() {
+        let cfg = RespondConfig {
+            before_ms: 10_000,
+            after_ms: 5_000,
+            ..RespondConfig::default()
+        };
+        let mut r = Responder::new(
+            cfg,
+            policies("[[policy]]\nname = \"p\"\nactions = [{ action = \"capture\" }]"),
+        );
+        let t0 = 1_800_000_000_000;
+        for s in 0..=20 {
+            r.record(&obs("a", t0 + s * 1_000));
+            r.record(&obs("b", t0 + s * 1_000));
+        }
+        let mut out = Vec::new();
+        let mut a = alert(t0 + 20_000);
+        r.on_alert(&mut a, &["a", "b", "c"], &mut out);
+        assert_eq!(
+            a.evidence.as_deref(),
+            Some("file:///var/lib/herd/evidence/inc-1/")
+        );
+        let kinds: Vec<&str> = out
+            .iter()
+            .filter_map(|p| match p {
+                Publish::Command(c) => Some(c.action.name()),
+                Publish::Response(_) => None,
+            })
+            .collect();
+        assert_eq!(kinds, ["focus", "capture"]);
+        let Some(Publish::Command(cap)) = out.get(1) else {
+            panic!("no capture")
+        };
+        // Ten seconds before the alert, this container only: samples 11..=20.
+        assert_eq!(cap.observations.len(), 10);
+        assert!(cap.observations.iter().all(|o| o.get().contains("\"a\"")));
+        out.clear();
+        for s in 21..30 {
+            r.record(&obs("a", t0 + s * 1_000));
+        }
+        r.tick(t0 + 24_000, &mut out);
+        assert!(out.is_empty(), "attach before the after-window passed");
+        r.tick(t0 + 25_000, &mut out);
+        let Some(Publish::Command(att)) = out.first() else {
+            panic!("no attach")
+        };
+        assert_eq!(att.action, Action::Attach);
+        assert_eq!(att.id, "inc-1/attach");
+        assert_eq!(att.observations.len(), 5);
+    }
+
+    #[test]
+    fn refusals_become_responses_and_the_ring_is_bounded() {
+        let cfg = RespondConfig {
+            max_ring_per_container: 4,
+            max_ring_containers: 2,
+            ..RespondConfig::default()
+        };
+        let mut r = Responder::new(
+            cfg,
+            policies("[[policy]]\nname = \"p\"\nactions = [{ action = \"pause\" }]"),
+        );
+        for (i, id) in ["a", "b", "c"].iter().enumerate() {
+            for s in 0..10 {
+                r.record(&obs(id, 1_000 * (i as i64 * 10 + s)));
+            }
+        }
+        assert_eq!(r.ring.len(), 2, "oldest container evicted");
+        assert!(r.ring.values().all(|(_, q)| q.len() == 4));
+        let mut out = Vec::new();
+        r.on_alert(&mut alert(40_000), &["a"], &mut out);
+        let refused: Vec<&Response> = out
+            .iter()
+            .filter_map(|p| match p {
+                Publish::Response(x) => Some(x.as_ref()),
+                Publish::Command(_) => None,
+            })
+            .collect();
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].outcome, Outcome::Refused);
+        assert_eq!(refused[0].reason.as_deref(), Some("quorum"));
+    }
+
+    #[test]
+    fn a_policy_file_is_reloaded_when_it_changes_and_kept_when_invalid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "[[policy]]\nname = \"one\"\n").expect("write");
+        let (mut src, first) = PolicySource::open(&path).expect("open");
+        assert_eq!(first.policies[0].name, "one");
+        assert!(src.poll().is_none(), "unchanged");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, "[[policy]]\nname = \"two\"\n").expect("write");
+        let set_mtime = |secs: u64| {
+            let f = std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .expect("open");
+            f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+                .expect("mtime");
+        };
+        set_mtime(2_000_000_000);
+        assert_eq!(src.poll().expect("reloaded").policies[0].name, "two");
+        std::fs::write(&path, "[[policy]]\nname = \"three\"\nbogus = 1\n").expect("write");
+        set_mtime(2_000_000_100);
+        assert!(src.poll().is_none(), "an invalid file is not put in force");
+    }
+}
