@@ -201,43 +201,20 @@ pub async fn capture(
     }
     // A container dead or being removed cannot give its logs any more (404, or 409
     // "marked for removal"); what the watch followed stands in for them.
-    let follower = "herd-agent log follower (from the alert; the container was gone at capture)";
-    match (tail, cached) {
-        (Ok((b, t)), _) => {
-            w.put(
-                "logs-tail.log",
-                b,
-                &src("GET /containers/{id}/logs?tail"),
-                t,
-            )
-            .await?
+    for (name, api, got) in [
+        ("logs-tail.log", "GET /containers/{id}/logs?tail", tail),
+        ("logs-window.log", "GET /containers/{id}/logs?since", window),
+    ] {
+        match (got, cached) {
+            (Ok((b, t)), _) => w.put(name, b, &src(api), t).await?,
+            (Err(_), Some(c)) if !c.logs.is_empty() => {
+                let follower =
+                    "herd-agent log follower (from the alert; the container was gone at capture)";
+                w.put(name, c.logs.clone(), follower, c.logs_truncated)
+                    .await?
+            }
+            (Err((r, e)), _) => w.missing(name, format!("{r}: {e}")),
         }
-        (Err(_), Some(c)) if !c.logs.is_empty() => {
-            w.put("logs-tail.log", c.logs.clone(), follower, c.logs_truncated)
-                .await?
-        }
-        (Err((r, e)), _) => w.missing("logs-tail.log", format!("{r}: {e}")),
-    }
-    match (window, cached) {
-        (Ok((b, t)), _) => {
-            w.put(
-                "logs-window.log",
-                b,
-                &src("GET /containers/{id}/logs?since"),
-                t,
-            )
-            .await?
-        }
-        (Err(_), Some(c)) if !c.logs.is_empty() => {
-            w.put(
-                "logs-window.log",
-                c.logs.clone(),
-                follower,
-                c.logs_truncated,
-            )
-            .await?
-        }
-        (Err((r, e)), _) => w.missing("logs-window.log", format!("{r}: {e}")),
     }
     if !cmd.observations.is_empty() {
         let mut lines = Vec::new();

@@ -495,38 +495,30 @@ fn observe_watermarks(shared: &Shared, tasks: &mut BTreeMap<i32, Task>) {
     }
 }
 
+/// Produces one JSON line under a key.
+fn send_json(
+    shared: &Shared,
+    topic: &str,
+    key: &str,
+    v: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    let line = serde_json::to_vec(v)?;
+    kafka::send(
+        &shared.producer,
+        BaseRecord::to(topic)
+            .key(key.as_bytes())
+            .payload(line.as_slice()),
+    )
+}
+
 fn send_outputs(shared: &Shared, out: &mut Vec<Out>) -> anyhow::Result<()> {
     let t = &shared.cfg.topics;
     let (mut forwarded, mut dead) = (0, 0);
     for o in out.drain(..) {
         match o {
-            Out::Alert(a) => {
-                let line = serde_json::to_vec(&a)?;
-                kafka::send(
-                    &shared.producer,
-                    BaseRecord::to(&t.alerts)
-                        .key(a.group.as_bytes())
-                        .payload(line.as_slice()),
-                )?;
-            }
-            Out::Command(c) => {
-                let line = serde_json::to_vec(&c)?;
-                kafka::send(
-                    &shared.producer,
-                    BaseRecord::to(&t.actions)
-                        .key(c.host.as_bytes())
-                        .payload(line.as_slice()),
-                )?;
-            }
-            Out::Response(r) => {
-                let line = serde_json::to_vec(&r)?;
-                kafka::send(
-                    &shared.producer,
-                    BaseRecord::to(&t.responses)
-                        .key(r.host.as_bytes())
-                        .payload(line.as_slice()),
-                )?;
-            }
+            Out::Alert(a) => send_json(shared, &t.alerts, &a.group, &a)?,
+            Out::Command(c) => send_json(shared, &t.actions, &c.host, &c)?,
+            Out::Response(r) => send_json(shared, &t.responses, &r.host, &r)?,
             Out::Forward { key, payload } => {
                 forwarded += 1;
                 kafka::send(
