@@ -114,31 +114,27 @@ pub async fn capture(
             None => Err(("docker_error", "no stats returned".to_owned())),
         }
     };
-    let tail = logs(
-        docker,
-        id,
-        LogsOptions {
-            stdout: true,
-            stderr: true,
-            timestamps: true,
-            tail: spec.logs_tail.to_string(),
-            ..LogsOptions::default()
-        },
-        spec.max_log_bytes,
-    );
-    let window = logs(
-        docker,
-        id,
-        LogsOptions {
-            stdout: true,
-            stderr: true,
-            timestamps: true,
-            since: i32::try_from(spec.window_start_ms / 1000).unwrap_or(0),
-            tail: "all".into(),
-            ..LogsOptions::default()
-        },
-        spec.max_log_bytes,
-    );
+    let log = |opts: LogsOptions| {
+        let stream = docker
+            .logs(id, Some(opts))
+            .map(|r| r.map(bollard::container::LogOutput::into_bytes));
+        read_bounded(stream, spec.max_log_bytes)
+    };
+    let tail = log(LogsOptions {
+        stdout: true,
+        stderr: true,
+        timestamps: true,
+        tail: spec.logs_tail.to_string(),
+        ..LogsOptions::default()
+    });
+    let window = log(LogsOptions {
+        stdout: true,
+        stderr: true,
+        timestamps: true,
+        since: i32::try_from(spec.window_start_ms / 1000).unwrap_or(0),
+        tail: "all".into(),
+        ..LogsOptions::default()
+    });
     let (inspect, top, changes, stats, tail, window) = tokio::join!(
         timed("inspect", inspect),
         timed("top", top),
@@ -217,14 +213,9 @@ pub async fn capture(
         }
     }
     if !cmd.observations.is_empty() {
-        let mut lines = Vec::new();
-        for o in &cmd.observations {
-            lines.extend_from_slice(o.get().as_bytes());
-            lines.push(b'\n');
-        }
         w.put(
             "observations-before.jsonl",
-            lines,
+            jsonl(&cmd.observations),
             "herd worker ring buffer",
             false,
         )
@@ -232,7 +223,7 @@ pub async fn capture(
     }
     let mut notes = serde_json::Map::new();
     if spec.export && !gone {
-        match export(docker, id, spec.max_export_bytes).await {
+        match read_bounded(docker.export_container(id), spec.max_export_bytes).await {
             Ok((b, t)) => {
                 w.put("filesystem.tar", b, &src("GET /containers/{id}/export"), t)
                     .await?
@@ -263,23 +254,13 @@ pub async fn capture(
         }
     }
     let manifest = Manifest {
-        format: 0,
-        incident_id: String::new(),
-        trigger: spec.trigger.clone(),
-        container_id: cmd.container_id.clone(),
-        container_name: cmd.container_name.clone(),
-        host: spec.host.clone(),
-        collector: spec.collector.clone(),
-        created: String::new(),
         alert: cmd.alert.as_ref().map(serde_json::to_value).transpose()?,
-        artifacts: Vec::new(),
-        missing: Vec::new(),
-        previous_manifest_sha256: None,
         notes: if notes.is_empty() {
             serde_json::Value::Null
         } else {
             serde_json::Value::Object(notes)
         },
+        ..manifest_of(cmd, spec, &spec.trigger)
     };
     let r = w.finish(manifest, "manifest.json").await;
     tracing::debug!(
@@ -318,44 +299,54 @@ async fn put_or_missing(
     }
 }
 
-/// Reads a log stream into at most `max` bytes (the newest are dropped past the bound,
-/// and the artifact says it was truncated).
-async fn logs(
-    docker: &Docker,
-    id: &str,
-    opts: LogsOptions,
+/// Reads a stream of byte chunks into at most `max` bytes (what comes past the bound is
+/// dropped, and the artifact says it was truncated).
+async fn read_bounded<B: AsRef<[u8]>>(
+    s: impl futures_util::Stream<Item = std::result::Result<B, bollard::errors::Error>>,
     max: usize,
 ) -> std::result::Result<(Vec<u8>, bool), (&'static str, String)> {
-    let mut s = docker.logs(id, Some(opts));
+    let mut s = std::pin::pin!(s);
     let mut out = Vec::new();
     while let Some(chunk) = s.next().await {
         let chunk = chunk.map_err(|e| (classify(&e).0, e.to_string()))?;
-        let b = chunk.into_bytes();
+        let b = chunk.as_ref();
         if out.len() + b.len() > max {
             out.extend_from_slice(&b[..max - out.len()]);
             return Ok((out, true));
         }
-        out.extend_from_slice(&b);
+        out.extend_from_slice(b);
     }
     Ok((out, false))
 }
 
-async fn export(
-    docker: &Docker,
-    id: &str,
-    max: usize,
-) -> std::result::Result<(Vec<u8>, bool), (&'static str, String)> {
-    let mut s = docker.export_container(id);
-    let mut out = Vec::new();
-    while let Some(chunk) = s.next().await {
-        let b = chunk.map_err(|e| (classify(&e).0, e.to_string()))?;
-        if out.len() + b.len() > max {
-            out.extend_from_slice(&b[..max - out.len()]);
-            return Ok((out, true));
-        }
-        out.extend_from_slice(&b);
+/// Native lines, one per observation.
+fn jsonl(obs: &[Box<serde_json::value::RawValue>]) -> Vec<u8> {
+    let mut lines = Vec::with_capacity(obs.iter().map(|o| o.get().len() + 1).sum());
+    for o in obs {
+        lines.extend_from_slice(o.get().as_bytes());
+        lines.push(b'\n');
     }
-    Ok((out, false))
+    lines
+}
+
+/// A manifest of the command's container with nothing collected yet (the writer fills
+/// in the incident, the artifacts and the time).
+fn manifest_of(cmd: &Command, spec: &CaptureSpec, trigger: &str) -> Manifest {
+    Manifest {
+        format: 0,
+        incident_id: String::new(),
+        trigger: trigger.to_owned(),
+        container_id: cmd.container_id.clone(),
+        container_name: cmd.container_name.clone(),
+        host: spec.host.clone(),
+        collector: spec.collector.clone(),
+        created: String::new(),
+        alert: None,
+        artifacts: Vec::new(),
+        missing: Vec::new(),
+        previous_manifest_sha256: None,
+        notes: serde_json::Value::Null,
+    }
 }
 
 /// `attach`: the observations after the alert, as an addendum chained to the first
@@ -367,32 +358,16 @@ pub async fn attach(store: &Store, cmd: &Command, spec: &CaptureSpec) -> Result<
         Err(e) => return Err(e),
     };
     let mut w = BundleWriter::new(store.clone(), &cmd.incident_id);
-    let mut lines = Vec::new();
-    for o in &cmd.observations {
-        lines.extend_from_slice(o.get().as_bytes());
-        lines.push(b'\n');
-    }
     w.put(
         "observations-after.jsonl",
-        lines,
+        jsonl(&cmd.observations),
         "herd worker ring buffer",
         false,
     )
     .await?;
     let manifest = Manifest {
-        format: 0,
-        incident_id: String::new(),
-        trigger: "attach".into(),
-        container_id: cmd.container_id.clone(),
-        container_name: cmd.container_name.clone(),
-        host: spec.host.clone(),
-        collector: spec.collector.clone(),
-        created: String::new(),
-        alert: None,
-        artifacts: Vec::new(),
-        missing: Vec::new(),
         previous_manifest_sha256: previous,
-        notes: serde_json::Value::Null,
+        ..manifest_of(cmd, spec, "attach")
     };
     w.finish(manifest, "manifest-after.json").await
 }
