@@ -24,6 +24,23 @@ use rdkafka::util::Timeout;
 use serde::{Deserialize, Serialize};
 
 use crate::config::HerdConfig;
+use crate::metrics::{AgentMetrics, Health};
+
+/// What `/metrics` and the probes of `herd agent` serve.
+struct AgentOps {
+    metrics: Arc<AgentMetrics>,
+    health: Arc<Health>,
+}
+
+impl crate::http::Ops for AgentOps {
+    fn metrics(&self) -> String {
+        crate::metrics::encode(&self.metrics.registry)
+    }
+
+    fn health(&self) -> &Health {
+        &self.health
+    }
+}
 
 /// `[agent]`: the node agent's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,6 +147,20 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
     let a = cfg.agent.clone();
     let host = a.host.clone().unwrap_or_else(hostname);
     let topics = cfg.stream.topics.clone();
+    let metrics = Arc::new(AgentMetrics::new()?);
+    // Ready: the Docker engine answers and a broker is reachable (checked every few
+    // seconds); live: that check loop turns.
+    let health = Arc::new(Health::new(&["docker", "broker"], 60_000));
+    health.beat();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(addr) = cfg.http.addr()? {
+        let listener = crate::http::bind(addr).await?;
+        let ops = Arc::new(AgentOps {
+            metrics: Arc::clone(&metrics),
+            health: Arc::clone(&health),
+        });
+        tokio::spawn(crate::http::serve(listener, ops, stop_rx.clone()));
+    }
     crate::stream::kafka::prepare_topics(&cfg.kafka, &cfg.stream).await?;
     let docker = herd_respond::docker::connect()
         .await
@@ -176,8 +207,12 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
             .create()
             .context("creating the Kafka producer")?;
     tracing::info!(%host, evidence = %executor.store().url(), "agent started");
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let probe = tokio::spawn(probe(
+        docker.clone(),
+        producer.clone(),
+        Arc::clone(&health),
+        stop_rx.clone(),
+    ));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Emit>(4096);
     let collector = {
         let exec = Arc::clone(&executor);
@@ -197,7 +232,11 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
         ))
     };
     let publisher = {
-        let (producer, exec) = (producer.clone(), Arc::clone(&executor));
+        let (producer, exec, m) = (
+            producer.clone(),
+            Arc::clone(&executor),
+            Arc::clone(&metrics),
+        );
         let (samples, events, responses) = (
             a.samples_topic.clone(),
             a.events_topic.clone(),
@@ -206,14 +245,32 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
         tokio::spawn(async move {
             while let Some(e) = rx.recv().await {
                 let (topic, key, payload) = match e {
-                    Emit::Sample { key, payload } => (&samples, key, payload),
-                    Emit::Event { key, payload } => (&events, key, payload),
+                    Emit::Sample { key, payload } => {
+                        m.samples.inc();
+                        (&samples, key, payload)
+                    }
+                    Emit::Event { key, payload } => {
+                        m.events.inc();
+                        (&events, key, payload)
+                    }
+                    Emit::SampleFailed { reason } => {
+                        m.sampling_errors.with_label_values(&[reason]).inc();
+                        continue;
+                    }
+                    Emit::Tracked(n) => {
+                        m.containers.set(n as i64);
+                        continue;
+                    }
                     Emit::Exit { id, why } => {
-                        let (exec, producer, responses) =
-                            (Arc::clone(&exec), producer.clone(), responses.clone());
+                        let (exec, producer, responses, m) = (
+                            Arc::clone(&exec),
+                            producer.clone(),
+                            responses.clone(),
+                            Arc::clone(&m),
+                        );
                         tokio::spawn(async move {
                             if let Some(r) = exec.on_exit(&id, why).await {
-                                publish_response(&producer, &responses, &r).await;
+                                publish_response(&producer, &responses, &r, &m).await;
                             }
                         });
                         continue;
@@ -227,6 +284,9 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
                     .send(rec, Timeout::After(Duration::from_secs(30)))
                     .await
                 {
+                    m.publish_failures
+                        .with_label_values(&[topic.as_str()])
+                        .inc();
                     tracing::warn!(error = %e, topic = %topic, "publish failed");
                 }
             }
@@ -252,7 +312,11 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
         consumer
             .subscribe(&[topics.actions.as_str()])
             .context("subscribing to the actions topic")?;
-        let (exec, producer) = (Arc::clone(&executor), producer.clone());
+        let (exec, producer, mx) = (
+            Arc::clone(&executor),
+            producer.clone(),
+            Arc::clone(&metrics),
+        );
         let (responses, dlq) = (topics.responses.clone(), topics.dlq.clone());
         let (host, max_age) = (host.clone(), a.max_command_age_ms);
         let mut stop = stop_rx.clone();
@@ -265,6 +329,7 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
                 producer: producer.clone(),
                 responses: responses.clone(),
                 done: done_tx.clone(),
+                metrics: Arc::clone(&mx),
             };
             loop {
                 let m = tokio::select! {
@@ -303,7 +368,7 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
                             &herd_respond::executor::collector(),
                         )
                         .because("stale", format!("issued {age} ms ago (limit {max_age} ms)"));
-                        publish_response(&producer, &responses, &r).await;
+                        publish_response(&producer, &responses, &r, &mx).await;
                         offsets.done(&consumer, p, o);
                     }
                     Ok(cmd) => {
@@ -328,6 +393,7 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
                         }
                     }
                     Err((reason, detail)) => {
+                        mx.dlq_records.with_label_values(&[reason]).inc();
                         tracing::warn!(reason, %detail, "unreadable command sent to the dead-letter topic");
                         let headers = OwnedHeaders::new()
                             .insert(Header {
@@ -377,6 +443,7 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), actions).await;
     publisher.abort();
+    probe.abort();
     let _ = rdkafka::producer::Producer::flush(&producer, Timeout::After(Duration::from_secs(10)));
     Ok(())
 }
@@ -390,6 +457,7 @@ struct QueueCtx {
     producer: FutureProducer,
     responses: String,
     done: tokio::sync::mpsc::UnboundedSender<(i32, i64)>,
+    metrics: Arc<AgentMetrics>,
 }
 
 /// A container's command queue: runs its commands one after another, publishes each
@@ -402,7 +470,7 @@ fn spawn_queue(ctx: QueueCtx) -> tokio::sync::mpsc::Sender<Job> {
             let ctx = ctx.clone();
             async move {
                 let r = ctx.exec.execute(&cmd).await;
-                publish_response(&ctx.producer, &ctx.responses, &r).await;
+                publish_response(&ctx.producer, &ctx.responses, &r, &ctx.metrics).await;
                 let _ = ctx.done.send((p, o));
             }
         };
@@ -477,7 +545,46 @@ fn decode_command(payload: &[u8]) -> Result<Command, (&'static str, String)> {
     Ok(cmd)
 }
 
-async fn publish_response(producer: &FutureProducer, topic: &str, r: &Response) {
+/// Every few seconds: does the Docker engine answer, is a broker reachable? Sets the
+/// agent's readiness and beats its liveness.
+async fn probe(
+    docker: bollard::Docker,
+    producer: FutureProducer,
+    health: Arc<Health>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        health.beat();
+        let up = tokio::time::timeout(Duration::from_secs(3), docker.ping())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        health.set("docker", up);
+        let p = producer.clone();
+        let broker = tokio::task::spawn_blocking(move || {
+            use rdkafka::producer::Producer as _;
+            p.client()
+                .fetch_metadata(None, Duration::from_secs(3))
+                .is_ok_and(|m| !m.brokers().is_empty())
+        })
+        .await
+        .unwrap_or(false);
+        health.set("broker", broker);
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+async fn publish_response(producer: &FutureProducer, topic: &str, r: &Response, m: &AgentMetrics) {
+    m.actions
+        .with_label_values(&[r.action.as_str(), r.outcome.as_str()])
+        .inc();
+    if r.outcome == Outcome::Ok
+        && let Some(bytes) = r.details.get("bytes").and_then(serde_json::Value::as_u64)
+    {
+        m.evidence_bytes.inc_by(bytes);
+    }
     let Ok(line) = serde_json::to_vec(r) else {
         return;
     };

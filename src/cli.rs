@@ -170,6 +170,15 @@ pub enum Command {
         #[arg(long, env = "HERD_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Probe an HTTP endpoint of a herd process (`http://127.0.0.1:9720/readyz`): exit
+    /// 0 on HTTP 200, 1 otherwise. For container health checks in an image without curl.
+    Probe {
+        /// The URL (plain http).
+        url: String,
+        /// Give up after this long (`3s`, `500ms`).
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Score alerts against a simulation's labels: recall, precision, false alarms and
     /// detection delay.
     Evaluate {
@@ -273,6 +282,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Probe { url, timeout } => Ok(match crate::http::probe(&url, timeout) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("herd probe: {e}");
+                ExitCode::FAILURE
+            }
+        }),
         Command::Consume { topic, kafka } => {
             let cfg = kafka.load()?;
             let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());

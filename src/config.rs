@@ -56,6 +56,11 @@ pub struct HerdConfig {
     pub respond: RespondConfig,
     /// The node agent (`herd agent`).
     pub agent: AgentConfig,
+    /// The operations endpoint (`/metrics`, `/healthz`, `/readyz`) of `herd run` and
+    /// `herd agent`.
+    pub http: crate::http::HttpConfig,
+    /// Open incidents posted to Alertmanager by `herd run` (off without `urls`).
+    pub alertmanager: herd_respond::sinks::alertmanager::AlertmanagerConfig,
     /// librdkafka properties, passed through to every client as they are
     /// (`"bootstrap.servers"`, `"security.protocol"`, `"sasl.username"`, ...).
     pub kafka: BTreeMap<String, String>,
@@ -125,6 +130,8 @@ impl HerdConfig {
             cfg.replay.max_buffered >= 1,
             "replay.max_buffered: must be at least 1"
         );
+        cfg.http.addr()?;
+        cfg.alertmanager.validate()?;
         Ok(())
     }
 }

@@ -7,6 +7,8 @@
 //! - [`demo`]: `herd demo`, the stream service on an in-process Kafka with a simulated fleet;
 //! - [`stream`]: `herd run`, the Kafka stream service (and its response loop);
 //! - [`agent`]: `herd agent`, the node agent: Docker collector and action executor;
+//! - [`metrics`] and [`http`]: the Prometheus series, liveness and readiness, and the
+//!   endpoint that serves them (`/metrics`, `/healthz`, `/readyz`);
 //! - [`consume`]: `herd consume`, a topic's records as JSON lines;
 //! - [`produce`]: `herd produce`, recorded lines into a topic;
 //! - [`simulate`]: `herd simulate`, a labelled synthetic fleet in the real formats;
@@ -18,7 +20,9 @@ pub mod config;
 pub mod consume;
 pub mod demo;
 pub mod evaluate;
+pub mod http;
 pub mod input;
+pub mod metrics;
 pub mod pipeline;
 pub mod produce;
 pub mod replay;

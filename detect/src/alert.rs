@@ -19,6 +19,14 @@ pub enum Severity {
 }
 
 impl Severity {
+    /// Every severity, lowest first.
+    pub const ALL: [Severity; 4] = [
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+        Severity::Critical,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -68,6 +76,21 @@ pub enum Detector {
 }
 
 impl Detector {
+    /// Every detector.
+    pub const ALL: [Detector; 11] = [
+        Detector::Peer,
+        Detector::Baseline,
+        Detector::Step,
+        Detector::Roughness,
+        Detector::Fleet,
+        Detector::Novelty,
+        Detector::Exec,
+        Detector::Oom,
+        Detector::RestartLoop,
+        Detector::Privileged,
+        Detector::Falco,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -54,6 +54,8 @@ pub struct EngineStats {
     pub containers: usize,
     /// Incidents open.
     pub open_incidents: usize,
+    /// Groups by baseline phase: warm-up, learning, locked.
+    pub phases: [usize; 3],
 }
 
 /// The detection engine. See the crate documentation.
@@ -62,6 +64,9 @@ pub struct Engine {
     cfg: DetectConfig,
     state: State,
     scratch: Vec<f64>,
+    /// Incidents closed since the last [`Engine::take_closed`] (not state: a restored
+    /// engine has reported what it closed before its snapshot).
+    closed: Vec<crate::incident::Closed>,
 }
 
 #[derive(Serialize)]
@@ -107,6 +112,7 @@ impl Engine {
             cfg,
             state: State::default(),
             scratch: Vec::new(),
+            closed: Vec::new(),
         })
     }
 
@@ -117,16 +123,31 @@ impl Engine {
 
     /// Counts of what is tracked.
     pub fn stats(&self) -> EngineStats {
+        let now = self.state.now_ms;
         EngineStats {
             groups: self.state.groups.len(),
             containers: self.state.groups.values().map(|g| g.replicas.len()).sum(),
             open_incidents: self.state.incidents.len(),
+            phases: self.state.groups.values().fold([0; 3], |mut n, g| {
+                n[match g.baseline.phase(now, &self.cfg.baseline) {
+                    Phase::Warmup => 0,
+                    Phase::Learning => 1,
+                    Phase::Locked => 2,
+                }] += 1;
+                n
+            }),
         }
     }
 
     /// The baseline of a group, if tracked.
     pub fn baseline(&self, group: &str) -> Option<&GroupBaseline> {
         self.state.groups.get(group).map(|g| &g.baseline)
+    }
+
+    /// The incidents closed since the last call, oldest first. Bounded by what one
+    /// housekeeping pass can close; callers take them after every observation.
+    pub fn take_closed(&mut self) -> std::vec::Drain<'_, crate::incident::Closed> {
+        self.closed.drain(..)
     }
 
     /// Whether the container has an open incident (evidence capture on `die` uses it).
@@ -153,6 +174,7 @@ impl Engine {
             cfg,
             state: serde_json::from_str(s.state.get())?,
             scratch: Vec::new(),
+            closed: Vec::new(),
         })
     }
 
@@ -313,11 +335,14 @@ impl Engine {
             .map_or(cfg.incident_quiet_ms, |r| r.quiet_ms(cfg));
         let incidents = &mut self.state.incidents;
         let max_open = cfg.max_open_incidents;
-        if let Some(a) = incidents.record(&obs.container, &key, finding, now, quiet, max_open) {
+        let closed = &mut self.closed;
+        if let Some(a) =
+            incidents.record(&obs.container, &key, finding, now, quiet, max_open, closed)
+        {
             out.push(a);
         }
         for (c, f, q) in late {
-            if let Some(a) = incidents.record(&c, &key, f, now, q, max_open) {
+            if let Some(a) = incidents.record(&c, &key, f, now, q, max_open, closed) {
                 out.push(a);
             }
         }
@@ -372,7 +397,7 @@ impl Engine {
             .retain(|_, g| now - g.last_seen_ms <= idle);
         let groups = &self.state.groups;
         self.state.repos.retain(|_, k| groups.contains_key(k));
-        self.state.incidents.close_quiet(now);
+        self.state.incidents.close_quiet(now, &mut self.closed);
     }
 }
 

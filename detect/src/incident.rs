@@ -82,6 +82,36 @@ pub(crate) struct Open {
     attack: BTreeSet<String>,
 }
 
+/// An incident that closed: its container was quiet for the incident's quiet time, or
+/// it was the one quiet the longest when `max_open_incidents` was reached. Sinks that
+/// keep incidents open (Alertmanager) resolve it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Closed {
+    /// The incident's id.
+    pub incident_id: String,
+    /// Full container id.
+    pub container_id: String,
+    /// Peer-group key.
+    pub group: String,
+    /// Its last severity.
+    pub severity: Severity,
+    /// Event time it closed at: its last anomaly plus its quiet time, or the time it
+    /// was evicted.
+    pub closed_ms: i64,
+}
+
+impl Closed {
+    fn of(container_id: &str, o: &Open, closed_ms: i64) -> Self {
+        Self {
+            incident_id: o.id.clone(),
+            container_id: container_id.to_owned(),
+            group: o.group.clone(),
+            severity: o.severity,
+            closed_ms,
+        }
+    }
+}
+
 /// Open incidents by container id.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub(crate) struct Incidents {
@@ -142,6 +172,10 @@ impl Incidents {
     }
 
     /// Folds a finding into the container's incident; returns the line to emit, if any.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site per kind of finding; a parameter struct would only rename them"
+    )]
     pub(crate) fn record(
         &mut self,
         c: &ContainerRef,
@@ -150,6 +184,7 @@ impl Incidents {
         now_ms: i64,
         quiet_ms: i64,
         max_open: usize,
+        closed: &mut Vec<Closed>,
     ) -> Option<Alert> {
         if f.is_empty() {
             return None;
@@ -159,8 +194,8 @@ impl Incidents {
             .open
             .get(&c.id)
             .is_some_and(|o| now_ms - o.last_ms > quiet_ms);
-        if stale {
-            self.open.remove(&c.id);
+        if stale && let Some(o) = self.open.remove(&c.id) {
+            closed.push(Closed::of(&c.id, &o, o.last_ms + o.quiet_ms));
         }
         if !self.open.contains_key(&c.id)
             && self.open.len() >= max_open
@@ -169,8 +204,9 @@ impl Incidents {
                 .iter()
                 .min_by_key(|(_, o)| o.last_ms)
                 .map(|(k, _)| k.clone())
+            && let Some(o) = self.open.remove(&oldest)
         {
-            self.open.remove(&oldest);
+            closed.push(Closed::of(&oldest, &o, now_ms));
         }
         let mut changed = false;
         let o = self.open.entry(c.id.clone()).or_insert_with(|| {
@@ -253,9 +289,15 @@ impl Incidents {
     }
 
     /// Closes incidents quiet for longer than their quiet time; returns how many.
-    pub(crate) fn close_quiet(&mut self, now_ms: i64) -> usize {
+    pub(crate) fn close_quiet(&mut self, now_ms: i64, closed: &mut Vec<Closed>) -> usize {
         let n = self.open.len();
-        self.open.retain(|_, o| now_ms - o.last_ms <= o.quiet_ms);
+        self.open.retain(|k, o| {
+            let keep = now_ms - o.last_ms <= o.quiet_ms;
+            if !keep {
+                closed.push(Closed::of(k, o, o.last_ms + o.quiet_ms));
+            }
+            keep
+        });
         n - self.open.len()
     }
 }
@@ -336,6 +378,7 @@ mod tests {
     #[test]
     fn repeats_are_folded_and_news_are_updates() {
         let mut inc = Incidents::default();
+        let mut closed = Vec::new();
         let q = 60_000;
         let a = inc.record(
             &c(),
@@ -344,6 +387,7 @@ mod tests {
             0,
             q,
             usize::MAX,
+            &mut closed,
         );
         let Some(a) = a else { panic!("no alert") };
         assert_eq!(a.seq, 0);
@@ -356,6 +400,7 @@ mod tests {
                 10_000,
                 q,
                 usize::MAX,
+                &mut closed,
             )
             .is_none()
         );
@@ -366,6 +411,7 @@ mod tests {
             20_000,
             q,
             usize::MAX,
+            &mut closed,
         );
         assert_eq!(
             u.as_ref().map(|u| (u.seq, u.incident_id.clone())),
@@ -379,13 +425,21 @@ mod tests {
             200_000,
             q,
             usize::MAX,
+            &mut closed,
         );
         assert!(n.is_some_and(|n| n.incident_id != a.incident_id && n.seq == 0));
+        // … and the first one is reported closed, at its last anomaly plus its quiet time.
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].incident_id, a.incident_id);
+        assert_eq!(closed[0].closed_ms, 20_000 + q);
+        assert_eq!(inc.close_quiet(200_000 + q + 1, &mut closed), 1);
+        assert_eq!(closed.len(), 2);
     }
 
     #[test]
     fn open_incidents_are_capped_by_closing_the_quietest() {
         let mut inc = Incidents::default();
+        let mut closed = Vec::new();
         for i in 0..10i64 {
             let mut who = c();
             who.id = format!("c{i}");
@@ -396,15 +450,19 @@ mod tests {
                 i * 1000,
                 60_000,
                 3,
+                &mut closed,
             );
         }
         assert_eq!(inc.len(), 3);
         assert!(inc.is_open("c9") && inc.is_open("c8") && inc.is_open("c7"));
+        let gone: Vec<&str> = closed.iter().map(|c| c.container_id.as_str()).collect();
+        assert_eq!(gone, ["c0", "c1", "c2", "c3", "c4", "c5", "c6"]);
     }
 
     #[test]
     fn independent_detector_families_raise_severity() {
         let mut inc = Incidents::default();
+        let mut closed = Vec::new();
         inc.record(
             &c(),
             "g",
@@ -412,10 +470,11 @@ mod tests {
             0,
             60_000,
             usize::MAX,
+            &mut closed,
         );
         let mut f = Finding::default();
         f.add(Detector::Novelty, Severity::High, 9.0);
-        let u = inc.record(&c(), "g", f, 1000, 60_000, usize::MAX);
+        let u = inc.record(&c(), "g", f, 1000, 60_000, usize::MAX, &mut closed);
         assert_eq!(u.map(|u| u.severity), Some(Severity::Critical));
     }
 }

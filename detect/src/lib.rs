@@ -32,6 +32,7 @@ mod novelty;
 pub use alert::{Alert, Detector, FeatureEvidence, NovelEvidence, PeerEvidence, Severity};
 pub use config::DetectConfig;
 pub use engine::{Engine, EngineStats};
+pub use incident::Closed;
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

@@ -64,6 +64,14 @@ pub enum Emit {
         /// The event's JSON.
         payload: Vec<u8>,
     },
+    /// A stats request gave no sample (`not_found`: the container went meanwhile;
+    /// `docker_error`; `empty`: the engine answered nothing).
+    SampleFailed {
+        /// Bounded reason.
+        reason: &'static str,
+    },
+    /// How many running containers the collector samples now (sent when it changes).
+    Tracked(usize),
     /// A container died or was OOM-killed (the executor may capture it).
     Exit {
         /// Full container id.
@@ -150,8 +158,10 @@ pub async fn run(
     let mut containers: HashMap<String, Info> = HashMap::new();
     let (ev_tx, mut ev_rx) = mpsc::channel::<Option<EventMessage>>(1024);
     let events = tokio::spawn(follow_events(docker.clone(), cfg.label.clone(), ev_tx));
-    let (res_tx, mut res_rx) =
-        mpsc::channel::<(String, Option<serde_json::Value>)>(cfg.max_concurrent.max(1) * 2);
+    let (res_tx, mut res_rx) = mpsc::channel::<(String, Result<serde_json::Value, &'static str>)>(
+        cfg.max_concurrent.max(1) * 2,
+    );
+    let mut tracked = usize::MAX;
     let sem = Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent.max(1)));
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -175,6 +185,15 @@ pub async fn run(
                 let running = containers.len();
                 let Some(c) = containers.get_mut(&id) else { continue };
                 c.in_flight = false;
+                let stats = match stats {
+                    Ok(v) => Some(v),
+                    Err(reason) => {
+                        if out.send(Emit::SampleFailed { reason }).await.is_err() {
+                            break Ok(());
+                        }
+                        None
+                    }
+                };
                 if let Some(v) = &stats
                     && let Ok(bytes) = serde_json::to_vec(v)
                 {
@@ -191,6 +210,12 @@ pub async fn run(
                 }
             }
             _ = tick.tick() => {
+                if containers.len() != tracked {
+                    tracked = containers.len();
+                    if out.send(Emit::Tracked(tracked)).await.is_err() {
+                        break Ok(());
+                    }
+                }
                 let fast = watched();
                 let now = Instant::now();
                 for c in containers.values_mut() {
@@ -206,12 +231,18 @@ pub async fn run(
                         let opts = StatsOptions { stream: false, one_shot: true };
                         let s = docker.stats(&id, Some(opts)).next().await;
                         let v = match s {
-                            Some(Ok(s)) => serde_json::to_value(s).ok(),
+                            Some(Ok(s)) => serde_json::to_value(s).map_err(|_| "docker_error"),
                             Some(Err(e)) => {
                                 tracing::debug!(error = %e, container = %id, "stats failed");
-                                None
+                                Err(match e {
+                                    bollard::errors::Error::DockerResponseServerError {
+                                        status_code: 404,
+                                        ..
+                                    } => "not_found",
+                                    _ => "docker_error",
+                                })
                             }
-                            None => None,
+                            None => Err("empty"),
                         };
                         let _ = tx.send((id, v)).await;
                     });

@@ -1,6 +1,7 @@
 //! herd-respond: what happens after an alert.
 //!
-//! - [`sinks`]: alert lines to stdout or a file (the Alert line contract);
+//! - [`sinks`]: alert lines to stdout or a file (the Alert line contract), and open
+//!   incidents to Alertmanager ([`sinks::alertmanager`]);
 //! - [`policy`]: policy files, matchers, and the decision with its guards (pure: the
 //!   worker runs it on every alert line, with the engine's live replicas);
 //! - [`command`]: the `herd.actions` and `herd.responses` records;
@@ -43,6 +44,9 @@ pub enum Error {
     /// Something could not be encoded or decoded.
     #[error("encoding: {0}")]
     Encoding(#[from] serde_json::Error),
+    /// A setting is invalid (the message names the field).
+    #[error("configuration: {0}")]
+    Config(String),
     /// A policy file is invalid.
     #[error("policy: {0}")]
     Policy(String),

@@ -25,11 +25,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use config::{StreamConfig, Topics};
-pub use worker::Summary;
+pub use worker::{Instruments, Summary};
 
 use crate::config::HerdConfig;
+use crate::metrics::Health;
 
-/// `herd run`: prepares the topics, runs a worker on a dedicated thread, and stops it
+/// What `/metrics` and the probes of `herd run` serve.
+struct WorkerOps(Instruments);
+
+impl crate::http::Ops for WorkerOps {
+    fn metrics(&self) -> String {
+        crate::metrics::encode(&self.0.metrics.registry)
+    }
+
+    fn health(&self) -> &Health {
+        &self.0.health
+    }
+}
+
+/// `herd run`: prepares the topics, serves `/metrics` and the probes, posts incidents
+/// to Alertmanager when configured, runs a worker on a dedicated thread, and stops it
 /// on SIGTERM or SIGINT. Returns the worker's summary.
 pub fn serve(cfg: HerdConfig) -> anyhow::Result<Summary> {
     cfg.stream.validate(&cfg.kafka)?;
@@ -37,6 +52,24 @@ pub fn serve(cfg: HerdConfig) -> anyhow::Result<Summary> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        let mut inst = Instruments::detached()?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        // Bind before anything slow: a taken port fails at start-up.
+        if let Some(addr) = cfg.http.addr()? {
+            let listener = crate::http::bind(addr).await?;
+            let ops = Arc::new(WorkerOps(inst.clone()));
+            tokio::spawn(crate::http::serve(listener, ops, stop_rx.clone()));
+        }
+        let mut notifier = None;
+        if !cfg.alertmanager.urls.is_empty() {
+            let feed = herd_respond::sinks::alertmanager::Feed::new(cfg.alertmanager.clone());
+            inst.alertmanager = Some(feed.clone());
+            notifier = Some(tokio::spawn(herd_respond::sinks::alertmanager::run(
+                feed,
+                stop_rx.clone(),
+            )));
+        }
+        inst.health.beat();
         kafka::prepare_topics(&cfg.kafka, &cfg.stream).await?;
         let stop = Arc::new(AtomicBool::new(false));
         let worker = {
@@ -44,7 +77,7 @@ pub fn serve(cfg: HerdConfig) -> anyhow::Result<Summary> {
             let cfg = cfg.clone();
             std::thread::Builder::new()
                 .name("herd-worker".into())
-                .spawn(move || worker::run(&cfg, &cfg.kafka, &stop))?
+                .spawn(move || worker::run_with(&cfg, &cfg.kafka, &stop, inst))?
         };
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let finished = loop {
@@ -64,7 +97,13 @@ pub fn serve(cfg: HerdConfig) -> anyhow::Result<Summary> {
         stop.store(true, Ordering::Relaxed);
         let summary = tokio::task::spawn_blocking(move || worker.join())
             .await?
-            .map_err(|_| anyhow::anyhow!("the worker thread panicked"))??;
-        Ok(summary)
+            .map_err(|_| anyhow::anyhow!("the worker thread panicked"));
+        // The last closures and updates go out before the process ends (one request's
+        // time at most).
+        let _ = stop_tx.send(true);
+        if let Some(n) = notifier {
+            let _ = n.await;
+        }
+        summary?
     })
 }

@@ -66,6 +66,8 @@ pub enum Out {
     Command(Box<herd_respond::Command>),
     /// Produce a response (a refusal) to the responses topic (key = host).
     Response(Box<herd_respond::Response>),
+    /// An incident closed (for sinks that keep incidents open: Alertmanager).
+    Closed(herd_detect::Closed),
     /// Produce the original record to the repartition topic under its routing key.
     Forward {
         /// Routing key.
@@ -152,7 +154,20 @@ pub struct Task {
     /// The response loop, when policies are configured.
     responder: Option<Responder>,
     published: Vec<Publish>,
+    /// Per input: records by outcome, in the order of [`OUTCOMES`].
+    tally: Vec<[u64; 4]>,
+    /// The worker's latency histogram, when it exports one.
+    latency: Option<prometheus::Histogram>,
 }
+
+/// What became of an input record: scored (it gave observations), filtered (well
+/// formed, nothing to score: duplicates, late records, filtered formats),
+/// dead-lettered, or forwarded to the repartition topic.
+pub const OUTCOMES: [&str; 4] = ["scored", "filtered", "dead_lettered", "forwarded"];
+const SCORED: usize = 0;
+const FILTERED: usize = 1;
+const DEAD: usize = 2;
+const FORWARDED: usize = 3;
 
 /// A task's checkpoint: records for `herd.baselines` and the positions they cover.
 #[derive(Debug)]
@@ -181,6 +196,8 @@ pub struct TaskConfig {
     pub max_idle: Duration,
     /// Response settings and the policies in force, when policies are configured.
     pub respond: Option<(RespondConfig, Arc<PolicyFile>)>,
+    /// Where each record's Kafka-timestamp-to-scored latency also goes (`/metrics`).
+    pub latency: Option<prometheus::Histogram>,
 }
 
 impl Task {
@@ -214,6 +231,8 @@ impl Task {
                 .as_ref()
                 .map(|(c, p)| Responder::new(c.clone(), (**p).clone())),
             published: Vec::new(),
+            tally: vec![[0; 4]; cfg.inputs],
+            latency: cfg.latency.clone(),
         })
     }
 
@@ -321,6 +340,7 @@ impl Task {
         let rec = match self.pipeline.decode(payload) {
             Ok(r) => r,
             Err(reject) => {
+                self.tally[input][DEAD] += 1;
                 out.push(Out::Dead {
                     input,
                     partition: self.partition,
@@ -336,6 +356,7 @@ impl Task {
             && let Some(route) = self.router.route(&rec)
             && key != Some(route.as_bytes())
         {
+            self.tally[input][FORWARDED] += 1;
             out.push(Out::Forward {
                 key: route,
                 payload: payload.to_vec(),
@@ -423,7 +444,13 @@ impl Task {
             }
             self.last_ts = self.last_ts.max(m.ts);
             self.alerts.clear();
-            if let Err(reject) = self.pipeline.process(m.rec, &mut self.alerts) {
+            let processed = self.pipeline.process(m.rec, &mut self.alerts);
+            self.tally[j][match &processed {
+                Err(_) => DEAD,
+                Ok(()) if self.pipeline.observations().is_empty() => FILTERED,
+                Ok(()) => SCORED,
+            }] += 1;
+            if let Err(reject) = processed {
                 out.push(Out::Dead {
                     input: j,
                     partition: self.partition,
@@ -444,14 +471,17 @@ impl Task {
                 r.tick(self.last_ts, &mut self.published);
             }
             out.extend(self.alerts.drain(..).map(|a| Out::Alert(Box::new(a))));
+            out.extend(self.pipeline.engine_mut().take_closed().map(Out::Closed));
             out.extend(self.published.drain(..).map(|p| match p {
                 Publish::Command(c) => Out::Command(c),
                 Publish::Response(r) => Out::Response(r),
             }));
             if let Some(created) = m.created_ms {
-                let _ = self
-                    .latency_ms
-                    .record(wall.saturating_sub(created).max(1) as u64);
+                let ms = wall.saturating_sub(created).max(1);
+                let _ = self.latency_ms.record(ms as u64);
+                if let Some(h) = &self.latency {
+                    h.observe(ms as f64 / 1000.0);
+                }
             }
             n += 1;
         }
@@ -461,6 +491,11 @@ impl Task {
             *last = Instant::now();
         }
         n
+    }
+
+    /// Per input: records by outcome, in the order of [`OUTCOMES`].
+    pub fn tally(&self) -> &[[u64; 4]] {
+        &self.tally
     }
 
     /// Latency from Kafka timestamp to scored, in milliseconds.

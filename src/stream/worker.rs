@@ -26,10 +26,14 @@ use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use herd_respond::sinks::alertmanager::Feed;
+use prometheus::IntCounter;
+
 use super::config::StreamConfig;
 use super::kafka::{self, HerdProducer, Role};
-use super::task::{Checkpoint, Out, Task, TaskConfig};
+use super::task::{Checkpoint, OUTCOMES, Out, Task, TaskConfig};
 use crate::config::HerdConfig;
+use crate::metrics::{Health, WorkerMetrics, raise_to};
 use crate::pipeline::Counters;
 
 /// Records taken from the consumer per loop turn before the tasks work on them.
@@ -51,6 +55,9 @@ pub struct Summary {
     pub restored: u64,
     /// Records processed after a newer one of the same task.
     pub out_of_order: u64,
+    /// Per input: records by outcome ([`OUTCOMES`]), of the tasks handed off or held
+    /// at the end.
+    pub tally: Vec<[u64; 4]>,
     /// Milliseconds from each record's Kafka timestamp to the end of its scoring.
     pub latency_ms: hdrhistogram::Histogram<u64>,
     /// From the first record offered to the last one processed, over all tasks.
@@ -66,9 +73,37 @@ impl Default for Summary {
             checkpoints: 0,
             restored: 0,
             out_of_order: 0,
+            tally: Vec::new(),
             latency_ms: super::task::new_latency_histogram(),
             busy: None,
         }
+    }
+}
+
+/// What a worker reports besides its outputs: Prometheus series, readiness, and the
+/// Alertmanager feed. [`Instruments::detached`] when nobody looks (tests, benchmarks).
+#[derive(Debug, Clone)]
+pub struct Instruments {
+    /// The worker's series.
+    pub metrics: Arc<WorkerMetrics>,
+    /// Readiness: `assigned` (an assignment adopted, its state restored) and `broker`
+    /// (librdkafka reports a broker up).
+    pub health: Arc<Health>,
+    /// Open incidents for Alertmanager, when configured.
+    pub alertmanager: Option<Feed>,
+}
+
+impl Instruments {
+    /// Readiness conditions of a worker.
+    pub const CONDITIONS: [&'static str; 2] = ["assigned", "broker"];
+
+    /// Fresh series and health, no Alertmanager.
+    pub fn detached() -> anyhow::Result<Self> {
+        Ok(Self {
+            metrics: Arc::new(WorkerMetrics::new()?),
+            health: Arc::new(Health::new(&Self::CONDITIONS, 120_000)),
+            alertmanager: None,
+        })
     }
 }
 
@@ -93,6 +128,11 @@ struct Shared {
     rebalanced: AtomicBool,
     /// A failure inside a rebalance callback, raised by the loop.
     error: Mutex<Option<anyhow::Error>>,
+    inst: Instruments,
+    /// Lag series currently exported, to remove those of partitions gone.
+    lag_series: Mutex<BTreeSet<(String, i32)>>,
+    /// When state was last checkpointed and committed.
+    last_checkpoint: Mutex<Instant>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -105,6 +145,28 @@ struct Ctx(Arc<Shared>);
 
 impl ClientContext for Ctx {
     fn stats(&self, s: Statistics) {
+        let up = s.brokers.values().any(|b| b.state == "UP");
+        self.0.inst.health.set("broker", up);
+        let lag = &self.0.inst.metrics.consumer_lag;
+        let mut now = BTreeSet::new();
+        for (name, topic) in &s.topics {
+            if !self.0.topics.contains(name) {
+                continue;
+            }
+            for (p, part) in &topic.partitions {
+                if *p >= 0 && part.desired && part.consumer_lag >= 0 {
+                    lag.with_label_values(&[name.as_str(), &p.to_string()])
+                        .set(part.consumer_lag);
+                    now.insert((name.clone(), *p));
+                }
+            }
+        }
+        let mut exported = lock(&self.0.lag_series);
+        for (t, p) in exported.difference(&now) {
+            let _ = lag.remove_label_values(&[t.as_str(), &p.to_string()]);
+        }
+        *exported = now;
+        drop(exported);
         let mut wm = lock(&self.0.watermarks);
         for (name, topic) in &s.topics {
             let Some(input) = self.0.topics.iter().position(|t| t == name) else {
@@ -128,6 +190,7 @@ impl ConsumerContext for Ctx {
             return;
         };
         let parts: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        self.0.inst.health.set("assigned", false);
         let mut tasks = lock(&self.0.tasks);
         let revoked: Vec<Task> = parts.iter().filter_map(|p| tasks.remove(p)).collect();
         drop(tasks);
@@ -160,6 +223,11 @@ impl ConsumerContext for Ctx {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let parts: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                if parts.is_empty() {
+                    // A member with nothing to do (more workers than partitions) is
+                    // ready: it is a standby, and takes over on the next rebalance.
+                    self.0.inst.health.set("assigned", true);
+                }
                 lock(&self.0.assigned).extend(parts);
                 self.0.rebalanced.store(true, Ordering::Relaxed);
             }
@@ -172,6 +240,23 @@ impl ConsumerContext for Ctx {
 /// Checkpoints the given tasks, waits until the producer has delivered everything sent
 /// so far, and commits their positions.
 fn commit<'a>(
+    shared: &Shared,
+    consumer: &BaseConsumer<Ctx>,
+    tasks: impl Iterator<Item = &'a mut Task>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let r = commit_inner(shared, consumer, tasks, timeout);
+    match &r {
+        Ok(()) => {
+            shared.inst.metrics.checkpoints.inc();
+            *lock(&shared.last_checkpoint) = Instant::now();
+        }
+        Err(_) => shared.inst.metrics.checkpoint_failures.inc(),
+    }
+    r
+}
+
+fn commit_inner<'a>(
     shared: &Shared,
     consumer: &BaseConsumer<Ctx>,
     tasks: impl Iterator<Item = &'a mut Task>,
@@ -225,6 +310,16 @@ pub fn run(
     kafka_cfg: &BTreeMap<String, String>,
     shutdown: &AtomicBool,
 ) -> anyhow::Result<Summary> {
+    run_with(cfg, kafka_cfg, shutdown, Instruments::detached()?)
+}
+
+/// [`run`], reporting to the given series, health and Alertmanager feed.
+pub fn run_with(
+    cfg: &HerdConfig,
+    kafka_cfg: &BTreeMap<String, String>,
+    shutdown: &AtomicBool,
+    inst: Instruments,
+) -> anyhow::Result<Summary> {
     let scfg = cfg.stream.clone();
     let mut topics = scfg.topics.inputs.clone();
     topics.push(scfg.topics.repartition.clone());
@@ -251,7 +346,9 @@ pub fn run(
         max_routed_containers: scfg.max_routed_containers,
         max_idle: Duration::from_millis(scfg.max_task_idle_ms),
         respond,
+        latency: Some(inst.metrics.latency.clone()),
     };
+    let exported = Exported::new(&inst.metrics, &topics);
     let shared = Arc::new(Shared {
         tasks: Mutex::new(BTreeMap::new()),
         parked: Mutex::new(BTreeMap::new()),
@@ -264,6 +361,9 @@ pub fn run(
         watermarks: Mutex::new(HashMap::new()),
         rebalanced: AtomicBool::new(false),
         error: Mutex::new(None),
+        inst,
+        lag_series: Mutex::new(BTreeSet::new()),
+        last_checkpoint: Mutex::new(Instant::now()),
     });
     let consumer: BaseConsumer<Ctx> = kafka::client_config(
         kafka_cfg,
@@ -284,8 +384,12 @@ pub fn run(
     let max_buf = scfg.max_buffered_per_partition;
     let restore_timeout = Duration::from_millis(scfg.shutdown_deadline_ms.max(10_000));
 
+    let mut last_export = Instant::now();
     while !shutdown.load(Ordering::Relaxed) {
+        shared.inst.health.beat();
         let mut first = Some(Duration::from_millis(100));
+        let batch = tracing::debug_span!("batch", records = tracing::field::Empty).entered();
+        let mut polled = 0usize;
         for _ in 0..BATCH {
             let msg = consumer.poll(first.take().unwrap_or(Duration::ZERO));
             if shared.rebalanced.swap(false, Ordering::Relaxed) {
@@ -295,6 +399,7 @@ pub fn run(
                 adopt_assignments(&shared, &consumer, kafka_cfg, &task_cfg, restore_timeout)?;
             }
             let Some(msg) = msg else { break };
+            polled += 1;
             let mut tasks = lock(&shared.tasks);
             match msg {
                 Ok(m) => {
@@ -354,7 +459,13 @@ pub fn run(
                 // A partition revoked meanwhile cannot be resumed; that is fine.
                 let _ = consumer.resume(&tpl);
             }
+            if now.duration_since(last_export) >= Duration::from_secs(1) {
+                last_export = now;
+                exported.publish(&shared, &tasks);
+            }
         }
+        batch.record("records", polled);
+        drop(batch);
         if last_commit.elapsed() >= interval {
             let mut tasks = lock(&shared.tasks);
             let _span = tracing::debug_span!("checkpoint").entered();
@@ -474,6 +585,17 @@ fn adopt_assignments(
     for t in parked.values() {
         add_task(&mut s, t);
     }
+    drop(s);
+    if let Some(feed) = &shared.inst.alertmanager
+        && !parked.is_empty()
+    {
+        let gone: BTreeSet<String> = parked
+            .values()
+            .flat_map(|t| t.pipeline().engine().group_keys().map(str::to_owned))
+            .collect();
+        feed.forget_groups(&gone);
+    }
+    shared.inst.health.set("assigned", true);
     Ok(())
 }
 
@@ -514,11 +636,42 @@ fn send_json(
 fn send_outputs(shared: &Shared, out: &mut Vec<Out>) -> anyhow::Result<()> {
     let t = &shared.cfg.topics;
     let (mut forwarded, mut dead) = (0, 0);
+    let m = &shared.inst.metrics;
     for o in out.drain(..) {
         match o {
-            Out::Alert(a) => send_json(shared, &t.alerts, &a.group, &a)?,
-            Out::Command(c) => send_json(shared, &t.actions, &c.host, &c)?,
-            Out::Response(r) => send_json(shared, &t.responses, &r.host, &r)?,
+            Out::Alert(a) => {
+                let sev = a.severity.as_str();
+                for d in &a.detectors {
+                    m.alerts.with_label_values(&[sev, d.as_str()]).inc();
+                }
+                if a.seq == 0 {
+                    m.incidents_opened.with_label_values(&[sev]).inc();
+                }
+                if let Some(feed) = &shared.inst.alertmanager {
+                    feed.fire(&a);
+                }
+                send_json(shared, &t.alerts, &a.group, &a)?
+            }
+            Out::Closed(c) => {
+                m.incidents_closed
+                    .with_label_values(&[c.severity.as_str()])
+                    .inc();
+                if let Some(feed) = &shared.inst.alertmanager {
+                    feed.resolve(&c);
+                }
+            }
+            Out::Command(c) => {
+                m.actions
+                    .with_label_values(&[c.action.name(), "sent"])
+                    .inc();
+                send_json(shared, &t.actions, &c.host, &c)?
+            }
+            Out::Response(r) => {
+                m.actions
+                    .with_label_values(&[r.action.as_str(), r.outcome.as_str()])
+                    .inc();
+                send_json(shared, &t.responses, &r.host, &r)?
+            }
             Out::Forward { key, payload } => {
                 forwarded += 1;
                 kafka::send(
@@ -577,7 +730,20 @@ fn send_outputs(shared: &Shared, out: &mut Vec<Out>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Adds per-input outcome counts.
+fn add_tally(into: &mut Vec<[u64; 4]>, from: &[[u64; 4]]) {
+    if into.len() < from.len() {
+        into.resize(from.len(), [0; 4]);
+    }
+    for (a, b) in into.iter_mut().zip(from) {
+        for k in 0..4 {
+            a[k] += b[k];
+        }
+    }
+}
+
 fn add_task(into: &mut Summary, t: &Task) {
+    add_tally(&mut into.tally, t.tally());
     into.counters.absorb(&t.pipeline().counters);
     into.out_of_order += t.out_of_order();
     let _ = into.latency_ms.add(t.latency_ms());
@@ -586,5 +752,73 @@ fn add_task(into: &mut Summary, t: &Task) {
             Some((x, y)) => (x.min(a), y.max(b)),
             None => (a, b),
         });
+    }
+}
+
+/// The counters a worker exports from its tasks' running totals, with their handles
+/// resolved once.
+struct Exported {
+    /// Per input, per outcome.
+    input: Vec<[IntCounter; 4]>,
+}
+
+impl Exported {
+    fn new(m: &WorkerMetrics, topics: &[String]) -> Self {
+        Self {
+            input: topics
+                .iter()
+                .map(|t| OUTCOMES.map(|o| m.input_records.with_label_values(&[t.as_str(), o])))
+                .collect(),
+        }
+    }
+
+    /// Brings the series up to date: totals are what the tasks handed off (the
+    /// summary) plus what the tasks held now (and those parked in a rebalance) did.
+    fn publish(&self, shared: &Shared, tasks: &BTreeMap<i32, Task>) {
+        let m = &shared.inst.metrics;
+        let parked = lock(&shared.parked);
+        let (mut counters, mut tally) = {
+            let s = lock(&shared.summary);
+            (s.counters.clone(), s.tally.clone())
+        };
+        let (mut phases, mut containers, mut open) = ([0usize; 3], 0usize, 0usize);
+        for t in tasks.values().chain(parked.values()) {
+            counters.absorb(&t.pipeline().counters);
+            add_tally(&mut tally, t.tally());
+        }
+        for t in tasks.values() {
+            let st = t.pipeline().engine().stats();
+            for (a, b) in phases.iter_mut().zip(st.phases) {
+                *a += b;
+            }
+            containers += st.containers;
+            open += st.open_incidents;
+        }
+        drop(parked);
+        for (handles, totals) in self.input.iter().zip(&tally) {
+            for (h, v) in handles.iter().zip(totals) {
+                raise_to(h, *v);
+            }
+        }
+        for (reason, n) in &counters.rejected {
+            raise_to(&m.dlq_records.with_label_values(&[reason.as_str()]), *n);
+        }
+        raise_to(&m.observations, counters.observations);
+        for (phase, n) in ["warmup", "learning", "locked"].iter().zip(phases) {
+            m.groups.with_label_values(&[phase]).set(n as i64);
+        }
+        m.containers.set(containers as i64);
+        m.incidents_open.set(open as i64);
+        m.partitions.set(tasks.len() as i64);
+        m.baseline_age
+            .set(lock(&shared.last_checkpoint).elapsed().as_secs_f64());
+        if let Some(feed) = &shared.inst.alertmanager {
+            let st = feed.stats();
+            raise_to(&m.am_sent, st.sent.load(Ordering::Relaxed));
+            raise_to(&m.am_failed, st.failed_requests.load(Ordering::Relaxed));
+            raise_to(&m.am_dropped, st.dropped.load(Ordering::Relaxed));
+            let (firing, resolving) = feed.tracked();
+            m.am_pending.set((firing + resolving) as i64);
+        }
     }
 }

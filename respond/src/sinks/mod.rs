@@ -1,5 +1,7 @@
 //! Alert sinks: where alert lines go.
 
+pub mod alertmanager;
+
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::Path;

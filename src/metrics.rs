@@ -1,0 +1,446 @@
+//! herd's own Prometheus series, declared in one place (`docs/metrics.md` lists them),
+//! and the liveness and readiness of a process.
+//!
+//! Handles are resolved once; the hot loop never formats a label. Label sets are
+//! bounded: topic names and partitions come from the configuration, reasons, formats,
+//! severities, detectors, action kinds and outcomes are closed sets. No container id,
+//! container name or image is ever a label.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Instant;
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+/// Kafka timestamp → scored, in seconds: from a millisecond (a live stream) to a minute
+/// (a backlog being worked down).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+fn counter(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    let c = IntCounter::new(name, help)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    let g = IntGauge::new(name, help)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn build_info(r: &Registry, component: &str) -> prometheus::Result<()> {
+    let g = gauge_vec(
+        r,
+        "herd_build_info",
+        "Always 1; the version and component of this process.",
+        &["version", "component"],
+    )?;
+    g.with_label_values(&[env!("CARGO_PKG_VERSION"), component])
+        .set(1);
+    Ok(())
+}
+
+/// Raises a counter to a running total kept elsewhere (task counters, a sink's
+/// atomics). A total that went down (a task handed off) is ignored until it passes the
+/// counter again, so the series never decreases.
+pub fn raise_to(c: &IntCounter, total: u64) {
+    let now = c.get();
+    if total > now {
+        c.inc_by(total - now);
+    }
+}
+
+/// The Prometheus text of a registry.
+pub fn encode(r: &Registry) -> String {
+    let mut buf = Vec::new();
+    // Encoding our own well-formed families into memory cannot fail.
+    let _ = TextEncoder::new().encode(&r.gather(), &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+/// The series of `herd run`.
+#[derive(Debug, Clone)]
+pub struct WorkerMetrics {
+    /// Where they are registered.
+    pub registry: Registry,
+    /// `herd_input_records_total{topic,outcome}`: outcome is `scored`, `filtered`,
+    /// `dead_lettered` or `forwarded` (re-keyed through the repartition topic).
+    pub input_records: IntCounterVec,
+    /// `herd_dlq_records_total{reason}`.
+    pub dlq_records: IntCounterVec,
+    /// `herd_consumer_lag_records{topic,partition}`.
+    pub consumer_lag: IntGaugeVec,
+    /// `herd_processing_latency_seconds`.
+    pub latency: Histogram,
+    /// `herd_observations_total`.
+    pub observations: IntCounter,
+    /// `herd_groups{phase}`.
+    pub groups: IntGaugeVec,
+    /// `herd_containers`.
+    pub containers: IntGauge,
+    /// `herd_incidents_open`.
+    pub incidents_open: IntGauge,
+    /// `herd_baseline_age_seconds`.
+    pub baseline_age: Gauge,
+    /// `herd_alerts_total{severity,detector}`.
+    pub alerts: IntCounterVec,
+    /// `herd_incidents_opened_total{severity}`.
+    pub incidents_opened: IntCounterVec,
+    /// `herd_incidents_closed_total{severity}`.
+    pub incidents_closed: IntCounterVec,
+    /// `herd_actions_total{kind,outcome}`.
+    pub actions: IntCounterVec,
+    /// `herd_checkpoints_total`.
+    pub checkpoints: IntCounter,
+    /// `herd_checkpoint_failures_total`.
+    pub checkpoint_failures: IntCounter,
+    /// `herd_partitions_assigned`.
+    pub partitions: IntGauge,
+    /// `herd_alertmanager_alerts_sent_total`.
+    pub am_sent: IntCounter,
+    /// `herd_alertmanager_request_failures_total`.
+    pub am_failed: IntCounter,
+    /// `herd_alertmanager_alerts_dropped_total`.
+    pub am_dropped: IntCounter,
+    /// `herd_alertmanager_alerts_pending`.
+    pub am_pending: IntGauge,
+}
+
+impl WorkerMetrics {
+    /// Registers every series in a fresh registry. Series of closed label sets start at
+    /// zero, so that `increase()` sees their first event.
+    pub fn new() -> prometheus::Result<Self> {
+        let m = Self::register()?;
+        for sev in herd_detect::Severity::ALL {
+            m.incidents_opened.with_label_values(&[sev.as_str()]);
+            m.incidents_closed.with_label_values(&[sev.as_str()]);
+            for d in herd_detect::Detector::ALL {
+                m.alerts.with_label_values(&[sev.as_str(), d.as_str()]);
+            }
+        }
+        Ok(m)
+    }
+
+    fn register() -> prometheus::Result<Self> {
+        let r = Registry::new();
+        build_info(&r, "worker")?;
+        let latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "herd_processing_latency_seconds",
+                "From a record's Kafka timestamp to the end of its scoring.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        r.register(Box::new(latency.clone()))?;
+        let baseline_age = Gauge::new(
+            "herd_baseline_age_seconds",
+            "Seconds since the baselines this worker holds were last persisted to the \
+             baselines topic (a checkpoint); grows without bound when checkpoints fail.",
+        )?;
+        r.register(Box::new(baseline_age.clone()))?;
+        Ok(Self {
+            input_records: counter_vec(
+                &r,
+                "herd_input_records_total",
+                "Input records by topic and outcome (scored, filtered, dead_lettered, forwarded).",
+                &["topic", "outcome"],
+            )?,
+            dlq_records: counter_vec(
+                &r,
+                "herd_dlq_records_total",
+                "Records sent to the dead-letter topic, by reason.",
+                &["reason"],
+            )?,
+            consumer_lag: gauge_vec(
+                &r,
+                "herd_consumer_lag_records",
+                "Records between the committed position and the high watermark, per assigned partition (librdkafka statistics).",
+                &["topic", "partition"],
+            )?,
+            latency,
+            observations: counter(&r, "herd_observations_total", "Observations scored.")?,
+            groups: gauge_vec(
+                &r,
+                "herd_groups",
+                "Peer groups tracked, by baseline phase (warmup, learning, locked).",
+                &["phase"],
+            )?,
+            containers: gauge(&r, "herd_containers", "Containers (replicas) tracked.")?,
+            incidents_open: gauge(&r, "herd_incidents_open", "Incidents open.")?,
+            baseline_age,
+            alerts: counter_vec(
+                &r,
+                "herd_alerts_total",
+                "Alert lines (openings and updates), by severity and by each detector named.",
+                &["severity", "detector"],
+            )?,
+            incidents_opened: counter_vec(
+                &r,
+                "herd_incidents_opened_total",
+                "Incidents opened, by severity at opening.",
+                &["severity"],
+            )?,
+            incidents_closed: counter_vec(
+                &r,
+                "herd_incidents_closed_total",
+                "Incidents closed, by last severity.",
+                &["severity"],
+            )?,
+            actions: counter_vec(
+                &r,
+                "herd_actions_total",
+                "Response actions by kind and outcome (worker: sent or refused).",
+                &["kind", "outcome"],
+            )?,
+            checkpoints: counter(&r, "herd_checkpoints_total", "Checkpoints committed.")?,
+            checkpoint_failures: counter(
+                &r,
+                "herd_checkpoint_failures_total",
+                "Checkpoints that failed (nothing was committed).",
+            )?,
+            partitions: gauge(
+                &r,
+                "herd_partitions_assigned",
+                "Partitions (tasks) this worker owns.",
+            )?,
+            am_sent: counter(
+                &r,
+                "herd_alertmanager_alerts_sent_total",
+                "Alerts (firing or resolved) Alertmanager accepted.",
+            )?,
+            am_failed: counter(
+                &r,
+                "herd_alertmanager_request_failures_total",
+                "Posts to Alertmanager that failed (each is retried).",
+            )?,
+            am_dropped: counter(
+                &r,
+                "herd_alertmanager_alerts_dropped_total",
+                "Incidents no longer tracked for Alertmanager because too many were.",
+            )?,
+            am_pending: gauge(
+                &r,
+                "herd_alertmanager_alerts_pending",
+                "Incidents tracked for Alertmanager (firing plus awaiting resolution).",
+            )?,
+            registry: r,
+        })
+    }
+}
+
+/// The series of `herd agent`.
+#[derive(Debug, Clone)]
+pub struct AgentMetrics {
+    /// Where they are registered.
+    pub registry: Registry,
+    /// `herd_agent_samples_total`.
+    pub samples: IntCounter,
+    /// `herd_agent_sampling_errors_total{reason}`.
+    pub sampling_errors: IntCounterVec,
+    /// `herd_agent_events_total`.
+    pub events: IntCounter,
+    /// `herd_agent_containers`.
+    pub containers: IntGauge,
+    /// `herd_agent_publish_failures_total{topic}`.
+    pub publish_failures: IntCounterVec,
+    /// `herd_actions_total{kind,outcome}`.
+    pub actions: IntCounterVec,
+    /// `herd_evidence_bytes_total`.
+    pub evidence_bytes: IntCounter,
+    /// `herd_dlq_records_total{reason}`.
+    pub dlq_records: IntCounterVec,
+}
+
+impl AgentMetrics {
+    /// Registers every series in a fresh registry.
+    pub fn new() -> prometheus::Result<Self> {
+        let r = Registry::new();
+        build_info(&r, "agent")?;
+        Ok(Self {
+            samples: counter(
+                &r,
+                "herd_agent_samples_total",
+                "Stats samples taken and handed to the producer.",
+            )?,
+            sampling_errors: counter_vec(
+                &r,
+                "herd_agent_sampling_errors_total",
+                "Stats requests that gave no sample, by reason.",
+                &["reason"],
+            )?,
+            events: counter(&r, "herd_agent_events_total", "Docker events published.")?,
+            containers: gauge(
+                &r,
+                "herd_agent_containers",
+                "Running containers this agent samples.",
+            )?,
+            publish_failures: counter_vec(
+                &r,
+                "herd_agent_publish_failures_total",
+                "Records the producer could not deliver, by topic.",
+                &["topic"],
+            )?,
+            actions: counter_vec(
+                &r,
+                "herd_actions_total",
+                "Response actions by kind and outcome (agent: ok, dry_run, duplicate, refused, failed).",
+                &["kind", "outcome"],
+            )?,
+            evidence_bytes: counter(
+                &r,
+                "herd_evidence_bytes_total",
+                "Bytes of evidence written to the evidence store.",
+            )?,
+            dlq_records: counter_vec(
+                &r,
+                "herd_dlq_records_total",
+                "Unreadable commands sent to the dead-letter topic, by reason.",
+                &["reason"],
+            )?,
+            registry: r,
+        })
+    }
+}
+
+/// Conditions of readiness, each set by the part of the process that knows it.
+#[derive(Debug)]
+pub struct Health {
+    started: Instant,
+    /// Milliseconds after `started` of the main loop's last turn.
+    heartbeat_ms: AtomicI64,
+    /// How long the loop may go without a turn before the process is not live.
+    stall_ms: i64,
+    conditions: Vec<(&'static str, AtomicBool)>,
+}
+
+impl Health {
+    /// A health record with these readiness conditions, all false.
+    pub fn new(conditions: &[&'static str], stall_ms: i64) -> Self {
+        Self {
+            started: Instant::now(),
+            heartbeat_ms: AtomicI64::new(0),
+            stall_ms,
+            conditions: conditions
+                .iter()
+                .map(|c| (*c, AtomicBool::new(false)))
+                .collect(),
+        }
+    }
+
+    /// Sets one condition (unknown names are a programming error and ignored).
+    pub fn set(&self, condition: &str, value: bool) {
+        if let Some((_, v)) = self.conditions.iter().find(|(n, _)| *n == condition) {
+            v.store(value, Ordering::Relaxed);
+        }
+    }
+
+    /// The main loop made a turn.
+    pub fn beat(&self) {
+        self.heartbeat_ms
+            .store(self.started.elapsed().as_millis() as i64, Ordering::Relaxed);
+    }
+
+    /// Live: the main loop turned within the stall limit.
+    pub fn live(&self) -> Result<(), String> {
+        let since =
+            self.started.elapsed().as_millis() as i64 - self.heartbeat_ms.load(Ordering::Relaxed);
+        if since > self.stall_ms {
+            return Err(format!("main loop stalled for {since} ms"));
+        }
+        Ok(())
+    }
+
+    /// Ready: live and every condition holds; the error names the ones that do not.
+    pub fn ready(&self) -> Result<(), String> {
+        self.live()?;
+        let missing: Vec<&str> = self
+            .conditions
+            .iter()
+            .filter(|(_, v)| !v.load(Ordering::Relaxed))
+            .map(|(n, _)| *n)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("not ready: {}", missing.join(", ")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_is_named_herd_and_encodes() {
+        let w = WorkerMetrics::new().unwrap_or_else(|e| panic!("{e}"));
+        w.input_records
+            .with_label_values(&["herd.samples", "scored"])
+            .inc();
+        w.latency.observe(0.004);
+        let text = encode(&w.registry);
+        assert!(
+            text.contains("herd_input_records_total{outcome=\"scored\",topic=\"herd.samples\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("herd_build_info{component=\"worker\""),
+            "{text}"
+        );
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("herd_"), "{line}");
+        }
+        let a = AgentMetrics::new().unwrap_or_else(|e| panic!("{e}"));
+        a.samples.inc();
+        assert!(encode(&a.registry).contains("herd_agent_samples_total 1"));
+    }
+
+    #[test]
+    fn raising_to_a_total_never_decreases() {
+        let c = IntCounter::new("x", "x").unwrap_or_else(|e| panic!("{e}"));
+        raise_to(&c, 5);
+        raise_to(&c, 3);
+        assert_eq!(c.get(), 5);
+        raise_to(&c, 9);
+        assert_eq!(c.get(), 9);
+    }
+
+    #[test]
+    fn readiness_names_what_is_missing() {
+        let h = Health::new(&["assigned", "broker"], 60_000);
+        h.beat();
+        assert_eq!(h.ready(), Err("not ready: assigned, broker".into()));
+        h.set("assigned", true);
+        h.set("broker", true);
+        assert_eq!(h.ready(), Ok(()));
+        assert_eq!(h.live(), Ok(()));
+        let stalled = Health::new(&[], -1);
+        assert!(stalled.live().is_err() && stalled.ready().is_err());
+    }
+}
