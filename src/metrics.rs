@@ -20,41 +20,53 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-fn counter(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
-    let c = IntCounter::new(name, help)?;
-    r.register(Box::new(c.clone()))?;
-    Ok(c)
+/// A registry that also remembers the family names registered (a vector with no label
+/// set yet is absent from `gather()`, but is still a series herd exports).
+#[derive(Debug, Default)]
+struct Reg {
+    r: Registry,
+    names: Vec<String>,
+}
+
+impl Reg {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(
+        &mut self,
+        c: C,
+    ) -> prometheus::Result<C> {
+        self.names
+            .extend(c.desc().iter().map(|d| d.fq_name.clone()));
+        self.r.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+}
+
+fn counter(r: &mut Reg, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    r.add(IntCounter::new(name, help)?)
 }
 
 fn counter_vec(
-    r: &Registry,
+    r: &mut Reg,
     name: &str,
     help: &str,
     labels: &[&str],
 ) -> prometheus::Result<IntCounterVec> {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-    r.register(Box::new(c.clone()))?;
-    Ok(c)
+    r.add(IntCounterVec::new(Opts::new(name, help), labels)?)
 }
 
-fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
-    let g = IntGauge::new(name, help)?;
-    r.register(Box::new(g.clone()))?;
-    Ok(g)
+fn gauge(r: &mut Reg, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    r.add(IntGauge::new(name, help)?)
 }
 
 fn gauge_vec(
-    r: &Registry,
+    r: &mut Reg,
     name: &str,
     help: &str,
     labels: &[&str],
 ) -> prometheus::Result<IntGaugeVec> {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-    r.register(Box::new(g.clone()))?;
-    Ok(g)
+    r.add(IntGaugeVec::new(Opts::new(name, help), labels)?)
 }
 
-fn build_info(r: &Registry, component: &str) -> prometheus::Result<()> {
+fn build_info(r: &mut Reg, component: &str) -> prometheus::Result<()> {
     let g = gauge_vec(
         r,
         "herd_build_info",
@@ -89,6 +101,8 @@ pub fn encode(r: &Registry) -> String {
 pub struct WorkerMetrics {
     /// Where they are registered.
     pub registry: Registry,
+    /// Every family name registered (for documentation checks).
+    pub names: Vec<String>,
     /// `herd_input_records_total{topic,outcome}`: outcome is `scored`, `filtered`,
     /// `dead_lettered` or `forwarded` (re-keyed through the repartition topic).
     pub input_records: IntCounterVec,
@@ -148,108 +162,107 @@ impl WorkerMetrics {
     }
 
     fn register() -> prometheus::Result<Self> {
-        let r = Registry::new();
-        build_info(&r, "worker")?;
-        let latency = Histogram::with_opts(
+        let mut r = Reg::default();
+        build_info(&mut r, "worker")?;
+        let latency = r.add(Histogram::with_opts(
             HistogramOpts::new(
                 "herd_processing_latency_seconds",
                 "From a record's Kafka timestamp to the end of its scoring.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-        )?;
-        r.register(Box::new(latency.clone()))?;
-        let baseline_age = Gauge::new(
+        )?)?;
+        let baseline_age = r.add(Gauge::new(
             "herd_baseline_age_seconds",
             "Seconds since the baselines this worker holds were last persisted to the \
              baselines topic (a checkpoint); grows without bound when checkpoints fail.",
-        )?;
-        r.register(Box::new(baseline_age.clone()))?;
+        )?)?;
         Ok(Self {
             input_records: counter_vec(
-                &r,
+                &mut r,
                 "herd_input_records_total",
                 "Input records by topic and outcome (scored, filtered, dead_lettered, forwarded).",
                 &["topic", "outcome"],
             )?,
             dlq_records: counter_vec(
-                &r,
+                &mut r,
                 "herd_dlq_records_total",
                 "Records sent to the dead-letter topic, by reason.",
                 &["reason"],
             )?,
             consumer_lag: gauge_vec(
-                &r,
+                &mut r,
                 "herd_consumer_lag_records",
                 "Records between the committed position and the high watermark, per assigned partition (librdkafka statistics).",
                 &["topic", "partition"],
             )?,
             latency,
-            observations: counter(&r, "herd_observations_total", "Observations scored.")?,
+            observations: counter(&mut r, "herd_observations_total", "Observations scored.")?,
             groups: gauge_vec(
-                &r,
+                &mut r,
                 "herd_groups",
                 "Peer groups tracked, by baseline phase (warmup, learning, locked).",
                 &["phase"],
             )?,
-            containers: gauge(&r, "herd_containers", "Containers (replicas) tracked.")?,
-            incidents_open: gauge(&r, "herd_incidents_open", "Incidents open.")?,
+            containers: gauge(&mut r, "herd_containers", "Containers (replicas) tracked.")?,
+            incidents_open: gauge(&mut r, "herd_incidents_open", "Incidents open.")?,
             baseline_age,
             alerts: counter_vec(
-                &r,
+                &mut r,
                 "herd_alerts_total",
                 "Alert lines (openings and updates), by severity and by each detector named.",
                 &["severity", "detector"],
             )?,
             incidents_opened: counter_vec(
-                &r,
+                &mut r,
                 "herd_incidents_opened_total",
                 "Incidents opened, by severity at opening.",
                 &["severity"],
             )?,
             incidents_closed: counter_vec(
-                &r,
+                &mut r,
                 "herd_incidents_closed_total",
                 "Incidents closed, by last severity.",
                 &["severity"],
             )?,
             actions: counter_vec(
-                &r,
+                &mut r,
                 "herd_actions_total",
                 "Response actions by kind and outcome (worker: sent or refused).",
                 &["kind", "outcome"],
             )?,
-            checkpoints: counter(&r, "herd_checkpoints_total", "Checkpoints committed.")?,
+            checkpoints: counter(&mut r, "herd_checkpoints_total", "Checkpoints committed.")?,
             checkpoint_failures: counter(
-                &r,
+                &mut r,
                 "herd_checkpoint_failures_total",
                 "Checkpoints that failed (nothing was committed).",
             )?,
             partitions: gauge(
-                &r,
+                &mut r,
                 "herd_partitions_assigned",
                 "Partitions (tasks) this worker owns.",
             )?,
             am_sent: counter(
-                &r,
+                &mut r,
                 "herd_alertmanager_alerts_sent_total",
                 "Alerts (firing or resolved) Alertmanager accepted.",
             )?,
             am_failed: counter(
-                &r,
+                &mut r,
                 "herd_alertmanager_request_failures_total",
                 "Posts to Alertmanager that failed (each is retried).",
             )?,
             am_dropped: counter(
-                &r,
+                &mut r,
                 "herd_alertmanager_alerts_dropped_total",
                 "Incidents no longer tracked for Alertmanager because too many were.",
             )?,
             am_pending: gauge(
-                &r,
+                &mut r,
                 "herd_alertmanager_alerts_pending",
                 "Incidents tracked for Alertmanager (firing plus awaiting resolution).",
             )?,
-            registry: r,
+            names: r.names,
+            registry: r.r,
         })
     }
 }
@@ -259,6 +272,8 @@ impl WorkerMetrics {
 pub struct AgentMetrics {
     /// Where they are registered.
     pub registry: Registry,
+    /// Every family name registered (for documentation checks).
+    pub names: Vec<String>,
     /// `herd_agent_samples_total`.
     pub samples: IntCounter,
     /// `herd_agent_sampling_errors_total{reason}`.
@@ -280,50 +295,55 @@ pub struct AgentMetrics {
 impl AgentMetrics {
     /// Registers every series in a fresh registry.
     pub fn new() -> prometheus::Result<Self> {
-        let r = Registry::new();
-        build_info(&r, "agent")?;
+        let mut r = Reg::default();
+        build_info(&mut r, "agent")?;
         Ok(Self {
             samples: counter(
-                &r,
+                &mut r,
                 "herd_agent_samples_total",
                 "Stats samples taken and handed to the producer.",
             )?,
             sampling_errors: counter_vec(
-                &r,
+                &mut r,
                 "herd_agent_sampling_errors_total",
                 "Stats requests that gave no sample, by reason.",
                 &["reason"],
             )?,
-            events: counter(&r, "herd_agent_events_total", "Docker events published.")?,
+            events: counter(
+                &mut r,
+                "herd_agent_events_total",
+                "Docker events published.",
+            )?,
             containers: gauge(
-                &r,
+                &mut r,
                 "herd_agent_containers",
                 "Running containers this agent samples.",
             )?,
             publish_failures: counter_vec(
-                &r,
+                &mut r,
                 "herd_agent_publish_failures_total",
                 "Records the producer could not deliver, by topic.",
                 &["topic"],
             )?,
             actions: counter_vec(
-                &r,
+                &mut r,
                 "herd_actions_total",
                 "Response actions by kind and outcome (agent: ok, dry_run, duplicate, refused, failed).",
                 &["kind", "outcome"],
             )?,
             evidence_bytes: counter(
-                &r,
+                &mut r,
                 "herd_evidence_bytes_total",
                 "Bytes of evidence written to the evidence store.",
             )?,
             dlq_records: counter_vec(
-                &r,
+                &mut r,
                 "herd_dlq_records_total",
                 "Unreadable commands sent to the dead-letter topic, by reason.",
                 &["reason"],
             )?,
-            registry: r,
+            names: r.names,
+            registry: r.r,
         })
     }
 }

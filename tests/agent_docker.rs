@@ -254,6 +254,7 @@ actions = [{{ action = "capture" }}, {{ action = "stop", grace_s = 1 }}]
     let worker_log = tmp.path().join("worker.log");
     let worker = Worker::start_with(&names, &broker, worker_log.clone(), &worker_env);
     let mut agent_env = common.clone();
+    let agent_port = support::broker::free_port();
     agent_env.extend([
         ("HERD_AGENT__HOST", host.clone()),
         ("HERD_AGENT__LABEL", format!("herd.test={run}")),
@@ -267,6 +268,7 @@ actions = [{{ action = "capture" }}, {{ action = "stop", grace_s = 1 }}]
             "HERD_AGENT__WEBHOOK_ALLOW",
             "[\"http://127.0.0.1:\"]".into(),
         ),
+        ("HERD_HTTP__LISTEN", format!("127.0.0.1:{agent_port}")),
     ]);
     let agent_log = tmp.path().join("agent.log");
     let mut agent = Agent::start(&names, &broker, agent_log.clone(), &agent_env);
@@ -530,8 +532,17 @@ actions = [{{ action = "capture" }}, {{ action = "stop", grace_s = 1 }}]
     drop(std::os::unix::net::UnixListener::bind(&dead_sock).unwrap_or_else(|e| panic!("{e}")));
     let host2 = format!("{run}-nodocker");
     let mut env2 = agent_env.clone();
-    env2.retain(|(k, _)| *k != "HERD_AGENT__HOST" && *k != "HERD_AGENT__STATE_DIR");
+    env2.retain(|(k, _)| {
+        ![
+            "HERD_AGENT__HOST",
+            "HERD_AGENT__STATE_DIR",
+            "HERD_HTTP__LISTEN",
+        ]
+        .contains(k)
+    });
+    let agent2_port = support::broker::free_port();
     env2.extend([
+        ("HERD_HTTP__LISTEN", format!("127.0.0.1:{agent2_port}")),
         ("HERD_AGENT__HOST", host2.clone()),
         (
             "HERD_AGENT__STATE_DIR",
@@ -584,7 +595,59 @@ actions = [{{ action = "capture" }}, {{ action = "stop", grace_s = 1 }}]
     wait_for("more samples", Duration::from_secs(20), &logs, || {
         (payloads(&names, &broker, "samples").len() > before + 5).then_some(())
     });
-    let _ = BTreeMap::<(), ()>::new();
+
+    // What the agents tell Prometheus (issue 5): the one with its engine is ready and
+    // counts what it sampled and did; the one without says why it is not ready.
+    let metrics = |port: u16| -> BTreeMap<String, f64> {
+        let (status, body) = support::monitoring::get(port, "/metrics").expect("scrape");
+        assert_eq!(status, 200);
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+            .collect()
+    };
+    let m = wait_for(
+        "the agent's readiness",
+        Duration::from_secs(20),
+        &logs,
+        || {
+            let ready = matches!(
+                support::monitoring::get(agent_port, "/readyz"),
+                Ok((200, _))
+            );
+            ready.then(|| metrics(agent_port))
+        },
+    );
+    assert!(m["herd_agent_samples_total"] > 10.0, "{m:?}");
+    assert!(m["herd_agent_events_total"] > 0.0, "{m:?}");
+    assert!(m["herd_agent_containers"] >= 1.0, "{m:?}");
+    assert!(
+        m[r#"herd_actions_total{kind="capture",outcome="ok"}"#] >= 1.0,
+        "{m:?}"
+    );
+    assert!(
+        m[r#"herd_actions_total{kind="pause",outcome="ok"}"#] >= 1.0,
+        "{m:?}"
+    );
+    assert!(m["herd_evidence_bytes_total"] > 1000.0, "{m:?}");
+    assert_eq!(
+        m[r#"herd_build_info{component="agent",version="0.1.0"}"#],
+        1.0
+    );
+    assert!(m.keys().all(|k| k.starts_with("herd_")), "{m:?}");
+    let (status, why) = wait_for("agent2 not ready", Duration::from_secs(20), &logs, || {
+        support::monitoring::get(agent2_port, "/readyz")
+            .ok()
+            .filter(|(s, body)| *s == 503 && !body.contains("broker"))
+    });
+    assert_eq!(status, 503);
+    assert!(why.contains("docker") && !why.contains("broker"), "{why}");
+    let m2 = metrics(agent2_port);
+    assert_eq!(
+        m2[r#"herd_actions_total{kind="pause",outcome="failed"}"#], 1.0,
+        "{m2:?}"
+    );
     drop(agent2);
     drop(agent);
     worker.stop();

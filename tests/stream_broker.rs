@@ -15,34 +15,7 @@ use std::time::{Duration, Instant};
 
 use herd::simulate::{SimConfig, simulate};
 use support::broker::{Broker, Names, PARTITIONS, Worker, consume, herd, produce};
-
-const FILES: [&str; 4] = [
-    "stats.jsonl",
-    "stats-raw.jsonl",
-    "events.jsonl",
-    "falco.jsonl",
-];
-
-fn workdir(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("herd-e2e-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{e}"));
-    d
-}
-
-/// A two-day fleet at one sample a minute (9 labelled attacks).
-fn fleet(dir: &Path) -> Vec<PathBuf> {
-    simulate(
-        &SimConfig {
-            seed: 2,
-            hours: 48,
-            interval_s: 60,
-        },
-        dir,
-    )
-    .unwrap_or_else(|e| panic!("simulate: {e}"));
-    FILES.iter().map(|f| dir.join(f)).collect()
-}
+use support::fleet::{FILES, fleet, fleet_start_ms, produce_window, workdir};
 
 /// Incident ids of `herd replay` on the files.
 fn replay_incidents(files: &[PathBuf]) -> BTreeSet<String> {
@@ -128,43 +101,6 @@ fn a_fleet_through_kafka_gives_the_same_incidents_as_replay_issue_3() {
     assert_every_attack_alerted(&dir.join("fleet"), &alerts);
     assert!(consume(&names, &broker, &names.topic("dlq")).is_empty());
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// `--from`/`--until` arguments of `herd produce`.
-fn window(from: Option<i64>, until: Option<i64>) -> Vec<String> {
-    let mut args = Vec::new();
-    for (flag, at) in [("--from", from), ("--until", until)] {
-        if let Some(at) = at {
-            args.extend([flag.to_owned(), at.to_string()]);
-        }
-    }
-    args
-}
-
-/// Produces the records of `files` in the event-time window (see [`window`]).
-fn produce_window(
-    names: &Names,
-    broker: &Broker,
-    files: &[PathBuf],
-    from: Option<i64>,
-    until: Option<i64>,
-) {
-    let args = window(from, until);
-    produce(
-        names,
-        broker,
-        files,
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-}
-
-fn fleet_start_ms(dir: &Path) -> i64 {
-    let labels: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.join("labels.json")).unwrap_or_else(|e| panic!("{e}")),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let start = labels["start"].as_str().unwrap_or_default();
-    herd_ingest::time::parse_rfc3339_ms(start).unwrap_or_else(|| panic!("start {start}"))
 }
 
 #[test]

@@ -218,12 +218,17 @@ impl Executor {
 
     /// Runs one command and says how it ended. Never fails: every failure is an outcome.
     pub async fn execute(&self, cmd: &Command) -> Response {
-        let _span = tracing::info_span!(
+        let span = tracing::info_span!(
             "action",
             action = cmd.action.name(),
             incident = %cmd.incident_id,
+            container = %cmd.container_name,
             dry_run = cmd.dry_run
         );
+        tracing::Instrument::instrument(self.execute_in_span(cmd), span).await
+    }
+
+    async fn execute_in_span(&self, cmd: &Command) -> Response {
         let started = Instant::now();
         let slot = Arc::clone(lock(&self.inflight).entry(cmd.id.clone()).or_default());
         let mut r = {

@@ -20,7 +20,8 @@ fn tansu_binary() -> PathBuf {
     home.join(".cache/herd/tansu/bin/tansu")
 }
 
-fn free_port() -> u16 {
+/// A port nobody listens on (bound and released).
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -242,6 +243,9 @@ impl Names {
                 self.topic("baselines"),
             ),
             ("HERD_STREAM__GROUP_ID".into(), self.group()),
+            // Tests run many herd processes at once: each takes a port of its own
+            // (a test that scrapes one sets its port explicitly).
+            ("HERD_HTTP__LISTEN".into(), "127.0.0.1:0".into()),
             ("HERD_STREAM__PARTITIONS".into(), PARTITIONS.to_string()),
             ("HERD_STREAM__CHECKPOINT_INTERVAL_MS".into(), "1000".into()),
             ("HERD_STREAM__SHUTDOWN_DEADLINE_MS".into(), "8000".into()),

@@ -3,3 +3,5 @@
 
 pub mod broker;
 pub mod docker;
+pub mod fleet;
+pub mod monitoring;

@@ -13,7 +13,7 @@
 //! slows detection, and never grows memory.
 //!
 //! Labels: `alertname="HerdIncident"`, `severity`, `group`, `container` (the name),
-//! `host`, `incident` (the id), and the configured static labels. A severity change
+//! `host` (when known), `incident` (the id), and the configured static labels. A severity change
 //! changes the label set, so the previous set is resolved as the new one fires.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -199,7 +199,9 @@ impl Feed {
         labels.insert("severity".into(), a.severity.as_str().into());
         labels.insert("group".into(), a.group.clone());
         labels.insert("container".into(), a.container_name.clone());
-        labels.insert("host".into(), a.host.clone().unwrap_or_default());
+        if let Some(h) = a.host.as_ref().filter(|h| !h.is_empty()) {
+            labels.insert("host".into(), h.clone());
+        }
         labels.insert("incident".into(), a.incident_id.clone());
         let mut ann = BTreeMap::new();
         ann.insert("summary".into(), a.explanation.clone());
