@@ -170,6 +170,34 @@ pub enum Command {
         #[arg(long, env = "HERD_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Retrain baselines from the observation archive with DataFusion: per group and
+    /// feature, robust quantiles, median and MAD, hour-of-day and day-of-week profiles,
+    /// and the spread between replicas. Writes a versioned snapshot per group
+    /// (`--out`) and publishes it to the retrained topic (`--publish`); prints a
+    /// summary table.
+    Retrain {
+        /// The archive (`file:///…`, a directory, `s3://bucket/prefix`); default
+        /// `archive.url`.
+        #[arg(long)]
+        archive: Option<String>,
+        /// How far back from `--until` (`14d`, `36h`, `90m`).
+        #[arg(long, value_parser = parse_span)]
+        since: std::time::Duration,
+        /// End of the window (RFC 3339 or epoch ms); default now.
+        #[arg(long, value_parser = parse_time)]
+        until: Option<i64>,
+        /// Write `<group>.json` snapshots here (and compare with those already there).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Publish the snapshots to `stream.topics.retrained`.
+        #[arg(long)]
+        publish: bool,
+        /// Memory for the queries' aggregations before they spill to disk.
+        #[arg(long, default_value_t = 1024)]
+        memory_mb: usize,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    },
     /// Probe an HTTP endpoint of a herd process (`http://127.0.0.1:9720/readyz`): exit
     /// 0 on HTTP 200, 1 otherwise. For container health checks in an image without curl.
     Probe {
@@ -198,6 +226,26 @@ fn parse_time(s: &str) -> Result<i64, String> {
         .ok()
         .or_else(|| herd_ingest::time::parse_rfc3339_ms(s))
         .ok_or_else(|| format!("{s:?}: expected RFC 3339 or epoch milliseconds"))
+}
+
+/// A span of history: `90s`, `45m`, `36h`, `14d` (up to a year).
+fn parse_span(s: &str) -> Result<std::time::Duration, String> {
+    let unit = s.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
+    let num = &s[..s.len() - unit.len()];
+    let mult = match unit {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        _ => return Err(format!("{s:?}: expected a span such as 36h or 14d")),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a span such as 36h or 14d"))?;
+    if !(v.is_finite() && v > 0.0 && v * mult <= 366.0 * 86_400.0) {
+        return Err(format!("{s:?}: out of range (up to a year)"));
+    }
+    Ok(std::time::Duration::from_secs_f64(v * mult))
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -280,6 +328,52 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !s.counters.rejected.is_empty() {
                 eprintln!("herd run: dead-letter reasons: {:?}", s.counters.rejected);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retrain {
+            archive,
+            since,
+            until,
+            out,
+            publish,
+            memory_mb,
+            kafka,
+        } => {
+            let cfg = kafka.load()?;
+            let archive = archive
+                .or_else(|| cfg.archive.url.clone())
+                .ok_or_else(|| anyhow::anyhow!("no archive: --archive or archive.url"))?;
+            let until_ms = until.unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+            let opts = crate::retrain::Options {
+                archive,
+                store_options: cfg.archive.options.clone(),
+                since_ms: until_ms - since.as_millis() as i64,
+                until_ms,
+                memory_bytes: memory_mb.max(64) << 20,
+                progress: std::io::stderr().is_terminal(),
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            if publish {
+                // Like `herd run`: missing topics are created, partition counts checked.
+                rt.block_on(crate::stream::kafka::prepare_topics(
+                    &cfg.kafka,
+                    &cfg.stream,
+                ))?;
+            }
+            let outcome = rt.block_on(crate::retrain::retrain(&opts))?;
+            let sinks = crate::retrain::Sinks {
+                out_dir: out,
+                publish: publish.then(|| (cfg.stream.topics.retrained.clone(), cfg.kafka.clone())),
+            };
+            if outcome.rows == 0 {
+                // A nightly job that found nothing must not look like one that worked.
+                eprintln!("herd retrain: no archive rows in the window; nothing written");
+                return Ok(ExitCode::FAILURE);
+            }
+            let changes = crate::retrain::deliver(&outcome, &sinks)?;
+            eprint!("{}", crate::retrain::render(&outcome, &changes));
             Ok(ExitCode::SUCCESS)
         }
         Command::Probe { url, timeout } => Ok(match crate::http::probe(&url, timeout) {

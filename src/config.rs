@@ -56,6 +56,8 @@ pub struct HerdConfig {
     pub respond: RespondConfig,
     /// The node agent (`herd agent`).
     pub agent: AgentConfig,
+    /// The observation archive of `herd run` and `herd replay` (off without `url`).
+    pub archive: crate::archive::ArchiveConfig,
     /// The operations endpoint (`/metrics`, `/healthz`, `/readyz`) of `herd run` and
     /// `herd agent`.
     pub http: crate::http::HttpConfig,
@@ -131,6 +133,7 @@ impl HerdConfig {
             "replay.max_buffered: must be at least 1"
         );
         cfg.http.addr()?;
+        cfg.archive.validate()?;
         cfg.alertmanager.validate()?;
         Ok(())
     }

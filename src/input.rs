@@ -199,13 +199,15 @@ pub struct RunReport {
 
 const MAX_EXAMPLES: usize = 20;
 
-/// Runs every source through the pipeline in event-time order. `on_alerts` receives the
+/// Runs every source through the pipeline in event-time order. `on_scored` receives,
+/// after each record the pipeline accepted, its alerts (often none) and the pipeline
+/// (its observations, for the archive). Formerly: `on_alerts` received the
 /// alerts of each processed record; `on_progress` the total bytes read, now and then.
 pub fn run_ordered(
     sources: Vec<Source>,
     pipeline: &mut Pipeline,
     cfg: &ReplayConfig,
-    mut on_alerts: impl FnMut(&[Alert]) -> anyhow::Result<()>,
+    mut on_scored: impl FnMut(&[Alert], &Pipeline) -> anyhow::Result<()>,
     mut on_progress: impl FnMut(u64),
 ) -> anyhow::Result<RunReport> {
     let mut heads: Vec<Head> = sources
@@ -239,9 +241,8 @@ pub fn run_ordered(
         alerts.clear();
         // Normalisation rejects (a raw sample of an unknown container) are counted by
         // the pipeline; the stream goes on.
-        let _ = pipeline.process(e.rec, &mut alerts);
-        if !alerts.is_empty() {
-            on_alerts(&alerts)?;
+        if pipeline.process(e.rec, &mut alerts).is_ok() {
+            on_scored(&alerts, pipeline)?;
         }
         Ok(())
     };

@@ -5,6 +5,8 @@
 //! - [`input`]: bounded line reading and event-time ordering of several inputs;
 //! - [`replay`]: `herd replay`;
 //! - [`demo`]: `herd demo`, the stream service on an in-process Kafka with a simulated fleet;
+//! - [`archive`]: the Parquet archive of scored observations (for `herd retrain`);
+//! - [`retrain`]: `herd retrain`, baselines from the archive with DataFusion SQL;
 //! - [`stream`]: `herd run`, the Kafka stream service (and its response loop);
 //! - [`agent`]: `herd agent`, the node agent: Docker collector and action executor;
 //! - [`metrics`] and [`http`]: the Prometheus series, liveness and readiness, and the
@@ -15,6 +17,7 @@
 //! - [`evaluate`]: `herd evaluate`, recall/precision/delay of alerts against labels.
 
 pub mod agent;
+pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod consume;
@@ -26,5 +29,6 @@ pub mod metrics;
 pub mod pipeline;
 pub mod produce;
 pub mod replay;
+pub mod retrain;
 pub mod simulate;
 pub mod stream;

@@ -136,6 +136,14 @@ pub struct WorkerMetrics {
     pub checkpoint_failures: IntCounter,
     /// `herd_partitions_assigned`.
     pub partitions: IntGauge,
+    /// `herd_archive_files_total`.
+    pub archive_files: IntCounter,
+    /// `herd_archive_rows_total`.
+    pub archive_rows: IntCounter,
+    /// `herd_archive_bytes_total`.
+    pub archive_bytes: IntCounter,
+    /// `herd_archive_write_failures_total`.
+    pub archive_failures: IntCounter,
     /// `herd_alertmanager_alerts_sent_total`.
     pub am_sent: IntCounter,
     /// `herd_alertmanager_request_failures_total`.
@@ -240,6 +248,26 @@ impl WorkerMetrics {
                 &mut r,
                 "herd_partitions_assigned",
                 "Partitions (tasks) this worker owns.",
+            )?,
+            archive_files: counter(
+                &mut r,
+                "herd_archive_files_total",
+                "Parquet files written to the observation archive.",
+            )?,
+            archive_rows: counter(
+                &mut r,
+                "herd_archive_rows_total",
+                "Rows written to the observation archive.",
+            )?,
+            archive_bytes: counter(
+                &mut r,
+                "herd_archive_bytes_total",
+                "Bytes written to the observation archive.",
+            )?,
+            archive_failures: counter(
+                &mut r,
+                "herd_archive_write_failures_total",
+                "Archive writes that failed (the worker stops; nothing after the last commit is lost).",
             )?,
             am_sent: counter(
                 &mut r,

@@ -27,6 +27,8 @@ pub struct Summary {
     pub elapsed_s: f64,
     /// Report of rejected lines and ordering.
     pub report: crate::input::RunReport,
+    /// What went to the archive (`[archive] url`).
+    pub archived: crate::archive::Written,
 }
 
 /// Opens the inputs (`-` is stdin) and the total size of the files, for progress.
@@ -82,19 +84,43 @@ pub fn replay(
         ProgressBar::hidden()
     };
     let mut incidents = BTreeSet::new();
+    // With `[archive] url`, the scored observations go to the archive too (a backfill
+    // from recorded files); files are named after the record count where they begin.
+    let archive = crate::archive::Writer::open(&cfg.archive)?;
+    let mut buf = crate::archive::Buffer::default();
+    let (mut seq, mut archived) = (0i64, crate::archive::Written::default());
+    let mut write = |buf: &mut crate::archive::Buffer| -> anyhow::Result<()> {
+        if let Some(w) = &archive {
+            let n = w.write(buf.take_files(0)?)?;
+            archived.files += n.files;
+            archived.rows += n.rows;
+        }
+        Ok(())
+    };
     let report = run_ordered(
         sources,
         &mut pipeline,
         &cfg.replay,
-        |alerts| {
+        |alerts, p| {
             for a in alerts {
                 incidents.insert(a.incident_id.clone());
                 sink.send(a)?;
+            }
+            if archive.is_some() {
+                let group_by = &p.engine().config().group_by;
+                for o in p.observations() {
+                    buf.push(&group_by.key(&o.container), o, (0, seq));
+                }
+                seq += 1;
+                if buf.rows() >= cfg.archive.max_file_rows {
+                    write(&mut buf)?;
+                }
             }
             Ok(())
         },
         |bytes| bar.set_position(bytes),
     )?;
+    write(&mut buf)?;
     sink.flush()?;
     bar.finish_and_clear();
     Ok(Summary {
@@ -102,6 +128,7 @@ pub fn replay(
         incidents: incidents.len(),
         elapsed_s: start.elapsed().as_secs_f64(),
         report,
+        archived,
     })
 }
 
@@ -120,6 +147,12 @@ pub fn render_summary(s: &Summary) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     };
+    if s.archived.files > 0 {
+        out.push_str(&format!(
+            "  archived: {} rows in {} files\n",
+            s.archived.rows, s.archived.files
+        ));
+    }
     if !c.decoded.is_empty() {
         out.push_str(&format!("  decoded: {}\n", join(&c.decoded)));
     }

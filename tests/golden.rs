@@ -34,7 +34,7 @@ fn run(cfg: &HerdConfig, pipeline: &mut Pipeline, src: Source, out: &mut Vec<Ale
         vec![src],
         pipeline,
         &cfg.replay,
-        |alerts| {
+        |alerts, _| {
             out.extend_from_slice(alerts);
             Ok(())
         },

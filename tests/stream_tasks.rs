@@ -38,6 +38,7 @@ fn a_fleet_split_by_routing_key_loses_no_record_to_its_partitioning() {
         max_idle: Duration::from_millis(1),
         respond: None,
         latency: None,
+        archive_rows: None,
     };
     let n = 3usize;
     let mut tasks: Vec<Task> = (0..n)

@@ -126,6 +126,57 @@ pub struct Manifest {
     pub notes: serde_json::Value,
 }
 
+/// An object store opened by URL (see [`open_object_store`]).
+#[derive(Debug)]
+pub struct Opened {
+    /// The store.
+    pub store: Arc<dyn ObjectStore>,
+    /// Where under it herd writes.
+    pub prefix: Path,
+    /// The URL, normalised (`file:///absolute/dir` for a local directory).
+    pub url: String,
+    /// The directory, for a local store.
+    pub local: Option<PathBuf>,
+}
+
+/// Opens `file:///dir` (or a plain path: created, mode 0700) or `s3://bucket/prefix`
+/// with `options` for the S3 client (`endpoint`, `region`, `allow_http`, …; credentials
+/// from the usual AWS environment). Local writes go to a staging name and are renamed
+/// into place, so a reader never sees half an object. `what` names the directory in
+/// errors.
+pub fn open_object_store<'a>(
+    url: &str,
+    options: impl IntoIterator<Item = (&'a str, &'a str)>,
+    what: &'static str,
+) -> Result<Opened> {
+    let store_err = |e: object_store::Error| Error::Store(e.to_string());
+    if !url.contains("://") || url.starts_with("file://") {
+        let dir = PathBuf::from(url.strip_prefix("file://").unwrap_or(url));
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io { sink: what, source })?;
+        set_mode(&dir, 0o700);
+        let dir = dir
+            .canonicalize()
+            .map_err(|source| Error::Io { sink: what, source })?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+            .map_err(store_err)?
+            .with_automatic_cleanup(true);
+        return Ok(Opened {
+            store: Arc::new(fs),
+            prefix: Path::default(),
+            url: format!("file://{}", dir.display()),
+            local: Some(dir),
+        });
+    }
+    let parsed = url::Url::parse(url).map_err(|e| Error::Store(format!("{url}: {e}")))?;
+    let (store, prefix) = object_store::parse_url_opts(&parsed, options).map_err(store_err)?;
+    Ok(Opened {
+        store: Arc::from(store),
+        prefix,
+        url: url.trim_end_matches('/').to_owned(),
+        local: None,
+    })
+}
+
 /// Where bundles are stored: a local directory or an S3-compatible bucket.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -144,35 +195,12 @@ impl Store {
         url: &str,
         options: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Self> {
-        let store_err = |e: object_store::Error| Error::Store(e.to_string());
-        if !url.contains("://") || url.starts_with("file://") {
-            let dir = PathBuf::from(url.strip_prefix("file://").unwrap_or(url));
-            std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
-                sink: "evidence directory",
-                source,
-            })?;
-            set_mode(&dir, 0o700);
-            let dir = dir.canonicalize().map_err(|source| Error::Io {
-                sink: "evidence directory",
-                source,
-            })?;
-            let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-                .map_err(store_err)?
-                .with_automatic_cleanup(true);
-            return Ok(Self {
-                inner: Arc::new(fs),
-                prefix: Path::default(),
-                url: format!("file://{}", dir.display()),
-                local: Some(dir),
-            });
-        }
-        let parsed = url::Url::parse(url).map_err(|e| Error::Store(format!("{url}: {e}")))?;
-        let (store, prefix) = object_store::parse_url_opts(&parsed, options).map_err(store_err)?;
+        let o = open_object_store(url, options, "evidence directory")?;
         Ok(Self {
-            inner: Arc::from(store),
-            prefix,
-            url: url.trim_end_matches('/').to_owned(),
-            local: None,
+            inner: o.store,
+            prefix: o.prefix,
+            url: o.url,
+            local: o.local,
         })
     }
 

@@ -23,6 +23,9 @@ pub struct Topics {
     pub actions: String,
     /// Outcomes of commands and refusals, key = host.
     pub responses: String,
+    /// Retrained baselines (`herd retrain --publish`), key = routing key
+    /// (repository), compacted.
+    pub retrained: String,
 }
 
 impl Default for Topics {
@@ -39,6 +42,7 @@ impl Default for Topics {
             baselines: "herd.baselines".into(),
             actions: "herd.actions".into(),
             responses: "herd.responses".into(),
+            retrained: "herd.retrained".into(),
         }
     }
 }

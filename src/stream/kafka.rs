@@ -138,6 +138,7 @@ pub async fn prepare_topics(
     let mut tasked: Vec<&str> = t.inputs.iter().map(String::as_str).collect();
     tasked.push(&t.repartition);
     tasked.push(&t.baselines);
+    tasked.push(&t.retrained);
     let others = [
         t.alerts.as_str(),
         t.dlq.as_str(),
@@ -170,7 +171,7 @@ pub async fn prepare_topics(
                         cfg.partitions,
                         TopicReplication::Fixed(cfg.replication),
                     );
-                    if *name == t.baselines {
+                    if *name == t.baselines || *name == t.retrained {
                         n.set("cleanup.policy", "compact")
                     } else {
                         n

@@ -68,6 +68,8 @@ pub enum Out {
     Response(Box<herd_respond::Response>),
     /// An incident closed (for sinks that keep incidents open: Alertmanager).
     Closed(herd_detect::Closed),
+    /// Write these files to the archive (a task's buffer reached `max_file_rows`).
+    Archive(Vec<crate::archive::File>),
     /// Produce the original record to the repartition topic under its routing key.
     Forward {
         /// Routing key.
@@ -158,6 +160,9 @@ pub struct Task {
     tally: Vec<[u64; 4]>,
     /// The worker's latency histogram, when it exports one.
     latency: Option<prometheus::Histogram>,
+    /// Rows for the archive, and the size at which they are written; `None`: no
+    /// archive.
+    archive: Option<(crate::archive::Buffer, usize)>,
 }
 
 /// What became of an input record: scored (it gave observations), filtered (well
@@ -169,9 +174,12 @@ const FILTERED: usize = 1;
 const DEAD: usize = 2;
 const FORWARDED: usize = 3;
 
-/// A task's checkpoint: records for `herd.baselines` and the positions they cover.
+/// A task's checkpoint: records for `herd.baselines`, the archive files of everything
+/// processed since the last one, and the positions they cover.
 #[derive(Debug)]
 pub struct Checkpoint {
+    /// Archive files to write before the positions are committed.
+    pub archive: Vec<crate::archive::File>,
     /// Key → value (`None`: tombstone).
     pub records: Vec<(String, Option<Vec<u8>>)>,
     /// Per input: the offset to commit (everything before it is reflected in the
@@ -198,6 +206,8 @@ pub struct TaskConfig {
     pub respond: Option<(RespondConfig, Arc<PolicyFile>)>,
     /// Where each record's Kafka-timestamp-to-scored latency also goes (`/metrics`).
     pub latency: Option<prometheus::Histogram>,
+    /// Archive the observations, in files of at most this many rows.
+    pub archive_rows: Option<usize>,
 }
 
 impl Task {
@@ -233,6 +243,9 @@ impl Task {
             published: Vec::new(),
             tally: vec![[0; 4]; cfg.inputs],
             latency: cfg.latency.clone(),
+            archive: cfg
+                .archive_rows
+                .map(|n| (crate::archive::Buffer::default(), n)),
         })
     }
 
@@ -460,6 +473,15 @@ impl Task {
                     reject,
                 });
             }
+            if let Some((buf, max)) = &mut self.archive {
+                let group_by = &self.pipeline.engine().config().group_by;
+                for o in self.pipeline.observations() {
+                    buf.push(&group_by.key(&o.container), o, (j, m.offset));
+                }
+                if buf.rows() >= *max {
+                    out.push(Out::Archive(take_archive(buf, self.partition)));
+                }
+            }
             if let Some(r) = &mut self.responder {
                 for o in self.pipeline.observations() {
                     r.record(o);
@@ -554,11 +576,26 @@ impl Task {
         records.push((task_key(self.partition), Some(task)));
         self.checkpoint_ms = engine.now_ms();
         self.checkpointed = live;
+        let archive = match &mut self.archive {
+            Some((buf, _)) => buf.take_files(self.partition)?,
+            None => Vec::new(),
+        };
         Ok(Checkpoint {
+            archive,
             records,
             positions: self.positions(),
         })
     }
+}
+
+/// Encodes a full archive buffer. Encoding in-memory columns cannot fail short of a bug;
+/// if it does, the rows stay out of the archive and the error is logged (detection goes
+/// on).
+fn take_archive(buf: &mut crate::archive::Buffer, partition: i32) -> Vec<crate::archive::File> {
+    buf.take_files(partition).unwrap_or_else(|e| {
+        tracing::error!(error = %e, partition, "encoding archive rows failed");
+        Vec::new()
+    })
 }
 
 /// Wall-clock milliseconds since the epoch, for latency against Kafka timestamps only

@@ -133,6 +133,8 @@ struct Shared {
     lag_series: Mutex<BTreeSet<(String, i32)>>,
     /// When state was last checkpointed and committed.
     last_checkpoint: Mutex<Instant>,
+    /// The observation archive, when configured.
+    archive: Option<crate::archive::Writer>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -264,7 +266,14 @@ fn commit_inner<'a>(
 ) -> anyhow::Result<()> {
     let mut tpl = TopicPartitionList::new();
     for t in tasks {
-        let Checkpoint { records, positions } = t.checkpoint()?;
+        let Checkpoint {
+            archive,
+            records,
+            positions,
+        } = t.checkpoint()?;
+        // The archive first: offsets are committed only once every row before them is
+        // in it.
+        write_archive(shared, archive)?;
         for (key, value) in &records {
             let mut r = BaseRecord::<[u8], [u8]>::to(&shared.cfg.topics.baselines)
                 .key(key.as_bytes())
@@ -347,6 +356,7 @@ pub fn run_with(
         max_idle: Duration::from_millis(scfg.max_task_idle_ms),
         respond,
         latency: Some(inst.metrics.latency.clone()),
+        archive_rows: cfg.archive.url.as_ref().map(|_| cfg.archive.max_file_rows),
     };
     let exported = Exported::new(&inst.metrics, &topics);
     let shared = Arc::new(Shared {
@@ -364,6 +374,7 @@ pub fn run_with(
         inst,
         lag_series: Mutex::new(BTreeSet::new()),
         last_checkpoint: Mutex::new(Instant::now()),
+        archive: crate::archive::Writer::open(&cfg.archive)?,
     });
     let consumer: BaseConsumer<Ctx> = kafka::client_config(
         kafka_cfg,
@@ -652,6 +663,7 @@ fn send_outputs(shared: &Shared, out: &mut Vec<Out>) -> anyhow::Result<()> {
                 }
                 send_json(shared, &t.alerts, &a.group, &a)?
             }
+            Out::Archive(files) => write_archive(shared, files)?,
             Out::Closed(c) => {
                 m.incidents_closed
                     .with_label_values(&[c.severity.as_str()])
@@ -728,6 +740,29 @@ fn send_outputs(shared: &Shared, out: &mut Vec<Out>) -> anyhow::Result<()> {
         s.dead_lettered += dead;
     }
     Ok(())
+}
+
+/// Writes archive files (nothing without an archive) and counts them.
+fn write_archive(shared: &Shared, files: Vec<crate::archive::File>) -> anyhow::Result<()> {
+    let Some(w) = &shared.archive else {
+        return Ok(());
+    };
+    if files.is_empty() {
+        return Ok(());
+    }
+    let m = &shared.inst.metrics;
+    match w.write(files) {
+        Ok(n) => {
+            m.archive_files.inc_by(n.files);
+            m.archive_rows.inc_by(n.rows);
+            m.archive_bytes.inc_by(n.bytes);
+            Ok(())
+        }
+        Err(e) => {
+            m.archive_failures.inc();
+            Err(e.context("writing the archive"))
+        }
+    }
 }
 
 /// Adds per-input outcome counts.

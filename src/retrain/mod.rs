@@ -1,0 +1,439 @@
+//! `herd retrain`: baselines from the archive's history, with DataFusion SQL.
+//!
+//! For every group and feature in the window: robust quantiles, the median and the
+//! median absolute deviation; medians by hour of day and by day of week (so a daily
+//! peak is expected); the spread between replicas sampled in the same minute. Each
+//! group's result is a versioned [`Retrained`] snapshot, written as a file and/or
+//! published to `herd.retrained` (key: the group's routing key, its repository).
+//!
+//! Memory: the queries stream the Parquet files; aggregations are bounded by a memory
+//! pool (`--memory-mb`) and spill to disk beyond it, so an archive larger than memory
+//! is read in one pass per query, never collected.
+
+pub mod snapshot;
+pub mod sql;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use datafusion::arrow::array::{Array, ArrayRef, Float64Array, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use futures_util::TryStreamExt as _;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+pub use snapshot::{FeatureProfile, Quantiles, Retrained};
+use sql::{Dialect, Window};
+
+/// What to retrain from, and where the results go.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The archive: `file:///…`, a directory, or `s3://bucket/prefix`.
+    pub archive: String,
+    /// Options of an S3-compatible store.
+    pub store_options: BTreeMap<String, String>,
+    /// Event-time window, epoch ms, `[since, until)`.
+    pub since_ms: i64,
+    /// End of the window.
+    pub until_ms: i64,
+    /// Memory for the queries' aggregations before they spill to disk.
+    pub memory_bytes: usize,
+    /// A progress bar on stderr.
+    pub progress: bool,
+}
+
+/// One step's counts, for the summary.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// The snapshots, by group.
+    pub snapshots: BTreeMap<String, Retrained>,
+    /// Archive rows in the window.
+    pub rows: u64,
+    /// Seconds spent in the queries.
+    pub elapsed_s: f64,
+}
+
+/// Opens a DataFusion session over the archive as table `obs` (with its hive columns
+/// `date` and `hour`).
+pub async fn session(opts: &Options) -> anyhow::Result<SessionContext> {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(opts.memory_bytes, 1.0)
+        .build_arc()?;
+    let config = SessionConfig::new()
+        .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    let opened = herd_respond::evidence::open_object_store(
+        &opts.archive,
+        opts.store_options
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+        "archive directory",
+    )?;
+    let table_url = if let Some(dir) = &opened.local {
+        format!("{}/", dir.display())
+    } else {
+        let u = url::Url::parse(&opened.url)?;
+        ctx.register_object_store(&u, Arc::clone(&opened.store));
+        format!("{}/", opened.url)
+    };
+    let schema = crate::archive::schema();
+    let read = ParquetReadOptions::default()
+        .table_partition_cols(vec![
+            ("date".to_owned(), DataType::Utf8),
+            ("hour".to_owned(), DataType::Utf8),
+        ])
+        .schema(&schema);
+    ctx.register_parquet("obs", &table_url, read)
+        .await
+        .with_context(|| format!("reading the archive at {}", opts.archive))?;
+    Ok(ctx)
+}
+
+/// Runs a query to the end, batch by batch.
+async fn collect(ctx: &SessionContext, q: &str) -> anyhow::Result<Vec<RecordBatch>> {
+    let df = ctx
+        .sql(q)
+        .await
+        .with_context(|| format!("planning:\n{q}"))?;
+    let stream = df.execute_stream().await?;
+    Ok(stream.try_collect().await?)
+}
+
+/// Column `name` of a batch as f64 (casting whatever numeric type the engine chose).
+fn f64s(b: &RecordBatch, name: &str) -> anyhow::Result<Float64Array> {
+    let c: &ArrayRef = b
+        .column_by_name(name)
+        .with_context(|| format!("no column {name}"))?;
+    let c = cast(c, &DataType::Float64)?;
+    Ok(c.as_any()
+        .downcast_ref::<Float64Array>()
+        .context("cast to f64")?
+        .clone())
+}
+
+/// Column `name` of a batch as strings.
+fn strs(b: &RecordBatch, name: &str) -> anyhow::Result<StringArray> {
+    let c: &ArrayRef = b
+        .column_by_name(name)
+        .with_context(|| format!("no column {name}"))?;
+    let c = cast(c, &DataType::Utf8)?;
+    Ok(c.as_any()
+        .downcast_ref::<StringArray>()
+        .context("cast to string")?
+        .clone())
+}
+
+fn opt(a: &Float64Array, i: usize) -> Option<f64> {
+    (a.is_valid(i) && a.value(i).is_finite()).then(|| a.value(i))
+}
+
+/// Retrains every group with data in the window.
+pub async fn retrain(opts: &Options) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    let ctx = session(opts).await?;
+    let w = Window {
+        since_ms: opts.since_ms,
+        until_ms: opts.until_ms,
+    };
+    let d = Dialect::DataFusion;
+    let steps = sql::STEPS;
+    let bar = if opts.progress {
+        let b =
+            ProgressBar::with_draw_target(Some(steps.len() as u64), ProgressDrawTarget::stderr());
+        b.set_style(
+            ProgressStyle::with_template(
+                "{spinner} retrain [{bar:30}] {pos}/{len} {msg} {elapsed}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut out = Outcome::default();
+    let trained_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+
+    // 1. Groups: rows, replicas, time range, repository.
+    bar.set_message(steps[0]);
+    for b in collect(&ctx, &sql::groups(d, w)).await? {
+        let (g, img) = (strs(&b, "grp")?, strs(&b, "image")?);
+        let (rows, reps) = (f64s(&b, "n")?, f64s(&b, "replicas")?);
+        let (first, last) = (f64s(&b, "first_ms")?, f64s(&b, "last_ms")?);
+        for i in 0..b.num_rows() {
+            let rows = rows.value(i) as u64;
+            out.rows += rows;
+            out.snapshots.insert(
+                g.value(i).to_owned(),
+                Retrained {
+                    format: snapshot::FORMAT,
+                    group: g.value(i).to_owned(),
+                    repository: herd_ingest::model::repository_of(img.value(i)).to_owned(),
+                    trained_at: trained_at.clone(),
+                    since_ms: w.since_ms,
+                    until_ms: w.until_ms,
+                    first_ms: first.value(i) as i64,
+                    last_ms: last.value(i) as i64,
+                    rows,
+                    replicas: reps.value(i) as u64,
+                    features: BTreeMap::new(),
+                },
+            );
+        }
+    }
+    bar.inc(1);
+
+    // 2. Quantiles per group and feature.
+    bar.set_message(steps[1]);
+    for b in collect(&ctx, &sql::quantiles(d, w)).await? {
+        let (g, f) = (strs(&b, "grp")?, strs(&b, "feature")?);
+        let n = f64s(&b, "n")?;
+        let q: Vec<Float64Array> = ["p05", "p25", "p50", "p75", "p95", "p99"]
+            .iter()
+            .map(|c| f64s(&b, c))
+            .collect::<anyhow::Result<_>>()?;
+        for i in 0..b.num_rows() {
+            let Some(s) = out.snapshots.get_mut(g.value(i)) else {
+                continue;
+            };
+            let v = |k: usize| opt(&q[k], i).unwrap_or(f64::NAN);
+            s.features.insert(
+                f.value(i).to_owned(),
+                FeatureProfile {
+                    count: n.value(i) as u64,
+                    quantiles: Quantiles {
+                        p05: v(0),
+                        p25: v(1),
+                        p50: v(2),
+                        p75: v(3),
+                        p95: v(4),
+                        p99: v(5),
+                    },
+                    mad: f64::NAN,
+                    hour_of_day: vec![None; 24],
+                    day_of_week: vec![None; 7],
+                    replica_spread: None,
+                },
+            );
+        }
+    }
+    bar.inc(1);
+
+    // 3. MAD: the medians just computed, joined back to the rows.
+    bar.set_message(steps[2]);
+    for b in collect(&ctx, &sql::mad(d, w)).await? {
+        let (g, f, mad) = (strs(&b, "grp")?, strs(&b, "feature")?, f64s(&b, "mad")?);
+        for i in 0..b.num_rows() {
+            if let Some(p) = feature_mut(&mut out, g.value(i), f.value(i)) {
+                p.mad = opt(&mad, i).unwrap_or(f64::NAN);
+            }
+        }
+    }
+    bar.inc(1);
+
+    // 4. Hour-of-day and day-of-week profiles.
+    bar.set_message(steps[3]);
+    for (q, hourly) in [(sql::by_hour(d, w), true), (sql::by_weekday(d, w), false)] {
+        for b in collect(&ctx, &q).await? {
+            let (g, f) = (strs(&b, "grp")?, strs(&b, "feature")?);
+            let (slot, med) = (f64s(&b, "slot")?, f64s(&b, "med")?);
+            for i in 0..b.num_rows() {
+                let Some(p) = feature_mut(&mut out, g.value(i), f.value(i)) else {
+                    continue;
+                };
+                let k = slot.value(i) as usize;
+                let v = if hourly {
+                    &mut p.hour_of_day
+                } else {
+                    &mut p.day_of_week
+                };
+                if let Some(x) = v.get_mut(k) {
+                    *x = opt(&med, i);
+                }
+            }
+        }
+    }
+    bar.inc(1);
+
+    // 5. Spread between replicas at the same time.
+    bar.set_message(steps[4]);
+    for b in collect(&ctx, &sql::spread(d, w)).await? {
+        let (g, f, sp) = (strs(&b, "grp")?, strs(&b, "feature")?, f64s(&b, "spread")?);
+        for i in 0..b.num_rows() {
+            if let Some(p) = feature_mut(&mut out, g.value(i), f.value(i)) {
+                p.replica_spread = opt(&sp, i);
+            }
+        }
+    }
+    bar.inc(1);
+    bar.finish_and_clear();
+    out.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+fn feature_mut<'a>(out: &'a mut Outcome, g: &str, f: &str) -> Option<&'a mut FeatureProfile> {
+    out.snapshots.get_mut(g)?.features.get_mut(f)
+}
+
+/// Where a retrain's results go.
+#[derive(Debug, Clone, Default)]
+pub struct Sinks {
+    /// Write `<group>.json` files here.
+    pub out_dir: Option<PathBuf>,
+    /// Publish to this topic with these librdkafka properties.
+    pub publish: Option<(String, BTreeMap<String, String>)>,
+}
+
+/// How a group's snapshot compares with the one written before it in `out_dir`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// No earlier snapshot.
+    New,
+    /// Features whose median moved more than 10% (and by how much, relative).
+    Moved(Vec<(String, f64)>),
+    /// Nothing moved more than 10%.
+    Same,
+}
+
+/// Compares `s` with the previous snapshot file of its group, if any.
+pub fn change(prev: Option<&Retrained>, s: &Retrained) -> Change {
+    let Some(prev) = prev else {
+        return Change::New;
+    };
+    let mut moved = Vec::new();
+    for (name, p) in &s.features {
+        let before = prev.features.get(name).map(|q| q.quantiles.p50);
+        let rel = match before {
+            Some(b) if b.abs() > 1e-12 => (p.quantiles.p50 - b) / b.abs(),
+            Some(_) => 0.0,
+            None => f64::INFINITY,
+        };
+        if rel.abs() > 0.10 {
+            moved.push((name.clone(), rel));
+        }
+    }
+    if moved.is_empty() {
+        Change::Same
+    } else {
+        Change::Moved(moved)
+    }
+}
+
+/// The file name of a group's snapshot (the group key made safe for a path).
+pub fn file_name(group: &str) -> String {
+    format!("{}.json", herd_respond::evidence::safe_name(group))
+}
+
+/// Writes the snapshots to `out_dir` (after reading the previous ones for the
+/// comparison) and publishes them; returns each group's change.
+pub fn deliver(out: &Outcome, sinks: &Sinks) -> anyhow::Result<BTreeMap<String, Change>> {
+    let mut changes = BTreeMap::new();
+    if let Some(dir) = &sinks.out_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    for (g, s) in &out.snapshots {
+        let prev = sinks.out_dir.as_ref().and_then(|d| {
+            let bytes = std::fs::read(d.join(file_name(g))).ok()?;
+            Retrained::parse(&bytes).ok()
+        });
+        changes.insert(g.clone(), change(prev.as_ref(), s));
+        if let Some(dir) = &sinks.out_dir {
+            let path = dir.join(file_name(g));
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, serde_json::to_vec_pretty(s)?)?;
+            std::fs::rename(&tmp, &path)?;
+        }
+    }
+    if let Some((topic, kafka)) = &sinks.publish {
+        publish(out, topic, kafka)?;
+    }
+    Ok(changes)
+}
+
+fn publish(out: &Outcome, topic: &str, kafka: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+    let producer: BaseProducer =
+        crate::stream::kafka::client_config(kafka, crate::stream::kafka::Role::Producer)
+            .create()
+            .context("creating the Kafka producer")?;
+    for s in out.snapshots.values() {
+        let bytes = serde_json::to_vec(s)?;
+        let mut rec = BaseRecord::to(topic)
+            .key(s.repository.as_str())
+            .payload(&bytes);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
+                    producer.poll(std::time::Duration::from_millis(50));
+                    rec = r;
+                }
+                Err((e, _)) => return Err(e).context("publishing a snapshot"),
+            }
+        }
+    }
+    producer
+        .flush(std::time::Duration::from_secs(30))
+        .context("delivering the snapshots")?;
+    Ok(())
+}
+
+/// The summary table: per group its rows, replicas, features, time range and what
+/// changed; then the totals.
+pub fn render(out: &Outcome, changes: &BTreeMap<String, Change>) -> String {
+    let fmt_t = |ms: i64| {
+        chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+            .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+            .unwrap_or_default()
+    };
+    let mut s = format!(
+        "{:<40} {:>10} {:>8} {:>8}  {:<16}  {:<16}  {}\n",
+        "group", "rows", "replicas", "features", "from", "to", "change"
+    );
+    for (g, r) in &out.snapshots {
+        let change = match changes.get(g) {
+            Some(Change::New) | None => "new".to_owned(),
+            Some(Change::Same) => "unchanged".to_owned(),
+            Some(Change::Moved(m)) => m
+                .iter()
+                .map(|(f, rel)| format!("{f} {:+.0}%", rel * 100.0))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        let name: String = if g.chars().count() > 40 {
+            let mut t: String = g.chars().take(39).collect();
+            t.push('…');
+            t
+        } else {
+            g.clone()
+        };
+        s.push_str(&format!(
+            "{:<40} {:>10} {:>8} {:>8}  {:<16}  {:<16}  {}\n",
+            name,
+            r.rows,
+            r.replicas,
+            r.features.len(),
+            fmt_t(r.first_ms),
+            fmt_t(r.last_ms),
+            change
+        ));
+    }
+    s.push_str(&format!(
+        "herd retrain: {} groups, {} rows in {:.2} s ({:.0} rows/s)\n",
+        out.snapshots.len(),
+        out.rows,
+        out.elapsed_s,
+        out.rows as f64 / out.elapsed_s.max(1e-9)
+    ));
+    s
+}

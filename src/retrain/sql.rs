@@ -1,0 +1,167 @@
+//! The retrain's SQL, for DataFusion and (in the benchmark) DuckDB: the same queries,
+//! differing only where the dialects do (approximate quantiles, epoch milliseconds).
+//!
+//! Every query reads table `obs` (the archive, with hive columns `date` and `hour`)
+//! and is filtered to the window twice: by `date` (partition pruning: only the files
+//! of the window's days are opened) and by event time.
+
+/// The engine a query is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// Apache DataFusion (herd's engine).
+    DataFusion,
+    /// DuckDB (the benchmark's reference).
+    DuckDb,
+}
+
+/// An event-time window, epoch ms, `[since, until)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Start, inclusive.
+    pub since_ms: i64,
+    /// End, exclusive.
+    pub until_ms: i64,
+}
+
+/// The steps of a retrain, in order (the progress bar's messages).
+pub const STEPS: [&str; 5] = [
+    "groups",
+    "quantiles",
+    "median absolute deviation",
+    "daily and weekly profiles",
+    "replica spread",
+];
+
+/// Approximate quantile `p` of `e` (t-digest in both engines).
+fn pct(d: Dialect, p: f64, e: &str) -> String {
+    match d {
+        Dialect::DataFusion => format!("approx_percentile_cont({p}) WITHIN GROUP (ORDER BY {e})"),
+        Dialect::DuckDb => format!("approx_quantile({e}, {p})"),
+    }
+}
+
+/// Epoch milliseconds of a timestamp column.
+fn epoch_ms(d: Dialect, col: &str) -> String {
+    match d {
+        Dialect::DataFusion => format!("CAST({col} AS BIGINT)"),
+        Dialect::DuckDb => format!("epoch_ms({col})"),
+    }
+}
+
+fn day(ms: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| "1970-01-01".into())
+}
+
+/// The window's predicate on table alias `t` (empty: unaliased).
+fn window(d: Dialect, w: Window, t: &str) -> String {
+    let p = if t.is_empty() {
+        String::new()
+    } else {
+        format!("{t}.")
+    };
+    let last_day = day(w.until_ms.saturating_sub(1));
+    format!(
+        "{p}date >= '{}' AND {p}date <= '{last_day}' AND {e} >= {} AND {e} < {}",
+        day(w.since_ms),
+        w.since_ms,
+        w.until_ms,
+        e = epoch_ms(d, &format!("{p}ts")),
+    )
+}
+
+/// Per group: rows, replicas, first and last observation, an image of it.
+pub fn groups(d: Dialect, w: Window) -> String {
+    format!(
+        "SELECT \"group\" AS grp, min(image) AS image, count(*) AS n, \
+         count(DISTINCT container_id) AS replicas, min({e}) AS first_ms, max({e}) AS last_ms \
+         FROM obs WHERE {win} GROUP BY \"group\"",
+        e = epoch_ms(d, "ts"),
+        win = window(d, w, ""),
+    )
+}
+
+/// Per group and feature: count and quantiles.
+pub fn quantiles(d: Dialect, w: Window) -> String {
+    let qs: Vec<String> = [
+        (0.05, "p05"),
+        (0.25, "p25"),
+        (0.5, "p50"),
+        (0.75, "p75"),
+        (0.95, "p95"),
+        (0.99, "p99"),
+    ]
+    .iter()
+    .map(|(p, name)| format!("{} AS {name}", pct(d, *p, "value")))
+    .collect();
+    format!(
+        "SELECT \"group\" AS grp, feature, count(value) AS n, {} FROM obs \
+         WHERE {} AND feature IS NOT NULL AND value IS NOT NULL GROUP BY \"group\", feature",
+        qs.join(", "),
+        window(d, w, ""),
+    )
+}
+
+/// Per group and feature: median absolute deviation from the median.
+pub fn mad(d: Dialect, w: Window) -> String {
+    format!(
+        "WITH med AS (SELECT \"group\" AS grp, feature, {m} AS med FROM obs \
+           WHERE {win} AND feature IS NOT NULL AND value IS NOT NULL GROUP BY \"group\", feature) \
+         SELECT o.\"group\" AS grp, o.feature AS feature, {dev} AS mad \
+         FROM obs o JOIN med ON o.\"group\" = med.grp AND o.feature = med.feature \
+         WHERE {wino} AND o.value IS NOT NULL GROUP BY o.\"group\", o.feature",
+        m = pct(d, 0.5, "value"),
+        dev = pct(d, 0.5, "abs(o.value - med.med)"),
+        win = window(d, w, ""),
+        wino = window(d, w, "o"),
+    )
+}
+
+fn profile(d: Dialect, w: Window, part: &str) -> String {
+    format!(
+        "SELECT \"group\" AS grp, feature, date_part('{part}', ts) AS slot, {m} AS med \
+         FROM obs WHERE {win} AND feature IS NOT NULL AND value IS NOT NULL \
+         GROUP BY \"group\", feature, date_part('{part}', ts) HAVING count(*) >= 10",
+        m = pct(d, 0.5, "value"),
+        win = window(d, w, ""),
+    )
+}
+
+/// Per group, feature and hour of day (UTC): the median.
+pub fn by_hour(d: Dialect, w: Window) -> String {
+    profile(d, w, "hour")
+}
+
+/// Per group, feature and day of week (0 = Sunday): the median.
+pub fn by_weekday(d: Dialect, w: Window) -> String {
+    profile(d, w, "dow")
+}
+
+/// Per group and feature: the median over minutes with three or more replicas of the
+/// standard deviation between them.
+pub fn spread(d: Dialect, w: Window) -> String {
+    format!(
+        "WITH per_min AS (SELECT \"group\" AS grp, feature, date_trunc('minute', ts) AS t, \
+           container_id, avg(value) AS v FROM obs \
+           WHERE {win} AND feature IS NOT NULL AND value IS NOT NULL \
+           GROUP BY \"group\", feature, date_trunc('minute', ts), container_id), \
+         minutes AS (SELECT grp, feature, t, stddev(v) AS sd FROM per_min \
+           GROUP BY grp, feature, t HAVING count(*) >= 3) \
+         SELECT grp, feature, {m} AS spread FROM minutes GROUP BY grp, feature",
+        win = window(d, w, ""),
+        m = pct(d, 0.5, "sd"),
+    )
+}
+
+/// Every query of a retrain, named, in order (for the benchmark).
+pub fn all(d: Dialect, w: Window) -> Vec<(&'static str, String)> {
+    vec![
+        ("groups", groups(d, w)),
+        ("quantiles", quantiles(d, w)),
+        ("mad", mad(d, w)),
+        ("by_hour", by_hour(d, w)),
+        ("by_weekday", by_weekday(d, w)),
+        ("spread", spread(d, w)),
+    ]
+}

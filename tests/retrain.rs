@@ -1,0 +1,198 @@
+//! `herd retrain` over simulated history (issue 6): a two-day fleet archived by
+//! `herd replay`, retrained with DataFusion; the snapshots hold sane robust statistics
+//! (checked against exact ones), the daily curve of the web tier, the spread between
+//! replicas; they are written as files (a second run reports nothing changed) and
+//! published to Kafka keyed by repository.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use herd::retrain::Retrained;
+use support::broker::{Broker, Names, consume, herd};
+use support::fleet::{FILES, workdir};
+
+fn labels_window(dir: &Path) -> (i64, i64) {
+    let labels: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("labels.json")).expect("labels"))
+            .expect("labels");
+    let t = |k: &str| {
+        herd_ingest::time::parse_rfc3339_ms(labels[k].as_str().expect("time")).expect("time")
+    };
+    (t("start"), t("end"))
+}
+
+fn snapshots(dir: &Path) -> BTreeMap<String, Retrained> {
+    std::fs::read_dir(dir)
+        .expect("out dir")
+        .flatten()
+        .map(|e| {
+            let s = Retrained::parse(&std::fs::read(e.path()).expect("read")).expect("parse");
+            (s.group.clone(), s)
+        })
+        .collect()
+}
+
+/// Exact medians per (group, feature) from the archive, with DataFusion's `median`.
+fn exact_medians(archive: &Path) -> BTreeMap<(String, String), f64> {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let ctx = datafusion::prelude::SessionContext::new();
+        let schema = herd::archive::schema();
+        let opts = datafusion::prelude::ParquetReadOptions::default().schema(&schema);
+        ctx.register_parquet("obs", &format!("{}/", archive.display()), opts)
+            .await
+            .expect("register");
+        let batches = ctx
+            .sql(
+                "SELECT \"group\" AS g, feature, CAST(median(value) AS DOUBLE) AS m FROM obs \
+                 WHERE feature IS NOT NULL GROUP BY \"group\", feature",
+            )
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("run");
+        let mut out = BTreeMap::new();
+        for b in batches {
+            use datafusion::arrow::array::{Array, Float64Array, StringArray};
+            use datafusion::arrow::compute::cast;
+            use datafusion::arrow::datatypes::DataType;
+            let g = cast(b.column(0), &DataType::Utf8).expect("cast");
+            let f = cast(b.column(1), &DataType::Utf8).expect("cast");
+            let g = g.as_any().downcast_ref::<StringArray>().expect("g");
+            let f = f.as_any().downcast_ref::<StringArray>().expect("f");
+            let m = b
+                .column(2)
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .expect("m");
+            for i in 0..b.num_rows() {
+                if m.is_valid(i) {
+                    out.insert((g.value(i).to_owned(), f.value(i).to_owned()), m.value(i));
+                }
+            }
+        }
+        out
+    })
+}
+
+#[test]
+fn retrain_learns_robust_statistics_profiles_and_spread_from_the_archive_issue_6() {
+    let dir = workdir("retrain");
+    herd::simulate::simulate(
+        &herd::simulate::SimConfig {
+            seed: 5,
+            hours: 48,
+            interval_s: 60,
+        },
+        &dir.join("fleet"),
+    )
+    .expect("simulate");
+    let files: Vec<PathBuf> = FILES.iter().map(|f| dir.join("fleet").join(f)).collect();
+    let (start, end) = labels_window(&dir.join("fleet"));
+    let archive = dir.join("archive");
+    let out = herd()
+        .arg("replay")
+        .args(&files)
+        .env("HERD_ARCHIVE__URL", format!("file://{}", archive.display()))
+        .stdout(std::process::Stdio::null())
+        .output()
+        .expect("herd replay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let broker = Broker::start(&dir.join("broker.log"));
+    let names = Names::new("retrain");
+    let snaps = dir.join("snapshots");
+    let retrain = |publish: bool| {
+        let mut cmd = herd();
+        cmd.arg("retrain")
+            .args(["--archive", &format!("file://{}", archive.display())])
+            .args(["--since", "49h", "--until", &(end + 3_600_000).to_string()])
+            .args(["--memory-mb", "256"])
+            .arg("--out")
+            .arg(&snaps)
+            .envs(names.env(&broker));
+        if publish {
+            cmd.arg("--publish");
+        }
+        let out = cmd.output().expect("herd retrain");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        err
+    };
+    let summary = retrain(false);
+    assert!(summary.contains("herd retrain:"), "{summary}");
+    assert!(summary.contains("new"), "{summary}");
+
+    let s = snapshots(&snaps);
+    assert!(s.len() >= 5, "{:?}", s.keys().collect::<Vec<_>>());
+    let exact = exact_medians(&archive);
+    for (g, r) in &s {
+        assert_eq!(r.format, 1);
+        assert!(r.rows > 0 && r.replicas >= 1, "{g}");
+        assert!(
+            r.first_ms >= start - 60_000 && r.last_ms <= end + 60_000,
+            "{g}"
+        );
+        assert!(
+            !r.repository.is_empty() && !r.repository.contains('@'),
+            "{g}"
+        );
+        for (f, p) in &r.features {
+            let q = p.quantiles;
+            let ordered = [q.p05, q.p25, q.p50, q.p75, q.p95, q.p99];
+            assert!(
+                ordered.windows(2).all(|w| w[0] <= w[1] + 1e-9),
+                "{g} {f}: {ordered:?}"
+            );
+            assert!(p.mad >= 0.0, "{g} {f}: mad {}", p.mad);
+            // The approximate median against the exact one.
+            let m = exact[&(g.clone(), f.clone())];
+            let tol = (0.05 * m.abs()).max(0.02 * (q.p95 - q.p05).abs()).max(1e-9);
+            assert!((q.p50 - m).abs() <= tol, "{g} {f}: {} vs exact {m}", q.p50);
+        }
+    }
+    // The web tier's daily curve: busier mid-afternoon than at night (UTC).
+    let web = s
+        .values()
+        .filter(|r| r.repository == "shop/web")
+        .max_by_key(|r| r.rows)
+        .expect("shop/web");
+    let cpu = &web.features["cpu_cores"];
+    let hours: Vec<f64> = cpu.hour_of_day.iter().flatten().copied().collect();
+    assert!(hours.len() >= 20, "{:?}", cpu.hour_of_day);
+    let (lo, hi) = hours
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    assert!(hi > 2.0 * lo, "daily curve {lo}..{hi}");
+    assert!(cpu.day_of_week.iter().flatten().count() >= 2);
+    // Six replicas sampled together: their spread is known, and smaller than the
+    // fleet's whole range.
+    let spread = cpu.replica_spread.expect("spread of shop/web");
+    assert!(
+        spread > 0.0 && spread < cpu.quantiles.p99 - cpu.quantiles.p05,
+        "{spread}"
+    );
+
+    // Again, and published: nothing moved; every snapshot on the topic, keyed by its
+    // repository.
+    let again = retrain(true);
+    assert!(
+        again.contains("unchanged") && !again.contains(" new"),
+        "{again}"
+    );
+    let published = consume(&names, &broker, &names.topic("retrained"));
+    assert_eq!(published.len(), s.len());
+    for r in &published {
+        let snap: Retrained = serde_json::from_value(r["payload"].clone()).expect("snapshot");
+        assert_eq!(r["key"].as_str(), Some(snap.repository.as_str()));
+        assert!(s.contains_key(&snap.group));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
