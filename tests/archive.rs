@@ -6,11 +6,11 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
-use support::broker::{Broker, Names, PARTITIONS, Worker, herd};
-use support::fleet::{FILES, fleet_start_ms, produce_window, workdir};
+use support::broker::{Broker, Names, Worker};
+use support::fleet::{FILES, fleet_start_ms, produce_window, replay_to_archive, workdir};
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -89,21 +89,7 @@ fn the_archive_survives_a_killed_worker_without_partial_files_or_lost_rows_issue
 
     // What the archive must hold: `herd replay` of the same fleet, archived.
     let replayed = dir.join("replay-archive");
-    let out = herd()
-        .arg("replay")
-        .args(&files)
-        .env(
-            "HERD_ARCHIVE__URL",
-            format!("file://{}", replayed.display()),
-        )
-        .stdout(std::process::Stdio::null())
-        .output()
-        .expect("herd replay");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    replay_to_archive(&files, &replayed);
 
     let streamed = dir.join("stream-archive");
     let url = format!("file://{}", streamed.display());
@@ -117,29 +103,9 @@ fn the_archive_survives_a_killed_worker_without_partial_files_or_lost_rows_issue
     let broker = Broker::start(&dir.join("broker.log"));
     let names = Names::new("archive");
     produce_window(&names, &broker, &files, None, Some(start + 3 * 3_600_000));
-    let total: i64 = names.inputs()[..3]
-        .iter()
-        .flat_map(|t| broker.ends(t, PARTITIONS))
-        .sum();
     let worker = Worker::start_with(&names, &broker, dir.join("worker-1.log"), &env);
     // Killed while it works: part of the input committed, files written since.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let done: i64 = broker
-            .committed(&names.group(), &names.inputs()[..3], PARTITIONS)
-            .iter()
-            .map(|c| (*c).max(0))
-            .sum();
-        if done * 3 >= total {
-            assert!(
-                done < total,
-                "the worker finished before it could be killed"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "no progress before the kill");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    broker.wait_part_committed(&names);
     worker.kill();
     let worker = Worker::start_with(&names, &broker, dir.join("worker-2.log"), &env);
     produce_window(&names, &broker, &files, Some(start + 3 * 3_600_000), None);

@@ -2,16 +2,18 @@
 //! `herd replay`, retrained with DataFusion; the snapshots hold sane robust statistics
 //! (checked against exact ones), the daily curve of the web tier, the spread between
 //! replicas; they are written as files (a second run reports nothing changed) and
-//! published to Kafka keyed by repository.
+//! published to Kafka keyed by repository, where a running worker adopts them.
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use herd::retrain::Retrained;
-use support::broker::{Broker, Names, consume, herd};
-use support::fleet::{FILES, workdir};
+use support::broker::{Broker, Names, Worker, consume, herd};
+use support::fleet::{FILES, produce_window, replay_to_archive, workdir};
+use support::monitoring::eventually;
 
 fn labels_window(dir: &Path) -> (i64, i64) {
     let labels: serde_json::Value =
@@ -21,6 +23,17 @@ fn labels_window(dir: &Path) -> (i64, i64) {
         herd_ingest::time::parse_rfc3339_ms(labels[k].as_str().expect("time")).expect("time")
     };
     (t("start"), t("end"))
+}
+
+/// The first value under `key` anywhere in a JSON document.
+fn find_key<'a>(v: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
+    match v {
+        serde_json::Value::Object(m) => m
+            .get(key)
+            .or_else(|| m.values().find_map(|x| find_key(x, key))),
+        serde_json::Value::Array(a) => a.iter().find_map(|x| find_key(x, key)),
+        _ => None,
+    }
 }
 
 fn snapshots(dir: &Path) -> BTreeMap<String, Retrained> {
@@ -93,18 +106,7 @@ fn retrain_learns_robust_statistics_profiles_and_spread_from_the_archive_issue_6
     let files: Vec<PathBuf> = FILES.iter().map(|f| dir.join("fleet").join(f)).collect();
     let (start, end) = labels_window(&dir.join("fleet"));
     let archive = dir.join("archive");
-    let out = herd()
-        .arg("replay")
-        .args(&files)
-        .env("HERD_ARCHIVE__URL", format!("file://{}", archive.display()))
-        .stdout(std::process::Stdio::null())
-        .output()
-        .expect("herd replay");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    replay_to_archive(&files, &archive);
 
     let broker = Broker::start(&dir.join("broker.log"));
     let names = Names::new("retrain");
@@ -180,6 +182,14 @@ fn retrain_learns_robust_statistics_profiles_and_spread_from_the_archive_issue_6
         "{spread}"
     );
 
+    // A running worker that has seen only the fleet's last hour (its groups warming
+    // up) when the snapshots are published adopts them without a restart: its
+    // checkpoints then carry each snapshot, and the archive's two days count as the
+    // group's learning history.
+    let worker = Worker::start(&names, &broker, dir.join("worker.log"));
+    produce_window(&names, &broker, &files, Some(end - 3_600_000), None);
+    broker.wait_caught_up(&names, Duration::from_secs(120));
+
     // Again, and published: nothing moved; every snapshot on the topic, keyed by its
     // repository.
     let again = retrain(true);
@@ -194,5 +204,28 @@ fn retrain_learns_robust_statistics_profiles_and_spread_from_the_archive_issue_6
         assert_eq!(r["key"].as_str(), Some(snap.repository.as_str()));
         assert!(s.contains_key(&snap.group));
     }
+    let web_key = web.group.clone();
+    eventually(Duration::from_secs(60), "the worker to adopt", || {
+        consume(&names, &broker, &names.topic("baselines"))
+            .into_iter()
+            .rev()
+            .find(|r| r["key"].as_str() == Some(web_key.as_str()))
+            .and_then(|r| find_key(&r["payload"], "retrained").cloned())
+            .filter(|v| v.get("until_ms").is_some())
+            .map(|_| ())
+    });
+    let cp = consume(&names, &broker, &names.topic("baselines"))
+        .into_iter()
+        .rev()
+        .find(|r| r["key"].as_str() == Some(web_key.as_str()))
+        .expect("a checkpoint of shop/web");
+    let since = find_key(&cp["payload"], "learning_since_ms").and_then(serde_json::Value::as_i64);
+    assert_eq!(
+        since,
+        Some(web.first_ms),
+        "the archive's history counts as learning"
+    );
+    let log = worker.stop();
+    assert!(log.contains("retrained baseline"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -39,6 +39,7 @@ fn a_fleet_split_by_routing_key_loses_no_record_to_its_partitioning() {
         respond: None,
         latency: None,
         archive_rows: None,
+        retrained_input: None,
     };
     let n = 3usize;
     let mut tasks: Vec<Task> = (0..n)

@@ -51,6 +51,9 @@ pub struct GroupBaseline {
     index: FxHashMap<String, usize>,
     /// Categorical items with their replica support.
     pub items: ItemCatalog,
+    /// The latest snapshot `herd retrain` made of this group, once adopted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrained: Option<Box<crate::retrained::Retrained>>,
 }
 
 impl PartialEq for GroupBaseline {
@@ -64,6 +67,7 @@ impl PartialEq for GroupBaseline {
             && self.updated_ms == o.updated_ms
             && self.features == o.features
             && self.items == o.items
+            && self.retrained == o.retrained
     }
 }
 
@@ -80,7 +84,36 @@ impl GroupBaseline {
             features: Vec::new(),
             index: FxHashMap::default(),
             items: ItemCatalog::default(),
+            retrained: None,
         }
+    }
+
+    /// Adopts a retrained snapshot of this group. Merge rules: what was learned online
+    /// stays (sketches and items are not touched); the archive's history counts as
+    /// learning time (`learning_since_ms` becomes the earlier of the two), so it can end
+    /// a warm-up but never takes a locked baseline back to learning; a snapshot no newer
+    /// than the one held is ignored.
+    pub fn adopt_retrained(
+        &mut self,
+        r: crate::retrained::Retrained,
+    ) -> crate::retrained::Adoption {
+        use crate::retrained::Adoption;
+        if self
+            .retrained
+            .as_ref()
+            .is_some_and(|old| old.until_ms >= r.until_ms)
+        {
+            return Adoption::Stale;
+        }
+        self.learning_since_ms = self.learning_since_ms.min(r.first_ms);
+        self.created_ms = self.created_ms.min(r.first_ms);
+        self.retrained = Some(Box::new(r));
+        Adoption::Adopted
+    }
+
+    /// Whether the numeric features' learned state equals another's.
+    pub fn features_eq(&self, o: &Self) -> bool {
+        self.features == o.features && self.items == o.items
     }
 
     /// A baseline for a new digest of the same repository, starting from this one:

@@ -16,6 +16,7 @@
 pub mod categorical;
 pub mod group;
 pub mod numeric;
+pub mod retrained;
 pub mod sketch;
 pub mod snapshot;
 

@@ -67,6 +67,9 @@ pub struct Engine {
     /// Incidents closed since the last [`Engine::take_closed`] (not state: a restored
     /// engine has reported what it closed before its snapshot).
     closed: Vec<crate::incident::Closed>,
+    /// Retrained snapshots of groups not tracked yet, adopted when the group appears.
+    /// Not state: the next retrain publishes them again. Bounded by `max_groups`.
+    pending_retrained: BTreeMap<String, herd_baseline::retrained::Retrained>,
 }
 
 #[derive(Serialize)]
@@ -113,6 +116,7 @@ impl Engine {
             state: State::default(),
             scratch: Vec::new(),
             closed: Vec::new(),
+            pending_retrained: BTreeMap::new(),
         })
     }
 
@@ -142,6 +146,37 @@ impl Engine {
     /// The baseline of a group, if tracked.
     pub fn baseline(&self, group: &str) -> Option<&GroupBaseline> {
         self.state.groups.get(group).map(|g| &g.baseline)
+    }
+
+    /// A retrained snapshot from `herd retrain`: its group adopts it
+    /// ([`GroupBaseline::adopt_retrained`] has the merge rules); a group not tracked
+    /// yet adopts it when it appears. Returns `None` when it is held for later.
+    pub fn adopt_retrained(
+        &mut self,
+        r: herd_baseline::retrained::Retrained,
+    ) -> Option<herd_baseline::retrained::Adoption> {
+        if let Some(g) = self.state.groups.get_mut(&r.group) {
+            // Seen now, for checkpoints: the next one carries the adopted snapshot.
+            g.last_seen_ms = g.last_seen_ms.max(self.state.now_ms);
+            return Some(g.baseline.adopt_retrained(r));
+        }
+        if self.pending_retrained.len() >= self.cfg.max_groups
+            && !self.pending_retrained.contains_key(&r.group)
+            && let Some(oldest) = self
+                .pending_retrained
+                .iter()
+                .min_by_key(|(_, p)| p.until_ms)
+                .map(|(k, _)| k.clone())
+        {
+            self.pending_retrained.remove(&oldest);
+        }
+        match self.pending_retrained.get(&r.group) {
+            Some(held) if held.until_ms >= r.until_ms => {}
+            _ => {
+                self.pending_retrained.insert(r.group.clone(), r);
+            }
+        }
+        None
     }
 
     /// The incidents closed since the last call, oldest first. Bounded by what one
@@ -175,6 +210,7 @@ impl Engine {
             state: serde_json::from_str(s.state.get())?,
             scratch: Vec::new(),
             closed: Vec::new(),
+            pending_retrained: BTreeMap::new(),
         })
     }
 
@@ -377,6 +413,10 @@ impl Engine {
         {
             self.state.groups.remove(&oldest);
             self.state.repos.retain(|_, k| *k != oldest);
+        }
+        let mut baseline = baseline;
+        if let Some(r) = self.pending_retrained.remove(key) {
+            baseline.adopt_retrained(r);
         }
         self.state.repos.insert(repo, key.to_owned());
         self.state

@@ -337,3 +337,47 @@ fn a_fleet_wide_surge_is_quiet_and_a_fleet_wide_compromise_is_not() {
         fleet[0].explanation
     );
 }
+
+/// A retrained snapshot published before its group's first sample is held and adopted
+/// when the group appears; one for a tracked group is adopted at once; the archive's
+/// history ends the warm-up (issue 6).
+#[test]
+fn retrained_snapshots_are_adopted_now_or_when_their_group_appears_issue_6() {
+    let mut engine = Engine::new(DetectConfig::default()).expect("engine");
+    let cs = replicas(3, "shop/web:1.4");
+    let key = DetectConfig::default().group_by.key(&cs[0]);
+    let snap = |until: i64| herd_baseline::retrained::Retrained {
+        format: 1,
+        group: key.clone(),
+        repository: "shop/web".into(),
+        trained_at: "2026-11-23T03:00:00Z".into(),
+        since_ms: T0 - 3 * 86_400_000,
+        until_ms: until,
+        first_ms: T0 - 3 * 86_400_000,
+        last_ms: until - 1,
+        rows: 1000,
+        replicas: 3,
+        features: BTreeMap::new(),
+    };
+    assert_eq!(
+        engine.adopt_retrained(snap(T0)),
+        None,
+        "held: no such group yet"
+    );
+    run(&mut engine, &cs, 2, &[]);
+    let b = engine.baseline(&key).expect("group");
+    assert_eq!(b.retrained.as_ref().map(|r| r.until_ms), Some(T0));
+    assert_eq!(
+        b.phase(T0 + 2 * MIN, &DetectConfig::default().baseline),
+        herd_baseline::Phase::Locked,
+        "three days of archive history count as learning"
+    );
+    assert_eq!(
+        engine.adopt_retrained(snap(T0 + MIN)),
+        Some(herd_baseline::retrained::Adoption::Adopted)
+    );
+    assert_eq!(
+        engine.adopt_retrained(snap(T0)),
+        Some(herd_baseline::retrained::Adoption::Stale)
+    );
+}

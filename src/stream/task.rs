@@ -163,6 +163,10 @@ pub struct Task {
     /// Rows for the archive, and the size at which they are written; `None`: no
     /// archive.
     archive: Option<(crate::archive::Buffer, usize)>,
+    /// See [`TaskConfig::retrained_input`].
+    retrained_input: Option<usize>,
+    /// Largest record accepted on the retrained input.
+    max_record_bytes: usize,
 }
 
 /// What became of an input record: scored (it gave observations), filtered (well
@@ -208,6 +212,9 @@ pub struct TaskConfig {
     pub latency: Option<prometheus::Histogram>,
     /// Archive the observations, in files of at most this many rows.
     pub archive_rows: Option<usize>,
+    /// Index of the retrained-baselines topic among the inputs: its records are
+    /// adopted by the engine as they come, not merged in event time.
+    pub retrained_input: Option<usize>,
 }
 
 impl Task {
@@ -246,6 +253,8 @@ impl Task {
             archive: cfg
                 .archive_rows
                 .map(|n| (crate::archive::Buffer::default(), n)),
+            retrained_input: cfg.retrained_input,
+            max_record_bytes: cfg.limits.max_line_bytes,
         })
     }
 
@@ -346,6 +355,10 @@ impl Task {
             return;
         };
         inp.consumed_next = Some(offset + 1);
+        if Some(input) == self.retrained_input {
+            self.adopt_retrained(input, offset, key, payload, out);
+            return;
+        }
         if self.busy.is_none() {
             let now = Instant::now();
             self.busy = Some((now, now));
@@ -392,6 +405,56 @@ impl Task {
         inp.empty_since = None;
     }
 
+    /// A record of the retrained-baselines topic: the engine adopts it now (a baseline
+    /// is not an observation; nothing waits for it in event time). Unreadable ones go to
+    /// the dead-letter topic like any input.
+    fn adopt_retrained(
+        &mut self,
+        input: usize,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        out: &mut Vec<Out>,
+    ) {
+        use herd_ingest::{Reject, RejectReason};
+        let parsed = if payload.len() > self.max_record_bytes {
+            Err(Reject::new(
+                RejectReason::TooLarge,
+                format!("{} bytes", payload.len()),
+            ))
+        } else {
+            herd_baseline::retrained::Retrained::parse(payload).map_err(|e| match e {
+                herd_baseline::Error::UnsupportedFormat { .. } => {
+                    Reject::new(RejectReason::UnknownFormat, e.to_string())
+                }
+                e => Reject::new(RejectReason::InvalidJson, e.to_string()),
+            })
+        };
+        let outcome = match parsed {
+            Ok(r) => {
+                let group = r.group.clone();
+                let adopted = self.pipeline.engine_mut().adopt_retrained(r);
+                tracing::info!(partition = self.partition, %group, ?adopted, "retrained baseline");
+                match adopted {
+                    Some(herd_baseline::retrained::Adoption::Stale) => FILTERED,
+                    _ => SCORED,
+                }
+            }
+            Err(reject) => {
+                out.push(Out::Dead {
+                    input,
+                    partition: self.partition,
+                    offset,
+                    key: key.map(<[u8]>::to_vec),
+                    payload: payload.to_vec(),
+                    reject,
+                });
+                DEAD
+            }
+        };
+        self.tally[input][outcome] += 1;
+    }
+
     /// Processes buffered records in event-time order across the inputs, as far as it
     /// can without waiting for an input that may still deliver an earlier record
     /// (`force` processes everything: shutdown). Returns the number processed.
@@ -415,7 +478,13 @@ impl Task {
                 .min_by_key(|(_, ts)| *ts);
             let Some((j, ts)) = best else { break };
             let mut wait = false;
-            for inp in self.inputs.iter_mut().filter(|i| i.buf.is_empty()) {
+            let retrained = self.retrained_input;
+            for (_, inp) in self
+                .inputs
+                .iter_mut()
+                .enumerate()
+                .filter(|(k, i)| i.buf.is_empty() && Some(*k) != retrained)
+            {
                 let since = *inp.empty_since.get_or_insert(now);
                 let idle = now.duration_since(since);
                 let pos = inp.consumed_next.unwrap_or(inp.low);

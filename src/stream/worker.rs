@@ -330,7 +330,9 @@ pub fn run_with(
     inst: Instruments,
 ) -> anyhow::Result<Summary> {
     let scfg = cfg.stream.clone();
+    // Inputs, then the retrained baselines, then the repartition topic (always last).
     let mut topics = scfg.topics.inputs.clone();
+    topics.push(scfg.topics.retrained.clone());
     topics.push(scfg.topics.repartition.clone());
     let index: HashMap<String, usize> = topics
         .iter()
@@ -357,6 +359,7 @@ pub fn run_with(
         respond,
         latency: Some(inst.metrics.latency.clone()),
         archive_rows: cfg.archive.url.as_ref().map(|_| cfg.archive.max_file_rows),
+        retrained_input: Some(topics.len() - 2),
     };
     let exported = Exported::new(&inst.metrics, &topics);
     let shared = Arc::new(Shared {

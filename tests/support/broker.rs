@@ -181,6 +181,34 @@ impl Drop for Broker {
     }
 }
 
+impl Broker {
+    /// Waits until the group has committed at least a third of the records on the
+    /// input topics, but not all of them: the moment to kill a worker mid-stream.
+    pub fn wait_part_committed(&self, names: &Names) {
+        let total: i64 = names.inputs()[..3]
+            .iter()
+            .flat_map(|t| self.ends(t, PARTITIONS))
+            .sum();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let done: i64 = self
+                .committed(&names.group(), &names.inputs()[..3], PARTITIONS)
+                .iter()
+                .map(|c| (*c).max(0))
+                .sum();
+            if done * 3 >= total {
+                assert!(
+                    done < total,
+                    "the worker finished before it could be killed"
+                );
+                return;
+            }
+            assert!(Instant::now() < deadline, "no progress before the kill");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 /// Names of one test's topics and group: unique, so tests never see each other.
 #[derive(Debug, Clone)]
 pub struct Names {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use herd::simulate::{SimConfig, simulate};
 
-use super::broker::{Broker, Names, produce};
+use super::broker::{Broker, Names, herd, produce};
 
 pub const FILES: [&str; 4] = [
     "stats.jsonl",
@@ -70,4 +70,21 @@ pub fn fleet_start_ms(dir: &Path) -> i64 {
     .unwrap_or_else(|e| panic!("{e}"));
     let start = labels["start"].as_str().unwrap_or_default();
     herd_ingest::time::parse_rfc3339_ms(start).unwrap_or_else(|| panic!("start {start}"))
+}
+
+/// `herd replay` of `files` with the archive on, into `archive` (the reference of what
+/// an archive of that fleet holds).
+pub fn replay_to_archive(files: &[PathBuf], archive: &Path) {
+    let out = herd()
+        .arg("replay")
+        .args(files)
+        .env("HERD_ARCHIVE__URL", format!("file://{}", archive.display()))
+        .stdout(std::process::Stdio::null())
+        .output()
+        .expect("herd replay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

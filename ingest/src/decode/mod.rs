@@ -117,7 +117,8 @@ pub struct Reject {
 }
 
 impl Reject {
-    pub(crate) fn new(reason: RejectReason, detail: impl AsRef<str>) -> Self {
+    /// A rejection; the detail is escaped and bounded.
+    pub fn new(reason: RejectReason, detail: impl AsRef<str>) -> Self {
         Self {
             reason,
             detail: sanitize_detail(detail.as_ref()),
