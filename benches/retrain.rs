@@ -103,10 +103,6 @@ fn main() {
         .unwrap_or(72);
     let dir = archive(&root, hours);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let w = Window {
-        since_ms: 0,
-        until_ms: i64::MAX / 2,
-    };
 
     // DataFusion.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -126,29 +122,38 @@ fn main() {
             .await
             .expect("register");
     });
-    let rows: u64 = rt.block_on(async {
-        let b = ctx
-            .sql("SELECT count(*) FROM obs")
-            .await
-            .expect("plan")
-            .collect()
-            .await
-            .expect("count");
-        let c = datafusion::arrow::compute::cast(
-            b[0].column(0),
-            &datafusion::arrow::datatypes::DataType::UInt64,
-        )
-        .expect("cast");
-        c.as_any()
-            .downcast_ref::<datafusion::arrow::array::UInt64Array>()
-            .map_or(0, |a| a.value(0))
-    });
+    // The window: the whole archive, as the data says (so the day pruning is real).
+    let stat = |q: &str| -> i64 {
+        rt.block_on(async {
+            let b = ctx
+                .sql(q)
+                .await
+                .expect("plan")
+                .collect()
+                .await
+                .expect("run");
+            let c = datafusion::arrow::compute::cast(
+                b[0].column(0),
+                &datafusion::arrow::datatypes::DataType::Int64,
+            )
+            .expect("cast");
+            c.as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                .map_or(0, |a| a.value(0))
+        })
+    };
+    let rows = stat("SELECT count(*) FROM obs") as u64;
+    let w = Window {
+        since_ms: stat("SELECT min(CAST(ts AS BIGINT)) FROM obs"),
+        until_ms: stat("SELECT max(CAST(ts AS BIGINT)) FROM obs") + 1,
+    };
     let mut df = Vec::new();
+    let mut df_rows = std::collections::BTreeMap::new();
     for (name, q) in sql::all(Dialect::DataFusion, w) {
         let mut times = Vec::new();
         for _ in 0..RUNS {
             let t = Instant::now();
-            rt.block_on(async {
+            let out = rt.block_on(async {
                 ctx.sql(&q)
                     .await
                     .expect("plan")
@@ -157,6 +162,7 @@ fn main() {
                     .expect("run")
             });
             times.push(t.elapsed().as_secs_f64());
+            df_rows.insert(name, out.iter().map(|b| b.num_rows()).sum::<usize>());
         }
         df.push((name, median(times)));
     }
@@ -196,6 +202,13 @@ fn main() {
             .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
             .unwrap_or_default();
         let k = median(times);
+        // Both engines answered the same question: as many result rows.
+        assert_eq!(
+            duck["rows"][name].as_u64(),
+            df_rows.get(name).map(|n| *n as u64),
+            "{name}: result rows differ"
+        );
+        assert!(df_rows[name] > 0, "{name}: no result rows");
         td += t;
         tk += k;
         println!("{name:<12} {:>10.3} s {:>10.3} s {:>8.2}", t, k, t / k);

@@ -48,10 +48,12 @@ fn epoch_ms(d: Dialect, col: &str) -> String {
     }
 }
 
-fn day(ms: i64) -> String {
+/// The UTC day of `ms` as the archive's `date` folder names it; beyond chrono's range,
+/// the earliest or latest day there can be (`or`).
+fn day(ms: i64, or: &str) -> String {
     chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
         .map(|t| t.format("%Y-%m-%d").to_string())
-        .unwrap_or_else(|| "1970-01-01".into())
+        .unwrap_or_else(|| or.to_owned())
 }
 
 /// The window's predicate on table alias `t` (empty: unaliased).
@@ -61,10 +63,10 @@ fn window(d: Dialect, w: Window, t: &str) -> String {
     } else {
         format!("{t}.")
     };
-    let last_day = day(w.until_ms.saturating_sub(1));
+    let last_day = day(w.until_ms.saturating_sub(1), "9999-12-31");
     format!(
         "{p}date >= '{}' AND {p}date <= '{last_day}' AND {e} >= {} AND {e} < {}",
-        day(w.since_ms),
+        day(w.since_ms, "0000-01-01"),
         w.since_ms,
         w.until_ms,
         e = epoch_ms(d, &format!("{p}ts")),
@@ -164,4 +166,37 @@ pub fn all(d: Dialect, w: Window) -> Vec<(&'static str, String)> {
         ("by_weekday", by_weekday(d, w)),
         ("spread", spread(d, w)),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_prunes_by_day_and_filters_by_time() {
+        let w = Window {
+            since_ms: 1_763_942_400_000, // 2025-11-24T00:00:00Z
+            until_ms: 1_764_028_800_000, // the next midnight: the window ends the day before
+        };
+        let p = window(Dialect::DataFusion, w, "o");
+        assert!(
+            p.contains("o.date >= '2025-11-24' AND o.date <= '2025-11-24'"),
+            "{p}"
+        );
+        assert!(p.contains("CAST(o.ts AS BIGINT) >= 1763942400000"), "{p}");
+        // An open window keeps every day.
+        let open = window(
+            Dialect::DuckDb,
+            Window {
+                since_ms: i64::MIN,
+                until_ms: i64::MAX,
+            },
+            "",
+        );
+        assert!(
+            open.contains("date >= '0000-01-01' AND date <= '9999-12-31'"),
+            "{open}"
+        );
+        assert!(open.contains("epoch_ms(ts) >="), "{open}");
+    }
 }
