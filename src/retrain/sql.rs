@@ -105,13 +105,16 @@ pub fn quantiles(d: Dialect, w: Window) -> String {
     )
 }
 
-/// Per group and feature: median absolute deviation from the median.
+/// Per group and feature: median absolute deviation from the median. The medians
+/// (one row per group and feature) come first in the join: DataFusion builds its hash
+/// table from the left input, and it must be the small one (with the archive there,
+/// the join held the whole window in memory).
 pub fn mad(d: Dialect, w: Window) -> String {
     format!(
         "WITH med AS (SELECT \"group\" AS grp, feature, {m} AS med FROM obs \
            WHERE {win} AND feature IS NOT NULL AND value IS NOT NULL GROUP BY \"group\", feature) \
          SELECT o.\"group\" AS grp, o.feature AS feature, {dev} AS mad \
-         FROM obs o JOIN med ON o.\"group\" = med.grp AND o.feature = med.feature \
+         FROM med JOIN obs o ON o.\"group\" = med.grp AND o.feature = med.feature \
          WHERE {wino} AND o.value IS NOT NULL GROUP BY o.\"group\", o.feature",
         m = pct(d, 0.5, "value"),
         dev = pct(d, 0.5, "abs(o.value - med.med)"),
