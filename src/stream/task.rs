@@ -366,15 +366,7 @@ impl Task {
         let rec = match self.pipeline.decode(payload) {
             Ok(r) => r,
             Err(reject) => {
-                self.tally[input][DEAD] += 1;
-                out.push(Out::Dead {
-                    input,
-                    partition: self.partition,
-                    offset,
-                    key: key.map(<[u8]>::to_vec),
-                    payload: payload.to_vec(),
-                    reject,
-                });
+                out.push(self.dead_letter(input, offset, key, payload, reject));
                 return;
             }
         };
@@ -441,18 +433,32 @@ impl Task {
                 }
             }
             Err(reject) => {
-                out.push(Out::Dead {
-                    input,
-                    partition: self.partition,
-                    offset,
-                    key: key.map(<[u8]>::to_vec),
-                    payload: payload.to_vec(),
-                    reject,
-                });
-                DEAD
+                out.push(self.dead_letter(input, offset, key, payload, reject));
+                return;
             }
         };
         self.tally[input][outcome] += 1;
+    }
+
+    /// A record rejected as it was offered: counted, and its original bytes for the
+    /// dead-letter topic.
+    fn dead_letter(
+        &mut self,
+        input: usize,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        reject: herd_ingest::Reject,
+    ) -> Out {
+        self.tally[input][DEAD] += 1;
+        Out::Dead {
+            input,
+            partition: self.partition,
+            offset,
+            key: key.map(<[u8]>::to_vec),
+            payload: payload.to_vec(),
+            reject,
+        }
     }
 
     /// Processes buffered records in event-time order across the inputs, as far as it

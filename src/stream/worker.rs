@@ -146,6 +146,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Ctx(Arc<Shared>);
 
 impl ClientContext for Ctx {
+    /// Reaching the end of a partition is normal (empty topics report it at once);
+    /// everything else librdkafka reports globally is logged as an error.
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_) => tracing::debug!(reason, "end of partition"),
+            e => tracing::error!(error = %e, reason, "librdkafka error"),
+        }
+    }
+
     fn stats(&self, s: Statistics) {
         let up = s.brokers.values().any(|b| b.state == "UP");
         self.0.inst.health.set("broker", up);
