@@ -82,6 +82,16 @@ pub enum Command {
         /// No summary on stderr.
         #[arg(long)]
         quiet: bool,
+        /// Adopt the retrained snapshots in this directory (`herd retrain --out`) before
+        /// the first record, as workers adopt them from `herd.retrained`: to see what a
+        /// retrain changes on recorded data before publishing it.
+        #[arg(long, value_name = "DIR")]
+        retrained: Option<PathBuf>,
+        /// Score only records at or after this time (RFC 3339 or epoch ms), starting
+        /// from empty baselines there, as a worker deployed then would; earlier records
+        /// only teach who is who.
+        #[arg(long, value_parser = parse_time)]
+        from: Option<i64>,
     },
     /// Run one worker of the stream service: a member of the Kafka consumer group that
     /// scores the input topics and produces alerts, until SIGTERM or SIGINT.
@@ -288,14 +298,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
             budget,
             quiet,
+            retrained,
+            from,
         } => {
             let mut cfg = HerdConfig::load(config.as_deref())?;
+            let snapshots = match &retrained {
+                Some(dir) => crate::retrain::read_dir(dir)?,
+                None => Vec::new(),
+            };
             if let Some(b) = budget {
                 cfg.detect.false_alerts_per_container_day = b;
                 cfg.detect.validate()?;
             }
             let progress = !quiet && std::io::stderr().is_terminal();
-            let summary = crate::replay::replay(&cfg, &inputs, out.as_ref(), progress)?;
+            let summary =
+                crate::replay::replay(&cfg, &inputs, out.as_ref(), progress, snapshots, from)?;
             if !quiet {
                 eprint!("{}", crate::replay::render_summary(&summary));
             }

@@ -67,6 +67,9 @@ pub struct Pipeline {
     normalizer: Normalizer,
     engine: Engine,
     obs: Vec<Observation>,
+    /// Observations before this time are normalised (they teach who is who) but not
+    /// scored: `herd replay --from`, a worker starting with empty baselines there.
+    score_from_ms: i64,
     /// Counters of everything that passed through.
     pub counters: Counters,
 }
@@ -99,8 +102,15 @@ impl Pipeline {
             normalizer: Normalizer::new(norm),
             engine: Engine::new(detect)?,
             obs: Vec::new(),
+            score_from_ms: i64::MIN,
             counters: Counters::default(),
         })
+    }
+
+    /// Scores only observations at or after `ts_ms` from now on; earlier ones are
+    /// normalised and dropped (counted as filtered `before_from`).
+    pub fn score_from(&mut self, ts_ms: i64) {
+        self.score_from_ms = ts_ms;
     }
 
     /// The decoder (for callers that decode before ordering).
@@ -145,6 +155,16 @@ impl Pipeline {
             Err(rej) => {
                 self.counters.reject(&rej);
                 return Err(rej);
+            }
+        }
+        if self
+            .obs
+            .first()
+            .is_some_and(|o| o.ts_ms < self.score_from_ms)
+        {
+            self.obs.retain(|o| o.ts_ms >= self.score_from_ms);
+            if self.obs.is_empty() {
+                self.counters.filter("before_from");
             }
         }
         let before = alerts.len();
@@ -203,6 +223,7 @@ impl Pipeline {
             normalizer: s.normalizer,
             engine,
             obs: Vec::new(),
+            score_from_ms: i64::MIN,
             counters: Counters::default(),
         })
     }

@@ -57,16 +57,25 @@ pub fn open_sources(inputs: &[PathBuf], max_line: usize) -> anyhow::Result<(Vec<
     Ok((sources, total))
 }
 
-/// Runs a replay with `cfg` over `inputs`, writing alerts to `out` (stdout if `None`).
+/// Runs a replay with `cfg` over `inputs`, writing alerts to `out` (stdout if `None`),
+/// after adopting the `retrained` snapshots, scoring from `score_from_ms` on.
 pub fn replay(
     cfg: &HerdConfig,
     inputs: &[PathBuf],
     out: Option<&PathBuf>,
     progress: bool,
+    retrained: Vec<crate::retrain::Retrained>,
+    score_from_ms: Option<i64>,
 ) -> anyhow::Result<Summary> {
     let start = Instant::now();
     let (sources, total) = open_sources(inputs, cfg.limits.max_line_bytes)?;
     let mut pipeline = Pipeline::new(cfg.limits, cfg.normalizer.clone(), cfg.detect.clone())?;
+    for r in retrained {
+        pipeline.engine_mut().adopt_retrained(r);
+    }
+    if let Some(t) = score_from_ms {
+        pipeline.score_from(t);
+    }
     let mut sink: Box<dyn AlertSink> = match out {
         Some(p) => Box::new(FileSink::open(p)?),
         None => Box::new(WriterSink::new(io::stdout().lock(), "stdout")),

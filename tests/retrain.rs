@@ -116,7 +116,7 @@ fn retrain_learns_robust_statistics_profiles_and_spread_from_the_archive_issue_6
         cmd.arg("retrain")
             .args(["--archive", &format!("file://{}", archive.display())])
             .args(["--since", "49h", "--until", &(end + 3_600_000).to_string()])
-            .args(["--memory-mb", "256"])
+            .args(["--memory-mb", "64"])
             .arg("--out")
             .arg(&snaps)
             .envs(names.env(&broker));
@@ -136,7 +136,7 @@ fn retrain_learns_robust_statistics_profiles_and_spread_from_the_archive_issue_6
     assert!(s.len() >= 5, "{:?}", s.keys().collect::<Vec<_>>());
     let exact = exact_medians(&archive);
     for (g, r) in &s {
-        assert_eq!(r.format, 1);
+        assert_eq!(r.format, herd::retrain::snapshot::FORMAT);
         assert!(r.rows > 0 && r.replicas >= 1, "{g}");
         assert!(
             r.first_ms >= start - 60_000 && r.last_ms <= end + 60_000,
@@ -184,8 +184,7 @@ fn retrain_learns_robust_statistics_profiles_and_spread_from_the_archive_issue_6
 
     // A running worker that has seen only the fleet's last hour (its groups warming
     // up) when the snapshots are published adopts them without a restart: its
-    // checkpoints then carry each snapshot, and the archive's two days count as the
-    // group's learning history.
+    // checkpoints then carry each snapshot, and the groups' own learning start stays.
     let worker = Worker::start(&names, &broker, dir.join("worker.log"));
     produce_window(&names, &broker, &files, Some(end - 3_600_000), None);
     broker.wait_caught_up(&names, Duration::from_secs(120));
@@ -220,12 +219,129 @@ fn retrain_learns_robust_statistics_profiles_and_spread_from_the_archive_issue_6
         .find(|r| r["key"].as_str() == Some(web_key.as_str()))
         .expect("a checkpoint of shop/web");
     let since = find_key(&cp["payload"], "learning_since_ms").and_then(serde_json::Value::as_i64);
-    assert_eq!(
-        since,
-        Some(web.first_ms),
-        "the archive's history counts as learning"
+    assert!(
+        since.is_some_and(|t| t >= end - 3_600_000),
+        "the group's own learning start stays: {since:?}"
     );
     let log = worker.stop();
     assert!(log.contains("retrained baseline"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `herd evaluate --json` of an alert file against the labels.
+fn evaluate(labels: &Path, alerts: &Path) -> serde_json::Value {
+    let out = herd()
+        .args(["evaluate", "--json", "--labels"])
+        .arg(labels)
+        .arg(alerts)
+        .output()
+        .expect("herd evaluate");
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&report).expect("evaluation")
+}
+
+fn replay(files: &[PathBuf], alerts: &Path, retrained: Option<&Path>, from_ms: i64) {
+    let mut cmd = herd();
+    cmd.args(["replay", "--quiet", "--from", &from_ms.to_string(), "--out"])
+        .arg(alerts)
+        .args(files);
+    if let Some(dir) = retrained {
+        cmd.arg("--retrained").arg(dir);
+    }
+    let out = cmd.output().expect("herd replay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The issue's evaluation: a retrain over the first day of a simulated fleet (seed 3,
+/// one of the tuning seeds; figures on the held-out seed are in the issue's notes), then
+/// the following day scored by a worker that starts on it (`herd replay --from`):
+/// online-only, its baselines are what it learns that day; retrained, it adopts the
+/// first day's snapshots. The retrained run raises fewer false alarms and misses no
+/// labelled attack; the structure knows the batch workers' two modes and the web
+/// tier's load axis.
+#[test]
+fn retrained_baselines_cut_false_alarms_on_the_following_day_and_miss_no_attack_issue_6() {
+    let dir = workdir("retrain-eval");
+    let fleet = dir.join("fleet");
+    herd::simulate::simulate(
+        &herd::simulate::SimConfig {
+            seed: 3,
+            hours: 48,
+            interval_s: 60,
+        },
+        &fleet,
+    )
+    .expect("simulate");
+    let files: Vec<PathBuf> = FILES.iter().map(|f| fleet.join(f)).collect();
+    let (start, _) = labels_window(&fleet);
+    let day2 = start + 86_400_000;
+    let archive = dir.join("archive");
+    replay_to_archive(&files, &archive);
+    // The nightly run at the end of the first day: the archive of that day only.
+    let snaps = dir.join("snapshots");
+    let out = herd()
+        .arg("retrain")
+        .args(["--archive", &format!("file://{}", archive.display())])
+        .args(["--since", "30h", "--until", &day2.to_string()])
+        .arg("--out")
+        .arg(&snaps)
+        .output()
+        .expect("herd retrain");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = snapshots(&snaps);
+    let structure = |repo: &str| {
+        s.values()
+            .filter(|r| r.repository == repo)
+            .filter_map(|r| r.structure.as_ref())
+            .max_by_key(|st| st.samples)
+            .unwrap_or_else(|| panic!("a structure for {repo}"))
+    };
+    let worker = structure("batch/worker");
+    assert!(
+        worker.components.len() >= 2,
+        "idle and busy: {:?}",
+        worker.bic
+    );
+    let web = structure("shop/web");
+    assert!(
+        web.explained.first().is_some_and(|e| *e > 0.4),
+        "one load axis carries most of the web tier's variance: {:?}",
+        web.explained
+    );
+
+    let online = dir.join("online.jsonl");
+    let retrained = dir.join("retrained.jsonl");
+    replay(&files, &online, None, day2);
+    replay(&files, &retrained, Some(&snaps), day2);
+    let labels = fleet.join("labels.json");
+    let (a, b) = (evaluate(&labels, &online), evaluate(&labels, &retrained));
+    let false_alarms = |e: &serde_json::Value| e["false_alarms"].as_array().map_or(0, Vec::len);
+    let (fa_online, fa_retrained) = (false_alarms(&a), false_alarms(&b));
+    eprintln!(
+        "online-only: {} of {} attacks, {fa_online} false alarms; retrained: {} of {}, {fa_retrained}",
+        a["detected"], a["attacks"], b["detected"], b["attacks"]
+    );
+    assert_eq!(b["attacks"], 9, "{b}");
+    assert_eq!(b["detected"], b["attacks"], "an attack missed: {b}");
+    assert!(
+        fa_retrained < fa_online,
+        "retrained {fa_retrained} vs online-only {fa_online} false alarms:\n{b}\n{a}"
+    );
+    // What the retrain adds is named in the alerts: the structure's findings.
+    let lines = std::fs::read_to_string(&retrained).expect("alerts");
+    assert!(lines.contains("\"structure\""), "no structure finding");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -89,10 +89,11 @@ impl GroupBaseline {
     }
 
     /// Adopts a retrained snapshot of this group. Merge rules: what was learned online
-    /// stays (sketches and items are not touched); the archive's history counts as
-    /// learning time (`learning_since_ms` becomes the earlier of the two), so it can end
-    /// a warm-up but never takes a locked baseline back to learning; a snapshot no newer
-    /// than the one held is ignored.
+    /// stays as it is (sketches, items, and the phase: a locked baseline stays locked,
+    /// and the archive's history does not end a warm-up, because the snapshot carries no
+    /// item catalog: a group locked by it would find every item of its first minutes
+    /// novel); the snapshot is held beside the online state, where its structure scores
+    /// every sample from the first; a snapshot no newer than the one held is ignored.
     pub fn adopt_retrained(
         &mut self,
         r: crate::retrained::Retrained,
@@ -105,8 +106,6 @@ impl GroupBaseline {
         {
             return Adoption::Stale;
         }
-        self.learning_since_ms = self.learning_since_ms.min(r.first_ms);
-        self.created_ms = self.created_ms.min(r.first_ms);
         self.retrained = Some(Box::new(r));
         Adoption::Adopted
     }
@@ -117,10 +116,13 @@ impl GroupBaseline {
     }
 
     /// A baseline for a new digest of the same repository, starting from this one:
-    /// everything learned is kept, and learning restarts, so a rollout whose replicas all
-    /// change together is learned rather than alerted on.
+    /// everything learned online is kept, and learning restarts, so a rollout whose
+    /// replicas all change together is learned rather than alerted on. A retrained
+    /// snapshot is not inherited: it describes the old version, and the new one would be
+    /// judged against it until the next retrain.
     pub fn inherit(&self, key: impl Into<String>, now_ms: i64) -> Self {
         let mut g = self.clone();
+        g.retrained = None;
         g.key = key.into();
         g.inherited_from = Some(self.key.clone());
         g.created_ms = now_ms;

@@ -19,6 +19,7 @@ pub mod numeric;
 pub mod retrained;
 pub mod sketch;
 pub mod snapshot;
+pub mod structure;
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,7 @@ pub use categorical::{ItemCatalog, ItemKind, ItemStats, Prior, normalize_item, r
 pub use group::{GroupBaseline, Phase};
 pub use numeric::FeatureBaseline;
 pub use sketch::{Summary, TailSketch, Tails};
+pub use structure::{Structure, StructureScore};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,10 @@ pub enum Error {
         /// The version this build reads.
         supported: u32,
     },
+    /// A snapshot that decodes but does not hold together (dimensions that disagree,
+    /// numbers that are not finite).
+    #[error("invalid snapshot: {0}")]
+    Invalid(&'static str),
 }
 
 /// Result with this crate's [`Error`].

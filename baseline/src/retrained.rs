@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Version of the snapshot format. Readers accept every version up to theirs; a newer
-/// one is refused (never half-read).
-pub const FORMAT: u32 = 1;
+/// one is refused (never half-read). 2 added [`Retrained::structure`].
+pub const FORMAT: u32 = 2;
 
 /// Robust quantiles of a feature's values over the window.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -81,6 +81,10 @@ pub struct Retrained {
     pub replicas: u64,
     /// Per feature.
     pub features: BTreeMap<String, FeatureProfile>,
+    /// The multivariate structure of the group's feature vectors (format 2; absent
+    /// when the group had too few complete vectors, or in a format 1 snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structure: Option<crate::structure::Structure>,
 }
 
 impl Retrained {
@@ -97,7 +101,11 @@ impl Retrained {
                 supported: FORMAT,
             });
         }
-        Ok(serde_json::from_slice(bytes)?)
+        let r: Self = serde_json::from_slice(bytes)?;
+        if r.structure.as_ref().is_some_and(|s| !s.is_valid()) {
+            return Err(crate::Error::Invalid("structure"));
+        }
+        Ok(r)
     }
 }
 
@@ -119,7 +127,24 @@ mod tests {
             serde_json::from_slice(v1).unwrap_or_else(|e| panic!("{e}"));
         newer["format"] = (FORMAT + 1).into();
         let e = Retrained::parse(&serde_json::to_vec(&newer).unwrap_or_default());
-        assert!(e.is_err_and(|e| e.to_string().contains("format 2")));
+        assert!(e.is_err_and(|e| e.to_string().contains(&format!("format {}", FORMAT + 1))));
+    }
+
+    #[test]
+    fn version_two_carries_the_structure_and_a_malformed_one_is_refused() {
+        let v2 = include_bytes!("../../tests/cases/retrain/snapshot-v2.json");
+        let s = Retrained::parse(v2).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.format, 2);
+        let st = s
+            .structure
+            .as_ref()
+            .unwrap_or_else(|| panic!("no structure"));
+        assert!(st.is_valid() && !st.components.is_empty());
+        let mut bad: serde_json::Value =
+            serde_json::from_slice(v2).unwrap_or_else(|e| panic!("{e}"));
+        bad["structure"]["scale"][0] = 0.0.into();
+        let e = Retrained::parse(&serde_json::to_vec(&bad).unwrap_or_default());
+        assert!(e.is_err_and(|e| e.to_string().contains("invalid snapshot")));
     }
 
     fn snap(first_ms: i64, until_ms: i64) -> Retrained {
@@ -162,11 +187,15 @@ mod tests {
         assert!(g.retrained.as_ref().is_some_and(|r| r.until_ms == 2 * day));
 
         // A group first seen now (warming up) whose image the archive has watched for
-        // two days counts that history: it is locked at once.
+        // two days stays in warm-up: the snapshot holds no items, so locking it would
+        // make every item of its first minutes novel. It holds the snapshot.
         let mut fresh = crate::GroupBaseline::new("shop/web@sha256:4f1c", "shop/web", now);
-        assert_eq!(fresh.phase(now, &cfg), crate::Phase::Warmup);
         fresh.adopt_retrained(snap(0, now));
-        assert_eq!(fresh.phase(now, &cfg), crate::Phase::Locked);
-        assert_eq!(fresh.learning_since_ms, 0);
+        assert_eq!(fresh.phase(now, &cfg), crate::Phase::Warmup);
+        assert_eq!(fresh.learning_since_ms, now);
+        assert!(fresh.retrained.is_some());
+        // A rollout's new digest starts without it: it describes the old version.
+        let next = fresh.inherit("shop/web@sha256:9e02", now);
+        assert!(next.retrained.is_none());
     }
 }

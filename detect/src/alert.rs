@@ -61,6 +61,9 @@ pub enum Detector {
     Roughness,
     /// The whole group moved in one feature more than its common load explains.
     Fleet,
+    /// A sample whose combination of features fits none of the modes (nor the usual
+    /// correlations) of the group's retrained structure.
+    Structure,
     /// Behaviour never seen for this group, or only on this replica.
     Novelty,
     /// `docker exec` of a command the group does not normally run.
@@ -77,12 +80,13 @@ pub enum Detector {
 
 impl Detector {
     /// Every detector.
-    pub const ALL: [Detector; 11] = [
+    pub const ALL: [Detector; 12] = [
         Detector::Peer,
         Detector::Baseline,
         Detector::Step,
         Detector::Roughness,
         Detector::Fleet,
+        Detector::Structure,
         Detector::Novelty,
         Detector::Exec,
         Detector::Oom,
@@ -99,6 +103,7 @@ impl Detector {
             Detector::Step => "step",
             Detector::Roughness => "roughness",
             Detector::Fleet => "fleet",
+            Detector::Structure => "structure",
             Detector::Novelty => "novelty",
             Detector::Exec => "exec",
             Detector::Oom => "oom",
@@ -142,8 +147,26 @@ pub struct FeatureEvidence {
     /// load factor of its features (an `slog` difference; ln(2) ≈ twice as much).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub fleet_shift: Option<f64>,
+    /// For a finding of the retrained structure: how the sample sat against its modes.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub structure: Option<StructureEvidence>,
     /// Surprise (−log10 of the probability of a value at least this extreme).
     pub surprise: f64,
+}
+
+/// A sample against the retrained structure of its group (the feature named is the one
+/// furthest from the nearest mode).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StructureEvidence {
+    /// Modes of the group (mixture components).
+    pub modes: usize,
+    /// Share of the time the group spends in the nearest mode.
+    pub nearest_share: f64,
+    /// The nearest mode's usual value of the feature named.
+    pub mode_value: f64,
+    /// Share of the sample's deviation that lies off the group's principal axes: near 1,
+    /// its features broke their usual correlation.
+    pub off_axis: f64,
 }
 
 /// One novel item.

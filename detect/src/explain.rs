@@ -56,6 +56,23 @@ fn feature_phrase(f: &FeatureEvidence) -> String {
             shift.exp()
         );
     }
+    if let Some(st) = f.structure {
+        let modes = match st.modes {
+            1 => "the one mode".to_owned(),
+            n => format!("any of the {n} modes"),
+        };
+        let corr = if st.off_axis >= 0.5 {
+            ", breaking the usual correlation of its metrics"
+        } else {
+            ""
+        };
+        return format!(
+            "its metrics together fit none of {modes} its image shows in the retrained history: {} was {v} where the nearest mode ({:.0}% of the time) has {}{corr}",
+            f.name,
+            st.nearest_share * 100.0,
+            fmt_value(&f.name, st.mode_value)
+        );
+    }
     if let Some([recent, usual]) = f.roughness {
         let how = if recent < usual { "flat" } else { "jittery" };
         return format!(

@@ -41,6 +41,13 @@ pub(crate) struct Replica {
     /// Recent (re)start times, for restart loops.
     pub(crate) restarts: Vec<i64>,
     pub(crate) died: bool,
+    /// Whether its previous sample was beyond the threshold of the group's retrained
+    /// structure (such a finding must hold for two consecutive samples).
+    #[serde(default)]
+    pub(crate) structure_hot: bool,
+    /// Its latest surprise under the retrained structure, and when (peers compare).
+    #[serde(default)]
+    pub(crate) structure_latest: Option<(f64, i64)>,
 }
 
 impl Replica {
@@ -56,6 +63,8 @@ impl Replica {
             last_metrics_ms: None,
             restarts: Vec::new(),
             died: false,
+            structure_hot: false,
+            structure_latest: None,
         }
     }
 }

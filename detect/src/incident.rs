@@ -53,7 +53,8 @@ fn family(d: Detector) -> u8 {
         | Detector::Baseline
         | Detector::Step
         | Detector::Roughness
-        | Detector::Fleet => 0,
+        | Detector::Fleet
+        | Detector::Structure => 0,
         Detector::Novelty | Detector::Exec | Detector::Falco => 1,
         Detector::Oom | Detector::RestartLoop | Detector::Privileged => 2,
     }
@@ -370,6 +371,7 @@ mod tests {
             step: None,
             roughness: None,
             fleet_shift: None,
+            structure: None,
             surprise: 7.0,
         });
         f

@@ -29,7 +29,9 @@ mod group;
 pub mod incident;
 mod novelty;
 
-pub use alert::{Alert, Detector, FeatureEvidence, NovelEvidence, PeerEvidence, Severity};
+pub use alert::{
+    Alert, Detector, FeatureEvidence, NovelEvidence, PeerEvidence, Severity, StructureEvidence,
+};
 pub use config::DetectConfig;
 pub use engine::{Engine, EngineStats};
 pub use incident::Closed;

@@ -339,8 +339,8 @@ fn a_fleet_wide_surge_is_quiet_and_a_fleet_wide_compromise_is_not() {
 }
 
 /// A retrained snapshot published before its group's first sample is held and adopted
-/// when the group appears; one for a tracked group is adopted at once; the archive's
-/// history ends the warm-up (issue 6).
+/// when the group appears; one for a tracked group is adopted at once; the online phase
+/// stays the group's own (issue 6).
 #[test]
 fn retrained_snapshots_are_adopted_now_or_when_their_group_appears_issue_6() {
     let mut engine = Engine::new(DetectConfig::default()).expect("engine");
@@ -358,6 +358,7 @@ fn retrained_snapshots_are_adopted_now_or_when_their_group_appears_issue_6() {
         rows: 1000,
         replicas: 3,
         features: BTreeMap::new(),
+        structure: None,
     };
     assert_eq!(
         engine.adopt_retrained(snap(T0)),
@@ -369,8 +370,8 @@ fn retrained_snapshots_are_adopted_now_or_when_their_group_appears_issue_6() {
     assert_eq!(b.retrained.as_ref().map(|r| r.until_ms), Some(T0));
     assert_eq!(
         b.phase(T0 + 2 * MIN, &DetectConfig::default().baseline),
-        herd_baseline::Phase::Locked,
-        "three days of archive history count as learning"
+        herd_baseline::Phase::Warmup,
+        "the snapshot carries no items: the group's own learning decides its phase"
     );
     assert_eq!(
         engine.adopt_retrained(snap(T0 + MIN)),

@@ -5,11 +5,15 @@
 //! peak is expected); the spread between replicas sampled in the same minute. Each
 //! group's result is a versioned [`Retrained`] snapshot, written as a file and/or
 //! published to `herd.retrained` (key: the group's routing key, its repository).
+//! With linfa, each group's feature vectors also get a multivariate [`Structure`]
+//! (probabilistic PCA with a Gaussian mixture over its scores, [`model`]) that the
+//! stream scorer evaluates.
 //!
 //! Memory: the queries stream the Parquet files; aggregations are bounded by a memory
 //! pool (`--memory-mb`) and spill to disk beyond it, so an archive larger than memory
 //! is read in one pass per query, never collected.
 
+pub mod model;
 pub mod snapshot;
 pub mod sql;
 
@@ -28,6 +32,7 @@ use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use futures_util::TryStreamExt as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+pub use herd_baseline::structure::Structure;
 pub use snapshot::{FeatureProfile, Quantiles, Retrained};
 use sql::{Dialect, Window};
 
@@ -62,8 +67,14 @@ pub struct Outcome {
 /// Opens a DataFusion session over the archive as table `obs` (with its hive columns
 /// `date` and `hour`).
 pub async fn session(opts: &Options) -> anyhow::Result<SessionContext> {
+    // Several operators of one query spill (the partial and final aggregations of each
+    // partition): a fair pool gives each its share instead of letting the first take all.
+    let pool = datafusion::execution::memory_pool::TrackConsumersPool::new(
+        datafusion::execution::memory_pool::FairSpillPool::new(opts.memory_bytes),
+        std::num::NonZeroUsize::MIN.saturating_add(4),
+    );
     let runtime = RuntimeEnvBuilder::new()
-        .with_memory_limit(opts.memory_bytes, 1.0)
+        .with_memory_pool(Arc::new(pool))
         .build_arc()?;
     let config = SessionConfig::new()
         .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -182,6 +193,7 @@ pub async fn retrain(opts: &Options) -> anyhow::Result<Outcome> {
                     rows,
                     replicas: reps.value(i) as u64,
                     features: BTreeMap::new(),
+                    structure: None,
                 },
             );
         }
@@ -271,6 +283,15 @@ pub async fn retrain(opts: &Options) -> anyhow::Result<Outcome> {
         }
     }
     bar.inc(1);
+
+    // 6. The multivariate structure of each group's feature vectors (linfa).
+    bar.set_message(steps[5]);
+    for (g, vectors) in model::sample(&ctx, w).await? {
+        if let Some(s) = out.snapshots.get_mut(&g) {
+            s.structure = model::fit(&vectors);
+        }
+    }
+    bar.inc(1);
     bar.finish_and_clear();
     out.elapsed_s = started.elapsed().as_secs_f64();
     Ok(out)
@@ -322,6 +343,23 @@ pub fn change(prev: Option<&Retrained>, s: &Retrained) -> Change {
     } else {
         Change::Moved(moved)
     }
+}
+
+/// Reads every snapshot (`*.json`) in `dir`, as `herd retrain --out` wrote them.
+pub fn read_dir(dir: &std::path::Path) -> anyhow::Result<Vec<Retrained>> {
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    for e in entries {
+        let path = e?.path();
+        if path.extension().is_some_and(|x| x == "json") {
+            let bytes = std::fs::read(&path).with_context(|| format!("{}", path.display()))?;
+            out.push(
+                Retrained::parse(&bytes).with_context(|| format!("snapshot {}", path.display()))?,
+            );
+        }
+    }
+    out.sort_by(|a, b| a.group.cmp(&b.group));
+    Ok(out)
 }
 
 /// The file name of a group's snapshot (the group key made safe for a path).

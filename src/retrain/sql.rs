@@ -24,12 +24,13 @@ pub struct Window {
 }
 
 /// The steps of a retrain, in order (the progress bar's messages).
-pub const STEPS: [&str; 5] = [
+pub const STEPS: [&str; 6] = [
     "groups",
     "quantiles",
     "median absolute deviation",
     "daily and weekly profiles",
     "replica spread",
+    "multivariate structure",
 ];
 
 /// Approximate quantile `p` of `e` (t-digest in both engines).
@@ -41,7 +42,7 @@ fn pct(d: Dialect, p: f64, e: &str) -> String {
 }
 
 /// Epoch milliseconds of a timestamp column.
-fn epoch_ms(d: Dialect, col: &str) -> String {
+pub(crate) fn epoch_ms(d: Dialect, col: &str) -> String {
     match d {
         Dialect::DataFusion => format!("CAST({col} AS BIGINT)"),
         Dialect::DuckDb => format!("epoch_ms({col})"),
@@ -57,7 +58,7 @@ fn day(ms: i64, or: &str) -> String {
 }
 
 /// The window's predicate on table alias `t` (empty: unaliased).
-fn window(d: Dialect, w: Window, t: &str) -> String {
+pub(crate) fn window(d: Dialect, w: Window, t: &str) -> String {
     let p = if t.is_empty() {
         String::new()
     } else {
