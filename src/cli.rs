@@ -82,9 +82,10 @@ pub enum Command {
         /// No summary on stderr.
         #[arg(long)]
         quiet: bool,
-        /// Adopt the retrained snapshots in this directory (`herd retrain --out`) before
-        /// the first record, as workers adopt them from `herd.retrained`: to see what a
-        /// retrain changes on recorded data before publishing it.
+        /// Adopt the retrained snapshots in this directory (`herd retrain --out`), each
+        /// when the replay reaches the end of its window, as workers adopt a nightly
+        /// retrain from `herd.retrained`: to see what a retrain changes on recorded data
+        /// before publishing it.
         #[arg(long, value_name = "DIR")]
         retrained: Option<PathBuf>,
         /// Score only records at or after this time (RFC 3339 or epoch ms), starting

@@ -70,6 +70,9 @@ pub struct Pipeline {
     /// Observations before this time are normalised (they teach who is who) but not
     /// scored: `herd replay --from`, a worker starting with empty baselines there.
     score_from_ms: i64,
+    /// Retrained snapshots waiting for event time to reach the end of their window,
+    /// latest first (`herd replay --retrained`).
+    scheduled: Vec<crate::retrain::Retrained>,
     /// Counters of everything that passed through.
     pub counters: Counters,
 }
@@ -103,6 +106,7 @@ impl Pipeline {
             engine: Engine::new(detect)?,
             obs: Vec::new(),
             score_from_ms: i64::MIN,
+            scheduled: Vec::new(),
             counters: Counters::default(),
         })
     }
@@ -111,6 +115,15 @@ impl Pipeline {
     /// normalised and dropped (counted as filtered `before_from`).
     pub fn score_from(&mut self, ts_ms: i64) {
         self.score_from_ms = ts_ms;
+    }
+
+    /// Adopts retrained snapshot `r` when event time reaches the end of its window
+    /// (`until_ms`), as a worker adopts a nightly retrain when it is published: a
+    /// replay never scores a record with a baseline trained on that record's future.
+    pub fn schedule_retrained(&mut self, r: crate::retrain::Retrained) {
+        self.scheduled.push(r);
+        self.scheduled
+            .sort_by_key(|r| std::cmp::Reverse(r.until_ms));
     }
 
     /// The decoder (for callers that decode before ordering).
@@ -155,6 +168,13 @@ impl Pipeline {
             Err(rej) => {
                 self.counters.reject(&rej);
                 return Err(rej);
+            }
+        }
+        if let Some(ts) = self.obs.first().map(|o| o.ts_ms) {
+            while self.scheduled.last().is_some_and(|r| r.until_ms <= ts) {
+                if let Some(r) = self.scheduled.pop() {
+                    self.engine.adopt_retrained(r);
+                }
             }
         }
         if self
@@ -224,6 +244,7 @@ impl Pipeline {
             engine,
             obs: Vec::new(),
             score_from_ms: i64::MIN,
+            scheduled: Vec::new(),
             counters: Counters::default(),
         })
     }

@@ -58,7 +58,8 @@ pub fn open_sources(inputs: &[PathBuf], max_line: usize) -> anyhow::Result<(Vec<
 }
 
 /// Runs a replay with `cfg` over `inputs`, writing alerts to `out` (stdout if `None`),
-/// after adopting the `retrained` snapshots, scoring from `score_from_ms` on.
+/// adopting each of the `retrained` snapshots when event time reaches the end of its
+/// window, scoring from `score_from_ms` on.
 pub fn replay(
     cfg: &HerdConfig,
     inputs: &[PathBuf],
@@ -71,7 +72,7 @@ pub fn replay(
     let (sources, total) = open_sources(inputs, cfg.limits.max_line_bytes)?;
     let mut pipeline = Pipeline::new(cfg.limits, cfg.normalizer.clone(), cfg.detect.clone())?;
     for r in retrained {
-        pipeline.engine_mut().adopt_retrained(r);
+        pipeline.schedule_retrained(r);
     }
     if let Some(t) = score_from_ms {
         pipeline.score_from(t);
