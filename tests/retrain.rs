@@ -174,6 +174,28 @@ fn retrain_learns_robust_statistics_profiles_and_spread_from_the_archive_issue_6
         .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
     assert!(hi > 2.0 * lo, "daily curve {lo}..{hi}");
     assert!(cpu.day_of_week.iter().flatten().count() >= 2);
+    // Around its hour's level a value scatters far less than over the whole day: the
+    // daily profile explains the curve, so the afternoon peak is expected at its hour
+    // and the same load at night is not.
+    let seasonal = cpu.seasonal.expect("residuals around the daily profile");
+    let r = seasonal.residuals;
+    assert!(seasonal.count > 1000, "{seasonal:?}");
+    assert!(r.q01 < 0.0 && r.q50.abs() < 0.05 && 0.0 < r.q99, "{r:?}");
+    let day_range = herd_baseline::numeric::slog(cpu.quantiles.p95, 0.01)
+        - herd_baseline::numeric::slog(cpu.quantiles.p05, 0.01);
+    // (The body: this archive holds day 2's attacks and surge too, in the far tails.)
+    assert!(r.q90 - r.q10 < 0.5 * day_range, "{r:?} vs {day_range}");
+    let midnight = start - start.rem_euclid(86_400_000);
+    let (afternoon, night) = (midnight + 15 * 3_600_000, midnight + 3 * 3_600_000);
+    let peak = cpu.level_at(afternoon).expect("a level at 15:00");
+    let at = |ts: i64| cpu.seasonal_surprise(peak, ts, 0.01, 0.02).expect("judged");
+    // (Night's tail is wide here: the window holds a miner's night on one replica.)
+    assert!(
+        at(afternoon) < 1.0 && at(night) > at(afternoon) + 2.0,
+        "{} {}",
+        at(afternoon),
+        at(night)
+    );
     // Six replicas sampled together: their spread is known, and smaller than the
     // fleet's whole range.
     let spread = cpu.replica_spread.expect("spread of shop/web");

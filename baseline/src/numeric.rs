@@ -129,18 +129,38 @@ pub fn slog(v: f64, res: f64) -> f64 {
     v.signum() * (v.abs() / res.max(1e-12)).ln_1p()
 }
 
+/// The inverse of [`slog`]: the value whose signed logarithm is `s`.
+pub fn slog_inverse(s: f64, res: f64) -> f64 {
+    s.signum() * s.abs().exp_m1() * res.max(1e-12)
+}
+
 /// The resolution of herd's own features: differences smaller than this are noise of
 /// the measurement itself (one hundredth of a core, a mebibyte, a kilobyte per second,
-/// one pid). Other metrics get no absolute floor; a relative one applies.
-pub fn resolution_of(name: &str) -> f64 {
+/// one pid). Other metrics get no absolute floor ([`DEFAULT_RESOLUTION`]); a relative one
+/// applies.
+pub const RESOLUTIONS: [(&str, f64); 10] = {
     use herd_ingest::model::metric::*;
-    match name {
-        CPU_CORES => 0.01,
-        MEM_BYTES => 1_048_576.0,
-        MEM_LIMIT_RATIO => 0.01,
-        NET_RX_BPS | NET_TX_BPS | BLK_READ_BPS | BLK_WRITE_BPS => 1024.0,
-        NET_RX_PPS | NET_TX_PPS => 1.0,
-        PIDS => 1.0,
-        _ => 1e-9,
-    }
+    [
+        (CPU_CORES, 0.01),
+        (MEM_BYTES, 1_048_576.0),
+        (MEM_LIMIT_RATIO, 0.01),
+        (NET_RX_BPS, 1024.0),
+        (NET_TX_BPS, 1024.0),
+        (BLK_READ_BPS, 1024.0),
+        (BLK_WRITE_BPS, 1024.0),
+        (NET_RX_PPS, 1.0),
+        (NET_TX_PPS, 1.0),
+        (PIDS, 1.0),
+    ]
+};
+
+/// The resolution of a metric without one in [`RESOLUTIONS`].
+pub const DEFAULT_RESOLUTION: f64 = 1e-9;
+
+/// The resolution of feature `name` ([`RESOLUTIONS`]).
+pub fn resolution_of(name: &str) -> f64 {
+    RESOLUTIONS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(DEFAULT_RESOLUTION, |(_, r)| *r)
 }

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Version of the snapshot format. Readers accept every version up to theirs; a newer
-/// one is refused (never half-read). 2 added [`Retrained::structure`].
-pub const FORMAT: u32 = 2;
+/// one is refused (never half-read). 2 added [`Retrained::structure`], 3
+/// [`FeatureProfile::seasonal`].
+pub const FORMAT: u32 = 3;
 
 /// Robust quantiles of a feature's values over the window.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -45,6 +46,106 @@ pub struct FeatureProfile {
     /// with at least three replicas, of their standard deviation. `None` without such
     /// minutes.
     pub replica_spread: Option<f64>,
+    /// How values scatter around their hour's level (format 3; absent before, and
+    /// where the archive had too few values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seasonal: Option<Seasonal>,
+}
+
+/// A feature's values around the level of their hour of day: the residuals
+/// `slog(value) − slog(level)` ([`slog`](crate::numeric::slog) with the feature's
+/// resolution), where the level is the hour's median ([`FeatureProfile::hour_of_day`]);
+/// values of an hour without one are not in it, and are not judged by it. A daily peak
+/// sits at its hour's level, so it is ordinary; the same value at night is not.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Seasonal {
+    /// Residuals behind the quantiles.
+    pub count: u64,
+    /// Their quantiles (0.1 % to 99.9 %).
+    pub residuals: crate::Summary,
+}
+
+/// Fewest residuals a [`Seasonal`] view is trusted with (as many as the online
+/// history needs before it scores, several times over: the 99.9th percentile is only
+/// estimated from about a thousand).
+pub const MIN_SEASONAL_COUNT: u64 = 1000;
+
+impl FeatureProfile {
+    /// The expected level at event time `ts_ms`: the median of its hour of day (UTC);
+    /// `None` for an hour the archive had too few values of (no level is guessed).
+    pub fn level_at(&self, ts_ms: i64) -> Option<f64> {
+        let hour = (ts_ms.rem_euclid(86_400_000) / 3_600_000) as usize;
+        self.hour_of_day
+            .get(hour)
+            .copied()
+            .flatten()
+            .filter(|v| v.is_finite())
+    }
+
+    /// The usual range at event time `ts_ms` (the residuals' 1st to 99th percentile
+    /// around the hour's level), in the feature's unit, for explanations.
+    pub fn band_at(&self, ts_ms: i64, res: f64) -> Option<(f64, f64)> {
+        use crate::numeric::{slog, slog_inverse};
+        let s = self.seasonal?;
+        let l = slog(self.level_at(ts_ms)?, res);
+        Some((
+            slog_inverse(l + s.residuals.q01, res),
+            slog_inverse(l + s.residuals.q99, res),
+        ))
+    }
+
+    /// Surprise of `x` at event time `ts_ms` against the archive's history of this
+    /// feature for that hour: `-log10` of the probability of a residual at least as far
+    /// from the hour's level, in either direction, with the tail model of
+    /// [`TailSketch::surprise`](crate::TailSketch::surprise) (empirical inside the
+    /// 1–99 % band, an exponential tail beyond, never narrower than `floor` in slog
+    /// terms). `None` without a trusted seasonal view.
+    pub fn seasonal_surprise(&self, x: f64, ts_ms: i64, res: f64, floor: f64) -> Option<f64> {
+        use crate::numeric::slog;
+        use crate::sketch::tail_p;
+        let s = self.seasonal.filter(|s| s.count >= MIN_SEASONAL_COUNT)?;
+        let level = self.level_at(ts_ms)?;
+        if !x.is_finite() {
+            return None;
+        }
+        let r = s.residuals;
+        let d = slog(x, res) - slog(level, res);
+        let widen = (1.0 + 1000.0 / s.count as f64).sqrt();
+        // Fraction beyond `d` inside the band: log-linear between the quantiles.
+        let between = |d: f64, (a, pa): (f64, f64), (b, pb): (f64, f64)| -> f64 {
+            if b <= a {
+                return pb;
+            }
+            let t = ((d - a) / (b - a)).clamp(0.0, 1.0);
+            10f64.powf(pa.log10() + t * (pb.log10() - pa.log10()))
+        };
+        let to_surprise = |p: f64| -p.clamp(f64::MIN_POSITIVE, 1.0).log10();
+        let upper = if d > r.q90 {
+            let empirical = if d <= r.q99 {
+                between(d, (r.q90, 0.1), (r.q99, 0.01))
+            } else if d <= r.q999 {
+                between(d, (r.q99, 0.01), (r.q999, 0.001))
+            } else {
+                0.0
+            };
+            to_surprise(tail_p(d - r.q99, r.q999 - r.q99, empirical, floor, widen))
+        } else {
+            0.0
+        };
+        let lower = if d < r.q10 {
+            let empirical = if d >= r.q01 {
+                between(-d, (-r.q10, 0.1), (-r.q01, 0.01))
+            } else if d >= r.q001 {
+                between(-d, (-r.q01, 0.01), (-r.q001, 0.001))
+            } else {
+                0.0
+            };
+            to_surprise(tail_p(r.q01 - d, r.q01 - r.q001, empirical, floor, widen))
+        } else {
+            0.0
+        };
+        Some(upper.max(lower))
+    }
 }
 
 /// What [`GroupBaseline::adopt_retrained`](crate::GroupBaseline::adopt_retrained) did.
@@ -145,6 +246,80 @@ mod tests {
         bad["structure"]["scale"][0] = 0.0.into();
         let e = Retrained::parse(&serde_json::to_vec(&bad).unwrap_or_default());
         assert!(e.is_err_and(|e| e.to_string().contains("invalid snapshot")));
+    }
+
+    #[test]
+    fn version_three_carries_the_residuals_around_the_daily_profile() {
+        let v3 = include_bytes!("../../tests/cases/retrain/snapshot-v3.json");
+        let s = Retrained::parse(v3).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.format, 3);
+        let cpu = &s.features["cpu_cores"];
+        let r = cpu
+            .seasonal
+            .unwrap_or_else(|| panic!("no seasonal view"))
+            .residuals;
+        assert!(r.q001 <= r.q01 && r.q01 <= r.q50 && r.q50 <= r.q99 && r.q99 <= r.q999);
+        assert!(s.structure.is_some());
+        // Earlier versions read without one.
+        for old in [
+            &include_bytes!("../../tests/cases/retrain/snapshot-v1.json")[..],
+            &include_bytes!("../../tests/cases/retrain/snapshot-v2.json")[..],
+        ] {
+            let s = Retrained::parse(old).unwrap_or_else(|e| panic!("{e}"));
+            assert!(s.features.values().all(|f| f.seasonal.is_none()));
+        }
+    }
+
+    #[test]
+    fn the_daily_profile_expects_each_hour_at_its_own_level() {
+        let mut p = Retrained::parse(include_bytes!("../../tests/cases/retrain/snapshot-v1.json"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .features
+            .remove("cpu_cores")
+            .unwrap_or_else(|| panic!("cpu_cores"));
+        // 0.1 cores at night (hour 3), 1.0 in the afternoon (hour 15), ±5 % around.
+        p.hour_of_day = (0..24)
+            .map(|h| Some(if h < 12 { 0.1 } else { 1.0 }))
+            .collect();
+        p.hour_of_day[7] = None;
+        let residuals = crate::Summary {
+            q001: -0.2,
+            q01: -0.12,
+            q10: -0.05,
+            q50: 0.0,
+            q90: 0.05,
+            q99: 0.12,
+            q999: 0.2,
+        };
+        let h = |hour: i64| hour * 3_600_000 + 86_400_000 * 20_000;
+        let s = |p: &FeatureProfile, x: f64, hour: i64| p.seasonal_surprise(x, h(hour), 0.01, 0.02);
+        assert_eq!(s(&p, 1.0, 15), None, "no residuals: no view");
+        p.seasonal = Some(Seasonal {
+            count: 500,
+            residuals,
+        });
+        assert_eq!(s(&p, 1.0, 15), None, "too few residuals to trust");
+        p.seasonal = Some(Seasonal {
+            count: 50_000,
+            residuals,
+        });
+        let peak = s(&p, 1.0, 15).unwrap_or(f64::NAN);
+        assert!(peak < 0.5, "the peak at its hour: {peak}");
+        let night = s(&p, 1.0, 3).unwrap_or(f64::NAN);
+        assert!(night > 20.0, "the peak at night: {night}");
+        let low = s(&p, 0.1, 15).unwrap_or(f64::NAN);
+        assert!(low > 20.0, "a night's level in the afternoon: {low}");
+        // Inside the band the surprise grows with the distance, up to two decades at
+        // the 99th percentile.
+        let (a, b) = (
+            s(&p, 1.0 * 1.08, 15).unwrap_or(f64::NAN),
+            s(&p, 1.0 * 1.12, 15).unwrap_or(f64::NAN),
+        );
+        assert!(1.0 < a && a < b && b <= 2.1, "{a} {b}");
+        assert_eq!(s(&p, 1.0, 7), None, "an hour without a level is not judged");
+        assert_eq!(s(&p, f64::NAN, 15), None);
+        let (lo, hi) = p.band_at(h(3), 0.01).unwrap_or((f64::NAN, f64::NAN));
+        assert!(lo < 0.1 && 0.1 < hi && hi < 0.13, "{lo}..{hi}");
     }
 
     fn snap(first_ms: i64, until_ms: i64) -> Retrained {

@@ -107,7 +107,7 @@ pub struct TailSketch {
 /// stretch is `gap`: the exponential tail (never narrower than `floor`, widened by
 /// `widen` for small samples), or the trusted empirical fraction if that is larger.
 /// Inside the band (`beyond <= 0`) it is at least the band edge's 1 %.
-fn tail_p(beyond: f64, gap: f64, empirical: f64, floor: f64, widen: f64) -> f64 {
+pub(crate) fn tail_p(beyond: f64, gap: f64, empirical: f64, floor: f64, widen: f64) -> f64 {
     let model = if beyond > 0.0 {
         let beta = (gap / std::f64::consts::LN_10).max(floor) * widen;
         0.01 * (-beyond / beta).exp()

@@ -114,15 +114,25 @@ impl Structure {
     pub fn nll(&self, z: &[f64]) -> Option<(f64, usize, f64)> {
         let d = self.features.len();
         let q = self.axes.len();
-        if z.len() != d || self.mean.len() != d || q == 0 || self.components.is_empty() {
+        if z.len() != d
+            || d > MAX_FEATURES
+            || self.mean.len() != d
+            || q == 0
+            || self.components.is_empty()
+        {
             return None;
         }
-        // Principal scores and the residual.
-        let centred: Vec<f64> = z.iter().zip(&self.mean).map(|(a, m)| a - m).collect();
-        let mut y = vec![0.0; q];
-        for (k, axis) in self.axes.iter().enumerate() {
-            y[k] = axis.iter().zip(&centred).map(|(a, c)| a * c).sum();
+        // Principal scores and the residual (on the stack: scored for every sample).
+        let mut centred = [0.0; MAX_FEATURES];
+        for ((c, a), m) in centred.iter_mut().zip(z).zip(&self.mean) {
+            *c = a - m;
         }
+        let centred = &centred[..d];
+        let mut y = [0.0; MAX_FEATURES];
+        for (yk, axis) in y.iter_mut().zip(&self.axes) {
+            *yk = axis.iter().zip(centred).map(|(a, c)| a * c).sum();
+        }
+        let y = &y[..q];
         let total: f64 = centred.iter().map(|c| c * c).sum();
         let on_axes: f64 = y.iter().map(|v| v * v).sum();
         let resid = (total - on_axes).max(0.0);
@@ -133,29 +143,34 @@ impl Structure {
             let v = self.residual_variance;
             0.5 * (resid / v + off as f64 * (LN_2PI + v.ln()))
         };
-        // Mixture log-density of the scores (log-sum-exp).
-        let mut best = (f64::NEG_INFINITY, 0usize);
-        let mut terms = Vec::with_capacity(self.components.len());
+        // Mixture log-density of the scores (a running log-sum-exp).
+        let (mut best, mut nearest, mut sum) = (f64::NEG_INFINITY, 0usize, 0.0f64);
+        let mut diff = [0.0; MAX_FEATURES];
         for (i, c) in self.components.iter().enumerate() {
             if c.mean.len() != q || c.precision.len() != q * q || c.weight <= 0.0 {
                 return None;
             }
-            let diff: Vec<f64> = y.iter().zip(&c.mean).map(|(a, m)| a - m).collect();
+            for ((dv, a), m) in diff.iter_mut().zip(y).zip(&c.mean) {
+                *dv = a - m;
+            }
+            let diff = &diff[..q];
             let mut maha = 0.0;
-            for r in 0..q {
-                let row = &c.precision[r * q..(r + 1) * q];
-                maha += diff[r] * row.iter().zip(&diff).map(|(p, v)| p * v).sum::<f64>();
+            for (r, row) in c.precision.chunks_exact(q).enumerate() {
+                maha += diff[r] * row.iter().zip(diff).map(|(p, v)| p * v).sum::<f64>();
             }
             let lp = c.weight.ln() + 0.5 * (c.log_det_precision - q as f64 * LN_2PI - maha);
-            if lp > best.0 {
-                best = (lp, i);
+            if lp > best {
+                sum = sum * (best - lp).exp() + 1.0;
+                best = lp;
+                nearest = i;
+            } else {
+                sum += (lp - best).exp();
             }
-            terms.push(lp);
         }
-        let lse = best.0 + terms.iter().map(|t| (t - best.0).exp()).sum::<f64>().ln();
+        let lse = best + sum.ln();
         let share = if total > 0.0 { resid / total } else { 0.0 };
         let nll = -lse + resid_nll;
-        nll.is_finite().then_some((nll, best.1, share))
+        nll.is_finite().then_some((nll, nearest, share))
     }
 
     /// Calibrated surprise of a score.
@@ -193,7 +208,10 @@ impl Structure {
         let (nll, nearest, residual_share) = self.nll(scratch)?;
         // The feature furthest from the nearest mode, back in feature space.
         let c = self.components.get(nearest)?;
-        let mut mode = self.mean.clone();
+        let mut mode = [0.0; MAX_FEATURES];
+        for (x, m) in mode.iter_mut().zip(&self.mean) {
+            *x = *m;
+        }
         for (k, axis) in self.axes.iter().enumerate() {
             let m = c.mean.get(k).copied().unwrap_or(0.0);
             for (x, a) in mode.iter_mut().zip(axis) {

@@ -31,6 +31,9 @@ const ROUGHNESS_ALPHA: f64 = 1.0 / 24.0;
 /// The peers' median is outside the history's central 10–90 % band: the fleet itself
 /// moved, and only a deviation from the peers counts.
 const FLEET_SHIFT_SURPRISE: f64 = 1.0;
+/// The narrowest tail of the archive's daily profile, in slog terms (2 % of the level:
+/// the resolution of a peer comparison, too).
+const SEASONAL_FLOOR: f64 = 0.02;
 
 /// Housekeeping (evictions, closing quiet incidents) every this many observations.
 const HOUSEKEEPING_EVERY: u32 = 4096;
@@ -689,6 +692,21 @@ fn score_metrics(
         } else {
             None
         };
+        // The archive's view of this hour (a retrained daily profile): the value, and
+        // the peers' median, against the feature's usual scatter around its hour's level.
+        let profile = group
+            .baseline
+            .retrained
+            .as_ref()
+            .and_then(|r| r.features.get(name.as_str()));
+        let seasonal = |v: f64| {
+            let res = herd_baseline::numeric::resolution_of(name);
+            profile.and_then(|p| p.seasonal_surprise(v, now, res, SEASONAL_FLOOR))
+        };
+        let (seasonal_x, seasonal_peers) = (seasonal(x), peers.and_then(|p| seasonal(p.median)));
+        let seasonal_band = seasonal_x.and_then(|_| {
+            profile.and_then(|p| p.band_at(now, herd_baseline::numeric::resolution_of(name)))
+        });
         let Some((fname, fb)) = group.baseline.feature_at_mut(slot) else {
             continue;
         };
@@ -706,11 +724,18 @@ fn score_metrics(
         let ready = |n: f64| scoring && n >= cfg.min_samples;
         // Each view's own surprise (0 while it is not ready).
         let values_ready = ready(fb.values.count());
-        let sb = if values_ready {
-            fb.value_surprise(x)
-        } else {
-            0.0
+        // The history view: the online history and the archive's daily profile each
+        // judge the value; with both, it must surprise both (the profile explains a
+        // daily peak the online history has not seen yet; the online history a change
+        // learned since the retrain). With the profile alone (a group the workers have
+        // just met), the profile judges from the first sample.
+        let history_of = |online: Option<f64>, archive: Option<f64>| match (online, archive) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => 0.0,
         };
+        let sb = history_of(values_ready.then(|| fb.value_surprise(x)), seasonal_x);
+        let history_known = values_ready || seasonal_x.is_some();
         let sp = match dev {
             Some(d) if ready(fb.peer_dev.count()) => fb.peer_surprise(d),
             _ => 0.0,
@@ -735,7 +760,15 @@ fn score_metrics(
         // way the group never is. Alone: unlike the history, unlike the usual steps, or
         // unlike the usual roughness.
         let history = match peers {
-            Some(p) if values_ready && fb.value_surprise(p.median) < FLEET_SHIFT_SURPRISE => sb,
+            Some(p)
+                if history_known
+                    && history_of(
+                        values_ready.then(|| fb.value_surprise(p.median)),
+                        seasonal_peers,
+                    ) < FLEET_SHIFT_SURPRISE =>
+            {
+                sb
+            }
             _ => 0.0,
         };
         let (surprise, detector) = if peers.is_some() {
@@ -775,7 +808,11 @@ fn score_metrics(
             finding.features.push(FeatureEvidence {
                 name: fname.to_owned(),
                 value: x,
-                expected: fb.expected_range().map(|(lo, hi)| [lo, hi]),
+                expected: fb
+                    .expected_range()
+                    .filter(|_| values_ready)
+                    .or(seasonal_band)
+                    .map(|(lo, hi)| [lo, hi]),
                 peers,
                 step: (detector == Detector::Step).then_some(step).flatten(),
                 roughness: (detector == Detector::Roughness)
@@ -873,10 +910,12 @@ fn structure_finding(
     let value_of = |f: &str| metrics.iter().find(|(n, _)| n == f).map(|(_, x)| *x);
     let hot = sc.surprise >= threshold;
     // A whole group moving along its principal axes (a load surge beyond yesterday's
-    // range) is not one replica unlike its siblings: with its live peers as surprised,
-    // an on-axis deviation is the fleet's, and `fleet_check` judges the group. A
-    // deviation off the axes (metrics that broke their correlation) stays a finding
-    // even when every replica shows it.
+    // range) is not one replica unlike its siblings: when its live peers are unusual
+    // too (their median surprise beyond what the structure vouches for) and the
+    // replica is at most twice as surprised (in decades) as they are, an on-axis
+    // deviation is the fleet's, and `fleet_check` judges the group. A deviation off the
+    // axes (metrics that broke their correlation) stays a finding even when every
+    // replica shows it.
     let peers_off = hot && sc.residual_share < 0.5 && {
         let mut others: Vec<f64> = group
             .replicas
@@ -888,7 +927,8 @@ fn structure_finding(
             .filter(|(_, t)| now - t <= cfg.peer_window_ms)
             .map(|(s, _)| s)
             .collect();
-        others.len() + 1 >= cfg.min_peers && median_in_place(&mut others) >= threshold
+        others.len() + 1 >= cfg.min_peers
+            && median_in_place(&mut others) >= STRUCTURE_VOUCHES.max(sc.surprise / 2.0)
     };
     let Some(r) = group.replicas.get_mut(id) else {
         return;

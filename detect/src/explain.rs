@@ -59,7 +59,7 @@ fn feature_phrase(f: &FeatureEvidence) -> String {
     if let Some(st) = f.structure {
         let modes = match st.modes {
             1 => "the one mode".to_owned(),
-            n => format!("any of the {n} modes"),
+            n => format!("the {n} modes"),
         };
         let corr = if st.off_axis >= 0.5 {
             ", breaking the usual correlation of its metrics"

@@ -382,3 +382,244 @@ fn retrained_snapshots_are_adopted_now_or_when_their_group_appears_issue_6() {
         Some(herd_baseline::retrained::Adoption::Stale)
     );
 }
+
+/// A daily level: low at night, peaking mid-afternoon (UTC).
+fn daily_level(hour: usize) -> f64 {
+    0.55 + 0.45 * ((hour as f64 - 9.0) / 24.0 * std::f64::consts::TAU).sin()
+}
+
+/// A snapshot of a group whose `cpu_cores` follows [`daily_level`], scattering ±5 %
+/// (in slog terms) around its hour's level.
+fn daily_snapshot(key: &str) -> herd_baseline::retrained::Retrained {
+    use herd_baseline::retrained::{FeatureProfile, Quantiles, Retrained, Seasonal};
+    let profile = FeatureProfile {
+        count: 20_000,
+        quantiles: Quantiles {
+            p05: 0.12,
+            p25: 0.25,
+            p50: 0.55,
+            p75: 0.85,
+            p95: 0.98,
+            p99: 1.0,
+        },
+        mad: 0.3,
+        hour_of_day: (0..24).map(|h| Some(daily_level(h))).collect(),
+        day_of_week: vec![None; 7],
+        replica_spread: None,
+        seasonal: Some(Seasonal {
+            count: 20_000,
+            residuals: herd_baseline::Summary {
+                q001: -0.2,
+                q01: -0.12,
+                q10: -0.05,
+                q50: 0.0,
+                q90: 0.05,
+                q99: 0.12,
+                q999: 0.2,
+            },
+        }),
+    };
+    Retrained {
+        format: herd_baseline::retrained::FORMAT,
+        group: key.into(),
+        repository: "ops/cron".into(),
+        trained_at: "2026-11-23T03:00:00Z".into(),
+        since_ms: T0 - 7 * 86_400_000,
+        until_ms: T0,
+        first_ms: T0 - 7 * 86_400_000,
+        last_ms: T0 - 1,
+        rows: 20_000,
+        replicas: 1,
+        features: [("cpu_cores".to_owned(), profile)].into(),
+        structure: None,
+    }
+}
+
+/// A lone replica followed through a day from 10:00 UTC, one sample a minute at its
+/// hour's level; from 03:00 for ten minutes it runs at the afternoon's peak instead.
+fn lone_day(engine: &mut Engine, c: &Arc<ContainerRef>) -> Vec<Alert> {
+    let mut out = Vec::new();
+    for m in 0..20 * 60 {
+        let ts = T0 + m * MIN;
+        let hour = (ts.rem_euclid(86_400_000) / 3_600_000) as usize;
+        let jitter = 1.0 + 0.02 * ((m * 7 % 11) as f64 / 11.0 - 0.5);
+        let cpu = if (17 * 60..17 * 60 + 10).contains(&m) {
+            daily_level(15)
+        } else {
+            daily_level(hour) * jitter
+        };
+        engine.observe(&metrics(c, ts, cpu), &mut out);
+    }
+    out
+}
+
+/// The retrained daily profile: the afternoon peak is expected at its hour, and the
+/// same load at night is not; a lone series is judged by it from its first sample,
+/// where the online history alone waits out its learning day (issue 6).
+#[test]
+fn a_retrained_daily_profile_expects_the_peak_and_flags_it_at_night_issue_6() {
+    assert_eq!(T0.rem_euclid(86_400_000) / 3_600_000, 10, "T0 is 10:00 UTC");
+    let c = &replicas(1, "ops/cron:3")[0];
+    let key = DetectConfig::default().group_by.key(c);
+
+    let mut online = Engine::new(DetectConfig::default()).expect("engine");
+    assert!(
+        lone_day(&mut online, c).is_empty(),
+        "without a profile a lone series is not judged on its first day"
+    );
+
+    let mut retrained = Engine::new(DetectConfig::default()).expect("engine");
+    assert_eq!(retrained.adopt_retrained(daily_snapshot(&key)), None);
+    let out = lone_day(&mut retrained, c);
+    assert!(!out.is_empty(), "the night-time peak went unnoticed");
+    for a in &out {
+        let ts = herd_ingest::time::parse_rfc3339_ms(&a.ts).unwrap_or(0);
+        assert!(
+            (T0 + 17 * 60 * MIN..T0 + 17 * 60 * MIN + 30 * MIN).contains(&ts),
+            "an alert outside the night-time peak (the afternoon must be quiet): {a:#?}"
+        );
+        assert_eq!(a.detectors, vec![Detector::Baseline], "{a:#?}");
+        let f = &a.features[0];
+        assert_eq!(f.name, "cpu_cores");
+        // The expected range is the hour's (03:00), not the day's.
+        let [lo, hi] = f.expected.expect("an expected range");
+        assert!(
+            lo < daily_level(3) && daily_level(3) < hi && hi < 0.3,
+            "{lo}..{hi}"
+        );
+    }
+}
+
+/// A snapshot whose structure ties `cpu_cores` to `net_rx_bytes_per_s` (one load axis,
+/// around 0.3 cores and 300 kB/s, a narrow residual off it).
+fn load_axis_snapshot(key: &str) -> herd_baseline::retrained::Retrained {
+    use herd_baseline::numeric::slog;
+    use herd_baseline::structure::{Calibration, Component, Structure};
+    let h = std::f64::consts::FRAC_1_SQRT_2;
+    let structure = Structure {
+        features: vec!["cpu_cores".into(), "net_rx_bytes_per_s".into()],
+        center: vec![slog(0.3, 0.01), slog(3e5, 1024.0)],
+        scale: vec![0.3, 0.3],
+        mean: vec![0.0, 0.0],
+        axes: vec![vec![h, h]],
+        explained: vec![0.95],
+        residual_variance: 0.05,
+        components: vec![Component {
+            weight: 1.0,
+            mean: vec![0.0],
+            precision: vec![0.5],
+            log_det_precision: 0.5f64.ln(),
+        }],
+        bic: vec![(1, 0.0)],
+        // The score's quantiles for such a Gaussian: χ² with two degrees of freedom.
+        calibration: Calibration {
+            n: 1000,
+            q50: 1.14,
+            q90: 3.0,
+            q99: 5.3,
+            tail_scale: 1.0,
+        },
+        samples: 4000,
+    };
+    assert!(structure.is_valid());
+    herd_baseline::retrained::Retrained {
+        format: herd_baseline::retrained::FORMAT,
+        group: key.into(),
+        repository: "shop/app".into(),
+        trained_at: "2026-11-23T03:00:00Z".into(),
+        since_ms: T0 - 86_400_000,
+        until_ms: T0,
+        first_ms: T0 - 86_400_000,
+        last_ms: T0 - 1,
+        rows: 8000,
+        replicas: 4,
+        features: BTreeMap::new(),
+        structure: Some(structure),
+    }
+}
+
+/// Four replicas on the load axis for 50 minutes (the online baseline still warming
+/// up: only the structure judges); `f(minute, replica, [cpu, rx])` may change them.
+fn axis_run(f: impl Fn(i64, usize, &mut [f64; 2])) -> Vec<Alert> {
+    let cs = replicas(4, "shop/app:1");
+    let mut engine = Engine::new(DetectConfig::default()).expect("engine");
+    let key = DetectConfig::default().group_by.key(&cs[0]);
+    engine.adopt_retrained(load_axis_snapshot(&key));
+    let mut out = Vec::new();
+    for m in 0..50 {
+        for (i, c) in cs.iter().enumerate() {
+            let jitter = 1.0 + 0.04 * (((m * 7 + i as i64 * 13) % 11) as f64 / 11.0 - 0.5);
+            let mut v = [0.3 * jitter, 3e5 * jitter];
+            f(m, i, &mut v);
+            let o = Observation {
+                ts_ms: T0 + m * MIN + i as i64,
+                container: Arc::clone(c),
+                payload: Payload::Metrics(vec![
+                    ("cpu_cores".into(), v[0]),
+                    ("net_rx_bytes_per_s".into(), v[1]),
+                ]),
+            };
+            engine.observe(&o, &mut out);
+        }
+    }
+    out
+}
+
+/// The structure's peer rule: a move along the load axis that every replica makes is
+/// the fleet's (a surge), one that a single replica makes is a finding, and a move off
+/// the axis (CPU without the traffic that explains it) is a finding even when every
+/// replica makes it (issue 6).
+#[test]
+fn the_structure_tells_a_fleet_surge_from_one_replica_unlike_its_siblings_issue_6() {
+    let during = |m: i64| (20..30).contains(&m);
+    let structure_alerts = |out: &[Alert]| -> Vec<String> {
+        let names: std::collections::BTreeSet<String> = out
+            .iter()
+            .filter(|a| a.detectors.contains(&Detector::Structure))
+            .map(|a| a.container_name.clone())
+            .collect();
+        names.into_iter().collect()
+    };
+    let evidence = |out: &[Alert]| {
+        out.iter()
+            .flat_map(|a| &a.features)
+            .find_map(|f| f.structure)
+            .expect("structure evidence")
+    };
+    assert!(axis_run(|_, _, _| {}).is_empty(), "a quiet fleet alerted");
+
+    let surge = axis_run(|m, _, v| {
+        if during(m) {
+            v[0] *= 10.0;
+            v[1] *= 10.0;
+        }
+    });
+    assert!(
+        structure_alerts(&surge).is_empty(),
+        "a fleet-wide surge along the load axis: {surge:#?}"
+    );
+
+    let one = axis_run(|m, i, v| {
+        if during(m) && i == 2 {
+            v[0] *= 10.0;
+            v[1] *= 10.0;
+        }
+    });
+    assert_eq!(structure_alerts(&one), vec!["app-3"], "{one:#?}");
+    let s = evidence(&one);
+    assert!(s.off_axis < 0.5, "on the axis: {s:?}");
+
+    let mining = axis_run(|m, _, v| {
+        if during(m) {
+            v[0] *= 10.0;
+            v[1] *= 0.5;
+        }
+    });
+    assert_eq!(
+        structure_alerts(&mining),
+        vec!["app-1", "app-2", "app-3", "app-4"],
+        "a fleet-wide move off the axis: {mining:#?}"
+    );
+    let s = evidence(&mining);
+    assert!(s.off_axis > 0.5, "off the axis: {s:?}");
+}

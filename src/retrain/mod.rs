@@ -33,7 +33,7 @@ use futures_util::TryStreamExt as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub use herd_baseline::structure::Structure;
-pub use snapshot::{FeatureProfile, Quantiles, Retrained};
+pub use snapshot::{FeatureProfile, Quantiles, Retrained, Seasonal};
 use sql::{Dialect, Window};
 
 /// What to retrain from, and where the results go.
@@ -230,6 +230,7 @@ pub async fn retrain(opts: &Options) -> anyhow::Result<Outcome> {
                     hour_of_day: vec![None; 24],
                     day_of_week: vec![None; 7],
                     replica_spread: None,
+                    seasonal: None,
                 },
             );
         }
@@ -272,8 +273,48 @@ pub async fn retrain(opts: &Options) -> anyhow::Result<Outcome> {
     }
     bar.inc(1);
 
-    // 5. Spread between replicas at the same time.
+    // 5. Residuals around the hour-of-day level.
     bar.set_message(steps[4]);
+    for b in collect(&ctx, &sql::seasonal(d, w)).await? {
+        let (g, f, n) = (strs(&b, "grp")?, strs(&b, "feature")?, f64s(&b, "n")?);
+        let q: Vec<Float64Array> = ["q001", "q01", "q10", "q50", "q90", "q99", "q999"]
+            .iter()
+            .map(|c| f64s(&b, c))
+            .collect::<anyhow::Result<_>>()?;
+        for i in 0..b.num_rows() {
+            let Some(p) = feature_mut(&mut out, g.value(i), f.value(i)) else {
+                continue;
+            };
+            let v: Vec<Option<f64>> = q.iter().map(|a| opt(a, i)).collect();
+            if let [
+                Some(q001),
+                Some(q01),
+                Some(q10),
+                Some(q50),
+                Some(q90),
+                Some(q99),
+                Some(q999),
+            ] = v[..]
+            {
+                p.seasonal = Some(Seasonal {
+                    count: n.value(i) as u64,
+                    residuals: herd_baseline::Summary {
+                        q001,
+                        q01,
+                        q10,
+                        q50,
+                        q90,
+                        q99,
+                        q999,
+                    },
+                });
+            }
+        }
+    }
+    bar.inc(1);
+
+    // 6. Spread between replicas at the same time.
+    bar.set_message(steps[5]);
     for b in collect(&ctx, &sql::spread(d, w)).await? {
         let (g, f, sp) = (strs(&b, "grp")?, strs(&b, "feature")?, f64s(&b, "spread")?);
         for i in 0..b.num_rows() {
@@ -284,8 +325,8 @@ pub async fn retrain(opts: &Options) -> anyhow::Result<Outcome> {
     }
     bar.inc(1);
 
-    // 6. The multivariate structure of each group's feature vectors (linfa).
-    bar.set_message(steps[5]);
+    // 7. The multivariate structure of each group's feature vectors (linfa).
+    bar.set_message(steps[6]);
     for (g, vectors) in model::sample(&ctx, w).await? {
         if let Some(s) = out.snapshots.get_mut(&g) {
             s.structure = model::fit(&vectors);

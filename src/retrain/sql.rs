@@ -24,11 +24,12 @@ pub struct Window {
 }
 
 /// The steps of a retrain, in order (the progress bar's messages).
-pub const STEPS: [&str; 6] = [
+pub const STEPS: [&str; 7] = [
     "groups",
     "quantiles",
     "median absolute deviation",
     "daily and weekly profiles",
+    "residuals around the daily profile",
     "replica spread",
     "multivariate structure",
 ];
@@ -144,6 +145,60 @@ pub fn by_weekday(d: Dialect, w: Window) -> String {
     profile(d, w, "dow")
 }
 
+/// `slog(e)` with the resolution of the row's feature (`herd_baseline::numeric::slog`
+/// and `RESOLUTIONS`, so that SQL and the stream scorer measure residuals alike).
+fn slog(d: Dialect, e: &str, feature: &str) -> String {
+    use herd_baseline::numeric::{DEFAULT_RESOLUTION, RESOLUTIONS};
+    let cases: String = RESOLUTIONS
+        .iter()
+        .map(|(n, r)| format!(" WHEN '{n}' THEN {r:?}"))
+        .collect();
+    let sign = match d {
+        Dialect::DataFusion => "signum",
+        Dialect::DuckDb => "sign",
+    };
+    format!(
+        "({sign}({e}) * ln(1.0 + abs({e}) / CASE {feature}{cases} ELSE {DEFAULT_RESOLUTION:?} END))"
+    )
+}
+
+/// Per group and feature: quantiles of the residuals around the hour-of-day level,
+/// `slog(value) - slog(level)` where the level is the median of the value's hour (the
+/// same medians as [`by_hour`]; rows of an hour too thin for one are left out). The
+/// hourly medians come first in the join, as in [`mad`].
+pub fn seasonal(d: Dialect, w: Window) -> String {
+    let qs: Vec<String> = [
+        (0.001, "q001"),
+        (0.01, "q01"),
+        (0.1, "q10"),
+        (0.5, "q50"),
+        (0.9, "q90"),
+        (0.99, "q99"),
+        (0.999, "q999"),
+    ]
+    .iter()
+    .map(|(p, name)| format!("{} AS {name}", pct(d, *p, "r")))
+    .collect();
+    let residual = format!(
+        "{} - {}",
+        slog(d, "o.value", "o.feature"),
+        slog(d, "lvl.med", "o.feature")
+    );
+    format!(
+        "WITH lvl AS ({levels}) \
+         SELECT grp, feature, count(*) AS n, {qs} FROM (\
+           SELECT o.\"group\" AS grp, o.feature AS feature, {r} AS r \
+           FROM lvl JOIN obs o ON o.\"group\" = lvl.grp AND o.feature = lvl.feature \
+             AND date_part('hour', o.ts) = lvl.slot \
+           WHERE {wino} AND o.value IS NOT NULL) AS res \
+         GROUP BY grp, feature",
+        levels = by_hour(d, w),
+        qs = qs.join(", "),
+        r = residual,
+        wino = window(d, w, "o"),
+    )
+}
+
 /// Per group and feature: the median over minutes with three or more replicas of the
 /// standard deviation between them.
 pub fn spread(d: Dialect, w: Window) -> String {
@@ -168,6 +223,7 @@ pub fn all(d: Dialect, w: Window) -> Vec<(&'static str, String)> {
         ("mad", mad(d, w)),
         ("by_hour", by_hour(d, w)),
         ("by_weekday", by_weekday(d, w)),
+        ("seasonal", seasonal(d, w)),
         ("spread", spread(d, w)),
     ]
 }
