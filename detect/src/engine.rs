@@ -700,8 +700,10 @@ fn score_metrics(
             .as_ref()
             .and_then(|r| r.features.get(name.as_str()));
         let seasonal = |v: f64| {
-            let res = herd_baseline::numeric::resolution_of(name);
-            profile.and_then(|p| p.seasonal_surprise(v, now, res, SEASONAL_FLOOR))
+            profile.and_then(|p| {
+                let res = herd_baseline::numeric::resolution_of(name);
+                p.seasonal_surprise(v, now, res, SEASONAL_FLOOR)
+            })
         };
         let (seasonal_x, seasonal_peers) = (seasonal(x), peers.and_then(|p| seasonal(p.median)));
         let seasonal_band = seasonal_x.and_then(|_| {
