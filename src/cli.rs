@@ -334,14 +334,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let s = crate::stream::serve(cfg)?;
             eprintln!(
-                "herd run: {} records, {} observations, {} alerts, {} dead-lettered, {} re-keyed, {} checkpoints, {} out of order",
+                "herd run: {} records, {} observations, {} alerts, {} dead-lettered, {} re-keyed, {} checkpoints, {} out of order, {} waited for their start event",
                 s.counters.lines,
                 s.counters.observations,
                 s.counters.alerts,
                 s.dead_lettered,
                 s.forwarded,
                 s.checkpoints,
-                s.out_of_order
+                s.out_of_order,
+                s.parked
             );
             if !s.counters.rejected.is_empty() {
                 eprintln!("herd run: dead-letter reasons: {:?}", s.counters.rejected);

@@ -131,6 +131,12 @@ impl Pipeline {
         &self.decoder
     }
 
+    /// Whether the normaliser can join `rec` to a container now (see
+    /// [`herd_ingest::Normalizer::identifies`]).
+    pub fn identifies(&self, rec: &Record) -> bool {
+        self.normalizer.identifies(rec)
+    }
+
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.engine

@@ -94,6 +94,7 @@ fn a_fleet_through_kafka_gives_the_same_incidents_as_replay_issue_3() {
     produce(&names, &broker, &files, &[]);
     broker.wait_caught_up(&names, Duration::from_secs(300));
     let log = worker.stop();
+    eprintln!("{}", summary_line(&log));
     let alerts = stream_alerts(&names, &broker);
     let stream: BTreeSet<String> = alerts.keys().cloned().collect();
     let replay = replay_incidents(&files);
@@ -124,6 +125,7 @@ fn a_leaving_worker_hands_its_groups_over_with_their_learned_state_issue_3() {
     produce_window(&names, &broker, &files, Some(at), None);
     broker.wait_caught_up(&names, Duration::from_secs(300));
     let a_log = a.stop();
+    eprintln!("{}", summary_line(&a_log));
     let restored = a_log.matches("restored task").count();
     assert!(
         restored > PARTITIONS as usize - 1,

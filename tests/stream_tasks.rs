@@ -101,3 +101,109 @@ fn a_fleet_split_by_routing_key_loses_no_record_to_its_partitioning() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(dead.is_empty(), "dead letters: {dead:?}");
 }
+
+/// A raw stats sample (no image) of container `id` at `secs` past 10:00.
+fn raw_stats(id: &str, secs: u32, cpu_ns: u64) -> String {
+    format!(
+        r#"{{"read":"2026-11-23T10:{:02}:{:02}Z","id":"{id}","name":"/web-1","cpu_stats":{{"cpu_usage":{{"total_usage":{cpu_ns}}},"system_cpu_usage":{},"online_cpus":2}},"memory_stats":{{"usage":1000000,"stats":{{"inactive_file":0}}}}}}"#,
+        secs / 60,
+        secs % 60,
+        u64::from(secs) * 2_000_000_000
+    )
+}
+
+/// A Docker `start` event of `id` at `secs` past 10:00.
+fn start_event(id: &str, secs: u32) -> String {
+    let t = 1_795_428_000 + i64::from(secs);
+    format!(
+        r#"{{"Type":"container","Action":"start","Actor":{{"ID":"{id}","Attributes":{{"image":"shop/web:1.4","name":"web-1"}}}},"time":{t},"timeNano":{t}000000000}}"#
+    )
+}
+
+#[test]
+fn raw_stats_wait_for_a_start_event_that_comes_late_on_the_events_topic() {
+    let cfg = HerdConfig::default();
+    let tcfg = TaskConfig {
+        limits: cfg.limits,
+        normalizer: cfg.normalizer.clone(),
+        detect: cfg.detect.clone(),
+        inputs: 2,
+        max_routed_containers: 1000,
+        max_idle: Duration::ZERO,
+        respond: None,
+        latency: None,
+        archive_rows: None,
+        retrained_input: None,
+    };
+    let mut t = Task::new(0, &tcfg).expect("task");
+    let (a, b) = ("a".repeat(64), "b".repeat(64));
+    let mut out = Vec::new();
+    let drain = |t: &mut Task, out: &mut Vec<Out>| {
+        t.drain(Instant::now(), Duration::ZERO, false, out);
+    };
+    // Container a's samples come first; its start event (10:00:00) is late.
+    for (o, secs) in [(0, 10), (1, 20), (2, 30)] {
+        t.offer(
+            0,
+            o,
+            None,
+            None,
+            raw_stats(&a, secs, u64::from(secs) * 1_000_000_000).as_bytes(),
+            &mut out,
+        );
+    }
+    drain(&mut t, &mut out);
+    assert_eq!(t.parked(), 3, "nothing identifies a yet");
+    assert_eq!(
+        t.positions()[0],
+        Some(0),
+        "parked samples hold the commit back"
+    );
+    t.offer(1, 0, None, None, start_event(&a, 0).as_bytes(), &mut out);
+    drain(&mut t, &mut out);
+    assert_eq!(t.parked(), 0);
+    assert_eq!(t.positions()[0], Some(3));
+    assert!(
+        !out.iter().any(|o| matches!(o, Out::Dead { .. })),
+        "a's samples were scored once its start came"
+    );
+    assert_eq!(t.tally()[0][0], 3, "three samples scored");
+
+    // Container b is never started: once the events have moved a minute past its
+    // sample, the sample is dead-lettered as unknown_container, with its bytes.
+    let late = raw_stats(&b, 40, 1);
+    t.offer(0, 3, None, None, late.as_bytes(), &mut out);
+    drain(&mut t, &mut out);
+    assert_eq!(t.parked(), 1);
+    t.offer(1, 1, None, None, start_event(&a, 200).as_bytes(), &mut out);
+    drain(&mut t, &mut out);
+    assert_eq!(t.parked(), 0);
+    let dead: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Out::Dead {
+                offset,
+                payload,
+                reject,
+                ..
+            } => Some((*offset, payload.clone(), reject.reason.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dead, vec![(3, late.into_bytes(), "unknown_container")]);
+    assert_eq!(t.positions()[0], Some(4));
+
+    // The stream ends with a sample of c parked (a worker that joined after c started):
+    // once every input is caught up and empty, nothing can identify it, and it does not
+    // hold the commit back.
+    let c = "c".repeat(64);
+    t.offer(0, 4, None, None, raw_stats(&c, 210, 1).as_bytes(), &mut out);
+    drain(&mut t, &mut out);
+    assert_eq!(t.parked(), 1, "the inputs' ends are not known yet");
+    t.observe_watermarks(0, 0, 5, 5);
+    t.observe_watermarks(1, 0, 2, 2);
+    drain(&mut t, &mut out);
+    assert_eq!(t.parked(), 0);
+    assert_eq!(t.positions()[0], Some(5));
+    assert_eq!(t.tally()[0][2], 2, "b's and c's samples dead-lettered");
+}

@@ -27,6 +27,20 @@ use crate::pipeline::Pipeline;
 /// hosts flush within seconds of each other, so a larger gap means a backlog.
 const MAX_SKEW_MS: i64 = 10_000;
 
+/// A raw stats sample names no image: its container is identified by its `start`
+/// event, which comes on another topic and can arrive after it (the events partition
+/// lagging the samples partition, a backlog). Such a sample waits, parked, until the
+/// event is processed, or until the records that could identify it (everything but raw
+/// stats samples) have moved this far past it in event time: then its identity is not
+/// coming, and it is dead-lettered as `unknown_container`.
+const PARK_GRACE_MS: i64 = 60_000;
+/// However quiet the events are, a sample is not parked for longer than this much of
+/// the stream's event time.
+const PARK_MAX_MS: i64 = 300_000;
+/// Most samples parked in one task; beyond, the oldest is dead-lettered (a flood of
+/// samples of containers nobody started must not grow memory).
+const MAX_PARKED: usize = 4096;
+
 /// A histogram of milliseconds, 1 ms to an hour, two significant digits.
 pub fn new_latency_histogram() -> hdrhistogram::Histogram<u64> {
     hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 2)
@@ -111,6 +125,15 @@ struct Input {
     empty_since: Option<Instant>,
 }
 
+impl Input {
+    /// Caught up: librdkafka reached the end of the partition, everything up to there
+    /// was delivered, and no later record is known.
+    fn caught_up(&self) -> bool {
+        let pos = self.consumed_next.unwrap_or(self.low);
+        self.eof >= 0 && pos >= self.eof && self.high <= self.eof
+    }
+}
+
 /// The task record: everything of a task's state that is not per group.
 #[derive(Serialize)]
 struct TaskOut<'a> {
@@ -167,6 +190,14 @@ pub struct Task {
     retrained_input: Option<usize>,
     /// Largest record accepted on the retrained input.
     max_record_bytes: usize,
+    /// Raw stats samples waiting for their container's identity (input, record), in
+    /// the order they were processed; see [`PARK_GRACE_MS`].
+    parked: VecDeque<(usize, Msg, Instant)>,
+    /// Event time of the newest processed record that can identify a container
+    /// (anything but a raw stats sample).
+    identity_ts: i64,
+    /// Samples parked so far.
+    parked_total: u64,
 }
 
 /// What became of an input record: scored (it gave observations), filtered (well
@@ -255,6 +286,9 @@ impl Task {
                 .map(|n| (crate::archive::Buffer::default(), n)),
             retrained_input: cfg.retrained_input,
             max_record_bytes: cfg.limits.max_line_bytes,
+            parked: VecDeque::new(),
+            identity_ts: i64::MIN,
+            parked_total: 0,
         })
     }
 
@@ -493,10 +527,7 @@ impl Task {
             {
                 let since = *inp.empty_since.get_or_insert(now);
                 let idle = now.duration_since(since);
-                let pos = inp.consumed_next.unwrap_or(inp.low);
-                // Caught up: librdkafka reached the end of the partition, everything
-                // up to there was delivered, and no later record is known.
-                let caught_up = inp.eof >= 0 && pos >= inp.eof && inp.high <= inp.eof;
+                let caught_up = inp.caught_up();
                 // Records known to be on the broker, or nothing known yet (the first
                 // statistics report comes within a second): wait for them, up to ten
                 // idle periods (the end may be a transaction marker that never comes).
@@ -531,63 +562,156 @@ impl Task {
                 tracing::debug!(input = j, behind_ms = self.last_ts - m.ts, "out of order");
             }
             self.last_ts = self.last_ts.max(m.ts);
-            self.alerts.clear();
-            let processed = self.pipeline.process(m.rec, &mut self.alerts);
-            self.tally[j][match &processed {
-                Err(_) => DEAD,
-                Ok(()) if self.pipeline.observations().is_empty() => FILTERED,
-                Ok(()) => SCORED,
-            }] += 1;
-            if let Err(reject) = processed {
-                out.push(Out::Dead {
-                    input: j,
-                    partition: self.partition,
-                    offset: m.offset,
-                    key: m.key,
-                    payload: m.payload,
-                    reject,
-                });
-            }
-            if let Some((buf, max)) = &mut self.archive {
-                let group_by = &self.pipeline.engine().config().group_by;
-                for o in self.pipeline.observations() {
-                    buf.push(&group_by.key(&o.container), o, (j, m.offset));
-                }
-                if buf.rows() >= *max {
-                    out.push(Out::Archive(take_archive(buf, self.partition)));
+            if !self.pipeline.identifies(&m.rec) {
+                self.park(j, m, now, out);
+            } else {
+                let identifies = !matches!(&m.rec, Record::Stats(_));
+                self.process(j, m, wall, out);
+                if identifies && !self.parked.is_empty() {
+                    self.release_parked(wall, out);
                 }
             }
-            if let Some(r) = &mut self.responder {
-                for o in self.pipeline.observations() {
-                    r.record(o);
-                }
-                for a in &mut self.alerts {
-                    let live = self.pipeline.engine().live_replicas(&a.group);
-                    r.on_alert(a, &live, &mut self.published);
-                }
-                r.tick(self.last_ts, &mut self.published);
-            }
-            out.extend(self.alerts.drain(..).map(|a| Out::Alert(Box::new(a))));
-            out.extend(self.pipeline.engine_mut().take_closed().map(Out::Closed));
-            out.extend(self.published.drain(..).map(|p| match p {
-                Publish::Command(c) => Out::Command(c),
-                Publish::Response(r) => Out::Response(r),
-            }));
-            if let Some(created) = m.created_ms {
-                let ms = wall.saturating_sub(created).max(1);
-                let _ = self.latency_ms.record(ms as u64);
-                if let Some(h) = &self.latency {
-                    h.observe(ms as f64 / 1000.0);
-                }
-            }
+            self.expire_parked(now, max_idle, out);
             n += 1;
         }
+        self.expire_parked(now, max_idle, out);
         if n > 0
             && let Some((_, last)) = &mut self.busy
         {
             *last = Instant::now();
         }
         n
+    }
+
+    /// Normalises and scores one record in order, and hands on what it produced.
+    fn process(&mut self, j: usize, m: Msg, wall: i64, out: &mut Vec<Out>) {
+        if m.ts != i64::MIN && !matches!(&m.rec, Record::Stats(_)) {
+            self.identity_ts = self.identity_ts.max(m.ts);
+        }
+        self.alerts.clear();
+        let processed = self.pipeline.process(m.rec, &mut self.alerts);
+        self.tally[j][match &processed {
+            Err(_) => DEAD,
+            Ok(()) if self.pipeline.observations().is_empty() => FILTERED,
+            Ok(()) => SCORED,
+        }] += 1;
+        if let Err(reject) = processed {
+            out.push(Out::Dead {
+                input: j,
+                partition: self.partition,
+                offset: m.offset,
+                key: m.key,
+                payload: m.payload,
+                reject,
+            });
+        }
+        if let Some((buf, max)) = &mut self.archive {
+            let group_by = &self.pipeline.engine().config().group_by;
+            for o in self.pipeline.observations() {
+                buf.push(&group_by.key(&o.container), o, (j, m.offset));
+            }
+            if buf.rows() >= *max {
+                out.push(Out::Archive(take_archive(buf, self.partition)));
+            }
+        }
+        if let Some(r) = &mut self.responder {
+            for o in self.pipeline.observations() {
+                r.record(o);
+            }
+            for a in &mut self.alerts {
+                let live = self.pipeline.engine().live_replicas(&a.group);
+                r.on_alert(a, &live, &mut self.published);
+            }
+            r.tick(self.last_ts, &mut self.published);
+        }
+        out.extend(self.alerts.drain(..).map(|a| Out::Alert(Box::new(a))));
+        out.extend(self.pipeline.engine_mut().take_closed().map(Out::Closed));
+        out.extend(self.published.drain(..).map(|p| match p {
+            Publish::Command(c) => Out::Command(c),
+            Publish::Response(r) => Out::Response(r),
+        }));
+        if let Some(created) = m.created_ms {
+            let ms = wall.saturating_sub(created).max(1);
+            let _ = self.latency_ms.record(ms as u64);
+            if let Some(h) = &self.latency {
+                h.observe(ms as f64 / 1000.0);
+            }
+        }
+    }
+
+    /// Holds back a raw stats sample whose container is not identified yet (see
+    /// [`PARK_GRACE_MS`]); the oldest parked one is dead-lettered when they are too many.
+    fn park(&mut self, j: usize, m: Msg, now: Instant, out: &mut Vec<Out>) {
+        if self.parked.len() >= MAX_PARKED
+            && let Some((i, old, _)) = self.parked.pop_front()
+        {
+            self.reject_parked(i, old, "parked samples full", out);
+        }
+        self.parked.push_back((j, m, now));
+        self.parked_total += 1;
+    }
+
+    /// Processes the parked samples whose container is now identified, in their order.
+    fn release_parked(&mut self, wall: i64, out: &mut Vec<Out>) {
+        let parked = std::mem::take(&mut self.parked);
+        for (j, m, since) in parked {
+            if self.pipeline.identifies(&m.rec) {
+                self.process(j, m, wall, out);
+            } else {
+                self.parked.push_back((j, m, since));
+            }
+        }
+    }
+
+    /// Dead-letters the parked samples whose identity is not coming: the events have
+    /// moved [`PARK_GRACE_MS`] past them, or the stream [`PARK_MAX_MS`] (a quiet events
+    /// topic must not hold a stream's commits back for long), or every input is caught
+    /// up and empty and they have waited `max_idle` (nothing known on the broker can
+    /// identify them: a worker that joined after their container started).
+    fn expire_parked(&mut self, now: Instant, max_idle: Duration, out: &mut Vec<Out>) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let retrained = self.retrained_input;
+        let drained = self
+            .inputs
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| Some(*k) != retrained)
+            .all(|(_, i)| i.buf.is_empty() && i.caught_up());
+        while let Some((_, m, since)) = self.parked.front() {
+            let gone = m.ts.saturating_add(PARK_GRACE_MS) < self.identity_ts
+                || m.ts.saturating_add(PARK_MAX_MS) < self.last_ts
+                || (drained && now.duration_since(*since) >= max_idle);
+            if !gone {
+                break;
+            }
+            if let Some((j, m, _)) = self.parked.pop_front() {
+                self.reject_parked(j, m, "no start event followed", out);
+            }
+        }
+    }
+
+    /// A parked sample whose identity did not come: the dead-letter topic, with the
+    /// reason the normaliser gives (`unknown_container`), counted like any rejection.
+    fn reject_parked(&mut self, j: usize, m: Msg, why: &str, out: &mut Vec<Out>) {
+        if self.pipeline.identifies(&m.rec) {
+            return self.process(j, m, wall_ms(), out);
+        }
+        let mut none = Vec::new();
+        let reject = match self.pipeline.process(m.rec, &mut none) {
+            Err(r) => herd_ingest::Reject::new(r.reason, format!("{} ({why})", r.detail)),
+            Ok(()) => herd_ingest::Reject::new(herd_ingest::RejectReason::UnknownContainer, why),
+        };
+        self.tally[j][DEAD] += 1;
+        out.push(Out::Dead {
+            input: j,
+            partition: self.partition,
+            offset: m.offset,
+            key: m.key,
+            payload: m.payload,
+            reject,
+        });
     }
 
     /// Per input: records by outcome, in the order of [`OUTCOMES`].
@@ -608,22 +732,46 @@ impl Task {
     /// Forgets the records buffered but not processed: the consumer lost its partitions
     /// and will fetch again from the committed positions ([`Task::positions`]).
     pub fn rewind(&mut self) {
-        for inp in &mut self.inputs {
-            if let Some(m) = inp.buf.front() {
-                inp.consumed_next = Some(m.offset);
-            }
+        let positions = self.positions();
+        for (inp, at) in self.inputs.iter_mut().zip(positions) {
+            inp.consumed_next = at;
             inp.buf.clear();
             inp.empty_since = None;
         }
+        self.parked.clear();
     }
 
-    /// The positions to commit: per input, the first record still buffered, else the
-    /// offset after the last one consumed.
+    /// The positions to commit: per input, the first record still buffered or parked,
+    /// else the offset after the last one consumed. (A parked sample holds its input's
+    /// position back: after a restart it is fetched again, and the samples processed
+    /// after it are recognised as duplicates.)
     pub fn positions(&self) -> Vec<Option<i64>> {
         self.inputs
             .iter()
-            .map(|i| i.buf.front().map(|m| m.offset).or(i.consumed_next))
+            .enumerate()
+            .map(|(j, i)| {
+                let parked = self
+                    .parked
+                    .iter()
+                    .filter(|(k, _, _)| *k == j)
+                    .map(|(_, m, _)| m.offset)
+                    .min();
+                match (i.buf.front().map(|m| m.offset), parked) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b).or(i.consumed_next),
+                }
+            })
             .collect()
+    }
+
+    /// Raw stats samples waiting for their container's `start` event.
+    pub fn parked(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// Raw stats samples that have waited for their container's `start` event.
+    pub fn parked_total(&self) -> u64 {
+        self.parked_total
     }
 
     /// The checkpoint: every group seen since the last one, tombstones for groups that

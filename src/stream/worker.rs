@@ -55,6 +55,8 @@ pub struct Summary {
     pub restored: u64,
     /// Records processed after a newer one of the same task.
     pub out_of_order: u64,
+    /// Raw stats samples that waited for their container's `start` event.
+    pub parked: u64,
     /// Per input: records by outcome ([`OUTCOMES`]), of the tasks handed off or held
     /// at the end.
     pub tally: Vec<[u64; 4]>,
@@ -73,6 +75,7 @@ impl Default for Summary {
             checkpoints: 0,
             restored: 0,
             out_of_order: 0,
+            parked: 0,
             tally: Vec::new(),
             latency_ms: super::task::new_latency_histogram(),
             busy: None,
@@ -793,6 +796,7 @@ fn add_task(into: &mut Summary, t: &Task) {
     add_tally(&mut into.tally, t.tally());
     into.counters.absorb(&t.pipeline().counters);
     into.out_of_order += t.out_of_order();
+    into.parked += t.parked_total();
     let _ = into.latency_ms.add(t.latency_ms());
     if let Some((a, b)) = t.busy() {
         into.busy = Some(match into.busy {

@@ -113,6 +113,17 @@ impl Normalizer {
         self.registry.len()
     }
 
+    /// Whether `rec` can be joined to a container now: `false` only for a raw stats
+    /// sample (which names no image) of a container no event has identified yet. A
+    /// stream whose events come on another topic can hold such a sample back until the
+    /// `start` event arrives instead of rejecting it.
+    pub fn identifies(&self, rec: &Record) -> bool {
+        match rec {
+            Record::Stats(s) => s.container.is_some() || self.registry.contains(&s.id),
+            _ => true,
+        }
+    }
+
     /// Counter series currently remembered.
     pub fn counter_series(&self) -> usize {
         self.rates.len()

@@ -28,6 +28,10 @@ impl Registry {
         self.by_id.len()
     }
 
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
     pub(crate) fn get(&mut self, id: &str, ts_ms: i64) -> Option<Arc<ContainerRef>> {
         let e = self.by_id.get_mut(id)?;
         e.last_seen_ms = e.last_seen_ms.max(ts_ms);
