@@ -73,6 +73,7 @@ pub struct AgentConfig {
     /// Where bundles are written: `file:///…` or `s3://bucket/prefix`.
     pub evidence_url: String,
     /// Options of an S3-compatible store (`endpoint`, `region`, `allow_http`, …).
+    #[serde(deserialize_with = "herd_respond::evidence::deserialize_store_options")]
     pub evidence_options: BTreeMap<String, String>,
     /// Journal of executed commands and isolation records.
     pub state_dir: std::path::PathBuf,

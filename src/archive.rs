@@ -49,6 +49,7 @@ pub struct ArchiveConfig {
     /// `file:///var/lib/herd/archive` or `s3://bucket/prefix`; none: no archive.
     pub url: Option<String>,
     /// Options of an S3-compatible store (`endpoint`, `region`, `allow_http`, …).
+    #[serde(deserialize_with = "herd_respond::evidence::deserialize_store_options")]
     pub options: BTreeMap<String, String>,
     /// A task writes its buffer when it holds this many rows, checkpoint or not:
     /// about 10 MB of column builders, and row groups large enough for Parquet to

@@ -104,6 +104,8 @@ pub fn replay(
             let n = w.write(buf.take_files(0)?)?;
             archived.files += n.files;
             archived.rows += n.rows;
+            archived.bytes += n.bytes;
+            archived.skipped += n.skipped;
         }
         Ok(())
     };
@@ -157,10 +159,10 @@ pub fn render_summary(s: &Summary) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    if s.archived.files > 0 {
+    if s.archived.files + s.archived.skipped > 0 {
         out.push_str(&format!(
-            "  archived: {} rows in {} files\n",
-            s.archived.rows, s.archived.files
+            "  archived: {} rows in {} files ({} identical files already there)\n",
+            s.archived.rows, s.archived.files, s.archived.skipped
         ));
     }
     if !c.decoded.is_empty() {

@@ -126,6 +126,37 @@ pub struct Manifest {
     pub notes: serde_json::Value,
 }
 
+/// Deserialises an object store's options (`[archive] options`, `evidence_options`)
+/// as strings, accepting the scalars TOML and `HERD_…` variables write without quotes
+/// (`allow_http = true`, `HERD_ARCHIVE__OPTIONS__ALLOW_HTTP=true`).
+pub fn deserialize_store_options<'de, D>(
+    d: D,
+) -> std::result::Result<std::collections::BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        S(String),
+        B(bool),
+        I(i64),
+        F(f64),
+    }
+    let m = std::collections::BTreeMap::<String, Scalar>::deserialize(d)?;
+    Ok(m.into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Scalar::S(s) => s,
+                Scalar::B(b) => b.to_string(),
+                Scalar::I(i) => i.to_string(),
+                Scalar::F(f) => f.to_string(),
+            };
+            (k, v)
+        })
+        .collect())
+}
+
 /// An object store opened by URL (see [`open_object_store`]).
 #[derive(Debug)]
 pub struct Opened {
@@ -140,8 +171,8 @@ pub struct Opened {
 }
 
 /// Opens `file:///dir` (or a plain path: created, mode 0700) or `s3://bucket/prefix`
-/// with `options` for the S3 client (`endpoint`, `region`, `allow_http`, …; credentials
-/// from the usual AWS environment). Local writes go to a staging name and are renamed
+/// with `options` for the S3 client (`endpoint`, `region`, `allow_http`, …, over what the
+/// usual AWS environment variables say; an unknown option is an error). Local writes go to a staging name and are renamed
 /// into place, so a reader never sees half an object. `what` names the directory in
 /// errors.
 pub fn open_object_store<'a>(
@@ -168,9 +199,28 @@ pub fn open_object_store<'a>(
         });
     }
     let parsed = url::Url::parse(url).map_err(|e| Error::Store(format!("{url}: {e}")))?;
-    let (store, prefix) = object_store::parse_url_opts(&parsed, options).map_err(store_err)?;
+    let (store, prefix): (Arc<dyn ObjectStore>, Path) = if parsed.scheme() == "s3" {
+        // `parse_url_opts` reads only the options it is given: start from the AWS
+        // environment (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`, …) as operators expect, and
+        // let the configured options override it. An option the S3 client does not know
+        // is an error, not silently ignored (a misspelt `endpoint` would send the
+        // archive to AWS).
+        let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(url);
+        for (k, v) in options {
+            let key = k
+                .parse::<object_store::aws::AmazonS3ConfigKey>()
+                .map_err(|_| Error::Store(format!("{what}: unknown S3 option {k:?}")))?;
+            b = b.with_config(key, v);
+        }
+        let prefix =
+            Path::from_url_path(parsed.path()).map_err(|e| Error::Store(format!("{url}: {e}")))?;
+        (Arc::new(b.build().map_err(store_err)?), prefix)
+    } else {
+        let (store, prefix) = object_store::parse_url_opts(&parsed, options).map_err(store_err)?;
+        (Arc::from(store), prefix)
+    };
     Ok(Opened {
-        store: Arc::from(store),
+        store,
         prefix,
         url: url.trim_end_matches('/').to_owned(),
         local: None,
@@ -459,5 +509,45 @@ mod tests {
                 assert_eq!(mode & 0o777, 0o400);
             }
         });
+    }
+
+    #[test]
+    fn store_options_take_unquoted_scalars_and_refuse_unknown_keys() {
+        #[derive(Deserialize)]
+        struct C {
+            #[serde(deserialize_with = "deserialize_store_options")]
+            options: std::collections::BTreeMap<String, String>,
+        }
+        let c: C = toml::from_str(
+            "options = { allow_http = true, endpoint = \"http://127.0.0.1:9000\", retries = 3 }",
+        )
+        .expect("options");
+        assert_eq!(c.options["allow_http"], "true");
+        assert_eq!(c.options["retries"], "3");
+        assert_eq!(c.options["endpoint"], "http://127.0.0.1:9000");
+
+        let err = open_object_store(
+            "s3://bucket/prefix",
+            [("endpiont", "http://127.0.0.1:9000")],
+            "archive",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("unknown S3 option \"endpiont\""), "{err}");
+        let ok = open_object_store(
+            "s3://bucket/some/prefix",
+            [
+                ("endpoint", "http://127.0.0.1:9000"),
+                ("allow_http", "true"),
+                ("region", "us-east-1"),
+                ("access_key_id", "k"),
+                ("secret_access_key", "s"),
+            ],
+            "archive",
+        )
+        .expect("opens without a request");
+        assert_eq!(ok.prefix.as_ref(), "some/prefix");
+        assert!(ok.local.is_none());
     }
 }
