@@ -474,8 +474,8 @@ impl Task {
         self.tally[input][outcome] += 1;
     }
 
-    /// A record rejected as it was offered: counted, and its original bytes for the
-    /// dead-letter topic.
+    /// A record rejected as it was offered (or given up on while parked): counted, and
+    /// its original bytes for the dead-letter topic.
     fn dead_letter(
         &mut self,
         input: usize,
@@ -703,15 +703,8 @@ impl Task {
             Err(r) => herd_ingest::Reject::new(r.reason, format!("{} ({why})", r.detail)),
             Ok(()) => herd_ingest::Reject::new(herd_ingest::RejectReason::UnknownContainer, why),
         };
-        self.tally[j][DEAD] += 1;
-        out.push(Out::Dead {
-            input: j,
-            partition: self.partition,
-            offset: m.offset,
-            key: m.key,
-            payload: m.payload,
-            reject,
-        });
+        let dead = self.dead_letter(j, m.offset, m.key.as_deref(), &m.payload, reject);
+        out.push(dead);
     }
 
     /// Per input: records by outcome, in the order of [`OUTCOMES`].
