@@ -342,7 +342,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 s.forwarded,
                 s.checkpoints,
                 s.out_of_order,
-                s.parked
+                s.identity_waits
             );
             if !s.counters.rejected.is_empty() {
                 eprintln!("herd run: dead-letter reasons: {:?}", s.counters.rejected);

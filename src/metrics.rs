@@ -114,6 +114,12 @@ pub struct WorkerMetrics {
     pub latency: Histogram,
     /// `herd_observations_total`.
     pub observations: IntCounter,
+    /// `herd_out_of_order_records_total`.
+    pub out_of_order: IntCounter,
+    /// `herd_identity_waits_total`.
+    pub identity_waits: IntCounter,
+    /// `herd_identity_waiting_samples`.
+    pub identity_waiting: IntGauge,
     /// `herd_groups{phase}`.
     pub groups: IntGaugeVec,
     /// `herd_containers`.
@@ -205,6 +211,21 @@ impl WorkerMetrics {
             )?,
             latency,
             observations: counter(&mut r, "herd_observations_total", "Observations scored.")?,
+            out_of_order: counter(
+                &mut r,
+                "herd_out_of_order_records_total",
+                "Records processed after a newer one of the same task (an input lagged past the event-time merge's wait).",
+            )?,
+            identity_waits: counter(
+                &mut r,
+                "herd_identity_waits_total",
+                "Raw stats samples that arrived before their container's start event and waited for it.",
+            )?,
+            identity_waiting: gauge(
+                &mut r,
+                "herd_identity_waiting_samples",
+                "Raw stats samples waiting now for their container's start event.",
+            )?,
             groups: gauge_vec(
                 &mut r,
                 "herd_groups",

@@ -56,7 +56,7 @@ pub struct Summary {
     /// Records processed after a newer one of the same task.
     pub out_of_order: u64,
     /// Raw stats samples that waited for their container's `start` event.
-    pub parked: u64,
+    pub identity_waits: u64,
     /// Per input: records by outcome ([`OUTCOMES`]), of the tasks handed off or held
     /// at the end.
     pub tally: Vec<[u64; 4]>,
@@ -75,7 +75,7 @@ impl Default for Summary {
             checkpoints: 0,
             restored: 0,
             out_of_order: 0,
-            parked: 0,
+            identity_waits: 0,
             tally: Vec::new(),
             latency_ms: super::task::new_latency_histogram(),
             busy: None,
@@ -796,7 +796,7 @@ fn add_task(into: &mut Summary, t: &Task) {
     add_tally(&mut into.tally, t.tally());
     into.counters.absorb(&t.pipeline().counters);
     into.out_of_order += t.out_of_order();
-    into.parked += t.parked_total();
+    into.identity_waits += t.parked_total();
     let _ = into.latency_ms.add(t.latency_ms());
     if let Some((a, b)) = t.busy() {
         into.busy = Some(match into.busy {
@@ -828,14 +828,23 @@ impl Exported {
     fn publish(&self, shared: &Shared, tasks: &BTreeMap<i32, Task>) {
         let m = &shared.inst.metrics;
         let parked = lock(&shared.parked);
-        let (mut counters, mut tally) = {
+        let (mut counters, mut tally, mut out_of_order, mut waits) = {
             let s = lock(&shared.summary);
-            (s.counters.clone(), s.tally.clone())
+            (
+                s.counters.clone(),
+                s.tally.clone(),
+                s.out_of_order,
+                s.identity_waits,
+            )
         };
         let (mut phases, mut containers, mut open) = ([0usize; 3], 0usize, 0usize);
+        let mut waiting = 0usize;
         for t in tasks.values().chain(parked.values()) {
             counters.absorb(&t.pipeline().counters);
             add_tally(&mut tally, t.tally());
+            out_of_order += t.out_of_order();
+            waits += t.parked_total();
+            waiting += t.parked();
         }
         for t in tasks.values() {
             let st = t.pipeline().engine().stats();
@@ -855,6 +864,9 @@ impl Exported {
             raise_to(&m.dlq_records.with_label_values(&[reason.as_str()]), *n);
         }
         raise_to(&m.observations, counters.observations);
+        raise_to(&m.out_of_order, out_of_order);
+        raise_to(&m.identity_waits, waits);
+        m.identity_waiting.set(waiting as i64);
         for (phase, n) in ["warmup", "learning", "locked"].iter().zip(phases) {
             m.groups.with_label_values(&[phase]).set(n as i64);
         }
