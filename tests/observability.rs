@@ -142,7 +142,7 @@ fn prometheus_scrapes_what_a_worker_processed_issue_5() {
             .iter()
             .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
             .collect();
-        (all.len() == 7
+        (all.len() == 8
             && all
                 .iter()
                 .all(|x| x["lastEvaluation"].as_str() != Some("0001-01-01T00:00:00Z")))
