@@ -78,7 +78,8 @@ impl S3 {
         loop {
             let mut path = format!("/{bucket}?list-type=2&prefix={prefix}");
             if let Some(t) = &token {
-                path.push_str(&format!("&continuation-token={}", t.replace('=', "%3D")));
+                let t: String = url::form_urlencoded::byte_serialize(t.as_bytes()).collect();
+                path.push_str(&format!("&continuation-token={t}"));
             }
             let (status, body) = self.request("GET", &path).expect("list");
             assert_eq!(status, 200, "{body}");

@@ -15,6 +15,23 @@ fn hash(s: &str) -> u64 {
     })
 }
 
+/// Default settings for a task over `inputs` inputs, without responder or archive.
+fn task_config(inputs: usize, max_idle: Duration) -> TaskConfig {
+    let cfg = HerdConfig::default();
+    TaskConfig {
+        limits: cfg.limits,
+        normalizer: cfg.normalizer,
+        detect: cfg.detect,
+        inputs,
+        max_routed_containers: 1000,
+        max_idle,
+        respond: None,
+        latency: None,
+        archive_rows: None,
+        retrained_input: None,
+    }
+}
+
 #[test]
 fn a_fleet_split_by_routing_key_loses_no_record_to_its_partitioning() {
     let dir = std::env::temp_dir().join(format!("herd-tasks-{}", std::process::id()));
@@ -28,19 +45,7 @@ fn a_fleet_split_by_routing_key_loses_no_record_to_its_partitioning() {
         &dir,
     )
     .expect("simulate");
-    let cfg = HerdConfig::default();
-    let tcfg = TaskConfig {
-        limits: cfg.limits,
-        normalizer: cfg.normalizer.clone(),
-        detect: cfg.detect.clone(),
-        inputs: 3,
-        max_routed_containers: 1000,
-        max_idle: Duration::from_millis(1),
-        respond: None,
-        latency: None,
-        archive_rows: None,
-        retrained_input: None,
-    };
+    let tcfg = task_config(3, Duration::from_millis(1));
     let n = 3usize;
     let mut tasks: Vec<Task> = (0..n)
         .map(|p| Task::new(p as i32, &tcfg).expect("task"))
@@ -122,19 +127,7 @@ fn start_event(id: &str, secs: u32) -> String {
 
 #[test]
 fn raw_stats_wait_for_a_start_event_that_comes_late_on_the_events_topic() {
-    let cfg = HerdConfig::default();
-    let tcfg = TaskConfig {
-        limits: cfg.limits,
-        normalizer: cfg.normalizer.clone(),
-        detect: cfg.detect.clone(),
-        inputs: 2,
-        max_routed_containers: 1000,
-        max_idle: Duration::ZERO,
-        respond: None,
-        latency: None,
-        archive_rows: None,
-        retrained_input: None,
-    };
+    let tcfg = task_config(2, Duration::ZERO);
     let mut t = Task::new(0, &tcfg).expect("task");
     let (a, b) = ("a".repeat(64), "b".repeat(64));
     let mut out = Vec::new();
