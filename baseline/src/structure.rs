@@ -84,6 +84,11 @@ pub struct StructureScore {
     pub residual_share: f64,
     /// The feature whose standardised value is furthest from the nearest mode.
     pub lead: usize,
+    /// Principal scores (the vector's position along each principal axis; the first
+    /// `axes.len()` entries), so that replicas can be compared with their peers.
+    pub position: [f64; MAX_FEATURES],
+    /// Squared standardised distance off the principal axes.
+    pub residual: f64,
 }
 
 const LN_2PI: f64 = 1.837_877_066_409_345_5;
@@ -112,17 +117,23 @@ impl Structure {
     /// Negative log-density of a standardised vector, with the nearest component and
     /// the residual share. `None` when the model is malformed for it.
     pub fn nll(&self, z: &[f64]) -> Option<(f64, usize, f64)> {
+        let (y, resid, total) = self.project(z)?;
+        let (lse, nearest) = self.mixture(&y[..self.axes.len()])?;
+        let share = if total > 0.0 { resid / total } else { 0.0 };
+        let nll = -lse + self.residual_nll(resid);
+        nll.is_finite().then_some((nll, nearest, share))
+    }
+
+    /// Principal scores of a standardised vector (the first `axes.len()` entries), its
+    /// squared distance off the principal axes, and its squared distance from the
+    /// centre. `None` when the model is malformed for it.
+    fn project(&self, z: &[f64]) -> Option<([f64; MAX_FEATURES], f64, f64)> {
         let d = self.features.len();
         let q = self.axes.len();
-        if z.len() != d
-            || d > MAX_FEATURES
-            || self.mean.len() != d
-            || q == 0
-            || self.components.is_empty()
-        {
+        if z.len() != d || d > MAX_FEATURES || self.mean.len() != d || q == 0 || q > d {
             return None;
         }
-        // Principal scores and the residual (on the stack: scored for every sample).
+        // On the stack: scored for every sample.
         let mut centred = [0.0; MAX_FEATURES];
         for ((c, a), m) in centred.iter_mut().zip(z).zip(&self.mean) {
             *c = a - m;
@@ -132,18 +143,28 @@ impl Structure {
         for (yk, axis) in y.iter_mut().zip(&self.axes) {
             *yk = axis.iter().zip(centred).map(|(a, c)| a * c).sum();
         }
-        let y = &y[..q];
         let total: f64 = centred.iter().map(|c| c * c).sum();
-        let on_axes: f64 = y.iter().map(|v| v * v).sum();
-        let resid = (total - on_axes).max(0.0);
-        let off = d - q;
-        let resid_nll = if off == 0 {
-            0.0
-        } else {
-            let v = self.residual_variance;
-            0.5 * (resid / v + off as f64 * (LN_2PI + v.ln()))
-        };
-        // Mixture log-density of the scores (a running log-sum-exp).
+        let on_axes: f64 = y[..q].iter().map(|v| v * v).sum();
+        Some((y, (total - on_axes).max(0.0), total))
+    }
+
+    /// Negative log-density of the residual off the principal axes.
+    fn residual_nll(&self, resid: f64) -> f64 {
+        let off = self.features.len().saturating_sub(self.axes.len());
+        if off == 0 {
+            return 0.0;
+        }
+        let v = self.residual_variance;
+        0.5 * (resid / v + off as f64 * (LN_2PI + v.ln()))
+    }
+
+    /// Mixture log-density of principal scores `y`, with the component that explains
+    /// them best (a running log-sum-exp). `None` when the model is malformed.
+    fn mixture(&self, y: &[f64]) -> Option<(f64, usize)> {
+        let q = y.len();
+        if q == 0 || q > MAX_FEATURES || self.components.is_empty() {
+            return None;
+        }
         let (mut best, mut nearest, mut sum) = (f64::NEG_INFINITY, 0usize, 0.0f64);
         let mut diff = [0.0; MAX_FEATURES];
         for (i, c) in self.components.iter().enumerate() {
@@ -167,10 +188,31 @@ impl Structure {
                 sum += (lp - best).exp();
             }
         }
-        let lse = best + sum.ln();
-        let share = if total > 0.0 { resid / total } else { 0.0 };
-        let nll = -lse + resid_nll;
-        nll.is_finite().then_some((nll, nearest, share))
+        Some((best + sum.ln(), nearest))
+    }
+
+    /// Surprise of a vector judged against where its peers are rather than where the
+    /// group usually is: its offset from the peers' position (`fleet`, principal scores,
+    /// for example their per-axis median), moved to the centre of the mode the peers
+    /// are nearest, scored with its own residual off the axes. A whole fleet that moved
+    /// along its principal axes (a load surge beyond the training range) leaves each
+    /// replica ordinary here, and one replica far from the rest is as surprising as it
+    /// would be if the fleet were in its usual place. `None` unless `score` and `fleet`
+    /// fit the model.
+    pub fn relative_surprise(&self, score: &StructureScore, fleet: &[f64]) -> Option<f64> {
+        let q = self.axes.len();
+        if fleet.len() != q || fleet.iter().any(|v| !v.is_finite()) {
+            return None;
+        }
+        let (_, k) = self.mixture(fleet)?;
+        let centre = &self.components.get(k)?.mean;
+        let mut y = [0.0; MAX_FEATURES];
+        for (((o, p), f), c) in y.iter_mut().zip(&score.position).zip(fleet).zip(centre) {
+            *o = p - f + c;
+        }
+        let (lse, _) = self.mixture(&y[..q])?;
+        let nll = -lse + self.residual_nll(score.residual);
+        nll.is_finite().then(|| self.surprise_of(nll))
     }
 
     /// Calibrated surprise of a score.
@@ -205,7 +247,13 @@ impl Structure {
         if !self.standardise(value_of, scratch) {
             return None;
         }
-        let (nll, nearest, residual_share) = self.nll(scratch)?;
+        let (position, residual, total) = self.project(scratch)?;
+        let (lse, nearest) = self.mixture(&position[..self.axes.len()])?;
+        let nll = -lse + self.residual_nll(residual);
+        if !nll.is_finite() {
+            return None;
+        }
+        let residual_share = if total > 0.0 { residual / total } else { 0.0 };
         // The feature furthest from the nearest mode, back in feature space.
         let c = self.components.get(nearest)?;
         let mut mode = [0.0; MAX_FEATURES];
@@ -230,6 +278,8 @@ impl Structure {
             nearest,
             residual_share,
             lead,
+            position,
+            residual,
         })
     }
 
@@ -343,6 +393,41 @@ mod tests {
         // A mode's value back in the feature's unit: slog⁻¹ of the mode's centre.
         let busy_cpu = m.mode_value(1, 0).expect("mode");
         assert!((slog(busy_cpu, 0.01) - 2.0 * s).abs() < 1e-9, "{busy_cpu}");
+    }
+
+    #[test]
+    fn relative_to_its_peers_a_replica_that_moved_with_the_fleet_is_ordinary() {
+        let m = model();
+        let s = std::f64::consts::FRAC_1_SQRT_2;
+        let mut scratch = Vec::new();
+        // Load axis position `y`, `off` across it, back to raw values (centre 0, scale 1).
+        let at = |y: f64, off: f64| {
+            let z = [(y + off) * s, (y - off) * s];
+            move |f: &str| {
+                let j = usize::from(f == "net_tx_bps");
+                let v = z[j];
+                Some(v.signum() * resolution_of(f) * v.abs().exp_m1())
+            }
+        };
+        // The whole fleet at 6 along the axis, far beyond the busy mode (2): a replica
+        // there is very surprising on its own, ordinary beside its peers.
+        let fleet = [6.0];
+        let with = m.score(at(6.2, 0.0), &mut scratch).expect("scored");
+        assert!((with.position[0] - 6.2).abs() < 1e-6, "{:?}", with.position);
+        assert!(with.surprise > 10.0, "{}", with.surprise);
+        let rel = m.relative_surprise(&with, &fleet).expect("relative");
+        assert!(rel < 1.0, "moved with the fleet: {rel}");
+        // Three units beyond the fleet: surprising relative to it too.
+        let ahead = m.score(at(9.0, 0.0), &mut scratch).expect("scored");
+        let rel = m.relative_surprise(&ahead, &fleet).expect("relative");
+        assert!(rel > 5.0, "ahead of the fleet: {rel}");
+        // Off the axis beside the fleet: the residual is its own, still surprising.
+        let off = m.score(at(6.0, 1.0), &mut scratch).expect("scored");
+        let rel = m.relative_surprise(&off, &fleet).expect("relative");
+        assert!(rel > 10.0, "off the axis: {rel}");
+        // A fleet position that does not fit the model judges nothing.
+        assert_eq!(m.relative_surprise(&with, &[6.0, 1.0]), None);
+        assert_eq!(m.relative_surprise(&with, &[f64::NAN]), None);
     }
 
     #[test]

@@ -167,6 +167,11 @@ pub struct StructureEvidence {
     /// Share of the sample's deviation that lies off the group's principal axes: near 1,
     /// its features broke their usual correlation.
     pub off_axis: f64,
+    /// Whether the replica was judged beside its live peers rather than the group's
+    /// usual place: they had moved along the principal axes too (a surge), and it stood
+    /// out from them even so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub beside_peers: bool,
 }
 
 /// One novel item.

@@ -910,33 +910,30 @@ fn structure_finding(
         return;
     };
     let value_of = |f: &str| metrics.iter().find(|(n, _)| n == f).map(|(_, x)| *x);
-    let hot = sc.surprise >= threshold;
     // A whole group moving along its principal axes (a load surge beyond yesterday's
-    // range) is not one replica unlike its siblings: when its live peers are unusual
-    // too (their median surprise beyond what the structure vouches for) and the
-    // replica is at most twice as surprised (in decades) as they are, an on-axis
-    // deviation is the fleet's, and `fleet_check` judges the group. A deviation off the
-    // axes (metrics that broke their correlation) stays a finding even when every
+    // range) is not one replica unlike its siblings. When its live peers are unusual
+    // too (their median surprise beyond what the structure vouches for), an on-axis
+    // deviation is judged beside them: the replica's offset from the peers' median
+    // position, as surprising as it would be were the fleet in its usual place
+    // ([`Structure::relative_surprise`](herd_baseline::structure::Structure)). A
+    // replica far ahead of a surging fleet still stands out; one moving with it does
+    // not, and `fleet_check` judges the group as a whole. A deviation off the axes
+    // (metrics that broke their correlation) is judged as it is, even when every
     // replica shows it.
-    let peers_off = hot && sc.residual_share < 0.5 && {
-        let mut others: Vec<f64> = group
-            .replicas
-            .iter()
-            .filter(|(rid, r)| {
-                rid.as_str() != id && r.alive && now - r.last_seen_ms <= cfg.replica_ttl_ms
-            })
-            .filter_map(|(_, r)| r.structure_latest)
-            .filter(|(_, t)| now - t <= cfg.peer_window_ms)
-            .map(|(s, _)| s)
-            .collect();
-        others.len() + 1 >= cfg.min_peers
-            && median_in_place(&mut others) >= STRUCTURE_VOUCHES.max(sc.surprise / 2.0)
-    };
+    let q = st.axes.len().min(sc.position.len());
+    let beside = (sc.surprise >= threshold && sc.residual_share < 0.5)
+        .then(|| fleet_position(group, id, q, now, cfg))
+        .flatten()
+        .and_then(|fleet| st.relative_surprise(&sc, &fleet));
+    let surprise = beside.map_or(sc.surprise, |rel| rel.min(sc.surprise));
+    let hot = surprise >= threshold;
     let Some(r) = group.replicas.get_mut(id) else {
         return;
     };
     r.structure_latest = Some((sc.surprise, now));
-    let held = hot && r.structure_hot && !peers_off;
+    r.structure_position.clear();
+    r.structure_position.extend_from_slice(&sc.position[..q]);
+    let held = hot && r.structure_hot;
     r.structure_hot = hot;
     if !held {
         return;
@@ -949,6 +946,7 @@ fn structure_finding(
         nearest_share: st.components.get(sc.nearest).map_or(0.0, |c| c.weight),
         mode_value: st.mode_value(sc.nearest, sc.lead).unwrap_or(f64::NAN),
         off_axis: (sc.residual_share * 100.0).round() / 100.0,
+        beside_peers: beside.is_some(),
     };
     let Some(value) = value_of(&name) else {
         return;
@@ -962,8 +960,8 @@ fn structure_finding(
     finding.threshold = threshold;
     finding.add(
         Detector::Structure,
-        numeric_severity(sc.surprise, threshold),
-        sc.surprise,
+        numeric_severity(surprise, threshold),
+        surprise,
     );
     finding.features.push(FeatureEvidence {
         name,
@@ -974,8 +972,47 @@ fn structure_finding(
         roughness: None,
         fleet_shift: None,
         structure: Some(evidence),
-        surprise: (sc.surprise * 100.0).round() / 100.0,
+        surprise: (surprise * 100.0).round() / 100.0,
     });
+}
+
+/// The per-axis median position of a replica's live peers under the group's retrained
+/// structure, when the fleet has moved: at least `min_peers` replicas in all, the
+/// peers' positions recent, and their median surprise beyond what the structure
+/// vouches for. `None` otherwise (the replica is judged as it is).
+fn fleet_position(
+    group: &GroupState,
+    id: &str,
+    q: usize,
+    now: i64,
+    cfg: &DetectConfig,
+) -> Option<Vec<f64>> {
+    let peers: Vec<(f64, &[f64])> = group
+        .replicas
+        .iter()
+        .filter(|(rid, r)| {
+            rid.as_str() != id && r.alive && now - r.last_seen_ms <= cfg.replica_ttl_ms
+        })
+        .filter_map(|(_, r)| {
+            let (s, t) = r.structure_latest?;
+            (now - t <= cfg.peer_window_ms && r.structure_position.len() == q)
+                .then_some((s, r.structure_position.as_slice()))
+        })
+        .collect();
+    if q == 0 || peers.len() + 1 < cfg.min_peers.max(2) {
+        return None;
+    }
+    let mut column: Vec<f64> = peers.iter().map(|(s, _)| *s).collect();
+    if median_in_place(&mut column) < STRUCTURE_VOUCHES {
+        return None;
+    }
+    let mut fleet = Vec::with_capacity(q);
+    for k in 0..q {
+        column.clear();
+        column.extend(peers.iter().filter_map(|(_, p)| p.get(k).copied()));
+        fleet.push(median_in_place(&mut column));
+    }
+    Some(fleet)
 }
 
 fn score_event(

@@ -63,6 +63,8 @@ fn feature_phrase(f: &FeatureEvidence) -> String {
         };
         let corr = if st.off_axis >= 0.5 {
             ", breaking the usual correlation of its metrics"
+        } else if st.beside_peers {
+            ", and it stood out from its live replicas, which had moved too"
         } else {
             ""
         };

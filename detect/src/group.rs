@@ -48,6 +48,10 @@ pub(crate) struct Replica {
     /// Its latest surprise under the retrained structure, and when (peers compare).
     #[serde(default)]
     pub(crate) structure_latest: Option<(f64, i64)>,
+    /// Its position along the structure's principal axes at that sample (empty when
+    /// unknown), so that a replica is judged beside where its peers are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) structure_position: Vec<f64>,
 }
 
 impl Replica {
@@ -65,6 +69,7 @@ impl Replica {
             died: false,
             structure_hot: false,
             structure_latest: None,
+            structure_position: Vec::new(),
         }
     }
 }

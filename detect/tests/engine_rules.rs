@@ -566,7 +566,8 @@ fn axis_run(f: impl Fn(i64, usize, &mut [f64; 2])) -> Vec<Alert> {
 }
 
 /// The structure's peer rule: a move along the load axis that every replica makes is
-/// the fleet's (a surge), one that a single replica makes is a finding, and a move off
+/// the fleet's (a surge), one that a single replica makes is a finding (in a surge,
+/// judged by its offset from where its peers are), and a move off
 /// the axis (CPU without the traffic that explains it) is a finding even when every
 /// replica makes it (issue 6).
 #[test]
@@ -607,7 +608,40 @@ fn the_structure_tells_a_fleet_surge_from_one_replica_unlike_its_siblings_issue_
     });
     assert_eq!(structure_alerts(&one), vec!["app-3"], "{one:#?}");
     let s = evidence(&one);
-    assert!(s.off_axis < 0.5, "on the axis: {s:?}");
+    assert!(s.off_axis < 0.5 && !s.beside_peers, "on the axis: {s:?}");
+
+    // In a surge, each replica is judged beside its peers: one that surges a little
+    // more than its siblings moved with them, one far ahead of them stands out.
+    let uneven = axis_run(|m, i, v| {
+        if during(m) {
+            let k = if i == 2 { 14.0 } else { 10.0 };
+            v[0] *= k;
+            v[1] *= k;
+        }
+    });
+    assert!(
+        structure_alerts(&uneven).is_empty(),
+        "a replica moving with a surging fleet: {uneven:#?}"
+    );
+    let ahead = axis_run(|m, i, v| {
+        if during(m) {
+            let k = if i == 2 { 100.0 } else { 10.0 };
+            v[0] *= k;
+            v[1] *= k;
+        }
+    });
+    assert_eq!(structure_alerts(&ahead), vec!["app-3"], "{ahead:#?}");
+    let s = evidence(&ahead);
+    assert!(
+        s.off_axis < 0.5 && s.beside_peers,
+        "judged beside its peers: {s:?}"
+    );
+    let why = ahead
+        .iter()
+        .find(|a| a.detectors.contains(&Detector::Structure))
+        .map(|a| a.explanation.clone())
+        .unwrap_or_default();
+    assert!(why.contains("which had moved too"), "{why}");
 
     let mining = axis_run(|m, _, v| {
         if during(m) {
