@@ -91,6 +91,15 @@ pub struct StructureScore {
     pub residual: f64,
 }
 
+/// What [`Structure::evaluate`] finds of one standardised vector.
+struct Evaluated {
+    nll: f64,
+    nearest: usize,
+    residual_share: f64,
+    position: [f64; MAX_FEATURES],
+    residual: f64,
+}
+
 const LN_2PI: f64 = 1.837_877_066_409_345_5;
 
 impl Structure {
@@ -117,11 +126,24 @@ impl Structure {
     /// Negative log-density of a standardised vector, with the nearest component and
     /// the residual share. `None` when the model is malformed for it.
     pub fn nll(&self, z: &[f64]) -> Option<(f64, usize, f64)> {
-        let (y, resid, total) = self.project(z)?;
-        let (lse, nearest) = self.mixture(&y[..self.axes.len()])?;
-        let share = if total > 0.0 { resid / total } else { 0.0 };
-        let nll = -lse + self.residual_nll(resid);
-        nll.is_finite().then_some((nll, nearest, share))
+        self.evaluate(z)
+            .map(|e| (e.nll, e.nearest, e.residual_share))
+    }
+
+    /// Everything scoring a standardised vector derives: its negative log-density, the
+    /// nearest component, the residual share, its principal scores and its squared
+    /// distance off the axes.
+    fn evaluate(&self, z: &[f64]) -> Option<Evaluated> {
+        let (position, residual, total) = self.project(z)?;
+        let (lse, nearest) = self.mixture(&position[..self.axes.len()])?;
+        let nll = -lse + self.residual_nll(residual);
+        nll.is_finite().then_some(Evaluated {
+            nll,
+            nearest,
+            residual_share: if total > 0.0 { residual / total } else { 0.0 },
+            position,
+            residual,
+        })
     }
 
     /// Principal scores of a standardised vector (the first `axes.len()` entries), its
@@ -247,13 +269,13 @@ impl Structure {
         if !self.standardise(value_of, scratch) {
             return None;
         }
-        let (position, residual, total) = self.project(scratch)?;
-        let (lse, nearest) = self.mixture(&position[..self.axes.len()])?;
-        let nll = -lse + self.residual_nll(residual);
-        if !nll.is_finite() {
-            return None;
-        }
-        let residual_share = if total > 0.0 { residual / total } else { 0.0 };
+        let Evaluated {
+            nll,
+            nearest,
+            residual_share,
+            position,
+            residual,
+        } = self.evaluate(scratch)?;
         // The feature furthest from the nearest mode, back in feature space.
         let c = self.components.get(nearest)?;
         let mut mode = [0.0; MAX_FEATURES];
