@@ -435,36 +435,18 @@ pub fn deliver(out: &Outcome, sinks: &Sinks) -> anyhow::Result<BTreeMap<String, 
 }
 
 fn publish(out: &Outcome, topic: &str, kafka: &BTreeMap<String, String>) -> anyhow::Result<()> {
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
-    let producer: BaseProducer =
-        crate::stream::kafka::client_config(kafka, crate::stream::kafka::Role::Producer)
-            .create()
-            .context("creating the Kafka producer")?;
+    use crate::stream::kafka;
+    use rdkafka::producer::BaseRecord;
+    let producer = kafka::producer(kafka)?;
     for s in out.snapshots.values() {
         let bytes = serde_json::to_vec(s)?;
-        let mut rec = BaseRecord::to(topic)
-            .key(s.repository.as_str())
-            .payload(&bytes);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    r,
-                )) => {
-                    producer.poll(std::time::Duration::from_millis(50));
-                    rec = r;
-                }
-                Err((e, _)) => return Err(e).context("publishing a snapshot"),
-            }
-        }
+        let rec = BaseRecord::to(topic)
+            .key(s.repository.as_bytes())
+            .payload(bytes.as_slice());
+        kafka::send(&producer, rec).context("publishing a snapshot")?;
     }
-    producer
-        .flush(std::time::Duration::from_secs(30))
-        .context("delivering the snapshots")?;
-    Ok(())
+    // A refused delivery fails the run: a nightly job that lost a snapshot must say so.
+    kafka::flush(&producer, std::time::Duration::from_secs(60)).context("delivering the snapshots")
 }
 
 /// The summary table: per group its rows, replicas, features, time range and what

@@ -128,6 +128,37 @@ pub fn send(producer: &HerdProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> 
     }
 }
 
+/// Waits until the broker has answered for every queued record, for as long as it keeps
+/// answering: fails only after `stall` without one more acknowledgement, or when a
+/// delivery failed. A long backlog on a slow broker (a large file at one record per
+/// request) is not an error; a broker that stopped answering is. Returns how many
+/// records were still in flight when it gave up, in the error.
+pub fn flush(producer: &HerdProducer, stall: Duration) -> anyhow::Result<()> {
+    use rdkafka::producer::Producer as _;
+    let mut left = producer.in_flight_count();
+    let mut progressed = Instant::now();
+    loop {
+        match producer.flush(Duration::from_secs(1)) {
+            Ok(()) => break,
+            Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {}
+            Err(e) => return Err(e).context("waiting for the broker's acknowledgements"),
+        }
+        let now = producer.in_flight_count();
+        if now < left {
+            left = now;
+            progressed = Instant::now();
+        } else if progressed.elapsed() >= stall {
+            anyhow::bail!(
+                "the broker acknowledged nothing for {} s; {now} records still in flight",
+                stall.as_secs()
+            );
+        }
+    }
+    let failed = producer.context().failed();
+    anyhow::ensure!(failed == 0, "{failed} records were not delivered");
+    Ok(())
+}
+
 /// Creates the missing topics (compacted `herd.baselines`) and checks that every topic
 /// of a task has the same number of partitions. Returns that number.
 pub async fn prepare_topics(
