@@ -200,3 +200,49 @@ fn raw_stats_wait_for_a_start_event_that_comes_late_on_the_events_topic() {
     assert_eq!(t.positions()[0], Some(5));
     assert_eq!(t.tally()[0][2], 2, "b's and c's samples dead-lettered");
 }
+
+/// In a catch-up the samples partition can race minutes ahead of a lagging events
+/// partition in event time: samples of a container whose start event is still on the
+/// broker wait for it however far the stream moves, and are scored once it comes
+/// (regression: the five-minute stream-time cap dead-lettered them, issue 3).
+#[test]
+fn raw_stats_wait_for_a_lagging_events_partition_however_far_the_samples_run_ahead() {
+    let tcfg = task_config(2, Duration::ZERO);
+    let mut t = Task::new(0, &tcfg).expect("task");
+    let d = "d".repeat(64);
+    let mut out = Vec::new();
+    // Eight minutes of d's samples; the events partition has reported no end yet.
+    let samples: Vec<u32> = (1..=24).map(|k| k * 20).collect();
+    for (o, secs) in samples.iter().enumerate() {
+        t.offer(
+            0,
+            o as i64,
+            None,
+            None,
+            raw_stats(&d, *secs, u64::from(*secs) * 1_000_000_000).as_bytes(),
+            &mut out,
+        );
+        t.drain(Instant::now(), Duration::ZERO, false, &mut out);
+    }
+    assert_eq!(t.parked(), samples.len(), "every sample waits for d's start");
+    assert!(!out.iter().any(|o| matches!(o, Out::Dead { .. })));
+    // The start event arrives: every sample is scored, none dead-lettered.
+    t.offer(1, 0, None, None, start_event(&d, 0).as_bytes(), &mut out);
+    t.drain(Instant::now(), Duration::ZERO, false, &mut out);
+    assert_eq!(t.parked(), 0);
+    assert!(!out.iter().any(|o| matches!(o, Out::Dead { .. })), "{out:?}");
+    assert_eq!(t.tally()[0][0], samples.len() as u64, "all scored");
+
+    // Once the events partition is caught up and quiet, a sample of a container never
+    // started waits at most five minutes of stream time.
+    let e = "e".repeat(64);
+    t.observe_watermarks(1, 0, 1, 1);
+    let n = samples.len() as i64;
+    for (k, secs) in [500u32, 520, 900].into_iter().enumerate() {
+        t.offer(0, n + k as i64, None, None, raw_stats(&e, secs, 1).as_bytes(), &mut out);
+        t.drain(Instant::now(), Duration::ZERO, false, &mut out);
+    }
+    let dead = out.iter().filter(|o| matches!(o, Out::Dead { .. })).count();
+    assert_eq!(dead, 2, "the samples of 08:20 and 08:40 expired at 15:00");
+    assert_eq!(t.parked(), 1);
+}

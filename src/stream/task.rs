@@ -34,8 +34,10 @@ const MAX_SKEW_MS: i64 = 10_000;
 /// stats samples) have moved this far past it in event time: then its identity is not
 /// coming, and it is dead-lettered as `unknown_container`.
 const PARK_GRACE_MS: i64 = 60_000;
-/// However quiet the events are, a sample is not parked for longer than this much of
-/// the stream's event time.
+/// When the other inputs are quiet (caught up, nothing buffered), a sample is not
+/// parked for longer than this much of the stream's event time. While they still hold
+/// records (a lagging events partition in a catch-up, whose samples race ahead in event
+/// time), it waits for them instead: its start event may be among them.
 const PARK_MAX_MS: i64 = 300_000;
 /// Most samples parked in one task; beyond, the oldest is dead-lettered (a flood of
 /// samples of containers nobody started must not grow memory).
@@ -664,24 +666,28 @@ impl Task {
     }
 
     /// Dead-letters the parked samples whose identity is not coming: the events have
-    /// moved [`PARK_GRACE_MS`] past them, or the stream [`PARK_MAX_MS`] (a quiet events
-    /// topic must not hold a stream's commits back for long), or every input is caught
-    /// up and empty and they have waited `max_idle` (nothing known on the broker can
-    /// identify them: a worker that joined after their container started).
+    /// moved [`PARK_GRACE_MS`] past them, or the stream [`PARK_MAX_MS`] while the other
+    /// inputs are quiet (a quiet events topic must not hold a stream's commits back for
+    /// long; a lagging one is waited for), or every input is caught up and empty and
+    /// they have waited `max_idle` (nothing known on the broker can identify them: a
+    /// worker that joined after their container started).
     fn expire_parked(&mut self, now: Instant, max_idle: Duration, out: &mut Vec<Out>) {
         if self.parked.is_empty() {
             return;
         }
         let retrained = self.retrained_input;
-        let drained = self
+        let quiet: Vec<bool> = self
             .inputs
             .iter()
             .enumerate()
-            .filter(|(k, _)| Some(*k) != retrained)
-            .all(|(_, i)| i.buf.is_empty() && i.caught_up());
-        while let Some((_, m, since)) = self.parked.front() {
+            .map(|(k, i)| Some(k) == retrained || (i.buf.is_empty() && i.caught_up()))
+            .collect();
+        let drained = quiet.iter().all(|q| *q);
+        // Whether every input but the sample's own is quiet.
+        let others_quiet = |j: usize| quiet.iter().enumerate().all(|(k, q)| k == j || *q);
+        while let Some((j, m, since)) = self.parked.front() {
             let gone = m.ts.saturating_add(PARK_GRACE_MS) < self.identity_ts
-                || m.ts.saturating_add(PARK_MAX_MS) < self.last_ts
+                || (m.ts.saturating_add(PARK_MAX_MS) < self.last_ts && others_quiet(*j))
                 || (drained && now.duration_since(*since) >= max_idle);
             if !gone {
                 break;
