@@ -187,7 +187,7 @@ fn retrain_learns_robust_statistics_profiles_and_spread_from_the_archive_issue_6
     assert!(r.q90 - r.q10 < 0.5 * day_range, "{r:?} vs {day_range}");
     let midnight = start - start.rem_euclid(86_400_000);
     let (afternoon, night) = (midnight + 15 * 3_600_000, midnight + 3 * 3_600_000);
-    let peak = cpu.level_at(afternoon).expect("a level at 15:00");
+    let peak = cpu.level_at(afternoon, 0.01).expect("a level at 15:00");
     let at = |ts: i64| cpu.seasonal_surprise(peak, ts, 0.01, 0.02).expect("judged");
     // (Night's tail is wide here: the window holds a miner's night on one replica.)
     assert!(

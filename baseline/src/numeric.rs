@@ -79,9 +79,14 @@ impl FeatureBaseline {
 
     /// Surprise of a deviation from live peers (a [`slog`] difference). The tail is never
     /// modelled narrower than 0.02 (2 % of the peers' level): the resolution of a peer
-    /// comparison.
-    pub fn peer_surprise(&mut self, dev: f64) -> f64 {
-        self.peer_dev.surprise(dev, Tails::Both, 0.02)
+    /// comparison; nor, where the retrain measured how far replicas sampled together
+    /// usually differ (`spread`, in slog units), narrower than a normal distribution of
+    /// that spread decays (a decade per 0.33 σ beyond its 99th percentile): a young
+    /// online history of deviations does not make the group's replicas look more alike
+    /// than the archive saw them.
+    pub fn peer_surprise(&mut self, dev: f64, spread: Option<f64>) -> f64 {
+        let gaussian = spread.filter(|s| s.is_finite()).map_or(0.0, |s| 0.33 * s);
+        self.peer_dev.surprise(dev, Tails::Both, gaussian.max(0.02))
     }
 
     /// Surprise of a fleet-wide move beyond the common load factor (upper tail: a whole

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the snapshot format. Readers accept every version up to theirs; a newer
 /// one is refused (never half-read). 2 added [`Retrained::structure`], 3
-/// [`FeatureProfile::seasonal`].
-pub const FORMAT: u32 = 3;
+/// [`FeatureProfile::seasonal`], 4 [`FeatureProfile::weekday_offset`].
+pub const FORMAT: u32 = 4;
 
 /// Robust quantiles of a feature's values over the window.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -42,6 +42,12 @@ pub struct FeatureProfile {
     pub hour_of_day: Vec<Option<f64>>,
     /// Median by day of week, 0 = Sunday … 6 = Saturday; `None` where too few values.
     pub day_of_week: Vec<Option<f64>>,
+    /// How far each day of the week (0 = Sunday) sits from the daily profile: the
+    /// median residual `slog(value) − slog(hour's level)` of its values, in the
+    /// feature's [`slog`](crate::numeric::slog) units; `None` where the archive held
+    /// that weekday on fewer than two dates (format 4; empty before: no weekly view).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weekday_offset: Vec<Option<f64>>,
     /// How far replicas sampled in the same minute differ: the median, over minutes
     /// with at least three replicas, of their standard deviation. `None` without such
     /// minutes.
@@ -52,11 +58,13 @@ pub struct FeatureProfile {
     pub seasonal: Option<Seasonal>,
 }
 
-/// A feature's values around the level of their hour of day: the residuals
+/// A feature's values around their expected level: the residuals
 /// `slog(value) − slog(level)` ([`slog`](crate::numeric::slog) with the feature's
-/// resolution), where the level is the hour's median ([`FeatureProfile::hour_of_day`]);
-/// values of an hour without one are not in it, and are not judged by it. A daily peak
-/// sits at its hour's level, so it is ordinary; the same value at night is not.
+/// resolution), where the level is the hour's median ([`FeatureProfile::hour_of_day`])
+/// moved by the weekday's offset where there is one
+/// ([`FeatureProfile::weekday_offset`]); values of an hour without one are not in it,
+/// and are not judged by it. A daily peak sits at its hour's level, so it is ordinary;
+/// the same value at night is not, and neither is a weekday's load on a quiet Sunday.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Seasonal {
     /// Residuals behind the quantiles.
@@ -71,9 +79,9 @@ pub struct Seasonal {
 pub const MIN_SEASONAL_COUNT: u64 = 1000;
 
 impl FeatureProfile {
-    /// The expected level at event time `ts_ms`: the median of its hour of day (UTC);
-    /// `None` for an hour the archive had too few values of (no level is guessed).
-    pub fn level_at(&self, ts_ms: i64) -> Option<f64> {
+    /// The median of the hour of day (UTC) of event time `ts_ms`; `None` for an hour
+    /// the archive had too few values of (no level is guessed).
+    pub fn hour_level_at(&self, ts_ms: i64) -> Option<f64> {
         let hour = (ts_ms.rem_euclid(86_400_000) / 3_600_000) as usize;
         self.hour_of_day
             .get(hour)
@@ -82,12 +90,48 @@ impl FeatureProfile {
             .filter(|v| v.is_finite())
     }
 
+    /// The offset of the day of week of `ts_ms` from the daily profile, in slog units
+    /// (0 where the archive has none: a window shorter than two weeks of that day).
+    pub fn weekday_offset_at(&self, ts_ms: i64) -> f64 {
+        self.weekday_offset
+            .get(weekday(ts_ms))
+            .copied()
+            .flatten()
+            .filter(|v| v.is_finite())
+            .unwrap_or(0.0)
+    }
+
+    /// The expected level at event time `ts_ms` in slog units of resolution `res`: its
+    /// hour's median, moved by its weekday's offset.
+    fn expected_slog(&self, ts_ms: i64, res: f64) -> Option<f64> {
+        use crate::numeric::slog;
+        Some(slog(self.hour_level_at(ts_ms)?, res) + self.weekday_offset_at(ts_ms))
+    }
+
+    /// The expected level at event time `ts_ms`, in the feature's unit (`res` its
+    /// resolution): the hour-of-day median moved by the weekday's offset; `None` for an
+    /// hour the archive had too few values of.
+    pub fn level_at(&self, ts_ms: i64, res: f64) -> Option<f64> {
+        self.expected_slog(ts_ms, res)
+            .map(|l| crate::numeric::slog_inverse(l, res))
+    }
+
+    /// How far replicas sampled in the same minute usually differ
+    /// ([`FeatureProfile::replica_spread`]), in slog units of resolution `res` around
+    /// the feature's median: the scale a deviation from live peers is measured against.
+    pub fn replica_spread_slog(&self, res: f64) -> Option<f64> {
+        use crate::numeric::slog;
+        let (sd, m) = (self.replica_spread?, self.quantiles.p50);
+        (sd.is_finite() && m.is_finite() && sd >= 0.0)
+            .then(|| slog(m.abs() + sd, res) - slog(m.abs(), res))
+    }
+
     /// The usual range at event time `ts_ms` (the residuals' 1st to 99th percentile
-    /// around the hour's level), in the feature's unit, for explanations.
+    /// around the expected level), in the feature's unit, for explanations.
     pub fn band_at(&self, ts_ms: i64, res: f64) -> Option<(f64, f64)> {
-        use crate::numeric::{slog, slog_inverse};
+        use crate::numeric::slog_inverse;
         let s = self.seasonal?;
-        let l = slog(self.level_at(ts_ms)?, res);
+        let l = self.expected_slog(ts_ms, res)?;
         Some((
             slog_inverse(l + s.residuals.q01, res),
             slog_inverse(l + s.residuals.q99, res),
@@ -104,12 +148,12 @@ impl FeatureProfile {
         use crate::numeric::slog;
         use crate::sketch::tail_p;
         let s = self.seasonal.filter(|s| s.count >= MIN_SEASONAL_COUNT)?;
-        let level = self.level_at(ts_ms)?;
+        let level = self.expected_slog(ts_ms, res)?;
         if !x.is_finite() {
             return None;
         }
         let r = s.residuals;
-        let d = slog(x, res) - slog(level, res);
+        let d = slog(x, res) - level;
         let widen = (1.0 + 1000.0 / s.count as f64).sqrt();
         // Fraction beyond `d` inside the band: log-linear between the quantiles.
         let between = |d: f64, (a, pa): (f64, f64), (b, pb): (f64, f64)| -> f64 {
@@ -146,6 +190,12 @@ impl FeatureProfile {
         };
         Some(upper.max(lower))
     }
+}
+
+/// Day of week of epoch milliseconds `ts_ms`, UTC, 0 = Sunday (as SQL's `dow`).
+pub fn weekday(ts_ms: i64) -> usize {
+    // 1970-01-01 was a Thursday.
+    (ts_ms.div_euclid(86_400_000) + 4).rem_euclid(7) as usize
 }
 
 /// What [`GroupBaseline::adopt_retrained`](crate::GroupBaseline::adopt_retrained) did.
@@ -320,6 +370,50 @@ mod tests {
         assert_eq!(s(&p, f64::NAN, 15), None);
         let (lo, hi) = p.band_at(h(3), 0.01).unwrap_or((f64::NAN, f64::NAN));
         assert!(lo < 0.1 && 0.1 < hi && hi < 0.13, "{lo}..{hi}");
+    }
+
+    #[test]
+    fn version_four_carries_the_weekday_offsets() {
+        let v4 = include_bytes!("../../tests/cases/retrain/snapshot-v4.json");
+        let s = Retrained::parse(v4).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.format, 4);
+        let off = &s.features["cpu_cores"].weekday_offset;
+        assert_eq!(off.len(), 7);
+        assert!(off.iter().all(Option::is_some), "{off:?}");
+        // Earlier versions read without a weekly view.
+        for old in [
+            &include_bytes!("../../tests/cases/retrain/snapshot-v1.json")[..],
+            &include_bytes!("../../tests/cases/retrain/snapshot-v2.json")[..],
+            &include_bytes!("../../tests/cases/retrain/snapshot-v3.json")[..],
+        ] {
+            let s = Retrained::parse(old).unwrap_or_else(|e| panic!("{e}"));
+            assert!(s.features.values().all(|f| f.weekday_offset.is_empty()));
+        }
+    }
+
+    #[test]
+    fn the_weekday_offset_moves_the_expected_level() {
+        // 2026-11-02T00:00:00Z was a Monday; 1970-01-01 a Thursday.
+        let monday = 1_793_577_600_000;
+        assert_eq!(weekday(monday), 1);
+        assert_eq!(weekday(monday + 5 * 86_400_000), 6);
+        assert_eq!(weekday(0), 4);
+        assert_eq!(weekday(-1), 3);
+        let mut p = Retrained::parse(include_bytes!("../../tests/cases/retrain/snapshot-v1.json"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .features
+            .remove("cpu_cores")
+            .unwrap_or_else(|| panic!("cpu_cores"));
+        p.hour_of_day = vec![Some(1.0); 24];
+        let at = |p: &FeatureProfile, day: i64| {
+            p.level_at(monday + day * 86_400_000, 0.01)
+                .unwrap_or(f64::NAN)
+        };
+        assert!((at(&p, 5) - 1.0).abs() < 1e-9, "no weekly view: the hour's level");
+        p.weekday_offset = vec![Some(0.4f64.ln()), None, None, None, None, None, Some(0.4f64.ln())];
+        let sat = at(&p, 5);
+        assert!((sat - 0.394).abs() < 0.001, "Saturday at 40 % of the profile: {sat}");
+        assert!((at(&p, 2) - 1.0).abs() < 1e-9, "no offset: on the profile");
     }
 
     fn snap(first_ms: i64, until_ms: i64) -> Retrained {

@@ -706,6 +706,10 @@ fn score_metrics(
             })
         };
         let (seasonal_x, seasonal_peers) = (seasonal(x), peers.and_then(|p| seasonal(p.median)));
+        // How far the archive saw replicas sampled together differ: the peer test's
+        // tail is never narrower than that.
+        let replica_spread = profile
+            .and_then(|p| p.replica_spread_slog(herd_baseline::numeric::resolution_of(name)));
         let seasonal_band = seasonal_x.and_then(|_| {
             profile.and_then(|p| p.band_at(now, herd_baseline::numeric::resolution_of(name)))
         });
@@ -739,7 +743,7 @@ fn score_metrics(
         let sb = history_of(values_ready.then(|| fb.value_surprise(x)), seasonal_x);
         let history_known = values_ready || seasonal_x.is_some();
         let sp = match dev {
-            Some(d) if ready(fb.peer_dev.count()) => fb.peer_surprise(d),
+            Some(d) if ready(fb.peer_dev.count()) => fb.peer_surprise(d, replica_spread),
             _ => 0.0,
         };
         let ss = match step {

@@ -405,6 +405,7 @@ fn daily_snapshot(key: &str) -> herd_baseline::retrained::Retrained {
         mad: 0.3,
         hour_of_day: (0..24).map(|h| Some(daily_level(h))).collect(),
         day_of_week: vec![None; 7],
+        weekday_offset: Vec::new(),
         replica_spread: None,
         seasonal: Some(Seasonal {
             count: 20_000,

@@ -229,6 +229,7 @@ pub async fn retrain(opts: &Options) -> anyhow::Result<Outcome> {
                     mad: f64::NAN,
                     hour_of_day: vec![None; 24],
                     day_of_week: vec![None; 7],
+                    weekday_offset: vec![None; 7],
                     replica_spread: None,
                     seasonal: None,
                 },
@@ -251,29 +252,42 @@ pub async fn retrain(opts: &Options) -> anyhow::Result<Outcome> {
 
     // 4. Hour-of-day and day-of-week profiles.
     bar.set_message(steps[3]);
-    for (q, hourly) in [(sql::by_hour(d, w), true), (sql::by_weekday(d, w), false)] {
-        for b in collect(&ctx, &q).await? {
-            let (g, f) = (strs(&b, "grp")?, strs(&b, "feature")?);
-            let (slot, med) = (f64s(&b, "slot")?, f64s(&b, "med")?);
-            for i in 0..b.num_rows() {
-                let Some(p) = feature_mut(&mut out, g.value(i), f.value(i)) else {
-                    continue;
-                };
-                let k = slot.value(i) as usize;
-                let v = if hourly {
-                    &mut p.hour_of_day
-                } else {
-                    &mut p.day_of_week
-                };
-                if let Some(x) = v.get_mut(k) {
-                    *x = opt(&med, i);
-                }
+    for b in collect(&ctx, &sql::by_hour(d, w)).await? {
+        let (g, f) = (strs(&b, "grp")?, strs(&b, "feature")?);
+        let (slot, med) = (f64s(&b, "slot")?, f64s(&b, "med")?);
+        for i in 0..b.num_rows() {
+            if let Some(x) = feature_mut(&mut out, g.value(i), f.value(i))
+                .and_then(|p| p.hour_of_day.get_mut(slot.value(i) as usize))
+            {
+                *x = opt(&med, i);
+            }
+        }
+    }
+    for b in collect(&ctx, &sql::by_weekday(d, w)).await? {
+        let (g, f) = (strs(&b, "grp")?, strs(&b, "feature")?);
+        let (slot, med, off) = (f64s(&b, "slot")?, f64s(&b, "med")?, f64s(&b, "off")?);
+        for i in 0..b.num_rows() {
+            let Some(p) = feature_mut(&mut out, g.value(i), f.value(i)) else {
+                continue;
+            };
+            let k = slot.value(i) as usize;
+            if let (Some(m), Some(o)) = (p.day_of_week.get_mut(k), p.weekday_offset.get_mut(k)) {
+                *m = opt(&med, i);
+                *o = opt(&off, i);
+            }
+        }
+    }
+    // A snapshot without a weekly view says so by having none (not seven `null`s).
+    for s in out.snapshots.values_mut() {
+        for p in s.features.values_mut() {
+            if p.weekday_offset.iter().all(Option::is_none) {
+                p.weekday_offset.clear();
             }
         }
     }
     bar.inc(1);
 
-    // 5. Residuals around the hour-of-day level.
+    // 5. Residuals around the expected level (hour of day, and weekday where known).
     bar.set_message(steps[4]);
     for b in collect(&ctx, &sql::seasonal(d, w)).await? {
         let (g, f, n) = (strs(&b, "grp")?, strs(&b, "feature")?, f64s(&b, "n")?);

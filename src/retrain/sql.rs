@@ -125,24 +125,56 @@ pub fn mad(d: Dialect, w: Window) -> String {
     )
 }
 
-fn profile(d: Dialect, w: Window, part: &str) -> String {
+/// Per group, feature and hour of day (UTC): the median.
+pub fn by_hour(d: Dialect, w: Window) -> String {
     format!(
-        "SELECT \"group\" AS grp, feature, date_part('{part}', ts) AS slot, {m} AS med \
+        "SELECT \"group\" AS grp, feature, date_part('hour', ts) AS slot, {m} AS med \
          FROM obs WHERE {win} AND feature IS NOT NULL AND value IS NOT NULL \
-         GROUP BY \"group\", feature, date_part('{part}', ts) HAVING count(*) >= 10",
+         GROUP BY \"group\", feature, date_part('hour', ts) HAVING count(*) >= 10",
         m = pct(d, 0.5, "value"),
         win = window(d, w, ""),
     )
 }
 
-/// Per group, feature and hour of day (UTC): the median.
-pub fn by_hour(d: Dialect, w: Window) -> String {
-    profile(d, w, "hour")
+/// Per group, feature and day of week (0 = Sunday): the median of the values (`med`),
+/// and the weekday's offset from the daily profile (`off`): the median residual around
+/// the hour-of-day level (see [`seasonal`]) of that weekday's rows, where they come
+/// from two dates or more. A weekday's raw median mixes the daily cycle into it when
+/// the window covers part of a day; its residuals do not. One date alone says nothing
+/// of the week (yesterday's surge is not "Mondays"), so a window under a week and a
+/// day gives no offsets.
+pub fn by_weekday(d: Dialect, w: Window) -> String {
+    format!(
+        "WITH {res} \
+         SELECT grp, feature, dow AS slot, {m} AS med, \
+           CASE WHEN count(DISTINCT obs_date) >= 2 THEN {off} END AS off \
+         FROM res GROUP BY grp, feature, dow HAVING count(*) >= 10",
+        res = residuals(d, w),
+        m = pct(d, 0.5, "v"),
+        off = pct(d, 0.5, "r"),
+    )
 }
 
-/// Per group, feature and day of week (0 = Sunday): the median.
-pub fn by_weekday(d: Dialect, w: Window) -> String {
-    profile(d, w, "dow")
+/// CTEs `lvl` (the hour-of-day medians of [`by_hour`]) and `res`: every row of the
+/// window whose hour has a level, with its group, feature, weekday, date, value and
+/// residual `r = slog(value) - slog(level)`. The hourly medians come first in the join,
+/// as in [`mad`].
+fn residuals(d: Dialect, w: Window) -> String {
+    format!(
+        "lvl AS ({levels}), \
+         res AS (SELECT o.\"group\" AS grp, o.feature AS feature, \
+             date_part('dow', o.ts) AS dow, o.date AS obs_date, o.value AS v, {r} AS r \
+           FROM lvl JOIN obs o ON o.\"group\" = lvl.grp AND o.feature = lvl.feature \
+             AND date_part('hour', o.ts) = lvl.slot \
+           WHERE {wino} AND o.value IS NOT NULL)",
+        levels = by_hour(d, w),
+        r = format_args!(
+            "{} - {}",
+            slog(d, "o.value", "o.feature"),
+            slog(d, "lvl.med", "o.feature")
+        ),
+        wino = window(d, w, "o"),
+    )
 }
 
 /// `slog(e)` with the resolution of the row's feature (`herd_baseline::numeric::slog`
@@ -162,10 +194,10 @@ fn slog(d: Dialect, e: &str, feature: &str) -> String {
     )
 }
 
-/// Per group and feature: quantiles of the residuals around the hour-of-day level,
-/// `slog(value) - slog(level)` where the level is the median of the value's hour (the
-/// same medians as [`by_hour`]; rows of an hour too thin for one are left out). The
-/// hourly medians come first in the join, as in [`mad`].
+/// Per group and feature: quantiles of the residuals around the expected level: the
+/// hour-of-day median, moved by the weekday's offset where [`by_weekday`] finds one
+/// (`r - off`; rows of an hour too thin for a level are left out). The offsets (one row
+/// per group, feature and weekday) are the build side of their join.
 pub fn seasonal(d: Dialect, w: Window) -> String {
     let qs: Vec<String> = [
         (0.001, "q001"),
@@ -177,25 +209,19 @@ pub fn seasonal(d: Dialect, w: Window) -> String {
         (0.999, "q999"),
     ]
     .iter()
-    .map(|(p, name)| format!("{} AS {name}", pct(d, *p, "r")))
+    .map(|(p, name)| format!("{} AS {name}", pct(d, *p, "res.r - coalesce(wk.off, 0.0)")))
     .collect();
-    let residual = format!(
-        "{} - {}",
-        slog(d, "o.value", "o.feature"),
-        slog(d, "lvl.med", "o.feature")
-    );
     format!(
-        "WITH lvl AS ({levels}) \
-         SELECT grp, feature, count(*) AS n, {qs} FROM (\
-           SELECT o.\"group\" AS grp, o.feature AS feature, {r} AS r \
-           FROM lvl JOIN obs o ON o.\"group\" = lvl.grp AND o.feature = lvl.feature \
-             AND date_part('hour', o.ts) = lvl.slot \
-           WHERE {wino} AND o.value IS NOT NULL) AS res \
-         GROUP BY grp, feature",
-        levels = by_hour(d, w),
+        "WITH {res}, \
+         wk AS (SELECT grp, feature, dow, {off} AS off FROM res \
+           GROUP BY grp, feature, dow HAVING count(DISTINCT obs_date) >= 2) \
+         SELECT res.grp AS grp, res.feature AS feature, count(*) AS n, {qs} \
+         FROM wk RIGHT JOIN res ON wk.grp = res.grp AND wk.feature = res.feature \
+           AND wk.dow = res.dow \
+         GROUP BY res.grp, res.feature",
+        res = residuals(d, w),
+        off = pct(d, 0.5, "r"),
         qs = qs.join(", "),
-        r = residual,
-        wino = window(d, w, "o"),
     )
 }
 
