@@ -67,7 +67,11 @@ fn retrain(archive: &Path, out: &Path, since: &str, until_ms: i64) -> Retrained 
         .arg(out)
         .output()
         .expect("herd retrain");
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let file = std::fs::read_dir(out)
         .expect("out dir")
         .flatten()
@@ -119,11 +123,26 @@ fn a_quiet_weekend_is_expected_at_weekends_only_issue_6() {
         cpu.seasonal_surprise(x, ts, res, 0.02)
             .expect("judged by the profile")
     };
-    assert!(surprise(sat_level, sat) < 1.5, "{}", surprise(sat_level, sat));
-    assert!(surprise(wed_level, sat) > 4.0, "{}", surprise(wed_level, sat));
-    assert!(surprise(sat_level, wed) > 4.0, "{}", surprise(sat_level, wed));
+    assert!(
+        surprise(sat_level, sat) < 1.5,
+        "{}",
+        surprise(sat_level, sat)
+    );
+    assert!(
+        surprise(wed_level, sat) > 4.0,
+        "{}",
+        surprise(wed_level, sat)
+    );
+    assert!(
+        surprise(sat_level, wed) > 4.0,
+        "{}",
+        surprise(sat_level, wed)
+    );
     let (lo, hi) = cpu.band_at(sat, res).expect("Saturday's band");
-    assert!(lo < sat_level && sat_level < hi && hi < wed_level, "{lo}..{hi}");
+    assert!(
+        lo < sat_level && sat_level < hi && hi < wed_level,
+        "{lo}..{hi}"
+    );
 
     // Two days hold each of their weekdays once: no weekly view, and the daily profile
     // is judged as before.

@@ -224,13 +224,20 @@ fn raw_stats_wait_for_a_lagging_events_partition_however_far_the_samples_run_ahe
         );
         t.drain(Instant::now(), Duration::ZERO, false, &mut out);
     }
-    assert_eq!(t.parked(), samples.len(), "every sample waits for d's start");
+    assert_eq!(
+        t.parked(),
+        samples.len(),
+        "every sample waits for d's start"
+    );
     assert!(!out.iter().any(|o| matches!(o, Out::Dead { .. })));
     // The start event arrives: every sample is scored, none dead-lettered.
     t.offer(1, 0, None, None, start_event(&d, 0).as_bytes(), &mut out);
     t.drain(Instant::now(), Duration::ZERO, false, &mut out);
     assert_eq!(t.parked(), 0);
-    assert!(!out.iter().any(|o| matches!(o, Out::Dead { .. })), "{out:?}");
+    assert!(
+        !out.iter().any(|o| matches!(o, Out::Dead { .. })),
+        "{out:?}"
+    );
     assert_eq!(t.tally()[0][0], samples.len() as u64, "all scored");
 
     // Once the events partition is caught up and quiet, a sample of a container never
@@ -239,7 +246,14 @@ fn raw_stats_wait_for_a_lagging_events_partition_however_far_the_samples_run_ahe
     t.observe_watermarks(1, 0, 1, 1);
     let n = samples.len() as i64;
     for (k, secs) in [500u32, 520, 900].into_iter().enumerate() {
-        t.offer(0, n + k as i64, None, None, raw_stats(&e, secs, 1).as_bytes(), &mut out);
+        t.offer(
+            0,
+            n + k as i64,
+            None,
+            None,
+            raw_stats(&e, secs, 1).as_bytes(),
+            &mut out,
+        );
         t.drain(Instant::now(), Duration::ZERO, false, &mut out);
     }
     let dead = out.iter().filter(|o| matches!(o, Out::Dead { .. })).count();

@@ -409,10 +409,24 @@ mod tests {
             p.level_at(monday + day * 86_400_000, 0.01)
                 .unwrap_or(f64::NAN)
         };
-        assert!((at(&p, 5) - 1.0).abs() < 1e-9, "no weekly view: the hour's level");
-        p.weekday_offset = vec![Some(0.4f64.ln()), None, None, None, None, None, Some(0.4f64.ln())];
+        assert!(
+            (at(&p, 5) - 1.0).abs() < 1e-9,
+            "no weekly view: the hour's level"
+        );
+        p.weekday_offset = vec![
+            Some(0.4f64.ln()),
+            None,
+            None,
+            None,
+            None,
+            None,
+            Some(0.4f64.ln()),
+        ];
         let sat = at(&p, 5);
-        assert!((sat - 0.394).abs() < 0.001, "Saturday at 40 % of the profile: {sat}");
+        assert!(
+            (sat - 0.394).abs() < 0.001,
+            "Saturday at 40 % of the profile: {sat}"
+        );
         assert!((at(&p, 2) - 1.0).abs() < 1e-9, "no offset: on the profile");
     }
 
