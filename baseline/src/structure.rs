@@ -213,28 +213,37 @@ impl Structure {
         Some((best + sum.ln(), nearest))
     }
 
-    /// Surprise of a vector judged against where its peers are rather than where the
-    /// group usually is: its offset from the peers' position (`fleet`, principal scores,
-    /// for example their per-axis median), moved to the centre of the mode the peers
-    /// are nearest, scored with its own residual off the axes. A whole fleet that moved
-    /// along its principal axes (a load surge beyond the training range) leaves each
-    /// replica ordinary here, and one replica far from the rest is as surprising as it
-    /// would be if the fleet were in its usual place. `None` unless `score` and `fleet`
-    /// fit the model.
-    pub fn relative_surprise(&self, score: &StructureScore, fleet: &[f64]) -> Option<f64> {
+    /// Surprise of a vector judged with its peers' common displacement taken out:
+    /// `shift` is how far the fleet moved along the principal axes (for example the
+    /// per-axis median, over the live peers, of each peer's offset from the centre of
+    /// its own nearest mode: [`Structure::displacement`]). The vector's position less
+    /// the shift is scored against the mixture, with its own residual off the axes. A
+    /// whole fleet that moved along its principal axes (a load surge beyond the
+    /// training range) leaves each replica ordinary here, whatever mode each is in (a
+    /// replica that always runs a little hotter than its siblings has its own mode);
+    /// one replica far from the rest is as surprising as it would be if the fleet were
+    /// in its usual place. `None` unless `score` and `shift` fit the model.
+    pub fn relative_surprise(&self, score: &StructureScore, shift: &[f64]) -> Option<f64> {
         let q = self.axes.len();
-        if fleet.len() != q || fleet.iter().any(|v| !v.is_finite()) {
+        if shift.len() != q || shift.iter().any(|v| !v.is_finite()) {
             return None;
         }
-        let (_, k) = self.mixture(fleet)?;
-        let centre = &self.components.get(k)?.mean;
         let mut y = [0.0; MAX_FEATURES];
-        for (((o, p), f), c) in y.iter_mut().zip(&score.position).zip(fleet).zip(centre) {
-            *o = p - f + c;
+        for ((o, p), d) in y.iter_mut().zip(&score.position).zip(shift) {
+            *o = p - d;
         }
         let (lse, _) = self.mixture(&y[..q])?;
         let nll = -lse + self.residual_nll(score.residual);
         nll.is_finite().then(|| self.surprise_of(nll))
+    }
+
+    /// Offset of principal-axis position `position` from the centre of component `k`,
+    /// axis `axis`; `None` when they do not fit the model.
+    pub fn displacement(&self, position: &[f64], k: usize, axis: usize) -> Option<f64> {
+        let c = self.components.get(k)?;
+        (position.len() == self.axes.len())
+            .then(|| Some(position.get(axis)? - c.mean.get(axis)?))
+            .flatten()
     }
 
     /// Calibrated surprise of a score.
@@ -431,9 +440,16 @@ mod tests {
                 Some(v.signum() * resolution_of(f) * v.abs().exp_m1())
             }
         };
-        // The whole fleet at 6 along the axis, far beyond the busy mode (2): a replica
+        // The whole fleet at 6 along the axis, 4 beyond the busy mode (2): a replica
         // there is very surprising on its own, ordinary beside its peers.
-        let fleet = [6.0];
+        let fleet = [m.displacement(&[6.0], 1, 0).expect("displacement")];
+        assert!((fleet[0] - 4.0).abs() < 1e-9);
+        assert_eq!(m.displacement(&[6.0], 2, 0), None, "no such mode");
+        assert_eq!(
+            m.displacement(&[6.0, 1.0], 1, 0),
+            None,
+            "not the model's axes"
+        );
         let with = m.score(at(6.2, 0.0), &mut scratch).expect("scored");
         assert!((with.position[0] - 6.2).abs() < 1e-6, "{:?}", with.position);
         assert!(with.surprise > 10.0, "{}", with.surprise);

@@ -915,20 +915,21 @@ fn structure_finding(
     };
     let value_of = |f: &str| metrics.iter().find(|(n, _)| n == f).map(|(_, x)| *x);
     // A whole group moving along its principal axes (a load surge beyond yesterday's
-    // range) is not one replica unlike its siblings. When its live peers are unusual
-    // too (their median surprise beyond what the structure vouches for), an on-axis
-    // deviation is judged beside them: the replica's offset from the peers' median
-    // position, as surprising as it would be were the fleet in its usual place
-    // ([`Structure::relative_surprise`](herd_baseline::structure::Structure)). A
-    // replica far ahead of a surging fleet still stands out; one moving with it does
-    // not, and `fleet_check` judges the group as a whole. A deviation off the axes
-    // (metrics that broke their correlation) is judged as it is, even when every
-    // replica shows it.
+    // range) is not one replica unlike its siblings. An on-axis deviation is judged
+    // with the fleet's common displacement taken out: the live peers' median offset
+    // from the centres of their own modes
+    // ([`Structure::relative_surprise`](herd_baseline::structure::Structure)). Each
+    // peer is measured from its own mode, so a batch worker idling while this one is
+    // busy, or a replica that always runs hotter than its siblings, moves the shift
+    // only by how far it moved itself. A replica far ahead of its peers still stands
+    // out; one moving with them does not, and `fleet_check` judges the group as a
+    // whole. A deviation off the axes (metrics that broke their correlation) is judged
+    // as it is, even when every replica shows it.
     let q = st.axes.len().min(sc.position.len());
     let beside = (sc.surprise >= threshold && sc.residual_share < 0.5)
-        .then(|| fleet_position(group, id, q, now, cfg))
+        .then(|| fleet_shift(group, st, id, q, now, cfg))
         .flatten()
-        .and_then(|fleet| st.relative_surprise(&sc, &fleet));
+        .and_then(|shift| st.relative_surprise(&sc, &shift));
     let surprise = beside.map_or(sc.surprise, |rel| rel.min(sc.surprise));
     let hot = surprise >= threshold;
     let Some(r) = group.replicas.get_mut(id) else {
@@ -937,6 +938,7 @@ fn structure_finding(
     r.structure_latest = Some((sc.surprise, now));
     r.structure_position.clear();
     r.structure_position.extend_from_slice(&sc.position[..q]);
+    r.structure_mode = Some(sc.nearest);
     let held = hot && r.structure_hot;
     r.structure_hot = hot;
     if !held {
@@ -950,7 +952,9 @@ fn structure_finding(
         nearest_share: st.components.get(sc.nearest).map_or(0.0, |c| c.weight),
         mode_value: st.mode_value(sc.nearest, sc.lead).unwrap_or(f64::NAN),
         off_axis: (sc.residual_share * 100.0).round() / 100.0,
-        beside_peers: beside.is_some(),
+        // The peers had moved when judging beside them took at least a decade of
+        // surprise off (where they sit still, the two judgements agree).
+        beside_peers: beside.is_some_and(|rel| rel + 1.0 <= sc.surprise),
     };
     let Some(value) = value_of(&name) else {
         return;
@@ -980,43 +984,52 @@ fn structure_finding(
     });
 }
 
-/// The per-axis median position of a replica's live peers under the group's retrained
-/// structure, when the fleet has moved: at least `min_peers` replicas in all, the
-/// peers' positions recent, and their median surprise beyond what the structure
-/// vouches for. `None` otherwise (the replica is judged as it is).
-fn fleet_position(
+/// How far a replica's live peers moved along the axes of the group's retrained
+/// structure: per axis, the median over the peers of each one's offset from the centre
+/// of its nearest mode at its latest sample ([`Structure::displacement`]), with at
+/// least `min_peers` replicas in all (this one included) and the peers' positions
+/// recent. `None` otherwise (the replica is judged as it is).
+///
+/// [`Structure::displacement`]: herd_baseline::structure::Structure::displacement
+fn fleet_shift(
     group: &GroupState,
+    st: &herd_baseline::Structure,
     id: &str,
     q: usize,
     now: i64,
     cfg: &DetectConfig,
 ) -> Option<Vec<f64>> {
-    let peers: Vec<(f64, &[f64])> = group
+    let peers: Vec<(usize, &[f64])> = group
         .replicas
         .iter()
         .filter(|(rid, r)| {
             rid.as_str() != id && r.alive && now - r.last_seen_ms <= cfg.replica_ttl_ms
         })
         .filter_map(|(_, r)| {
-            let (s, t) = r.structure_latest?;
+            let (_, t) = r.structure_latest?;
+            let mode = r.structure_mode?;
             (now - t <= cfg.peer_window_ms && r.structure_position.len() == q)
-                .then_some((s, r.structure_position.as_slice()))
+                .then_some((mode, r.structure_position.as_slice()))
         })
         .collect();
     if q == 0 || peers.len() + 1 < cfg.min_peers.max(2) {
         return None;
     }
-    let mut column: Vec<f64> = peers.iter().map(|(s, _)| *s).collect();
-    if median_in_place(&mut column) < STRUCTURE_VOUCHES {
-        return None;
-    }
-    let mut fleet = Vec::with_capacity(q);
+    let mut column = Vec::with_capacity(peers.len());
+    let mut shift = Vec::with_capacity(q);
     for k in 0..q {
         column.clear();
-        column.extend(peers.iter().filter_map(|(_, p)| p.get(k).copied()));
-        fleet.push(median_in_place(&mut column));
+        column.extend(
+            peers
+                .iter()
+                .filter_map(|(mode, p)| st.displacement(p, *mode, k)),
+        );
+        if column.is_empty() {
+            return None;
+        }
+        shift.push(median_in_place(&mut column));
     }
-    Some(fleet)
+    Some(shift)
 }
 
 fn score_event(

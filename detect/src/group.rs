@@ -52,6 +52,9 @@ pub(crate) struct Replica {
     /// unknown), so that a replica is judged beside where its peers are.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) structure_position: Vec<f64>,
+    /// The structure's mode nearest that sample (peers are compared within a mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) structure_mode: Option<usize>,
 }
 
 impl Replica {
@@ -70,6 +73,7 @@ impl Replica {
             structure_hot: false,
             structure_latest: None,
             structure_position: Vec::new(),
+            structure_mode: None,
         }
     }
 }
