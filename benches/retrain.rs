@@ -145,9 +145,15 @@ fn main() {
         since_ms: stat("SELECT min(CAST(ts AS BIGINT)) FROM obs"),
         until_ms: stat("SELECT max(CAST(ts AS BIGINT)) FROM obs") + 1,
     };
+    // The small tables a retrain computes on the way (hourly levels, weekday offsets),
+    // computed once and given to both engines: the same SQL text runs on each.
+    let profiles = rt
+        .block_on(herd::retrain::profiles(&ctx, w))
+        .expect("profiles");
+    let (levels, offsets) = (profiles.levels.as_str(), profiles.offsets.as_str());
     let mut df = Vec::new();
     let mut df_rows = std::collections::BTreeMap::new();
-    for (name, q) in sql::all(Dialect::DataFusion, w) {
+    for (name, q) in sql::all(Dialect::DataFusion, w, levels, offsets) {
         let mut times = Vec::new();
         for _ in 0..RUNS {
             let t = Instant::now();
@@ -166,7 +172,7 @@ fn main() {
     }
 
     // DuckDB, same queries in its dialect.
-    let queries: Vec<(&str, String)> = sql::all(Dialect::DuckDb, w);
+    let queries: Vec<(&str, String)> = sql::all(Dialect::DuckDb, w, levels, offsets);
     let qfile = root.join("duckdb-queries.json");
     std::fs::write(&qfile, serde_json::to_vec(&queries).expect("json")).expect("write");
     let out = Command::new(python())

@@ -252,29 +252,21 @@ pub async fn retrain(opts: &Options) -> anyhow::Result<Outcome> {
 
     // 4. Hour-of-day and day-of-week profiles.
     bar.set_message(steps[3]);
-    for b in collect(&ctx, &sql::by_hour(d, w)).await? {
-        let (g, f) = (strs(&b, "grp")?, strs(&b, "feature")?);
-        let (slot, med) = (f64s(&b, "slot")?, f64s(&b, "med")?);
-        for i in 0..b.num_rows() {
-            if let Some(x) = feature_mut(&mut out, g.value(i), f.value(i))
-                .and_then(|p| p.hour_of_day.get_mut(slot.value(i) as usize))
-            {
-                *x = opt(&med, i);
-            }
+    let profiles = profiles(&ctx, w).await?;
+    for (g, f, slot, v) in &profiles.hourly {
+        if let Some(x) =
+            feature_mut(&mut out, g, f).and_then(|p| p.hour_of_day.get_mut(*slot as usize))
+        {
+            *x = v[0];
         }
     }
-    for b in collect(&ctx, &sql::by_weekday(d, w)).await? {
-        let (g, f) = (strs(&b, "grp")?, strs(&b, "feature")?);
-        let (slot, med, off) = (f64s(&b, "slot")?, f64s(&b, "med")?, f64s(&b, "off")?);
-        for i in 0..b.num_rows() {
-            let Some(p) = feature_mut(&mut out, g.value(i), f.value(i)) else {
-                continue;
-            };
-            let k = slot.value(i) as usize;
-            if let (Some(m), Some(o)) = (p.day_of_week.get_mut(k), p.weekday_offset.get_mut(k)) {
-                *m = opt(&med, i);
-                *o = opt(&off, i);
-            }
+    for (g, f, slot, v) in &profiles.weekly {
+        let Some(p) = feature_mut(&mut out, g, f) else {
+            continue;
+        };
+        let k = *slot as usize;
+        if let (Some(m), Some(o)) = (p.day_of_week.get_mut(k), p.weekday_offset.get_mut(k)) {
+            (*m, *o) = (v[0], v[1]);
         }
     }
     // A snapshot without a weekly view says so by having none (not seven `null`s).
@@ -289,7 +281,12 @@ pub async fn retrain(opts: &Options) -> anyhow::Result<Outcome> {
 
     // 5. Residuals around the expected level (hour of day, and weekday where known).
     bar.set_message(steps[4]);
-    for b in collect(&ctx, &sql::seasonal(d, w)).await? {
+    for b in collect(
+        &ctx,
+        &sql::seasonal(d, w, &profiles.levels, &profiles.offsets),
+    )
+    .await?
+    {
         let (g, f, n) = (strs(&b, "grp")?, strs(&b, "feature")?, f64s(&b, "n")?);
         let q: Vec<Float64Array> = ["q001", "q01", "q10", "q50", "q90", "q99", "q999"]
             .iter()
@@ -350,6 +347,69 @@ pub async fn retrain(opts: &Options) -> anyhow::Result<Outcome> {
     bar.finish_and_clear();
     out.elapsed_s = started.elapsed().as_secs_f64();
     Ok(out)
+}
+
+/// One row of a profile query: group, feature, slot (hour or weekday), and the values
+/// of the columns asked for (`None` where null or not finite).
+pub type ProfileRow = (String, String, i64, Vec<Option<f64>>);
+
+/// The window's hour-of-day medians and weekday offsets, as rows and as the small SQL
+/// tables ([`sql::table`]) the later queries join against.
+#[derive(Debug, Clone, Default)]
+pub struct Profiles {
+    /// [`sql::by_hour`]: `med`.
+    pub hourly: Vec<ProfileRow>,
+    /// [`sql::by_weekday`]: `med`, `off`.
+    pub weekly: Vec<ProfileRow>,
+    /// The hourly medians as a table (`grp`, `feature`, `slot`, `med`).
+    pub levels: String,
+    /// The weekday offsets as a table (`grp`, `feature`, `dow`, `off`).
+    pub offsets: String,
+}
+
+/// Runs the profile queries of window `w`: the hourly levels first, then the weekdays
+/// against them.
+pub async fn profiles(ctx: &SessionContext, w: Window) -> anyhow::Result<Profiles> {
+    let d = Dialect::DataFusion;
+    let hourly = profile_rows(ctx, &sql::by_hour(d, w), &["med"]).await?;
+    let flat = |rows: &[ProfileRow], k: usize| -> Vec<(String, String, i64, f64)> {
+        rows.iter()
+            .filter_map(|(g, f, s, v)| Some((g.clone(), f.clone(), *s, v.get(k).copied()??)))
+            .collect()
+    };
+    let levels = sql::table(["grp", "feature", "slot", "med"], &flat(&hourly, 0));
+    let weekly = profile_rows(ctx, &sql::by_weekday(d, w, &levels), &["med", "off"]).await?;
+    let offsets = sql::table(["grp", "feature", "dow", "off"], &flat(&weekly, 1));
+    Ok(Profiles {
+        hourly,
+        weekly,
+        levels,
+        offsets,
+    })
+}
+
+async fn profile_rows(
+    ctx: &SessionContext,
+    q: &str,
+    cols: &[&str],
+) -> anyhow::Result<Vec<ProfileRow>> {
+    let mut rows = Vec::new();
+    for b in collect(ctx, q).await? {
+        let (g, f, slot) = (strs(&b, "grp")?, strs(&b, "feature")?, f64s(&b, "slot")?);
+        let vals: Vec<Float64Array> = cols
+            .iter()
+            .map(|c| f64s(&b, c))
+            .collect::<anyhow::Result<_>>()?;
+        for i in 0..b.num_rows() {
+            rows.push((
+                g.value(i).to_owned(),
+                f.value(i).to_owned(),
+                slot.value(i) as i64,
+                vals.iter().map(|a| opt(a, i)).collect(),
+            ));
+        }
+    }
+    Ok(rows)
 }
 
 fn feature_mut<'a>(out: &'a mut Outcome, g: &str, f: &str) -> Option<&'a mut FeatureProfile> {

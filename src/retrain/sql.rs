@@ -136,30 +136,56 @@ pub fn by_hour(d: Dialect, w: Window) -> String {
     )
 }
 
+/// A small table known before a query runs (the hour-of-day levels, the weekday
+/// offsets), as SQL: rows `(grp, feature, slot, v)` under the column names `cols`.
+/// Computing such a table once and handing it to the queries that join against it
+/// keeps them to one pass over the archive each (a subquery would aggregate the
+/// archive again in every query that names it). Group and feature names are quoted
+/// as SQL strings (a quote doubled), numbers written exactly (shortest round trip).
+pub fn table(cols: [&str; 4], rows: &[(String, String, i64, f64)]) -> String {
+    let [g, f, s, v] = cols;
+    let quote = |x: &str| format!("'{}'", x.replace('\'', "''"));
+    if rows.is_empty() {
+        return format!(
+            "SELECT CAST(NULL AS VARCHAR) AS {g}, CAST(NULL AS VARCHAR) AS {f}, \
+             CAST(NULL AS BIGINT) AS {s}, CAST(NULL AS DOUBLE) AS {v} WHERE 1 = 0"
+        );
+    }
+    let values: Vec<String> = rows
+        .iter()
+        .filter(|r| r.3.is_finite())
+        .map(|(grp, feat, slot, x)| format!("({}, {}, {slot}, {x:?})", quote(grp), quote(feat)))
+        .collect();
+    format!(
+        "SELECT * FROM (VALUES {}) AS t({g}, {f}, {s}, {v})",
+        values.join(", ")
+    )
+}
+
 /// Per group, feature and day of week (0 = Sunday): the median of the values (`med`),
 /// and the weekday's offset from the daily profile (`off`): the median residual around
-/// the hour-of-day level (see [`seasonal`]) of that weekday's rows, where they come
-/// from two dates or more. A weekday's raw median mixes the daily cycle into it when
-/// the window covers part of a day; its residuals do not. One date alone says nothing
-/// of the week (yesterday's surge is not "Mondays"), so a window under a week and a
-/// day gives no offsets.
-pub fn by_weekday(d: Dialect, w: Window) -> String {
+/// the hour-of-day level (`levels`, [`table`] of [`by_hour`]'s medians; see
+/// [`seasonal`]) of that weekday's rows, where they come from two dates or more. A
+/// weekday's raw median mixes the daily cycle into it when the window covers part of a
+/// day; its residuals do not. One date alone says nothing of the week (yesterday's
+/// surge is not "Mondays"), so a window under a week and a day gives no offsets.
+pub fn by_weekday(d: Dialect, w: Window, levels: &str) -> String {
     format!(
         "WITH {res} \
          SELECT grp, feature, dow AS slot, {m} AS med, \
            CASE WHEN count(DISTINCT obs_date) >= 2 THEN {off} END AS off \
          FROM res GROUP BY grp, feature, dow HAVING count(*) >= 10",
-        res = residuals(d, w),
+        res = residuals(d, w, levels),
         m = pct(d, 0.5, "v"),
         off = pct(d, 0.5, "r"),
     )
 }
 
-/// CTEs `lvl` (the hour-of-day medians of [`by_hour`]) and `res`: every row of the
-/// window whose hour has a level, with its group, feature, weekday, date, value and
-/// residual `r = slog(value) - slog(level)`. The hourly medians come first in the join,
-/// as in [`mad`].
-fn residuals(d: Dialect, w: Window) -> String {
+/// CTEs `lvl` (the hour-of-day levels: `levels`, a [`table`] with columns `grp`,
+/// `feature`, `slot`, `med`) and `res`: every row of the window whose hour has a level,
+/// with its group, feature, weekday, date, value and residual
+/// `r = slog(value) - slog(level)`. The levels are the build side of the join.
+fn residuals(d: Dialect, w: Window, levels: &str) -> String {
     format!(
         "lvl AS ({levels}), \
          res AS (SELECT o.\"group\" AS grp, o.feature AS feature, \
@@ -167,7 +193,6 @@ fn residuals(d: Dialect, w: Window) -> String {
            FROM lvl JOIN obs o ON o.\"group\" = lvl.grp AND o.feature = lvl.feature \
              AND date_part('hour', o.ts) = lvl.slot \
            WHERE {wino} AND o.value IS NOT NULL)",
-        levels = by_hour(d, w),
         r = format_args!(
             "{} - {}",
             slog(d, "o.value", "o.feature"),
@@ -195,10 +220,11 @@ fn slog(d: Dialect, e: &str, feature: &str) -> String {
 }
 
 /// Per group and feature: quantiles of the residuals around the expected level: the
-/// hour-of-day median, moved by the weekday's offset where [`by_weekday`] finds one
-/// (`r - off`; rows of an hour too thin for a level are left out). The offsets (one row
-/// per group, feature and weekday) are the build side of their join.
-pub fn seasonal(d: Dialect, w: Window) -> String {
+/// hour-of-day level (`levels`, as in [`by_weekday`]) moved by the weekday's offset
+/// where there is one (`offsets`, a [`table`] with columns `grp`, `feature`, `dow`,
+/// `off`, of [`by_weekday`]'s offsets): `r - off`. Rows of an hour too thin for a
+/// level are left out. Both small tables are the build sides of their joins.
+pub fn seasonal(d: Dialect, w: Window, levels: &str, offsets: &str) -> String {
     let qs: Vec<String> = [
         (0.001, "q001"),
         (0.01, "q01"),
@@ -212,15 +238,12 @@ pub fn seasonal(d: Dialect, w: Window) -> String {
     .map(|(p, name)| format!("{} AS {name}", pct(d, *p, "res.r - coalesce(wk.off, 0.0)")))
     .collect();
     format!(
-        "WITH {res}, \
-         wk AS (SELECT grp, feature, dow, {off} AS off FROM res \
-           GROUP BY grp, feature, dow HAVING count(DISTINCT obs_date) >= 2) \
+        "WITH {res}, wk AS ({offsets}) \
          SELECT res.grp AS grp, res.feature AS feature, count(*) AS n, {qs} \
          FROM wk RIGHT JOIN res ON wk.grp = res.grp AND wk.feature = res.feature \
            AND wk.dow = res.dow \
          GROUP BY res.grp, res.feature",
-        res = residuals(d, w),
-        off = pct(d, 0.5, "r"),
+        res = residuals(d, w, levels),
         qs = qs.join(", "),
     )
 }
@@ -241,15 +264,16 @@ pub fn spread(d: Dialect, w: Window) -> String {
     )
 }
 
-/// Every query of a retrain, named, in order (for the benchmark).
-pub fn all(d: Dialect, w: Window) -> Vec<(&'static str, String)> {
+/// Every query of a retrain, named, in order (for the benchmark), with the small
+/// tables a retrain computes on the way (`levels`, `offsets`: see [`table`]).
+pub fn all(d: Dialect, w: Window, levels: &str, offsets: &str) -> Vec<(&'static str, String)> {
     vec![
         ("groups", groups(d, w)),
         ("quantiles", quantiles(d, w)),
         ("mad", mad(d, w)),
         ("by_hour", by_hour(d, w)),
-        ("by_weekday", by_weekday(d, w)),
-        ("seasonal", seasonal(d, w)),
+        ("by_weekday", by_weekday(d, w, levels)),
+        ("seasonal", seasonal(d, w, levels, offsets)),
         ("spread", spread(d, w)),
     ]
 }
