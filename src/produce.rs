@@ -18,11 +18,6 @@ use crate::input::Line;
 use crate::replay::open_sources;
 use crate::stream::kafka;
 
-/// How long the broker may leave every queued record unanswered before `herd produce`
-/// gives up: librdkafka's own request timeout (30 s) twice over, so one lost request
-/// and its retry fit.
-const FLUSH_STALL: Duration = Duration::from_secs(60);
-
 /// How records are keyed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum KeyBy {
@@ -195,7 +190,7 @@ pub fn produce(
             std::thread::sleep(wait);
         }
     }
-    kafka::flush(&producer, FLUSH_STALL)
+    kafka::flush(&producer, kafka::FLUSH_STALL)
         .context("waiting for the broker to acknowledge every record")?;
     Ok(out)
 }

@@ -320,13 +320,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_daily_profile_expects_each_hour_at_its_own_level() {
-        let mut p = Retrained::parse(include_bytes!("../../tests/cases/retrain/snapshot-v1.json"))
+    /// The `cpu_cores` profile of the version 1 reference snapshot, to edit.
+    fn v1_cpu() -> FeatureProfile {
+        Retrained::parse(include_bytes!("../../tests/cases/retrain/snapshot-v1.json"))
             .unwrap_or_else(|e| panic!("{e}"))
             .features
             .remove("cpu_cores")
-            .unwrap_or_else(|| panic!("cpu_cores"));
+            .unwrap_or_else(|| panic!("cpu_cores"))
+    }
+
+    #[test]
+    fn the_daily_profile_expects_each_hour_at_its_own_level() {
+        let mut p = v1_cpu();
         // 0.1 cores at night (hour 3), 1.0 in the afternoon (hour 15), ±5 % around.
         p.hour_of_day = (0..24)
             .map(|h| Some(if h < 12 { 0.1 } else { 1.0 }))
@@ -399,11 +404,7 @@ mod tests {
         assert_eq!(weekday(monday + 5 * 86_400_000), 6);
         assert_eq!(weekday(0), 4);
         assert_eq!(weekday(-1), 3);
-        let mut p = Retrained::parse(include_bytes!("../../tests/cases/retrain/snapshot-v1.json"))
-            .unwrap_or_else(|e| panic!("{e}"))
-            .features
-            .remove("cpu_cores")
-            .unwrap_or_else(|| panic!("cpu_cores"));
+        let mut p = v1_cpu();
         p.hour_of_day = vec![Some(1.0); 24];
         let at = |p: &FeatureProfile, day: i64| {
             p.level_at(monday + day * 86_400_000, 0.01)

@@ -240,10 +240,10 @@ impl Structure {
     /// Offset of principal-axis position `position` from the centre of component `k`,
     /// axis `axis`; `None` when they do not fit the model.
     pub fn displacement(&self, position: &[f64], k: usize, axis: usize) -> Option<f64> {
-        let c = self.components.get(k)?;
-        (position.len() == self.axes.len())
-            .then(|| Some(position.get(axis)? - c.mean.get(axis)?))
-            .flatten()
+        if position.len() != self.axes.len() {
+            return None;
+        }
+        Some(position.get(axis)? - self.components.get(k)?.mean.get(axis)?)
     }
 
     /// Calibrated surprise of a score.

@@ -707,8 +707,9 @@ fn score_metrics(
         };
         let (seasonal_x, seasonal_peers) = (seasonal(x), peers.and_then(|p| seasonal(p.median)));
         // How far the archive saw replicas sampled together differ: the peer test's
-        // tail is never narrower than that.
-        let replica_spread = profile
+        // tail is never narrower than that (looked up only when there is a peer test).
+        let replica_spread = peers
+            .and(profile)
             .and_then(|p| p.replica_spread_slog(herd_baseline::numeric::resolution_of(name)));
         let seasonal_band = seasonal_x.and_then(|_| {
             profile.and_then(|p| p.band_at(now, herd_baseline::numeric::resolution_of(name)))

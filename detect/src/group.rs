@@ -45,14 +45,16 @@ pub(crate) struct Replica {
     /// structure (such a finding must hold for two consecutive samples).
     #[serde(default)]
     pub(crate) structure_hot: bool,
-    /// Its latest surprise under the retrained structure, and when (peers compare).
+    /// Its latest surprise under the retrained structure, and when (a peer's position
+    /// and mode count for `fleet_shift` while this is recent).
     #[serde(default)]
     pub(crate) structure_latest: Option<(f64, i64)>,
     /// Its position along the structure's principal axes at that sample (empty when
     /// unknown), so that a replica is judged beside where its peers are.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) structure_position: Vec<f64>,
-    /// The structure's mode nearest that sample (peers are compared within a mode).
+    /// The structure's mode nearest that sample: a peer's shift is measured from the
+    /// centre of its own mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) structure_mode: Option<usize>,
 }

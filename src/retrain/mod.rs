@@ -229,7 +229,7 @@ pub async fn retrain(opts: &Options) -> anyhow::Result<Outcome> {
                     mad: f64::NAN,
                     hour_of_day: vec![None; 24],
                     day_of_week: vec![None; 7],
-                    weekday_offset: vec![None; 7],
+                    weekday_offset: Vec::new(),
                     replica_spread: None,
                     seasonal: None,
                 },
@@ -265,16 +265,13 @@ pub async fn retrain(opts: &Options) -> anyhow::Result<Outcome> {
             continue;
         };
         let k = *slot as usize;
-        if let (Some(m), Some(o)) = (p.day_of_week.get_mut(k), p.weekday_offset.get_mut(k)) {
-            (*m, *o) = (v[0], v[1]);
+        if let Some(m) = p.day_of_week.get_mut(k) {
+            *m = v[0];
         }
-    }
-    // A snapshot without a weekly view says so by having none (not seven `null`s).
-    for s in out.snapshots.values_mut() {
-        for p in s.features.values_mut() {
-            if p.weekday_offset.iter().all(Option::is_none) {
-                p.weekday_offset.clear();
-            }
+        // A feature without a weekly view has no offsets at all (not seven `null`s).
+        if let Some(off) = v[1].filter(|_| k < 7) {
+            p.weekday_offset.resize(7, None);
+            p.weekday_offset[k] = Some(off);
         }
     }
     bar.inc(1);
@@ -520,7 +517,7 @@ fn publish(out: &Outcome, topic: &str, kafka: &BTreeMap<String, String>) -> anyh
         kafka::send(&producer, rec).context("publishing a snapshot")?;
     }
     // A refused delivery fails the run: a nightly job that lost a snapshot must say so.
-    kafka::flush(&producer, std::time::Duration::from_secs(60)).context("delivering the snapshots")
+    kafka::flush(&producer, kafka::FLUSH_STALL).context("delivering the snapshots")
 }
 
 /// The summary table: per group its rows, replicas, features, time range and what

@@ -145,17 +145,17 @@ pub fn by_hour(d: Dialect, w: Window) -> String {
 pub fn table(cols: [&str; 4], rows: &[(String, String, i64, f64)]) -> String {
     let [g, f, s, v] = cols;
     let quote = |x: &str| format!("'{}'", x.replace('\'', "''"));
-    if rows.is_empty() {
-        return format!(
-            "SELECT CAST(NULL AS VARCHAR) AS {g}, CAST(NULL AS VARCHAR) AS {f}, \
-             CAST(NULL AS BIGINT) AS {s}, CAST(NULL AS DOUBLE) AS {v} WHERE 1 = 0"
-        );
-    }
     let values: Vec<String> = rows
         .iter()
         .filter(|r| r.3.is_finite())
         .map(|(grp, feat, slot, x)| format!("({}, {}, {slot}, {x:?})", quote(grp), quote(feat)))
         .collect();
+    if values.is_empty() {
+        return format!(
+            "SELECT CAST(NULL AS VARCHAR) AS {g}, CAST(NULL AS VARCHAR) AS {f}, \
+             CAST(NULL AS BIGINT) AS {s}, CAST(NULL AS DOUBLE) AS {v} WHERE 1 = 0"
+        );
+    }
     format!(
         "SELECT * FROM (VALUES {}) AS t({g}, {f}, {s}, {v})",
         values.join(", ")
@@ -281,6 +281,21 @@ pub fn all(d: Dialect, w: Window, levels: &str, offsets: &str) -> Vec<(&'static 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_small_table_quotes_its_names_and_is_empty_without_finite_values() {
+        let cols = ["grp", "feature", "slot", "med"];
+        let row = |g: &str, x: f64| (g.to_owned(), "cpu_cores".to_owned(), 3, x);
+        let t = table(cols, &[row("shop/o'brien", 0.25), row("a", f64::NAN)]);
+        assert!(t.contains("('shop/o''brien', 'cpu_cores', 3, 0.25)"), "{t}");
+        assert!(!t.contains("NaN") && !t.contains("'a'"), "{t}");
+        // No row at all (or none finite) is still a table of the right columns.
+        let empty = table(cols, &[row("a", f64::INFINITY)]);
+        assert!(
+            empty.contains("WHERE 1 = 0") && empty.contains("AS med"),
+            "{empty}"
+        );
+    }
 
     #[test]
     fn the_window_prunes_by_day_and_filters_by_time() {

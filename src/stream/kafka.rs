@@ -128,6 +128,11 @@ pub fn send(producer: &HerdProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> 
     }
 }
 
+/// How long [`flush`] lets the broker leave every queued record unanswered before it
+/// gives up: librdkafka's own request timeout (30 s) twice over, so one lost request
+/// and its retry fit.
+pub const FLUSH_STALL: Duration = Duration::from_secs(60);
+
 /// Waits until the broker has answered for every queued record, for as long as it keeps
 /// answering: fails only after `stall` without one more acknowledgement, or when a
 /// delivery failed. A long backlog on a slow broker (a large file at one record per
