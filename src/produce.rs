@@ -168,7 +168,7 @@ pub fn produce(
         }
         let topic = dest.topic(decoded.as_ref());
         let mut rec = BaseRecord::<[u8], [u8]>::to(topic).payload(line.as_slice());
-        if let Some(k) = &key {
+        if let Some(k) = key {
             rec = rec.key(k.as_bytes());
         } else {
             out.unkeyed += 1;
@@ -195,14 +195,14 @@ pub fn produce(
     Ok(out)
 }
 
-fn container_of(r: &herd_ingest::Record) -> Option<String> {
+fn container_of(r: &herd_ingest::Record) -> Option<&str> {
     use herd_ingest::Record;
     match r {
-        Record::Native(o) => Some(o.container.id.clone()),
-        Record::Stats(s) => Some(s.id.clone()),
-        Record::DockerEvent(e) => Some(e.id.clone()),
-        Record::Falco(f) => Some(f.container_id.clone()),
-        Record::Prom(p) => Some(p.container_id.clone()),
+        Record::Native(o) => Some(&o.container.id),
+        Record::Stats(s) => Some(&s.id),
+        Record::DockerEvent(e) => Some(&e.id),
+        Record::Falco(f) => Some(&f.container_id),
+        Record::Prom(p) => Some(&p.container_id),
         Record::Filtered { .. } => None,
     }
 }

@@ -76,7 +76,7 @@ fn a_fleet_split_by_routing_key_loses_no_record_to_its_partitioning() {
     let mut keyed: Vec<(usize, usize, Option<String>, String)> = lines
         .into_iter()
         .map(|(_, input, line, rec)| {
-            let key = router.route(&rec);
+            let key = router.route(&rec).map(str::to_owned);
             let p = key.as_deref().map_or(0, |k| (hash(k) % n as u64) as usize);
             (input, p, key, line)
         })

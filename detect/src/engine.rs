@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use herd_baseline::numeric::slog;
 use herd_baseline::{GroupBaseline, ItemKind, Phase};
-use herd_ingest::{ContainerRef, Event, Observation, Payload};
+use herd_ingest::{ContainerRef, Event, MetricName, Observation, Payload};
 use serde::{Deserialize, Serialize};
 
 use crate::alert::{Alert, Detector, FeatureEvidence, NovelEvidence, Severity};
@@ -635,7 +635,7 @@ fn uncorroborated(
 fn score_metrics(
     group: &mut GroupState,
     id: &str,
-    metrics: &[(String, f64)],
+    metrics: &[(MetricName, f64)],
     now: i64,
     phase: Phase,
     cfg: &DetectConfig,
@@ -698,7 +698,7 @@ fn score_metrics(
             .baseline
             .retrained
             .as_ref()
-            .and_then(|r| r.features.get(name.as_str()));
+            .and_then(|r| r.features.get(name.as_ref()));
         let seasonal = |v: f64| {
             profile.and_then(|p| {
                 let res = herd_baseline::numeric::resolution_of(name);
@@ -876,7 +876,7 @@ const STRUCTURE_VOUCHES: f64 = 3.0;
 /// its features.
 fn structure_score(
     group: &GroupState,
-    metrics: &[(String, f64)],
+    metrics: &[(MetricName, f64)],
     scratch: &mut Vec<f64>,
 ) -> Option<(herd_baseline::StructureScore, u64)> {
     let st = group.baseline.retrained.as_ref()?.structure.as_ref()?;
@@ -899,7 +899,7 @@ fn structure_score(
 fn structure_finding(
     group: &mut GroupState,
     id: &str,
-    metrics: &[(String, f64)],
+    metrics: &[(MetricName, f64)],
     sc: herd_baseline::StructureScore,
     now: i64,
     threshold: f64,

@@ -34,7 +34,7 @@ pub mod route;
 pub mod time;
 
 pub use decode::{Decoder, Limits, Record, Reject, RejectReason};
-pub use model::{ContainerRef, Event, GroupBy, Observation, Payload};
+pub use model::{ContainerRef, Event, GroupBy, MetricName, Observation, Payload};
 pub use normalize::{Normalizer, NormalizerConfig};
 pub use route::Router;
 

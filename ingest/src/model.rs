@@ -233,10 +233,14 @@ impl Event {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Payload {
     /// Numeric samples, name → value. Names are open: any metric is scored.
-    Metrics(Vec<(String, f64)>),
+    Metrics(Vec<(MetricName, f64)>),
     /// One runtime event.
     Event(Event),
 }
+
+/// A metric's name: the names herd derives ([`metric`]) are static strings, so a
+/// normalised sample allocates none; names from a producer's lines are owned.
+pub type MetricName = std::borrow::Cow<'static, str>;
 
 /// One normalised observation of one container at one event time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

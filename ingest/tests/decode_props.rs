@@ -63,7 +63,7 @@ fn event() -> impl Strategy<Value = Event> {
 
 fn observation() -> impl Strategy<Value = Observation> {
     let metrics = proptest::collection::btree_map(name(), -1e12f64..1e12, 1..6)
-        .prop_map(|m| Payload::Metrics(m.into_iter().collect()));
+        .prop_map(|m| Payload::Metrics(m.into_iter().map(|(k, x)| (k.into(), x)).collect()));
     let payload = prop_oneof![metrics, event().prop_map(Payload::Event)];
     (
         946_684_800_000i64..7_258_118_400_000,

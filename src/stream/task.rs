@@ -412,7 +412,7 @@ impl Task {
         {
             self.tally[input][FORWARDED] += 1;
             out.push(Out::Forward {
-                key: route,
+                key: route.to_owned(),
                 payload: payload.to_vec(),
             });
             return;

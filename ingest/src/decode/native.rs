@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::{Limits, Obj, Record, Reject, RejectReason, bounded, parse_ts, raw_f64, string_map};
-use crate::model::{ContainerRef, Event, Observation, Payload};
+use crate::model::{ContainerRef, Event, MetricName, Observation, Payload};
 
 /// The native line as written by [`encode_native`]: the observation flattened.
 #[derive(Debug, Serialize)]
@@ -48,7 +48,7 @@ pub fn encode_native(o: &Observation) -> String {
             Some(
                 m.iter()
                     .filter(|(_, v)| v.is_finite())
-                    .map(|(k, v)| (k.as_str(), *v))
+                    .map(|(k, v)| (k.as_ref(), *v))
                     .collect(),
             ),
             None,
@@ -104,7 +104,7 @@ pub(super) fn decode(v: &Obj<'_>, l: &Limits) -> Result<Record, Reject> {
     }))
 }
 
-fn metrics(v: &RawValue, l: &Limits) -> Result<Vec<(String, f64)>, Reject> {
+fn metrics(v: &RawValue, l: &Limits) -> Result<Vec<(MetricName, f64)>, Reject> {
     let Some(m) = Obj::parse(v)? else {
         return Err(Reject::new(
             RejectReason::MissingField,
@@ -128,7 +128,7 @@ fn metrics(v: &RawValue, l: &Limits) -> Result<Vec<(String, f64)>, Reject> {
         })?;
         out.entry(bounded(k.to_owned(), 128)).or_insert(x);
     }
-    Ok(out.into_iter().collect())
+    Ok(out.into_iter().map(|(k, x)| (k.into(), x)).collect())
 }
 
 fn event(v: &RawValue, l: &Limits) -> Result<Event, Reject> {

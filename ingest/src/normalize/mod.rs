@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::decode::{
     DockerEventRecord, FalcoRecord, PromRecord, Record, Reject, RejectReason, StatsRecord,
 };
-use crate::model::{ContainerRef, Event, Observation, Payload, metric};
+use crate::model::{ContainerRef, Event, MetricName, Observation, Payload, metric};
 use rates::{Ordering, RateState, RateWindow};
 use registry::Registry;
 
@@ -370,7 +370,7 @@ impl Normalizer {
 /// Maps a cAdvisor series to herd's metric name and whether it is a counter.
 /// Configuration-like series (`container_spec_*`, start time, last seen) carry no
 /// behaviour and are skipped.
-fn prom_metric(name: &str, discriminator: Option<&str>) -> Option<(String, bool)> {
+fn prom_metric(name: &str, discriminator: Option<&str>) -> Option<(MetricName, bool)> {
     if name.starts_with("container_spec_")
         || matches!(
             name,
@@ -392,15 +392,15 @@ fn prom_metric(name: &str, discriminator: Option<&str>) -> Option<(String, bool)
         _ => None,
     };
     let counter = name.ends_with("_total");
-    let base = match canonical {
-        Some(c) => c.to_owned(),
-        None if counter => format!("{}_per_s", name.trim_end_matches("_total")),
-        None => name.to_owned(),
+    let base: MetricName = match canonical {
+        Some(c) => c.into(),
+        None if counter => format!("{}_per_s", name.trim_end_matches("_total")).into(),
+        None => name.to_owned().into(),
     };
     // Per-interface and per-device series stay apart, except the usual single one.
     let name = match discriminator {
         Some(d) if !d.is_empty() && d != "eth0" && canonical != Some(metric::CPU_CORES) => {
-            format!("{base}.{d}")
+            format!("{base}.{d}").into()
         }
         _ => base,
     };

@@ -6,7 +6,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::decode::StatsCounters;
-use crate::model::metric;
+use crate::model::{MetricName, metric};
 
 /// What the previous sample of a container left behind.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -66,7 +66,7 @@ impl RateState {
         ts_ms: i64,
         c: &StatsCounters,
         w: RateWindow,
-        out: &mut Vec<(String, f64)>,
+        out: &mut Vec<(MetricName, f64)>,
     ) -> Ordering {
         if let Some(p) = self.stats.get(id) {
             if ts_ms == p.ts_ms {
@@ -182,11 +182,11 @@ impl RateState {
 }
 
 fn push_rates(
-    names: &[&str],
+    names: &[&'static str],
     now: &[f64],
     before: &[f64],
     dt_s: f64,
-    out: &mut Vec<(String, f64)>,
+    out: &mut Vec<(MetricName, f64)>,
 ) {
     for ((name, n), b) in names.iter().zip(now).zip(before) {
         // A counter that went down was reset (restart, interface recreated): no rate.
@@ -215,7 +215,7 @@ mod tests {
         }
     }
 
-    fn get(out: &[(String, f64)], name: &str) -> Option<f64> {
+    fn get(out: &[(MetricName, f64)], name: &str) -> Option<f64> {
         out.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
     }
 
