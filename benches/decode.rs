@@ -1,8 +1,10 @@
 //! Decoding throughput per input format (lines/s), with serde_json parsing the same
 //! bytes into `IgnoredAny` as the reference for "how fast can JSON be read at all".
+//! `herd` is the worker's path (identities of known containers reused);
+//! `herd_first_sight` decodes every line as if its container were new.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use herd_ingest::Decoder;
+use herd_ingest::{Decoder, Identities};
 use serde::de::IgnoredAny;
 
 const RAW_STATS: &str = r#"{"read":"2026-11-23T10:00:10.000000000Z","preread":"2026-11-23T10:00:09.000000000Z","pids_stats":{"current":12,"limit":4096},"blkio_stats":{"io_service_bytes_recursive":[{"major":8,"minor":0,"op":"read","value":4096},{"major":8,"minor":0,"op":"write","value":8192}]},"num_procs":0,"storage_stats":{},"cpu_stats":{"cpu_usage":{"total_usage":2000000000,"usage_in_kernelmode":1,"usage_in_usermode":1},"system_cpu_usage":40000000000,"online_cpus":4,"throttling_data":{"periods":0,"throttled_periods":0,"throttled_time":0}},"precpu_stats":{"cpu_usage":{"total_usage":1500000000,"usage_in_kernelmode":1,"usage_in_usermode":1},"system_cpu_usage":36000000000,"online_cpus":4,"throttling_data":{"periods":0,"throttled_periods":0,"throttled_time":0}},"memory_stats":{"usage":104857600,"stats":{"active_anon":0,"anon":90000000,"file":4194304,"inactive_file":4194304},"limit":536870912},"name":"/web-1","id":"8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f","networks":{"eth0":{"rx_bytes":1000,"rx_packets":10,"rx_errors":0,"rx_dropped":0,"tx_bytes":2000,"tx_packets":20,"tx_errors":0,"tx_dropped":0}}}"#;
@@ -25,9 +27,18 @@ fn decode(c: &mut Criterion) {
     for (name, line) in lines() {
         assert!(d.decode(line.as_bytes()).is_ok(), "{name} does not decode");
         g.throughput(Throughput::Elements(1));
+        // As a worker decodes: its pipeline remembers the identities it has seen, so a
+        // known container's envelope reuses its identity.
+        let mut ids = Identities::new(1024);
         g.bench_with_input(BenchmarkId::new("herd", name), &line, |b, line| {
-            b.iter(|| d.decode(std::hint::black_box(line.as_bytes())))
+            b.iter(|| d.decode_with(std::hint::black_box(line.as_bytes()), &mut ids))
         });
+        // A container seen for the first time (every identity built anew).
+        g.bench_with_input(
+            BenchmarkId::new("herd_first_sight", name),
+            &line,
+            |b, line| b.iter(|| d.decode(std::hint::black_box(line.as_bytes()))),
+        );
         g.bench_with_input(
             BenchmarkId::new("serde_json_ignored_any", name),
             &line,

@@ -60,10 +60,17 @@ impl Counters {
     }
 }
 
+/// Container identities a pipeline's decoder remembers: more than a worker tracks, so
+/// that the cache does not empty itself in steady state (an identity is shared with the
+/// registry; the cache adds a table slot each).
+const IDENTITIES: usize = 1 << 18;
+
 /// The shared pipeline. Serialisable state: normaliser and engine.
 #[derive(Debug)]
 pub struct Pipeline {
     decoder: Decoder,
+    /// Container identities the decoder shares between lines (not state: a cache).
+    identities: herd_ingest::Identities,
     normalizer: Normalizer,
     engine: Engine,
     obs: Vec<Observation>,
@@ -102,6 +109,7 @@ impl Pipeline {
     ) -> anyhow::Result<Self> {
         Ok(Self {
             decoder: Decoder::new(limits),
+            identities: herd_ingest::Identities::new(IDENTITIES),
             normalizer: Normalizer::new(norm),
             engine: Engine::new(detect)?,
             obs: Vec::new(),
@@ -145,7 +153,7 @@ impl Pipeline {
     /// Decodes one line; rejections are counted. Used before event-time ordering.
     pub fn decode(&mut self, line: &[u8]) -> Result<Record, Reject> {
         self.counters.lines += 1;
-        let r = self.decoder.decode(line);
+        let r = self.decoder.decode_with(line, &mut self.identities);
         match &r {
             Ok(Record::Filtered { reason, .. }) => self.counters.filter(reason),
             Ok(rec) => {
@@ -246,6 +254,7 @@ impl Pipeline {
         let engine = Engine::restore(detect, s.engine.get().as_bytes())?;
         Ok(Self {
             decoder: Decoder::new(limits),
+            identities: herd_ingest::Identities::new(IDENTITIES),
             normalizer: s.normalizer,
             engine,
             obs: Vec::new(),

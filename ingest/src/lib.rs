@@ -33,7 +33,7 @@ pub mod normalize;
 pub mod route;
 pub mod time;
 
-pub use decode::{Decoder, Limits, Record, Reject, RejectReason};
+pub use decode::{Decoder, Identities, Limits, Record, Reject, RejectReason};
 pub use model::{ContainerRef, Event, GroupBy, MetricName, Observation, Payload};
 pub use normalize::{Normalizer, NormalizerConfig};
 pub use route::Router;

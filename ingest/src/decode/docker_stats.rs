@@ -3,11 +3,15 @@
 //! derived by the normaliser, which remembers the previous sample of each container.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde::Deserialize;
-use serde_json::value::RawValue;
+use serde::de::IgnoredAny;
 
-use super::{Limits, Obj, Record, Reject, RejectReason, bounded, container_ref, string_map};
+use super::{
+    Identities, Key, LenientStr, Limits, Obj, Record, Reject, RejectReason, Top, bounded,
+    bounded_str, container_ref, raw_str, split_image_str, string_map,
+};
 use crate::model::ContainerRef;
 
 /// Counters and gauges of one stats sample.
@@ -48,7 +52,7 @@ pub struct StatsRecord {
     pub host: Option<String>,
     /// Full identity when it came in the agent envelope; `None` for raw stats, which the
     /// normaliser joins through its registry.
-    pub container: Option<ContainerRef>,
+    pub container: Option<Arc<ContainerRef>>,
     /// The counters.
     pub counters: StatsCounters,
 }
@@ -56,7 +60,7 @@ pub struct StatsRecord {
 #[derive(Deserialize)]
 struct CpuUsage {
     total_usage: Option<f64>,
-    percpu_usage: Option<Vec<f64>>,
+    percpu_usage: Option<Count>,
 }
 
 #[derive(Deserialize)]
@@ -90,14 +94,15 @@ struct NetStats {
 }
 
 #[derive(Deserialize)]
-struct BlkEntry {
-    op: String,
+struct BlkEntry<'a> {
+    #[serde(borrow)]
+    op: Cow<'a, str>,
     value: f64,
 }
 
 #[derive(Deserialize)]
 struct Blkio {
-    io_service_bytes_recursive: Option<Vec<BlkEntry>>,
+    io_service_bytes_recursive: Option<BlkSum>,
 }
 
 #[derive(Deserialize)]
@@ -105,66 +110,315 @@ struct Pids {
     current: Option<f64>,
 }
 
+/// The length of an array whose elements are not needed (`percpu_usage`).
+struct Count(usize);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Count;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<S: serde::de::SeqAccess<'de>>(self, mut s: S) -> Result<Count, S::Error> {
+                let mut n = 0;
+                while s.next_element::<IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(Count(n))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// The interfaces' counters summed as they are read (rx bytes, tx bytes, rx packets,
+/// tx packets), and how many interfaces there were.
+struct NetSum {
+    sum: [f64; 4],
+    n: usize,
+}
+
+impl<'de> Deserialize<'de> for NetSum {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = NetSum;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of interfaces")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut m: M) -> Result<NetSum, M::Error> {
+                let mut out = NetSum {
+                    sum: [0.0; 4],
+                    n: 0,
+                };
+                while m.next_key::<IgnoredAny>()?.is_some() {
+                    let n: NetStats = m.next_value()?;
+                    out.n += 1;
+                    for (slot, x) in
+                        out.sum
+                            .iter_mut()
+                            .zip([n.rx_bytes, n.tx_bytes, n.rx_packets, n.tx_packets])
+                    {
+                        *slot += finite_nonneg(x).unwrap_or(0.0);
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Block IO bytes read and written, summed as the entries are read, and the number of
+/// entries.
+struct BlkSum {
+    rw: [f64; 2],
+    n: usize,
+}
+
+impl<'de> Deserialize<'de> for BlkSum {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = BlkSum;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of block IO entries")
+            }
+            fn visit_seq<S: serde::de::SeqAccess<'de>>(self, mut s: S) -> Result<BlkSum, S::Error> {
+                let mut out = BlkSum { rw: [0.0; 2], n: 0 };
+                while let Some(e) = s.next_element::<BlkEntry<'de>>()? {
+                    out.n += 1;
+                    let Some(val) = finite_nonneg(Some(e.value)) else {
+                        continue;
+                    };
+                    if e.op.eq_ignore_ascii_case("read") {
+                        out.rw[0] += val;
+                    } else if e.op.eq_ignore_ascii_case("write") {
+                        out.rw[1] += val;
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
 fn finite_nonneg(x: Option<f64>) -> Option<f64> {
     x.filter(|v| v.is_finite() && *v >= 0.0)
 }
 
-pub(super) fn decode_envelope(v: &Obj<'_>, l: &Limits) -> Result<Record, Reject> {
+/// The parts of a stats-API object herd reads, each typed as it is read (whether at the
+/// top level of a raw stats line or inside the envelope's `stats`). The first of
+/// repeated keys wins.
+#[derive(Default)]
+pub(crate) struct StatsParts {
+    cpu: Option<Option<CpuStats>>,
+    precpu: Option<Option<CpuStats>>,
+    mem: Option<Option<MemStats>>,
+    nets: Option<Option<NetSum>>,
+    blkio: Option<Option<Blkio>>,
+    pids: Option<Option<Pids>>,
+}
+
+impl StatsParts {
+    /// Reads the value of `key` if it is a stats part; `false` (nothing read) otherwise.
+    pub(crate) fn read_part<'de, M: serde::de::MapAccess<'de>>(
+        &mut self,
+        key: &str,
+        m: &mut M,
+    ) -> Result<bool, M::Error> {
+        fn part<'de, T: Deserialize<'de>, M: serde::de::MapAccess<'de>>(
+            slot: &mut Option<Option<T>>,
+            m: &mut M,
+        ) -> Result<bool, M::Error> {
+            if slot.is_some() {
+                m.next_value::<IgnoredAny>()?;
+            } else {
+                *slot = Some(m.next_value()?);
+            }
+            Ok(true)
+        }
+        match key {
+            "cpu_stats" => part(&mut self.cpu, m),
+            "precpu_stats" => part(&mut self.precpu, m),
+            "memory_stats" => part(&mut self.mem, m),
+            "networks" => part(&mut self.nets, m),
+            "blkio_stats" => part(&mut self.blkio, m),
+            "pids_stats" => part(&mut self.pids, m),
+            _ => Ok(false),
+        }
+    }
+
+    /// Whether these are the parts of a raw stats object (it has CPU figures).
+    pub(crate) fn is_raw_stats(&self) -> bool {
+        self.cpu.is_some() || self.precpu.is_some()
+    }
+}
+
+/// The envelope's `stats`: a stats-API object, read in one typed pass (strings borrowed
+/// from the line; every key herd does not read skipped without being stored).
+pub(crate) struct StatsDoc<'a> {
+    read: Option<Cow<'a, str>>,
+    id: Option<Cow<'a, str>>,
+    name: Option<Cow<'a, str>>,
+    parts: StatsParts,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for StatsDoc<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = StatsDoc<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a stats object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut m: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut doc = StatsDoc {
+                    read: None,
+                    id: None,
+                    name: None,
+                    parts: StatsParts::default(),
+                };
+                while let Some(Key(k)) = m.next_key::<Key<'de>>()? {
+                    let slot = match k.as_ref() {
+                        "read" => &mut doc.read,
+                        "id" => &mut doc.id,
+                        "name" => &mut doc.name,
+                        other => {
+                            if !doc.parts.read_part(other, &mut m)? {
+                                m.next_value::<IgnoredAny>()?;
+                            }
+                            continue;
+                        }
+                    };
+                    let v = m.next_value::<LenientStr<'de>>()?.0;
+                    if slot.is_none() {
+                        *slot = v;
+                    }
+                }
+                Ok(doc)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+pub(super) fn decode_envelope(
+    top: Top<'_>,
+    l: &Limits,
+    ids: &mut Identities,
+) -> Result<Record, Reject> {
+    let v = &top.obj;
     let c = v
         .obj("container")?
         .ok_or_else(|| Reject::new(RejectReason::MissingField, "container"))?;
     let id = c
-        .str("id", l)
+        .get("id")
+        .and_then(raw_str)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| Reject::new(RejectReason::MissingField, "container.id"))?;
-    let image = c
-        .str("image", l)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| Reject::new(RejectReason::MissingField, "container.image"))?;
-    let host = v.str("host", l);
-    let mut cref = container_ref(
-        id,
-        c.str("name", l),
-        image,
-        string_map(c.get("labels"), l, &[])?,
-        host.clone(),
-    );
-    if let Some(d) = c.str("image_digest", l).filter(|s| !s.is_empty()) {
-        cref.image_digest = Some(d);
+    let id = bounded_str(&id, l.max_string_bytes);
+    let host = v.get("host").and_then(raw_str);
+    let host = host.as_deref().map(|h| bounded_str(h, l.max_string_bytes));
+    let cref = match ids.get(id) {
+        Some(known) if same_identity(known, &c, host, l) => Arc::clone(known),
+        _ => {
+            let image = c
+                .str("image", l)
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| Reject::new(RejectReason::MissingField, "container.image"))?;
+            let mut cref = container_ref(
+                id.to_owned(),
+                c.str("name", l),
+                image,
+                string_map(c.get("labels"), l, &[])?,
+                host.map(str::to_owned),
+            );
+            if let Some(d) = c.str("image_digest", l).filter(|s| !s.is_empty()) {
+                cref.image_digest = Some(d);
+            }
+            let cref = Arc::new(cref);
+            ids.remember(&cref);
+            cref
+        }
+    };
+    let Some(Some(doc)) = top.stats else {
+        return Err(Reject::new(RejectReason::MissingField, "stats"));
+    };
+    let host = cref.host.clone();
+    stats_record(doc, l, Some(cref), host)
+}
+
+/// Whether the envelope's `container` (and `host`) is exactly `known`, as decoding it
+/// anew would make it: compared in place, nothing copied. Anything unusual (labels
+/// out of order, a label value that is a number, an image without a tag) answers
+/// `false`, and the identity is simply decoded again.
+fn same_identity(known: &ContainerRef, c: &Obj<'_>, host: Option<&str>, l: &Limits) -> bool {
+    let max = l.max_string_bytes;
+    let s = |k: &str| c.get(k).and_then(raw_str);
+    if known.host.as_deref() != host {
+        return false;
     }
-    let stats = v
-        .get("stats")
-        .ok_or_else(|| Reject::new(RejectReason::MissingField, "stats"))?;
-    decode_raw(stats, l, Some(cref), host)
+    let name = s("name");
+    let name = name
+        .as_deref()
+        .map(|n| bounded_str(n, max).trim_start_matches('/'));
+    if known.name.as_deref() != name {
+        return false;
+    }
+    let Some(image) = s("image") else {
+        return false;
+    };
+    let (repo, digest_in_image) = split_image_str(bounded_str(&image, max));
+    let digest = s("image_digest");
+    let digest = digest
+        .as_deref()
+        .filter(|d| !d.is_empty())
+        .map(|d| bounded_str(d, max))
+        .or(digest_in_image);
+    if known.image != repo || known.image_digest.as_deref() != digest {
+        return false;
+    }
+    let Some(raw) = c.get("labels") else {
+        return known.labels.is_empty();
+    };
+    let Ok(Some(labels)) = Obj::parse(raw) else {
+        return false;
+    };
+    if labels.len() != known.labels.len() {
+        return false;
+    }
+    // Labels are written from a sorted map (the agent's): compared in order, which also
+    // proves the keys distinct.
+    labels.iter().zip(&known.labels).all(|((k, v), (kk, kv))| {
+        bounded_str(k, max) == kk && raw_str(v).is_some_and(|v| bounded_str(&v, max) == kv)
+    })
 }
 
-/// The parts of a stats-API object herd reads, in one typed pass over its bytes (strings
-/// borrowed from the line; every other key skipped without being stored).
-#[derive(Deserialize)]
-struct StatsDoc<'a> {
-    #[serde(borrow)]
-    read: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
-    cpu_stats: Option<CpuStats>,
-    precpu_stats: Option<CpuStats>,
-    memory_stats: Option<MemStats>,
-    #[serde(borrow)]
-    networks: Option<std::collections::BTreeMap<Cow<'a, str>, NetStats>>,
-    blkio_stats: Option<Blkio>,
-    pids_stats: Option<Pids>,
+/// A raw stats object: its parts were read with the top level.
+pub(super) fn decode_top(top: Top<'_>, l: &Limits) -> Result<Record, Reject> {
+    let s = |k: &str| top.obj.get(k).and_then(raw_str);
+    let doc = StatsDoc {
+        read: s("read"),
+        id: s("id"),
+        name: s("name"),
+        parts: top.parts,
+    };
+    stats_record(doc, l, None, None)
 }
 
-pub(super) fn decode_raw(
-    raw: &RawValue,
+fn stats_record(
+    doc: StatsDoc<'_>,
     l: &Limits,
-    container: Option<ContainerRef>,
+    container: Option<Arc<ContainerRef>>,
     host: Option<String>,
 ) -> Result<Record, Reject> {
-    let doc: StatsDoc<'_> = serde_json::from_str(raw.get())
-        .map_err(|e| Reject::new(RejectReason::InvalidValue, format!("stats: {e}")))?;
     let read = doc.read.as_deref().unwrap_or_default();
     // A stopped container's stats carry the zero time and empty counters.
     if read.starts_with("0001-01-01") {
@@ -188,13 +442,14 @@ pub(super) fn decode_raw(
             .map(|s| bounded(s.to_owned(), l.max_string_bytes))
             .ok_or_else(|| Reject::new(RejectReason::MissingField, "id"))?,
     };
+    let p = doc.parts;
     let (cpu, precpu, mem, nets, blkio, pids) = (
-        doc.cpu_stats,
-        doc.precpu_stats,
-        doc.memory_stats,
-        doc.networks,
-        doc.blkio_stats,
-        doc.pids_stats,
+        p.cpu.flatten(),
+        p.precpu.flatten(),
+        p.mem.flatten(),
+        p.nets.flatten(),
+        p.blkio.flatten(),
+        p.pids.flatten(),
     );
 
     let mut c = StatsCounters::default();
@@ -208,7 +463,7 @@ pub(super) fn decode_raw(
                 usage
                     .as_ref()
                     .and_then(|u| u.percpu_usage.as_ref())
-                    .map(|p| p.len() as f64)
+                    .map(|p| p.0 as f64)
                     .filter(|n| *n > 0.0)
             });
     }
@@ -233,36 +488,16 @@ pub(super) fn decode_raw(
         c.mem_limit = finite_nonneg(m.limit).filter(|x| *x > 0.0 && *x < 9.0e18);
     }
     if let Some(nets) = nets {
-        if nets.len() > l.max_items {
+        if nets.n > l.max_items {
             return Err(Reject::new(RejectReason::TooManyItems, "networks"));
         }
-        let mut sum = [0.0; 4];
-        for n in nets.values() {
-            for (slot, x) in
-                sum.iter_mut()
-                    .zip([n.rx_bytes, n.tx_bytes, n.rx_packets, n.tx_packets])
-            {
-                *slot += finite_nonneg(x).unwrap_or(0.0);
-            }
-        }
-        c.net = Some(sum);
+        c.net = Some(nets.sum);
     }
     if let Some(entries) = blkio.and_then(|b| b.io_service_bytes_recursive) {
-        if entries.len() > l.max_items {
+        if entries.n > l.max_items {
             return Err(Reject::new(RejectReason::TooManyItems, "blkio"));
         }
-        let mut rw = [0.0; 2];
-        for e in entries {
-            let Some(val) = finite_nonneg(Some(e.value)) else {
-                continue;
-            };
-            if e.op.eq_ignore_ascii_case("read") {
-                rw[0] += val;
-            } else if e.op.eq_ignore_ascii_case("write") {
-                rw[1] += val;
-            }
-        }
-        c.blk = Some(rw);
+        c.blk = Some(entries.rw);
     }
     c.pids = pids.and_then(|p| finite_nonneg(p.current));
     let name = doc
@@ -283,6 +518,7 @@ pub(super) fn decode_raw(
 mod tests {
     use super::super::Decoder;
     use super::*;
+    use crate::decode::RejectReason;
 
     pub(crate) const RAW_V2: &str = r#"{"read":"2026-11-23T10:00:10.000000000Z","preread":"2026-11-23T10:00:09.000000000Z","pids_stats":{"current":12,"limit":4096},"blkio_stats":{"io_service_bytes_recursive":[{"major":8,"minor":0,"op":"read","value":4096},{"major":8,"minor":0,"op":"write","value":8192}]},"num_procs":0,"cpu_stats":{"cpu_usage":{"total_usage":2000000000,"usage_in_kernelmode":1,"usage_in_usermode":1},"system_cpu_usage":40000000000,"online_cpus":4,"throttling_data":{"periods":0,"throttled_periods":0,"throttled_time":0}},"precpu_stats":{"cpu_usage":{"total_usage":1500000000},"system_cpu_usage":36000000000,"online_cpus":4},"memory_stats":{"usage":104857600,"stats":{"inactive_file":4194304,"anon":90000000},"limit":536870912},"name":"/web-1","id":"8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f","networks":{"eth0":{"rx_bytes":1000,"rx_packets":10,"rx_errors":0,"rx_dropped":0,"tx_bytes":2000,"tx_packets":20,"tx_errors":0,"tx_dropped":0}}}"#;
 
@@ -331,6 +567,83 @@ mod tests {
             .map(|c| (c.image.as_str(), c.image_digest.as_deref()));
         assert_eq!(c, Some(("shop/web:1.4", Some("sha256:aa"))));
         assert_eq!(s.host.as_deref(), Some("node-1"));
+    }
+
+    fn envelope(labels: &str) -> String {
+        format!(
+            r#"{{"host":"node-1","container":{{"id":"8f2c","name":"/web-1","image":"shop/web:1.4","image_digest":"sha256:aa","labels":{{{labels}}}}},"stats":{RAW_V2}}}"#
+        )
+    }
+
+    fn identity(d: &Decoder, line: &str, ids: &mut Identities) -> Arc<ContainerRef> {
+        match d.decode_with(line.as_bytes(), ids) {
+            Ok(Record::Stats(s)) => s.container.unwrap_or_else(|| panic!("no identity")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_known_identity_is_shared_and_a_changed_one_decoded_anew() {
+        let d = Decoder::default();
+        let mut ids = Identities::new(16);
+        let line = envelope(r#""a":"1","b":"2""#);
+        let first = identity(&d, &line, &mut ids);
+        let again = identity(&d, &line, &mut ids);
+        assert!(Arc::ptr_eq(&first, &again), "the same identity is shared");
+        assert_eq!(first.name.as_deref(), Some("web-1"));
+        assert_eq!(first.host.as_deref(), Some("node-1"));
+        // Exactly what decoding without the cache makes.
+        let fresh = identity(&d, &line, &mut Identities::new(0));
+        assert_eq!(*fresh, *first);
+        for (changed, why) in [
+            (envelope(r#""a":"1","b":"3""#), "a label value"),
+            (envelope(r#""a":"1""#), "a label gone"),
+            (envelope(r#""b":"2","a":"1""#), "labels out of order"),
+            (envelope(r#""a":"1","b":2"#), "a number label"),
+            (line.replace("node-1", "node-2"), "the host"),
+            (line.replace("/web-1", "/web-2"), "the name"),
+            (line.replace("sha256:aa", "sha256:bb"), "the digest"),
+            (line.replace("shop/web:1.4", "shop/web:1.5"), "the image"),
+        ] {
+            let c = identity(&d, &changed, &mut ids);
+            let fresh = identity(&d, &changed, &mut Identities::new(0));
+            assert_eq!(*c, *fresh, "{why}");
+            if why != "labels out of order" && why != "a number label" {
+                assert_ne!(*c, *first, "{why}");
+            }
+            // Back to the first identity: it is decoded as it is, whatever was cached.
+            assert_eq!(*identity(&d, &line, &mut ids), *first, "{why}");
+        }
+    }
+
+    #[test]
+    fn the_identity_cache_is_bounded() {
+        let d = Decoder::default();
+        let mut ids = Identities::new(3);
+        for i in 0..20 {
+            let line = envelope("").replace("8f2c", &format!("c{i}"));
+            identity(&d, &line, &mut ids);
+            assert!(ids.len() <= 3);
+        }
+    }
+
+    #[test]
+    fn depth_is_limited_where_herd_reads_not_in_what_it_skips() {
+        let d = Decoder::default();
+        let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+        // An unknown key inside a part of the stats object: skipped unread.
+        let skipped = RAW_V2.replacen(
+            r#""cpu_stats":{"#,
+            &format!(r#""cpu_stats":{{"x":{deep},"#),
+            1,
+        );
+        assert!(matches!(d.decode(skipped.as_bytes()), Ok(Record::Stats(_))));
+        // A label value: read, so limited.
+        let read = envelope(&format!(r#""a":{deep}"#));
+        assert_eq!(
+            d.decode(read.as_bytes()).map(|_| ()).map_err(|r| r.reason),
+            Err(RejectReason::TooDeep)
+        );
     }
 
     #[test]

@@ -14,8 +14,10 @@ mod prometheus;
 
 use serde::Serialize;
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
 use crate::model::{ContainerRef, Observation};
@@ -33,7 +35,9 @@ pub struct Limits {
     /// Longest accepted line. Docker stats objects are ~2–5 KiB; 1 MiB leaves room for a
     /// container with hundreds of labels while bounding one record's memory.
     pub max_line_bytes: usize,
-    /// Deepest accepted JSON nesting. Every supported format is at most 5 levels deep.
+    /// Deepest accepted JSON nesting of every part of a line herd reads. Every supported
+    /// format is at most 5 levels deep. (Keys of a Docker stats object that herd does not
+    /// read are skipped unread, at any depth, without recursion.)
     pub max_depth: usize,
     /// Most metrics in one native line or labels on one container.
     pub max_items: usize,
@@ -149,6 +153,18 @@ fn sanitize_detail(s: &str) -> String {
     out
 }
 
+/// `s` cut to at most `max` bytes on a character boundary, as [`bounded`] cuts it.
+pub(crate) fn bounded_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
 /// Truncates a string to at most `max` bytes on a character boundary.
 pub(crate) fn bounded(mut s: String, max: usize) -> String {
     if s.len() > max {
@@ -233,44 +249,248 @@ impl Decoder {
 
     /// Decodes one line (without its newline). Never panics.
     pub fn decode(&self, line: &[u8]) -> Result<Record, Reject> {
+        self.decode_with(line, &mut Identities::new(0))
+    }
+
+    /// [`Self::decode`], reusing the identities of containers decoded before (a
+    /// pipeline keeps one [`Identities`] for all its lines).
+    pub fn decode_with(&self, line: &[u8], ids: &mut Identities) -> Result<Record, Reject> {
         if line.len() > self.limits.max_line_bytes {
             return Err(Reject::new(
                 RejectReason::TooLarge,
                 format!("{} bytes > {}", line.len(), self.limits.max_line_bytes),
             ));
         }
-        check_depth(line, self.limits.max_depth)?;
-        let text = std::str::from_utf8(line)
-            .map_err(|e| Reject::new(RejectReason::InvalidJson, format!("not UTF-8: {e}")))?;
-        let raw: &RawValue = serde_json::from_str(text)
-            .map_err(|e| Reject::new(RejectReason::InvalidJson, e.to_string()))?;
-        let Some(obj) = Obj::parse(raw)? else {
-            return Err(Reject::new(
-                RejectReason::UnknownFormat,
-                "not a JSON object",
-            ));
-        };
-        let l = &self.limits;
-        if obj.has("stats") && obj.has("container") {
-            docker_stats::decode_envelope(&obj, l)
-        } else if obj.has("cpu_stats") || obj.has("precpu_stats") {
-            docker_stats::decode_raw(raw, l, None, None)
+        let max_depth = self.limits.max_depth;
+        // A line that cannot be read is too deep first, if it is.
+        let fail = |r: Reject| check_depth(line, max_depth).err().unwrap_or(r);
+        let text = std::str::from_utf8(line).map_err(|e| {
+            fail(Reject::new(
+                RejectReason::InvalidJson,
+                format!("not UTF-8: {e}"),
+            ))
+        })?;
+        // One pass over the line: the top level's keys with their raw values, and the
+        // parts of a Docker stats object typed on the way (see `Top`).
+        if !text.trim_start().starts_with('{') {
+            return Err(fail(match serde_json::from_str::<IgnoredAny>(text) {
+                Ok(_) => Reject::new(RejectReason::UnknownFormat, "not a JSON object"),
+                Err(e) => Reject::new(RejectReason::InvalidJson, e.to_string()),
+            }));
+        }
+        let top: Top<'_> = serde_json::from_str(text).map_err(|e| {
+            fail(match e.classify() {
+                // Only the typed stats parts can hold a value of the wrong type.
+                serde_json::error::Category::Data => {
+                    Reject::new(RejectReason::InvalidValue, format!("stats: {e}"))
+                }
+                _ => Reject::new(RejectReason::InvalidJson, e.to_string()),
+            })
+        })?;
+        // The depth limit holds for every part of the line that is read further: the
+        // raw values kept for the formats' own parsing. The typed stats parts have a
+        // fixed shape; what they skip unread (a key herd does not know), serde_json
+        // skips without recursion at any depth, its size bounded by `max_line_bytes`.
+        if max_depth == 0 {
+            return Err(check_depth(line, 0)
+                .err()
+                .unwrap_or_else(|| Reject::new(RejectReason::TooDeep, "nesting deeper than 0")));
+        }
+        for (_, v) in top.obj.iter() {
+            check_depth(v.get().as_bytes(), max_depth - 1).map_err(|_| {
+                Reject::new(
+                    RejectReason::TooDeep,
+                    format!("nesting deeper than {max_depth}"),
+                )
+            })?;
+        }
+        let (obj, l) = (&top.obj, &self.limits);
+        if top.stats.is_some() && obj.has("container") {
+            docker_stats::decode_envelope(top, l, ids)
+        } else if top.parts.is_raw_stats() {
+            docker_stats::decode_top(top, l)
         } else if obj.has("output_fields") && obj.has("rule") {
-            falco::decode(&obj, l)
+            falco::decode(obj, l)
         } else if obj.has("container_id") && obj.has("ts") {
-            native::decode(&obj, l)
+            native::decode(obj, l)
         } else if (obj.has("Action") && obj.has("Type"))
             || (obj.has("status") && obj.has("id") && obj.has("time"))
         {
-            docker_events::decode(&obj, l)
+            docker_events::decode(obj, l)
         } else if obj.has("labels") && obj.has("value") {
-            prometheus::decode(&obj, l)
+            prometheus::decode(obj, l)
         } else {
             Err(Reject::new(
                 RejectReason::UnknownFormat,
                 "no known format has these keys",
             ))
         }
+    }
+}
+
+/// Container identities decoded before. An agent envelope repeats its container's
+/// whole identity (id, name, image, digest, labels, host) in every sample; when it is
+/// exactly the identity decoded last time, the same `Arc<ContainerRef>` is handed on:
+/// no string of it is copied, and the normaliser's registry, seeing the same `Arc`,
+/// compares nothing. Bounded: emptied when it holds `max` identities (it only saves
+/// work; nothing depends on what it holds).
+#[derive(Debug, Clone, Default)]
+pub struct Identities {
+    by_id: rustc_hash::FxHashSet<ById>,
+    max: usize,
+}
+
+/// An identity keyed by its container id (no second copy of the id).
+#[derive(Debug, Clone)]
+struct ById(Arc<ContainerRef>);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+impl std::hash::Hash for ById {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.0.id.as_str().hash(h);
+    }
+}
+
+impl std::borrow::Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.id
+    }
+}
+
+impl Identities {
+    /// Remembers up to `max` identities (0: none).
+    pub fn new(max: usize) -> Self {
+        Self {
+            by_id: rustc_hash::FxHashSet::default(),
+            max,
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<&Arc<ContainerRef>> {
+        self.by_id.get(id).map(|b| &b.0)
+    }
+
+    fn remember(&mut self, c: &Arc<ContainerRef>) {
+        if self.max == 0 {
+            return;
+        }
+        if self.by_id.len() >= self.max && !self.by_id.contains(c.id.as_str()) {
+            self.by_id.clear();
+        }
+        self.by_id.replace(ById(Arc::clone(c)));
+    }
+
+    /// Identities held.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+/// The top level of a line, read in one pass. Every key keeps its raw value, borrowed
+/// from the line, except the parts of a Docker stats object (the agent envelope's
+/// `stats`, or `cpu_stats`, `memory_stats`… of a raw one): no other format has those
+/// keys, so they are read typed on the way, and a stats sample is scanned once.
+pub(crate) struct Top<'a> {
+    /// The other keys.
+    pub(crate) obj: Obj<'a>,
+    /// The envelope's `stats` (`Some(None)` when it is not an object).
+    pub(crate) stats: Option<Option<docker_stats::StatsDoc<'a>>>,
+    /// The parts of a raw stats object at the top level.
+    pub(crate) parts: docker_stats::StatsParts,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Top<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Top<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut m: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut fields = Vec::with_capacity(16);
+                let mut stats = None;
+                let mut parts = docker_stats::StatsParts::default();
+                while let Some(Key(k)) = m.next_key::<Key<'de>>()? {
+                    // The first of repeated keys wins, as in `Obj::get`.
+                    if k == "stats" && stats.is_none() {
+                        stats = Some(m.next_value::<Lenient<docker_stats::StatsDoc<'de>>>()?.0);
+                    } else if !parts.read_part(&k, &mut m)? {
+                        let v: &'de RawValue = m.next_value()?;
+                        fields.push((k, v));
+                    }
+                }
+                Ok(Top {
+                    obj: Obj { fields },
+                    stats,
+                    parts,
+                })
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// An object read as `T`; any other JSON value as `None` (skipped, not an error).
+pub(crate) struct Lenient<T>(pub(crate) Option<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = Lenient<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                m: M,
+            ) -> Result<Self::Value, M::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(|t| Lenient(Some(t)))
+            }
+            fn visit_seq<S: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: S,
+            ) -> Result<Self::Value, S::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Lenient(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
     }
 }
 
@@ -326,6 +546,69 @@ impl<'a> Obj<'a> {
     /// Number of fields.
     pub(crate) fn len(&self) -> usize {
         self.fields.len()
+    }
+}
+
+/// A string value, borrowed from the line unless it holds escapes; any other JSON value
+/// as `None` (skipped, not an error).
+pub(crate) struct LenientStr<'a>(pub(crate) Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for LenientStr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = LenientStr<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(LenientStr(Some(Cow::Borrowed(s))))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(LenientStr(Some(Cow::Owned(s.to_owned()))))
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut m: M,
+            ) -> Result<Self::Value, M::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(LenientStr(None))
+            }
+            fn visit_seq<S: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: S,
+            ) -> Result<Self::Value, S::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(LenientStr(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(LenientStr(None))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// The string a raw JSON value holds, borrowed unless it holds escapes.
+pub(crate) fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let t = raw.get().trim();
+    let inner = t.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(t).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
     }
 }
 
@@ -413,24 +696,30 @@ impl<'de: 'a, 'a> Deserialize<'de> for ObjFields<'a> {
     }
 }
 
-/// Rejects lines nested deeper than `max` without parsing them (a byte scan that skips
-/// string contents). serde_json would stop at 128 levels; herd's formats need far fewer.
+/// Rejects lines nested deeper than `max` without parsing them: a byte scan that jumps
+/// over string contents (`memchr`). serde_json would stop at 128 levels (and skips
+/// unread values at any depth); herd's formats need far fewer.
 fn check_depth(line: &[u8], max: usize) -> Result<(), Reject> {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in line {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let mut i = 0;
+    while let Some(&b) = line.get(i) {
+        i += 1;
         match b {
-            b'"' => in_string = true,
+            b'"' => loop {
+                // To the closing quote, past escaped characters. An unterminated string
+                // ends the scan: the parser rejects the line.
+                let Some(j) = line
+                    .get(i..)
+                    .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+                else {
+                    return Ok(());
+                };
+                let quote = line.get(i + j) == Some(&b'"');
+                i += j + if quote { 1 } else { 2 };
+                if quote {
+                    break;
+                }
+            },
             b'{' | b'[' => {
                 depth += 1;
                 if depth > max {
@@ -507,6 +796,14 @@ pub(crate) fn split_image(image: &str) -> (String, Option<String>) {
             (repo.to_owned(), Some(digest.to_owned()))
         }
         _ => (image.to_owned(), None),
+    }
+}
+
+/// [`split_image`] without copying.
+pub(crate) fn split_image_str(image: &str) -> (&str, Option<&str>) {
+    match image.split_once('@') {
+        Some((repo, digest)) if digest.starts_with("sha256:") => (repo, Some(digest)),
+        _ => (image, None),
     }
 }
 

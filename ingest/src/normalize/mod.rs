@@ -181,7 +181,7 @@ impl Normalizer {
         out: &mut Vec<Observation>,
     ) -> Result<Option<Dropped>, Reject> {
         let cref = match s.container {
-            Some(c) => self.registry.upsert(c, s.ts_ms),
+            Some(c) => self.registry.upsert_shared(c, s.ts_ms),
             None => self.registry.get(&s.id, s.ts_ms).ok_or_else(|| {
                 Reject::new(
                     RejectReason::UnknownContainer,

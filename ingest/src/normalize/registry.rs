@@ -73,6 +73,21 @@ impl Registry {
         cref
     }
 
+    /// [`Self::upsert`] of an identity the decoder already shares (an agent envelope's).
+    /// An equal identity is adopted by pointer, so the next sample's is the same `Arc`
+    /// and costs no comparison.
+    pub(crate) fn upsert_shared(&mut self, c: Arc<ContainerRef>, ts_ms: i64) -> Arc<ContainerRef> {
+        if let Some(e) = self.by_id.get_mut(&c.id) {
+            e.last_seen_ms = e.last_seen_ms.max(ts_ms);
+            if !Arc::ptr_eq(&e.cref, &c) {
+                e.cref = c;
+            }
+            return Arc::clone(&e.cref);
+        }
+        let c = Arc::try_unwrap(c).unwrap_or_else(|shared| (*shared).clone());
+        self.upsert(c, ts_ms)
+    }
+
     /// Registers a container from event attributes, keeping what is already known and
     /// not contradicted (a `start` event has no digest; an envelope may have set it).
     pub(crate) fn upsert_from_event(
