@@ -13,6 +13,22 @@ const REPLICAS: usize = 10;
 const T0: i64 = 1_795_428_000_000;
 const STEP_MS: i64 = 10_000;
 
+/// 64 hex characters that look like a real id or digest (uniformly spread, so keys do
+/// not share long prefixes as zero-padded counters would).
+fn hex64(n: u64) -> String {
+    let mut x = n;
+    (0..4)
+        .map(|_| {
+            // splitmix64
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            format!("{:016x}", z ^ (z >> 31))
+        })
+        .collect()
+}
+
 fn round(containers: &[Arc<ContainerRef>], k: u64) -> Vec<Observation> {
     containers
         .iter()
@@ -43,10 +59,10 @@ fn scoring(c: &mut Criterion) {
     let containers: Vec<Arc<ContainerRef>> = (0..GROUPS * REPLICAS)
         .map(|i| {
             Arc::new(ContainerRef {
-                id: format!("{i:064x}"),
+                id: hex64(i as u64),
                 name: Some(format!("svc{}-{}", i / REPLICAS, i % REPLICAS)),
                 image: format!("bench/svc{}:1", i / REPLICAS),
-                image_digest: Some(format!("sha256:{:064x}", i / REPLICAS)),
+                image_digest: Some(format!("sha256:{}", hex64(1 << 40 | (i / REPLICAS) as u64))),
                 labels: BTreeMap::new(),
                 host: Some(format!("node-{}", i % 50)),
             })

@@ -101,6 +101,20 @@ pub struct TailSketch {
     cache: Option<Summary>,
     #[serde(default)]
     since_cache: u32,
+    /// The decay weight last computed (not state: a pure function of the fields).
+    #[serde(skip)]
+    memo: WeightMemo,
+}
+
+/// `2^((ts - ref)/half_life)` for the last `(ts, ref)` asked: most inserts of a sketch,
+/// and every `count` after them, ask for the same time. Invisible to equality.
+#[derive(Debug, Clone, Copy, Default)]
+struct WeightMemo(Option<(i64, i64, f64)>);
+
+impl PartialEq for WeightMemo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// Probability of a value `beyond` past the 99th (or 1st) percentile, whose 99→99.9 %
@@ -158,6 +172,7 @@ impl TailSketch {
             half_life_ms: half_life_ms.max(1),
             cache: None,
             since_cache: 0,
+            memo: WeightMemo::default(),
         }
     }
 
@@ -172,7 +187,17 @@ impl TailSketch {
     }
 
     fn weight_at(&self, ts_ms: i64) -> f64 {
-        ((ts_ms - self.ref_ms) as f64 / self.half_life_ms as f64).exp2()
+        match self.memo.0 {
+            Some((ts, r, w)) if ts == ts_ms && r == self.ref_ms => w,
+            _ => ((ts_ms - self.ref_ms) as f64 / self.half_life_ms as f64).exp2(),
+        }
+    }
+
+    /// [`Self::weight_at`], remembered for the next call.
+    fn weight_at_mut(&mut self, ts_ms: i64) -> f64 {
+        let w = self.weight_at(ts_ms);
+        self.memo = WeightMemo(Some((ts_ms, self.ref_ms, w)));
+        w
     }
 
     /// Adds `x` observed at `ts_ms` with weight `w` (1 = one ordinary observation).
@@ -185,7 +210,7 @@ impl TailSketch {
             self.ref_ms = ts_ms;
         }
         self.last_ms = self.last_ms.max(ts_ms);
-        let mut scaled = w * self.weight_at(ts_ms);
+        let mut scaled = w * self.weight_at_mut(ts_ms);
         if scaled > RESCALE_AT {
             let f = 1.0 / self.weight_at(ts_ms);
             self.rescale(f);
@@ -394,6 +419,7 @@ impl TailSketch {
             *self = other.clone();
             self.half_life_ms = hl;
             self.cache = None;
+            self.memo = WeightMemo::default();
             return;
         }
         // Bring both to the earlier reference time.

@@ -73,6 +73,48 @@ pub struct Engine {
     /// Retrained snapshots of groups not tracked yet, adopted when the group appears.
     /// Not state: the next retrain publishes them again. Bounded by `max_groups`.
     pending_retrained: BTreeMap<String, herd_baseline::retrained::Retrained>,
+    /// Each container's group key, computed once per identity (not state: derived).
+    keys: GroupKeys,
+}
+
+/// The group key of each container identity (`Arc<ContainerRef>`, by address), so that
+/// an observation costs no key building and no allocation. The keys are interned: a
+/// group's replicas share one string. Entries whose identity nothing else holds any more
+/// go at housekeeping.
+#[derive(Debug, Clone, Default)]
+struct GroupKeys {
+    by_container: rustc_hash::FxHashMap<usize, (Arc<ContainerRef>, Arc<str>)>,
+    interned: rustc_hash::FxHashSet<Arc<str>>,
+}
+
+impl GroupKeys {
+    fn key(&mut self, by: &herd_ingest::GroupBy, c: &Arc<ContainerRef>) -> Arc<str> {
+        let addr = Arc::as_ptr(c) as usize;
+        if let Some((held, key)) = self.by_container.get(&addr)
+            && Arc::ptr_eq(held, c)
+        {
+            return Arc::clone(key);
+        }
+        let key = by.key(c);
+        let key = match self.interned.get(key.as_str()) {
+            Some(k) => Arc::clone(k),
+            None => {
+                let k: Arc<str> = key.into();
+                self.interned.insert(Arc::clone(&k));
+                k
+            }
+        };
+        self.by_container
+            .insert(addr, (Arc::clone(c), Arc::clone(&key)));
+        key
+    }
+
+    /// Forgets identities only this cache still holds, and keys no identity uses.
+    fn prune(&mut self) {
+        self.by_container
+            .retain(|_, (c, _)| Arc::strong_count(c) > 1);
+        self.interned.retain(|k| Arc::strong_count(k) > 1);
+    }
 }
 
 #[derive(Serialize)]
@@ -120,6 +162,7 @@ impl Engine {
             scratch: Vec::new(),
             closed: Vec::new(),
             pending_retrained: BTreeMap::new(),
+            keys: GroupKeys::default(),
         })
     }
 
@@ -214,6 +257,7 @@ impl Engine {
             scratch: Vec::new(),
             closed: Vec::new(),
             pending_retrained: BTreeMap::new(),
+            keys: GroupKeys::default(),
         })
     }
 
@@ -314,12 +358,19 @@ impl Engine {
     pub fn observe(&mut self, obs: &Observation, out: &mut Vec<Alert>) {
         let now = obs.ts_ms;
         self.state.now_ms = self.state.now_ms.max(now);
-        let key = self.cfg.group_by.key(&obs.container);
-        self.ensure_group(&key, &obs.container, now);
-        let cfg = &self.cfg;
-        let Some(group) = self.state.groups.get_mut(&key) else {
-            return;
+        let key = self.keys.key(&self.cfg.group_by, &obs.container);
+        let key = &*key;
+        let group = match self.state.groups.get_mut(key) {
+            Some(g) => g,
+            None => {
+                self.ensure_group(key, &obs.container, now);
+                let Some(g) = self.state.groups.get_mut(key) else {
+                    return;
+                };
+                g
+            }
         };
+        let cfg = &self.cfg;
         group.last_seen_ms = group.last_seen_ms.max(now);
         if !group.replicas.contains_key(&obs.container.id)
             && group.replicas.len() >= cfg.max_replicas_per_group
@@ -327,13 +378,17 @@ impl Engine {
             group.evict_oldest_replica();
         }
         let mut revived = false;
-        let replica = group
-            .replicas
-            .entry(obs.container.id.clone())
-            .or_insert_with(|| {
+        // Looked up by `&str`: no key is allocated for a replica already known.
+        let replica = match group.replicas.get_mut(obs.container.id.as_str()) {
+            Some(r) => r,
+            None => {
                 revived = true;
-                Replica::new(Arc::clone(&obs.container), now)
-            });
+                group
+                    .replicas
+                    .entry(obs.container.id.clone())
+                    .or_insert_with(|| Replica::new(Arc::clone(&obs.container), now))
+            }
+        };
         revived |= now - replica.last_seen_ms > cfg.replica_ttl_ms;
         replica.last_seen_ms = replica.last_seen_ms.max(now);
         if !Arc::ptr_eq(&replica.cref, &obs.container) && *replica.cref != *obs.container {
@@ -376,12 +431,12 @@ impl Engine {
         let max_open = cfg.max_open_incidents;
         let closed = &mut self.closed;
         if let Some(a) =
-            incidents.record(&obs.container, &key, finding, now, quiet, max_open, closed)
+            incidents.record(&obs.container, key, finding, now, quiet, max_open, closed)
         {
             out.push(a);
         }
         for (c, f, q) in late {
-            if let Some(a) = incidents.record(&c, &key, f, now, q, max_open, closed) {
+            if let Some(a) = incidents.record(&c, key, f, now, q, max_open, closed) {
                 out.push(a);
             }
         }
@@ -391,10 +446,8 @@ impl Engine {
         }
     }
 
+    /// Creates the group of `key` (not tracked yet).
     fn ensure_group(&mut self, key: &str, c: &ContainerRef, now: i64) {
-        if self.state.groups.contains_key(key) {
-            return;
-        }
         let repo = c.repository().to_owned();
         // A new digest of a known repository is a rollout: inherit its baseline.
         let baseline = match self
@@ -429,6 +482,7 @@ impl Engine {
 
     fn housekeeping(&mut self) {
         self.state.since_housekeeping = 0;
+        self.keys.prune();
         let now = self.state.now_ms;
         let keep_replicas = (self.cfg.replica_ttl_ms * 10).max(self.cfg.incident_quiet_ms * 2);
         for g in self.state.groups.values_mut() {
