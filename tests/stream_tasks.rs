@@ -260,3 +260,54 @@ fn raw_stats_wait_for_a_lagging_events_partition_however_far_the_samples_run_ahe
     assert_eq!(dead, 2, "the samples of 08:20 and 08:40 expired at 15:00");
     assert_eq!(t.parked(), 1);
 }
+
+/// At the live edge the events input is often empty: whether it is at its end decides
+/// whether a sample waits. librdkafka's end-of-partition event says so at once; before,
+/// only the next statistics report did (a second later), and every sample behind an
+/// event waited for it (issue "Performance to the limit": p99 2.6 s above the broker).
+/// An input the statistics know to be behind still holds the others back.
+#[test]
+fn an_end_of_partition_releases_the_samples_behind_an_event_at_once() {
+    let tcfg = task_config(2, Duration::ZERO);
+    let mut t = Task::new(0, &tcfg).expect("task");
+    let a = "a".repeat(64);
+    let mut out = Vec::new();
+    let patient = Duration::from_secs(60);
+    // The statistics have seen the start event (high 1) but no end of the partition.
+    t.observe_watermarks(0, 0, 2, -1);
+    t.observe_watermarks(1, 0, 1, -1);
+    t.offer(1, 0, None, None, start_event(&a, 0).as_bytes(), &mut out);
+    t.offer(
+        0,
+        0,
+        None,
+        None,
+        raw_stats(&a, 10, 10_000_000_000).as_bytes(),
+        &mut out,
+    );
+    t.drain(Instant::now(), patient, false, &mut out);
+    assert_eq!(t.tally()[1][0], 1, "the start event is processed");
+    assert_eq!(t.tally()[0][0], 0, "the sample waits for the events' end");
+    t.partition_eof();
+    t.drain(Instant::now(), patient, false, &mut out);
+    assert_eq!(t.tally()[0][0], 1, "the end of the partition releases it");
+
+    // A later sample, with the statistics knowing of an event not delivered yet: the
+    // end of the partition (another topic's) does not release it.
+    t.observe_watermarks(1, 0, 3, -1);
+    t.offer(
+        0,
+        1,
+        None,
+        None,
+        raw_stats(&a, 20, 20_000_000_000).as_bytes(),
+        &mut out,
+    );
+    t.partition_eof();
+    t.drain(Instant::now(), patient, false, &mut out);
+    assert_eq!(t.tally()[0][0], 1, "the events input is known to be behind");
+    t.offer(1, 1, None, None, start_event(&a, 15).as_bytes(), &mut out);
+    t.offer(1, 2, None, None, start_event(&a, 25).as_bytes(), &mut out);
+    t.drain(Instant::now(), patient, false, &mut out);
+    assert_eq!(t.tally()[0][0], 2, "its events came, in order");
+}

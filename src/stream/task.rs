@@ -376,6 +376,26 @@ impl Task {
         }
     }
 
+    /// librdkafka reached the end of this partition of one of the inputs, and said
+    /// which partition but not of which topic (`KafkaError::PartitionEOF` carries only
+    /// the partition). Every input of it that has delivered all the statistics know of
+    /// is taken to be at its end now, instead of at the next statistics report (up to a
+    /// second later, a second every record of the other inputs waited). An input the
+    /// statistics know to be behind, or have not reported yet, keeps waiting for its
+    /// records. If the end was
+    /// another topic's, a record of this one that the statistics have not seen yet is
+    /// processed a little out of order (counted), as at the live edge anyway.
+    pub fn partition_eof(&mut self) {
+        for i in &mut self.inputs {
+            if let Some(pos) = i.consumed_next
+                && i.high >= 0
+                && pos >= i.high
+            {
+                i.eof = i.eof.max(pos);
+            }
+        }
+    }
+
     /// Offers one consumed record. It is buffered for processing, or its outcome
     /// (dead letter, forward) is appended to `out` at once.
     pub fn offer(

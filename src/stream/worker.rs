@@ -449,8 +449,12 @@ pub fn run_with(
                         consumer.pause(&tpl)?;
                     }
                 }
-                // End of a partition: the statistics carry it per topic.
-                Err(KafkaError::PartitionEOF(_)) => {}
+                // The end of a partition, of one of the inputs (see `partition_eof`).
+                Err(KafkaError::PartitionEOF(p)) => {
+                    if let Some(t) = tasks.get_mut(&p) {
+                        t.partition_eof();
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "consumer error"),
             }
         }
