@@ -446,6 +446,35 @@ impl<'de: 'a, 'a> Deserialize<'de> for Top<'a> {
     }
 }
 
+/// The visitor methods of a lenient value for arrays (drained unread) and scalars:
+/// each is `$none`, not an error.
+macro_rules! other_values_are_none {
+    ($none:expr) => {
+        fn visit_seq<S: serde::de::SeqAccess<'de>>(
+            self,
+            mut s: S,
+        ) -> Result<Self::Value, S::Error> {
+            while s.next_element::<IgnoredAny>()?.is_some() {}
+            Ok($none)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+    };
+}
+
 /// An object read as `T`; any other JSON value as `None` (skipped, not an error).
 pub(crate) struct Lenient<T>(pub(crate) Option<T>);
 
@@ -464,31 +493,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
                 T::deserialize(serde::de::value::MapAccessDeserializer::new(m))
                     .map(|t| Lenient(Some(t)))
             }
-            fn visit_seq<S: serde::de::SeqAccess<'de>>(
-                self,
-                mut s: S,
-            ) -> Result<Self::Value, S::Error> {
-                while s.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Lenient(None))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Lenient(None))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Lenient(None))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Lenient(None))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Lenient(None))
-            }
             fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
                 Ok(Lenient(None))
             }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Lenient(None))
-            }
+            other_values_are_none!(Lenient(None));
         }
         d.deserialize_any(V(std::marker::PhantomData))
     }
@@ -574,28 +582,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for LenientStr<'a> {
                 while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
                 Ok(LenientStr(None))
             }
-            fn visit_seq<S: serde::de::SeqAccess<'de>>(
-                self,
-                mut s: S,
-            ) -> Result<Self::Value, S::Error> {
-                while s.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(LenientStr(None))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(LenientStr(None))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(LenientStr(None))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(LenientStr(None))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(LenientStr(None))
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(LenientStr(None))
-            }
+            other_values_are_none!(LenientStr(None));
         }
         d.deserialize_any(V(std::marker::PhantomData))
     }
