@@ -163,7 +163,7 @@ fn live_stream(
     // That is start-up, paid once; a record on every input partition first keeps it out
     // of the steady state measured here.
     for topic in &cfg.stream.topics.inputs {
-        for p in 0..cfg.stream.partitions as i32 {
+        for p in 0..cfg.stream.partitions {
             let line = format!(
                 r#"{{"ts":{},"container_id":"{:064x}","image":"bench/primer:1","metrics":{{"x":1}}}}"#,
                 now_ms(),
