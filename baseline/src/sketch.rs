@@ -25,8 +25,15 @@ const MIN_EMPIRICAL_MASS: f64 = 2.0;
 /// Weights are stored pre-scaled by 2^(t/half_life); rescale before they overflow.
 const RESCALE_AT: f64 = 1e100;
 
+/// `ln γ` of the buckets and `1 + γ`, computed once (the same operations as ever, so
+/// the same bits: every bucket index and value is what it was).
+static GAMMA: std::sync::LazyLock<(f64, f64)> = std::sync::LazyLock::new(|| {
+    let ln = ((1.0 + REL_ACCURACY) / (1.0 - REL_ACCURACY)).ln();
+    (ln, 1.0 + ln.exp())
+});
+
 fn gamma_ln() -> f64 {
-    ((1.0 + REL_ACCURACY) / (1.0 - REL_ACCURACY)).ln()
+    GAMMA.0
 }
 
 /// Contiguous buckets `offset..offset+counts.len()` of one sign.
@@ -182,8 +189,7 @@ impl TailSketch {
 
     fn value_of(idx: i32) -> f64 {
         // The bucket's midpoint in relative terms (DDSketch's estimator).
-        let g = gamma_ln().exp();
-        2.0 * (idx as f64 * gamma_ln()).exp() / (1.0 + g)
+        2.0 * (idx as f64 * gamma_ln()).exp() / GAMMA.1
     }
 
     fn weight_at(&self, ts_ms: i64) -> f64 {
@@ -292,16 +298,59 @@ impl TailSketch {
         self.cache
     }
 
-    /// The quantile summary without touching the cache.
+    /// The quantile summary without touching the cache: the seven quantiles of
+    /// [`Self::quantile`] in one walk over the buckets (the same sums in the same
+    /// order, so the same values), not seven.
     pub fn compute_summary(&self) -> Option<Summary> {
+        const QS: [f64; 7] = [0.001, 0.01, 0.10, 0.50, 0.90, 0.99, 0.999];
+        if self.total <= 0.0 {
+            return None;
+        }
+        let targets = QS.map(|q| q * self.total);
+        let mut out = [None::<f64>; 7];
+        // The next quantile still to find; targets grow, so the ones a bucket settles
+        // are always the next ones.
+        let mut next = 0;
+        let mut acc = 0.0;
+        // A bucket's value is computed only when it settles a quantile (an `exp`).
+        let mut settle = |acc: f64, c: f64, value: &dyn Fn() -> f64, next: &mut usize| {
+            while *next < 7 && acc >= targets[*next] && c > 0.0 {
+                out[*next] = Some(value());
+                *next += 1;
+            }
+        };
+        for (i, c) in self.neg.counts.iter().enumerate().rev() {
+            acc += c;
+            let idx = self.neg.offset + i as i32;
+            settle(acc, *c, &|| -Self::value_of(idx), &mut next);
+        }
+        acc += self.zero;
+        settle(acc, self.zero, &|| 0.0, &mut next);
+        for (i, c) in self.pos.counts.iter().enumerate() {
+            if next == 7 {
+                break;
+            }
+            acc += c;
+            let idx = self.pos.offset + i as i32;
+            settle(acc, *c, &|| Self::value_of(idx), &mut next);
+        }
+        // Rounding, as in `quantile`: the largest value.
+        let largest = || {
+            self.pos
+                .counts
+                .iter()
+                .rposition(|c| *c > 0.0)
+                .map_or(0.0, |i| Self::value_of(self.pos.offset + i as i32))
+        };
+        let q = out.map(|v| v.unwrap_or_else(largest));
         Some(Summary {
-            q001: self.quantile(0.001)?,
-            q01: self.quantile(0.01)?,
-            q10: self.quantile(0.10)?,
-            q50: self.quantile(0.50)?,
-            q90: self.quantile(0.90)?,
-            q99: self.quantile(0.99)?,
-            q999: self.quantile(0.999)?,
+            q001: q[0],
+            q01: q[1],
+            q10: q[2],
+            q50: q[3],
+            q90: q[4],
+            q99: q[5],
+            q999: q[6],
         })
     }
 
@@ -486,6 +535,45 @@ mod tests {
         assert!(far > 10.0);
         assert!(s.surprise(0.0, Tails::Both, 0.1) > 10.0);
         assert_eq!(s.surprise(0.0, Tails::Upper, 0.1), 0.0);
+    }
+
+    #[test]
+    fn the_summary_is_the_seven_quantiles_exactly() {
+        // Mixed signs, zeros, gaps between buckets, and a decayed history.
+        let mut s = TailSketch::new(3_600_000);
+        let mut x: u64 = 7;
+        for i in 0..20_000i64 {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+            let v = match i % 5 {
+                0 => 0.0,
+                1 => -(1.0 + 1000.0 * u),
+                _ => (u * 12.0).exp(),
+            };
+            s.insert(v, i * 1000, 1.0 + u);
+            if i % 997 == 0 {
+                let want = [0.001, 0.01, 0.10, 0.50, 0.90, 0.99, 0.999].map(|q| s.quantile(q));
+                let got = s
+                    .compute_summary()
+                    .map(|m| [m.q001, m.q01, m.q10, m.q50, m.q90, m.q99, m.q999].map(Some));
+                assert_eq!(got, Some(want), "after {i} inserts");
+            }
+        }
+        for only in [5.0, -5.0, 0.0] {
+            let mut t = TailSketch::new(1000);
+            t.insert(only, 0, 1.0);
+            let m = t.compute_summary().map(|m| [m.q001, m.q50, m.q999]);
+            assert_eq!(
+                m,
+                Some(
+                    [t.quantile(0.001), t.quantile(0.5), t.quantile(0.999)]
+                        .map(|v| v.unwrap_or(f64::NAN))
+                )
+            );
+        }
+        assert_eq!(TailSketch::new(1000).compute_summary(), None);
     }
 
     #[test]
