@@ -378,18 +378,21 @@ impl Task {
 
     /// librdkafka reached the end of this partition of one of the inputs, and said
     /// which partition but not of which topic (`KafkaError::PartitionEOF` carries only
-    /// the partition). Every input of it that has delivered all the statistics know of
-    /// is taken to be at its end now, instead of at the next statistics report (up to a
-    /// second later, a second every record of the other inputs waited). An input the
-    /// statistics know to be behind, or have not reported yet, keeps waiting for its
-    /// records. If the end was
-    /// another topic's, a record of this one that the statistics have not seen yet is
-    /// processed a little out of order (counted), as at the live edge anyway.
-    pub fn partition_eof(&mut self) {
+    /// the partition). Every input of it at the live edge (its newest record within
+    /// `MAX_SKEW_MS` of the clock, `wall_ms`) that has delivered all the statistics know
+    /// of is taken to be at its end now, instead of at the next statistics report (up
+    /// to a second later: a second every record of the other inputs waited). An input
+    /// catching up (records far behind the clock), or not reported yet, keeps waiting
+    /// for its records as before, so a catch-up keeps its event-time order. If the end
+    /// was another topic's, a record of a live input that the statistics have not seen
+    /// yet is processed a little out of order (counted), as at the live edge anyway.
+    pub fn partition_eof(&mut self, wall_ms: i64) {
         for i in &mut self.inputs {
             if let Some(pos) = i.consumed_next
                 && i.high >= 0
                 && pos >= i.high
+                && i.last_ts
+                    .is_some_and(|t| (wall_ms - t).abs() <= MAX_SKEW_MS)
             {
                 i.eof = i.eof.max(pos);
             }
@@ -842,7 +845,7 @@ fn take_archive(buf: &mut crate::archive::Buffer, partition: i32) -> Vec<crate::
 
 /// Wall-clock milliseconds since the epoch, for latency against Kafka timestamps only
 /// (detection never reads a clock).
-fn wall_ms() -> i64 {
+pub(crate) fn wall_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

@@ -452,7 +452,7 @@ pub fn run_with(
                 // The end of a partition, of one of the inputs (see `partition_eof`).
                 Err(KafkaError::PartitionEOF(p)) => {
                     if let Some(t) = tasks.get_mut(&p) {
-                        t.partition_eof();
+                        t.partition_eof(super::task::wall_ms());
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "consumer error"),
