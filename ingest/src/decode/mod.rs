@@ -601,12 +601,7 @@ pub(crate) fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
 
 /// The string a raw JSON value holds, if it is a string.
 pub(crate) fn raw_string(raw: &RawValue) -> Option<String> {
-    let t = raw.get().trim();
-    if t.starts_with('"') {
-        serde_json::from_str::<String>(t).ok()
-    } else {
-        None
-    }
+    raw_str(raw).map(Cow::into_owned)
 }
 
 /// A scalar rendered as a label value: strings as they are, numbers and booleans as
