@@ -29,6 +29,7 @@ fn task_config(inputs: usize, max_idle: Duration) -> TaskConfig {
         latency: None,
         archive_rows: None,
         retrained_input: None,
+        max_checkpoint_value: herd::stream::parts::MAX_VALUE_BYTES,
     }
 }
 
@@ -322,4 +323,94 @@ fn an_end_of_partition_releases_the_samples_behind_an_event_at_once() {
     t.offer(1, 2, None, None, start_event(&a, 25).as_bytes(), &mut out);
     t.drain(Instant::now(), patient, false, &mut out);
     assert_eq!(t.tally()[0][0], 2, "its events came, in order");
+}
+
+/// Applies a checkpoint's records to a compacted partition (the last value of a key).
+fn apply(topic: &mut BTreeMap<String, Option<Vec<u8>>>, records: &[(String, Option<Vec<u8>>)]) {
+    for (k, v) in records {
+        topic.insert(k.clone(), v.clone());
+    }
+}
+
+#[test]
+fn a_task_record_larger_than_a_broker_takes_is_written_in_parts_and_restored_whole() {
+    let mut tcfg = task_config(2, Duration::ZERO);
+    tcfg.max_checkpoint_value = 4096;
+    let mut t = Task::new(0, &tcfg).expect("task");
+    let mut out = Vec::new();
+    let ids: Vec<String> = (0..300u32).map(|i| format!("{i:064x}")).collect();
+    let mut offsets = [0i64; 2];
+    let mut feed = |t: &mut Task, from: u32, to: u32, out: &mut Vec<Out>| {
+        for id in &ids {
+            if from == 0 {
+                t.offer(
+                    1,
+                    offsets[1],
+                    None,
+                    None,
+                    start_event(id, 0).as_bytes(),
+                    out,
+                );
+                offsets[1] += 1;
+            }
+            for secs in (from..to).step_by(10) {
+                let s = raw_stats(id, secs, u64::from(secs) * 1_000_000_000);
+                t.offer(0, offsets[0], None, None, s.as_bytes(), out);
+                offsets[0] += 1;
+            }
+        }
+        t.drain(Instant::now(), Duration::ZERO, true, out);
+    };
+    feed(&mut t, 0, 60, &mut out);
+    assert!(!out.iter().any(|o| matches!(o, Out::Dead { .. })));
+
+    let mut topic = BTreeMap::new();
+    let first = t.checkpoint().expect("checkpoint").records;
+    let task_key = herd::stream::task::task_key(0);
+    let parts = first
+        .iter()
+        .filter(|(k, _)| k.starts_with("~part/"))
+        .count();
+    assert!(parts > 1, "300 containers' identities do not fit in 4 KiB");
+    for (k, v) in &first {
+        let len = v.as_ref().map_or(0, Vec::len);
+        assert!(len <= 4096, "{k}: {len} bytes in one record");
+    }
+    assert_eq!(
+        first.iter().rposition(|(k, _)| *k == task_key),
+        Some(first.len() - 1),
+        "the task's head comes after its parts"
+    );
+    apply(&mut topic, &first);
+    t.committed();
+
+    // Restored from the parts, the task knows every container: the samples that
+    // follow are scored, not parked for want of an identity.
+    let mut r = Task::restore(0, &tcfg, &topic).expect("restore");
+    let mut out = Vec::new();
+    let before = r.tally()[0][0];
+    feed(&mut r, 60, 120, &mut out);
+    assert!(!out.iter().any(|o| matches!(o, Out::Dead { .. })));
+    assert_eq!(r.parked(), 0);
+    assert_eq!(r.tally()[0][0] - before, 300 * 6, "every sample scored");
+
+    // Its own checkpoints replace the parts; the replaced ones are tombstoned once the
+    // replacing checkpoint is committed: however many checkpoints, only the last two
+    // generations of parts (the last head's, and the one it replaced while it is not
+    // committed) are left.
+    for _ in 0..4 {
+        apply(&mut topic, &r.checkpoint().expect("checkpoint").records);
+        r.committed();
+    }
+    let generations: std::collections::BTreeSet<&str> = topic
+        .iter()
+        .filter(|(k, v)| k.starts_with("~part/") && v.is_some())
+        .filter_map(|(k, _)| k.split('/').nth(1))
+        .collect();
+    assert_eq!(generations.len(), 2, "{generations:?}");
+    let mut again = Task::restore(0, &tcfg, &topic).expect("restore again");
+    let before = again.tally()[0][0];
+    feed(&mut again, 120, 180, &mut out);
+    assert_eq!(again.parked(), 0);
+    assert_eq!(again.tally()[0][0] - before, 300 * 6);
 }

@@ -78,6 +78,11 @@ pub struct StreamConfig {
     pub shutdown_deadline_ms: u64,
     /// Containers whose repository the router remembers, per task.
     pub max_routed_containers: usize,
+    /// Largest checkpoint value written as one record of the baselines topic; a
+    /// larger one (a task tracking thousands of containers, a group of thousands of
+    /// replicas) is written as parts of this size. Keep it well under the smallest
+    /// `message.max.bytes` of the producer and `max.message.bytes` of the topic.
+    pub checkpoint_record_bytes: usize,
 }
 
 impl Default for StreamConfig {
@@ -93,6 +98,7 @@ impl Default for StreamConfig {
             max_buffered_per_partition: 20_000,
             shutdown_deadline_ms: 20_000,
             max_routed_containers: 100_000,
+            checkpoint_record_bytes: super::parts::MAX_VALUE_BYTES,
         }
     }
 }
@@ -145,6 +151,21 @@ impl StreamConfig {
             self.max_buffered_per_partition >= 1,
             "stream.max_buffered_per_partition: at least 1"
         );
+        anyhow::ensure!(
+            self.checkpoint_record_bytes >= 1024,
+            "stream.checkpoint_record_bytes: at least 1024"
+        );
+        if let Some(m) = kafka
+            .get("message.max.bytes")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
+            anyhow::ensure!(
+                self.checkpoint_record_bytes <= m / 2,
+                "stream.checkpoint_record_bytes ({}) must be at most half of \
+                 kafka.\"message.max.bytes\" ({m}), or checkpoints cannot be delivered",
+                self.checkpoint_record_bytes
+            );
+        }
         let session = match kafka.get("session.timeout.ms") {
             Some(v) => v
                 .parse::<u64>()

@@ -6,6 +6,7 @@
 //!   reading checkpoints back;
 //! - [`task`]: one partition number across the input topics: routing, event-time merge,
 //!   the shared [`Pipeline`](crate::pipeline::Pipeline), checkpoints;
+//! - [`parts`]: checkpoint values too large for one record, written as parts;
 //! - [`respond`]: per task, the observation ring, the policy decision on every alert and
 //!   the `attach` addenda (commands to `herd.actions`, refusals to `herd.responses`);
 //! - [`worker`]: the consumer loop, rebalance hand-off, commits and shutdown.
@@ -17,6 +18,7 @@
 
 pub mod config;
 pub mod kafka;
+pub mod parts;
 pub mod respond;
 pub mod task;
 pub mod worker;

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use herd_respond::PolicyFile;
 
+use super::parts::Parts;
 use super::respond::{Publish, RespondConfig, Responder};
 use crate::pipeline::Pipeline;
 
@@ -168,6 +169,8 @@ pub struct Task {
     checkpointed: BTreeSet<String>,
     /// Event time of the last checkpoint: groups seen since then are written again.
     checkpoint_ms: i64,
+    /// Values written as several records, and the parts left to tombstone.
+    parts: Parts,
     alerts: Vec<Alert>,
     /// Event time of the newest record processed.
     last_ts: i64,
@@ -248,6 +251,9 @@ pub struct TaskConfig {
     /// Index of the retrained-baselines topic among the inputs: its records are
     /// adopted by the engine as they come, not merged in event time.
     pub retrained_input: Option<usize>,
+    /// Largest checkpoint value written as one record; larger ones are written as
+    /// parts ([`Parts`]). `stream.checkpoint_record_bytes`.
+    pub max_checkpoint_value: usize,
 }
 
 impl Task {
@@ -271,6 +277,7 @@ impl Task {
             repartition: cfg.inputs.saturating_sub(1),
             checkpointed: BTreeSet::new(),
             checkpoint_ms: i64::MIN,
+            parts: Parts::new(cfg.max_checkpoint_value),
             alerts: Vec::new(),
             last_ts: i64::MIN,
             out_of_order: 0,
@@ -303,9 +310,11 @@ impl Task {
     ) -> anyhow::Result<Self> {
         let mut t = Self::new(partition, cfg)?;
         let own = task_key(partition);
-        for (key, value) in records {
-            let Some(bytes) = value else { continue };
-            if *key == own {
+        let (parts, values) = Parts::assemble(cfg.max_checkpoint_value, records)?;
+        t.parts = parts;
+        for (key, bytes) in values {
+            let bytes = &*bytes;
+            if key == own {
                 let r: TaskIn<'_> = serde_json::from_slice(bytes)?;
                 anyhow::ensure!(
                     r.format == TASK_FORMAT,
@@ -322,7 +331,7 @@ impl Task {
             } else {
                 let got = t.pipeline.engine_mut().import_group(bytes)?;
                 anyhow::ensure!(
-                    got == *key,
+                    got == key,
                     "checkpoint under key {key:?} holds group {got:?}"
                 );
                 t.checkpointed.insert(got);
@@ -827,9 +836,15 @@ impl Task {
         };
         Ok(Checkpoint {
             archive,
-            records,
+            records: self.parts.frame(records),
             positions: self.positions(),
         })
+    }
+
+    /// The last checkpoint's records were delivered and its positions committed: the
+    /// parts it replaced can go (see [`Parts`]).
+    pub fn committed(&mut self) {
+        self.parts.committed();
     }
 }
 

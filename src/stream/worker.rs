@@ -277,7 +277,8 @@ fn commit_inner<'a>(
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let mut tpl = TopicPartitionList::new();
-    for t in tasks {
+    let mut tasks: Vec<&mut Task> = tasks.collect();
+    for t in &mut tasks {
         let Checkpoint {
             archive,
             records,
@@ -318,6 +319,9 @@ fn commit_inner<'a>(
         consumer
             .commit(&tpl, CommitMode::Sync)
             .context("committing offsets")?;
+    }
+    for t in tasks {
+        t.committed();
     }
     lock(&shared.summary).checkpoints += 1;
     Ok(())
@@ -372,6 +376,7 @@ pub fn run_with(
         latency: Some(inst.metrics.latency.clone()),
         archive_rows: cfg.archive.url.as_ref().map(|_| cfg.archive.max_file_rows),
         retrained_input: Some(topics.len() - 2),
+        max_checkpoint_value: scfg.checkpoint_record_bytes,
     };
     let exported = Exported::new(&inst.metrics, &topics);
     let shared = Arc::new(Shared {
