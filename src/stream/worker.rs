@@ -514,12 +514,26 @@ pub fn run_with(
                     "task"
                 );
             }
-            commit(
+            let r = commit(
                 &shared,
                 &consumer,
                 tasks.values_mut(),
                 interval.max(Duration::from_secs(10)),
-            )?;
+            );
+            if let Err(e) = r {
+                // A delivery the broker refused after librdkafka's retries is an effect
+                // lost: only reprocessing from the last commit brings it back, so the
+                // worker stops (its restart does that). Anything else (the broker is
+                // restarting, a flush or a commit timed out) is retried at the next
+                // interval while the records wait in the producer's queue.
+                if shared.producer.context().failed() != *lock(&shared.failed_at_commit) {
+                    return Err(e);
+                }
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "checkpoint failed; retrying at the next interval"
+                );
+            }
             last_commit = Instant::now();
         }
     }
