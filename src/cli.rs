@@ -347,6 +347,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !s.counters.rejected.is_empty() {
                 eprintln!("herd run: dead-letter reasons: {:?}", s.counters.rejected);
             }
+            // Every record taken from an input has exactly one outcome.
+            for (topic, t) in s.topics.iter().zip(&s.tally) {
+                eprintln!(
+                    "herd run: input {topic}: {} records = {} scored + {} filtered + {} dead-lettered + {} forwarded",
+                    t.iter().sum::<u64>(),
+                    t[0],
+                    t[1],
+                    t[2],
+                    t[3]
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Retrain {

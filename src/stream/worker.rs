@@ -60,6 +60,8 @@ pub struct Summary {
     /// Per input: records by outcome ([`OUTCOMES`]), of the tasks handed off or held
     /// at the end.
     pub tally: Vec<[u64; 4]>,
+    /// The inputs' topics, in the order of `tally`.
+    pub topics: Vec<String>,
     /// Milliseconds from each record's Kafka timestamp to the end of its scoring.
     pub latency_ms: hdrhistogram::Histogram<u64>,
     /// From the first record offered to the last one processed, over all tasks.
@@ -77,6 +79,7 @@ impl Default for Summary {
             out_of_order: 0,
             identity_waits: 0,
             tally: Vec::new(),
+            topics: Vec::new(),
             latency_ms: super::task::new_latency_histogram(),
             busy: None,
         }
@@ -558,7 +561,8 @@ pub fn run_with(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "worker stopped"
     );
-    let s = lock(&shared.summary).clone();
+    let mut s = lock(&shared.summary).clone();
+    s.topics = topics;
     Ok(s)
 }
 
