@@ -9,80 +9,16 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use herd::simulate::{SimConfig, simulate};
-use support::broker::{Broker, Names, PARTITIONS, Worker, consume, herd, produce};
-use support::fleet::{FILES, fleet, fleet_start_ms, produce_window, workdir};
-
-/// Incident ids of `herd replay` on the files.
-fn replay_incidents(files: &[PathBuf]) -> BTreeSet<String> {
-    let out = herd()
-        .arg("replay")
-        .arg("--quiet")
-        .args(files)
-        .output()
-        .unwrap_or_else(|e| panic!("herd replay: {e}"));
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}"));
-            v["incident_id"].as_str().unwrap_or_default().to_owned()
-        })
-        .collect()
-}
-
-/// Alerts on the test's alert topic: incident id → alert lines.
-fn stream_alerts(names: &Names, broker: &Broker) -> BTreeMap<String, Vec<serde_json::Value>> {
-    let mut by_incident: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
-    for r in consume(names, broker, &names.topic("alerts")) {
-        let a = r["payload"].clone();
-        let group = a["group"].as_str().unwrap_or_default().to_owned();
-        assert_eq!(r["key"].as_str(), Some(group.as_str()), "alert key = group");
-        by_incident
-            .entry(a["incident_id"].as_str().unwrap_or_default().to_owned())
-            .or_default()
-            .push(a);
-    }
-    by_incident
-}
-
-/// Every labelled attack container has an incident among `alerts`.
-fn assert_every_attack_alerted(dir: &Path, alerts: &BTreeMap<String, Vec<serde_json::Value>>) {
-    let labels: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.join("labels.json")).unwrap_or_else(|e| panic!("{e}")),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let alerted: BTreeSet<&str> = alerts
-        .values()
-        .flatten()
-        .filter_map(|a| a["container_id"].as_str())
-        .collect();
-    let attacks = labels["attacks"].as_array().cloned().unwrap_or_default();
-    assert!(attacks.len() >= 9);
-    for a in &attacks {
-        let ids: Vec<&str> = a["container_ids"]
-            .as_array()
-            .map(|v| v.iter().filter_map(|x| x.as_str()).collect())
-            .unwrap_or_default();
-        assert!(
-            ids.iter().any(|id| alerted.contains(id)),
-            "attack {} ({}) was not alerted",
-            a["id"],
-            a["kind"]
-        );
-    }
-}
-
-fn summary_line(log: &str) -> &str {
-    log.lines()
-        .rev()
-        .find(|l| l.starts_with("herd run:") && l.contains(" records"))
-        .unwrap_or_default()
-}
+use support::broker::{Broker, Names, PARTITIONS, Worker, consume, produce};
+use support::fleet::{
+    FILES, assert_every_attack_alerted, fleet, fleet_start_ms, produce_window, replay_incidents,
+    stream_alerts, summary_line, workdir,
+};
 
 #[test]
 fn a_fleet_through_kafka_gives_the_same_incidents_as_replay_issue_3() {
@@ -154,7 +90,12 @@ fn a_worker_killed_mid_stream_and_restarted_alerts_every_attack_once_issue_3() {
     produce(&names, &broker, &files, &[]);
     // Static membership, as a restarted pod of a StatefulSet has: the restarted worker
     // takes the killed one's place at once instead of waiting for its session to expire.
-    let member = [("HERD_KAFKA__GROUP_INSTANCE_ID", "worker-0")];
+    // Checkpoint records of at most 4 KiB: every group's and task's state is larger, so
+    // the restore after the kill reads them all back from parts.
+    let member = [
+        ("HERD_KAFKA__GROUP_INSTANCE_ID", "worker-0"),
+        ("HERD_STREAM__CHECKPOINT_RECORD_BYTES", "4096"),
+    ];
     let first = Worker::start_with(&names, &broker, dir.join("first.log"), &member);
     // Kill it once it has committed some of the stream, before it is done.
     broker.wait_part_committed(&names);
@@ -163,6 +104,22 @@ fn a_worker_killed_mid_stream_and_restarted_alerts_every_attack_once_issue_3() {
     broker.wait_caught_up(&names, Duration::from_secs(300));
     let log = second.stop();
     assert!(log.contains("restored task"), "{log}");
+    let baselines = consume(&names, &broker, &names.topic("baselines"));
+    let key = |r: &serde_json::Value| r["key"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        baselines.iter().any(|r| key(r).starts_with("~part/")),
+        "no checkpoint was written in parts"
+    );
+    assert!(
+        baselines
+            .iter()
+            .filter(|r| key(r).starts_with("~part/"))
+            .all(|r| match r["payload_text"].as_str() {
+                Some(text) => text.len() <= 4096,
+                None => r["payload"].to_string().len() <= 4096,
+            }),
+        "a part larger than the configured record size"
+    );
     let alerts = stream_alerts(&names, &broker);
     assert_every_attack_alerted(&dir.join("fleet"), &alerts);
     // An incident reopened after the restart would carry a new id.

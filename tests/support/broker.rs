@@ -28,45 +28,76 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
-/// A Tansu broker with in-memory storage; stopped when dropped.
+/// A Tansu broker on a loopback port; stopped when dropped.
 pub struct Broker {
     child: Child,
     /// `host:port`.
     pub bootstrap: String,
+    port: u16,
+    /// The folder of its SQLite storage, when it has one (it survives a restart).
+    storage: Option<PathBuf>,
+    log: PathBuf,
 }
 
 impl Broker {
-    /// Starts a broker and waits until it accepts connections.
+    /// Starts a broker with in-memory storage and waits until it accepts connections.
     pub fn start(log: &Path) -> Broker {
+        Self::launch(free_port(), None, log)
+    }
+
+    /// Starts a broker whose storage (SQLite, Tansu's `libsql` feature) is kept in
+    /// `dir`, so that it survives [`Broker::restart`].
+    pub fn start_persistent(dir: &Path, log: &Path) -> Broker {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
+        Self::launch(free_port(), Some(dir.to_owned()), log)
+    }
+
+    fn launch(port: u16, storage: Option<PathBuf>, log: &Path) -> Broker {
         let bin = tansu_binary();
         assert!(
             bin.exists(),
             "Tansu is not installed at {} (scripts/check installs it; or set HERD_TANSU)",
             bin.display()
         );
-        let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(log).unwrap_or_else(|e| panic!("broker log: {e}"));
-        let err = log
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap_or_else(|e| panic!("broker log: {e}"));
+        let err = out
             .try_clone()
             .unwrap_or_else(|e| panic!("broker log: {e}"));
-        let child = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
+        let mut cmd = Command::new(&bin);
+        cmd.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ]);
+        match &storage {
+            // Relative to the broker's working directory.
+            Some(dir) => {
+                cmd.current_dir(dir)
+                    .args(["--storage-engine", "sqlite://tansu.db"]);
+            }
+            None => {
+                cmd.args(["--storage-engine", "memory://tansu/"]);
+            }
+        }
+        let child = cmd
             .stdin(Stdio::null())
-            .stdout(log)
+            .stdout(out)
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
         let b = Broker {
             child,
             bootstrap: format!("127.0.0.1:{port}"),
+            port,
+            storage,
+            log: log.to_owned(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(&b.bootstrap).is_err() {
@@ -74,6 +105,35 @@ impl Broker {
             std::thread::sleep(Duration::from_millis(50));
         }
         b
+    }
+
+    /// Stops the broker (SIGTERM, as an orchestrator does), waits `down`, and starts it
+    /// again on the same port with the same storage.
+    pub fn restart(&mut self, down: Duration) {
+        assert!(
+            self.storage.is_some(),
+            "a broker with in-memory storage loses everything in a restart"
+        );
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self
+            .child
+            .try_wait()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none()
+        {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        let next = Self::launch(self.port, self.storage.clone(), &self.log);
+        // The old child is reaped; take the new one's place.
+        *self = next;
     }
 
     /// The end offset (last offset + 1, 0 when empty) of every partition of `topic`,
