@@ -11,6 +11,7 @@
 //! - [`agent`]: `herd agent`, the node agent: Docker collector and action executor;
 //! - [`metrics`] and [`http`]: the Prometheus series, liveness and readiness, and the
 //!   endpoint that serves them (`/metrics`, `/healthz`, `/readyz`);
+//! - [`logs`]: log output on one line per event, whatever the input holds;
 //! - [`consume`]: `herd consume`, a topic's records as JSON lines;
 //! - [`produce`]: `herd produce`, recorded lines into a topic;
 //! - [`simulate`]: `herd simulate`, a labelled synthetic fleet in the real formats;
@@ -25,6 +26,7 @@ pub mod demo;
 pub mod evaluate;
 pub mod http;
 pub mod input;
+pub mod logs;
 pub mod metrics;
 pub mod pipeline;
 pub mod produce;
