@@ -85,7 +85,8 @@ pub struct AgentConfig {
     pub max_export_bytes: usize,
     /// Policy actions per minute on this host.
     pub max_actions_per_minute: u32,
-    /// URL prefixes `notify` may post to; empty allows none.
+    /// Webhooks `notify` may post to, as URLs (same scheme, host and port; the path
+    /// or under it); empty allows none.
     pub webhook_allow: Vec<String>,
     /// Capture evidence when a watched container dies or is OOM-killed.
     pub capture_on_exit: bool,

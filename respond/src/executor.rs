@@ -53,7 +53,8 @@ pub struct ExecutorConfig {
     pub max_export_bytes: usize,
     /// Policy actions per minute on this host.
     pub max_actions_per_minute: u32,
-    /// URL prefixes `notify` may post to.
+    /// Webhooks `notify` may post to, as URLs (same scheme, host and port; the path
+    /// or under it); empty allows none.
     pub webhook_allow: Vec<String>,
     /// Capture automatically when a watched container dies or is OOM-killed.
     pub capture_on_exit: bool,
@@ -280,11 +281,7 @@ impl Executor {
             );
         }
         if let Action::Notify { url } = &cmd.action
-            && !self
-                .cfg
-                .webhook_allow
-                .iter()
-                .any(|p| url.starts_with(p.as_str()))
+            && !webhook_allowed(url, &self.cfg.webhook_allow)
         {
             return Response::to(cmd, Outcome::Refused, &by).because(
                 "not_allowed",
@@ -691,6 +688,35 @@ fn conflict_means_done(e: &bollard::errors::Error, state: &str) -> bool {
     matches!(classify(e).0, "conflict" | "not_modified") && e.to_string().contains(state)
 }
 
+/// Whether `target` is under one of the allow-list's entries: the same scheme, host and
+/// port, and a path under the entry's at a segment boundary (`https://hooks.example/a`
+/// allows `/a` and `/a/b`, not `/ab`). A target with credentials in it, or one that is
+/// not a URL, is never allowed. Compared parsed, not as strings: a prefix of text would
+/// let `https://hooks.example.attacker.net/` through an entry `https://hooks.example`.
+fn webhook_allowed(target: &str, allow: &[String]) -> bool {
+    let Ok(t) = url::Url::parse(target) else {
+        return false;
+    };
+    if !t.username().is_empty() || t.password().is_some() || !matches!(t.scheme(), "http" | "https")
+    {
+        return false;
+    }
+    allow.iter().any(|entry| {
+        let Ok(e) = url::Url::parse(entry) else {
+            return false;
+        };
+        let (ep, tp) = (e.path(), t.path());
+        e.scheme() == t.scheme()
+            && e.host() == t.host()
+            && e.port_or_known_default() == t.port_or_known_default()
+            && (tp == ep
+                || ep.ends_with('/') && tp.starts_with(ep)
+                || tp
+                    .strip_prefix(ep)
+                    .is_some_and(|rest| rest.starts_with('/')))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -802,5 +828,38 @@ mod tests {
         assert_eq!(r.reason.as_deref(), Some("docker_unreachable"));
         assert!(r.attempts >= 2, "{r:?}");
         assert!(r.duration_ms < 2_000, "{r:?}");
+    }
+
+    #[test]
+    fn webhook_targets_are_matched_as_urls_not_as_text() {
+        let allow = vec![
+            "https://hooks.example".to_owned(),
+            "https://chat.example:8443/hooks/herd".to_owned(),
+        ];
+        for ok in [
+            "https://hooks.example/",
+            "https://hooks.example/any/path?x=1",
+            "https://HOOKS.example:443/a",
+            "https://chat.example:8443/hooks/herd",
+            "https://chat.example:8443/hooks/herd/team-a",
+        ] {
+            assert!(webhook_allowed(ok, &allow), "{ok}");
+        }
+        for refused in [
+            "https://hooks.example.attacker.net/",
+            "https://hooks.example@attacker.net/",
+            "https://user:pw@hooks.example/",
+            "http://hooks.example/",
+            "https://hooks.example:8443/",
+            "https://chat.example:8443/hooks/herdsman",
+            "https://chat.example:8443/hooks",
+            "https://chat.example/hooks/herd",
+            "file:///etc/passwd",
+            "hooks.example/x",
+            "",
+        ] {
+            assert!(!webhook_allowed(refused, &allow), "{refused}");
+        }
+        assert!(!webhook_allowed("https://hooks.example/", &[]));
     }
 }
