@@ -516,7 +516,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Config { config } => {
-            let cfg = HerdConfig::load(config.as_deref())?;
+            // Secrets never leave the process: printed as `<redacted>`.
+            let cfg = HerdConfig::load(config.as_deref())?.redacted();
             print!("{}", toml::to_string_pretty(&cfg)?);
             Ok(ExitCode::SUCCESS)
         }

@@ -68,6 +68,40 @@ pub struct HerdConfig {
     pub kafka: BTreeMap<String, String>,
 }
 
+/// What a secret is printed as.
+pub const REDACTED: &str = "<redacted>";
+
+/// Whether a property's value is a secret, by its name: librdkafka's `sasl.password`,
+/// `ssl.key.password`, `ssl.key.pem`, `sasl.jaas.config`,
+/// `sasl.oauthbearer.client.secret`, an S3 store's `secret_access_key` and
+/// `session_token`, and anything else so named.
+pub fn is_secret(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "jaas",
+        "token",
+        "credential",
+        "private",
+        ".pem",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
+}
+
+/// `text` with the user and password of a URL in it replaced; other text unchanged.
+fn redact_url(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("redacted");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => text.to_owned(),
+    }
+}
+
 impl HerdConfig {
     /// Reads a TOML file, or the defaults when `path` is `None`, overlays the `HERD_…`
     /// environment variables, and validates the result.
@@ -113,6 +147,36 @@ impl HerdConfig {
             })?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// This configuration with every secret replaced by `<redacted>`, for printing:
+    /// librdkafka properties and store options whose names say they hold one
+    /// ([`is_secret`]), and credentials inside URLs.
+    pub fn redacted(&self) -> Self {
+        let mut c = self.clone();
+        for map in [
+            &mut c.kafka,
+            &mut c.archive.options,
+            &mut c.agent.evidence_options,
+        ] {
+            for (k, v) in map.iter_mut() {
+                if is_secret(k) {
+                    *v = REDACTED.to_owned();
+                } else {
+                    *v = redact_url(v);
+                }
+            }
+        }
+        for u in c
+            .alertmanager
+            .urls
+            .iter_mut()
+            .chain(c.archive.url.iter_mut())
+            .chain([&mut c.agent.evidence_url, &mut c.respond.evidence_url])
+        {
+            *u = redact_url(u);
+        }
+        c
     }
 
     /// Checks every section; messages name the field.
@@ -216,5 +280,39 @@ mod tests {
             .err()
             .unwrap_or_else(|| panic!("a typo must fail"));
         assert!(format!("{e:#}").contains("group_idd"), "{e:#}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_for_printing_and_nothing_else_is() {
+        let env: Vec<(String, String)> = [
+            ("HERD_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9"),
+            ("HERD_KAFKA__SASL_USERNAME", "herd"),
+            ("HERD_KAFKA__SASL_PASSWORD", "hunter2-kafka"),
+            ("HERD_KAFKA__SSL_KEY_PASSWORD", "hunter2-key"),
+            ("HERD_ARCHIVE__URL", "s3://bucket/prefix"),
+            ("HERD_ARCHIVE__OPTIONS__SECRET_ACCESS_KEY", "hunter2-s3"),
+            ("HERD_ARCHIVE__OPTIONS__REGION", "us-east-1"),
+            (
+                "HERD_ALERTMANAGER__URLS",
+                "[\"https://am:hunter2-am@127.0.0.1:9093\"]",
+            ),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        let c = HerdConfig::load_with_env(None, env).unwrap_or_else(|e| panic!("{e:#}"));
+        let printed = toml::to_string_pretty(&c.redacted()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("<redacted>"), "{printed}");
+        for kept in [
+            "127.0.0.1:9",
+            "sasl.username",
+            "us-east-1",
+            "s3://bucket/prefix",
+        ] {
+            assert!(printed.contains(kept), "{kept} lost:\n{printed}");
+        }
+        // The configuration in force keeps its secrets.
+        assert_eq!(c.kafka["sasl.password"], "hunter2-kafka");
     }
 }

@@ -159,3 +159,21 @@ pub fn probe(url: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
     anyhow::ensure!(status == "200", "{url}: HTTP {status}");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_endpoint_binds_to_loopback_unless_configured() {
+        let default = HttpConfig::default().addr().ok().flatten();
+        assert!(default.is_some_and(|a| a.ip().is_loopback()), "{default:?}");
+        // Both workers and agents read `[http]`.
+        let cfg = crate::config::HerdConfig::default();
+        assert_eq!(cfg.http, HttpConfig::default());
+        let off = HttpConfig {
+            listen: String::new(),
+        };
+        assert!(off.addr().ok().flatten().is_none());
+    }
+}

@@ -262,3 +262,109 @@ fn config_prints_the_effective_configuration_as_loadable_toml() {
         .unwrap_or_else(|e| panic!("{e}")));
     assert_eq!(printed, reprinted);
 }
+
+#[test]
+fn kafka_credentials_never_reach_the_logs_or_the_printed_configuration_issue_8() {
+    // A worker at the most verbose log level, with SASL credentials, against a port
+    // nobody listens on: it retries, logs its connection errors, and stops on SIGTERM.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let secret = "hunter2-do-not-print";
+    let creds = [
+        ("HERD_KAFKA__BOOTSTRAP_SERVERS", format!("127.0.0.1:{port}")),
+        ("HERD_KAFKA__SECURITY_PROTOCOL", "SASL_PLAINTEXT".to_owned()),
+        ("HERD_KAFKA__SASL_MECHANISM", "PLAIN".to_owned()),
+        ("HERD_KAFKA__SASL_USERNAME", "herd".to_owned()),
+        ("HERD_KAFKA__SASL_PASSWORD", secret.to_owned()),
+        ("HERD_HTTP__LISTEN", "127.0.0.1:0".to_owned()),
+    ];
+    let child = herd()
+        .arg("run")
+        .envs(creds.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RUST_LOG", "trace")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(logs.len() > 200, "a worker at trace level logs: {logs}");
+    assert!(!logs.contains(secret), "the password was logged:\n{logs}");
+
+    let printed = herd()
+        .arg("config")
+        .envs(creds.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (printed, _) = ok(&printed);
+    assert!(
+        printed.contains("\"sasl.password\" = \"<redacted>\""),
+        "{printed}"
+    );
+    assert!(!printed.contains(secret), "{printed}");
+}
+
+#[test]
+fn no_code_path_runs_a_program_or_a_shell_issue_8() {
+    // herd's own code (not its tests) never starts a process, locally or inside a
+    // container: no std or tokio `Command`, no `docker exec`. Whatever a policy or an
+    // alert says, no input can become a command line.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    let mut stack: Vec<PathBuf> = [
+        "src",
+        "ingest/src",
+        "baseline/src",
+        "detect/src",
+        "respond/src",
+    ]
+    .iter()
+    .map(|d| root.join(d))
+    .collect();
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
+            let p = e.unwrap_or_else(|e| panic!("{e}")).path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                files.push(p);
+            }
+        }
+    }
+    assert!(files.len() > 40, "{} source files", files.len());
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap_or_else(|e| panic!("{e}"));
+        // Unit tests sit at the end of a file, after `#[cfg(test)]`.
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for needle in [
+            "process::Command",
+            "Command::new",
+            "create_exec",
+            "start_exec",
+            "libc::exec",
+            "\"/bin/sh\"",
+        ] {
+            // The simulator writes shell command lines as data (what an attacker's exec
+            // event looks like); it runs nothing.
+            if needle == "\"/bin/sh\"" && f.ends_with("simulate/mod.rs") {
+                continue;
+            }
+            assert!(
+                !code.contains(needle),
+                "{} uses {needle}",
+                f.strip_prefix(root).unwrap_or(f).display()
+            );
+        }
+    }
+}

@@ -244,6 +244,14 @@ fn the_compose_stack_parses_issue_5() {
     ] {
         assert!(targets.contains(t), "{targets:?}");
     }
+    // Only the agent talks to the Docker socket (issue 8).
+    let compose = &yaml(&file)[0];
+    for (name, svc) in compose["services"].as_object().into_iter().flatten() {
+        assert!(
+            name == "herd-agent" || !svc["volumes"].to_string().contains("docker.sock"),
+            "{name} mounts the Docker socket"
+        );
+    }
 }
 
 #[test]
@@ -342,6 +350,15 @@ fn the_kubernetes_manifests_match_their_schemas_issue_5() {
         v.iter()
             .any(|v| v["hostPath"]["path"] == "/var/run/docker.sock")
     }));
+    // Only the agent talks to the Docker socket (issue 8): no other manifest mounts it.
+    for f in &files {
+        let text = std::fs::read_to_string(f).expect("manifest");
+        assert!(
+            f.ends_with("agent.yaml") || !text.contains("docker.sock"),
+            "{} mounts the Docker socket",
+            f.display()
+        );
+    }
 }
 
 /// The configuration and policies `deploy/` ships are read by herd's own parsers
