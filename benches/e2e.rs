@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use herd::config::HerdConfig;
@@ -30,30 +30,15 @@ use rdkafka::message::Message;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../tests/support/broker.rs"]
 mod broker;
+#[path = "support/live.rs"]
+mod live;
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+use live::{config, live_stream, now_ms};
 
-fn config(bootstrap: &str, prefix: &str) -> HerdConfig {
-    let mut cfg = HerdConfig::default();
-    cfg.kafka
-        .insert("bootstrap.servers".into(), bootstrap.to_owned());
-    let t = &mut cfg.stream.topics;
-    t.inputs = ["samples", "events", "metrics"]
-        .iter()
-        .map(|n| format!("{prefix}.{n}"))
-        .collect();
-    t.repartition = format!("{prefix}.repartition");
-    t.alerts = format!("{prefix}.alerts");
-    t.dlq = format!("{prefix}.dlq");
-    t.baselines = format!("{prefix}.baselines");
-    cfg.stream.group_id = format!("{prefix}-workers");
-    cfg.stream.partitions = 3;
-    cfg
-}
+/// How long the live stream of the latency measurement runs.
+const LIVE_SECS: u64 = 30;
+/// Its fleet: containers in groups of ten (1,000 per partition).
+const LIVE_CONTAINERS: u64 = 3000;
 
 fn dest(cfg: &HerdConfig) -> Dest {
     let i = &cfg.stream.topics.inputs;
@@ -117,111 +102,6 @@ fn spawn_latency_consumer(
         raw_consume(&b, group, &topics, n, Some(&mut h), &stop)?;
         Ok(h)
     })
-}
-
-/// How long the live stream of the latency measurement runs.
-const LIVE_SECS: u64 = 30;
-/// Its fleet: containers in groups of ten, all sampled once per round, the rounds as
-/// often as the rate asks, plus an exec event a second on the events topic (so the
-/// event-time merge has a sparse input to wait or not wait for). 3,000 containers
-/// (1,000 per partition): a task's checkpoint record holds its normaliser's state
-/// whole, and with 6,000 containers a partition it outgrew the broker's 1 MB record
-/// limit (noted on issue "Performance to the limit").
-const LIVE_CONTAINERS: u64 = 3000;
-
-fn live_envelope(i: u64, k: u64, now: i64) -> String {
-    let g = i / 10;
-    let read = herd_ingest::time::format_ms(now);
-    let cpu = k * 2_000_000_000 + i * 1000;
-    let sys = k * 40_000_000_000;
-    let mem = 200_000_000 + (i % 97) * 100_000;
-    let (rx, tx) = (k * 3_000_000, k * 9_000_000);
-    format!(
-        r#"{{"host":"node-{h}","container":{{"id":"{i:064x}","name":"live{g}-{i}","image":"bench/live{g}:1","image_digest":"sha256:{g:064x}","labels":{{"app":"live{g}"}}}},"stats":{{"read":"{read}","pids_stats":{{"current":12}},"cpu_stats":{{"cpu_usage":{{"total_usage":{cpu}}},"system_cpu_usage":{sys},"online_cpus":4}},"precpu_stats":{{"cpu_usage":{{"total_usage":0}},"system_cpu_usage":0}},"memory_stats":{{"usage":{mem},"stats":{{"inactive_file":0}},"limit":536870912}},"networks":{{"eth0":{{"rx_bytes":{rx},"rx_packets":{rxp},"tx_bytes":{tx},"tx_packets":{txp}}}}}}}}}"#,
-        h = i % 50,
-        rxp = rx / 1000,
-        txp = tx / 1000,
-    )
-}
-
-/// Produces the live stream (event time = now) at `rate` records/s for `span`, keyed as
-/// `herd produce --key route` keys them; returns the records produced.
-fn live_stream(
-    bootstrap: &str,
-    cfg: &HerdConfig,
-    rate: f64,
-    span: Duration,
-) -> anyhow::Result<u64> {
-    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "1")
-        .create()?;
-    let (samples, events) = (&cfg.stream.topics.inputs[0], &cfg.stream.topics.inputs[1]);
-    // A worker's task waits (up to `max_task_idle_ms`) for an input that has delivered
-    // nothing yet: a broker's watermarks can say caught up before its first fetch does.
-    // That is start-up, paid once; a record on every input partition first keeps it out
-    // of the steady state measured here.
-    for topic in &cfg.stream.topics.inputs {
-        for p in 0..cfg.stream.partitions {
-            let line = format!(
-                r#"{{"ts":{},"container_id":"{:064x}","image":"bench/primer:1","metrics":{{"x":1}}}}"#,
-                now_ms(),
-                u64::MAX - p as u64
-            );
-            producer
-                .send(
-                    BaseRecord::to(topic)
-                        .partition(p)
-                        .key("bench/primer")
-                        .payload(&line),
-                )
-                .map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
-        }
-    }
-    producer.flush(Duration::from_secs(30))?;
-    std::thread::sleep(Duration::from_secs(4));
-    let containers = LIVE_CONTAINERS;
-    let interval = Duration::from_secs_f64(containers as f64 / rate.max(1.0));
-    let start = Instant::now();
-    let (mut n, mut round, mut next_event) = (0u64, 0u64, start);
-    while start.elapsed() < span {
-        let round_start = start + interval.mul_f64(round as f64);
-        for i in 0..containers {
-            // Spread the round's samples evenly over its interval.
-            let due = round_start + interval.mul_f64(i as f64 / containers as f64);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-            let key = format!("bench/live{}", i / 10);
-            let line = live_envelope(i, round + 1, now_ms());
-            producer
-                .send(BaseRecord::to(samples).key(&key).payload(&line))
-                .map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
-            n += 1;
-            if Instant::now() >= next_event {
-                next_event += Duration::from_secs(1);
-                let t = now_ms();
-                let c = (t as u64 / 1000) % containers;
-                let ev = format!(
-                    r#"{{"Type":"container","Action":"exec_start: sh -c id","Actor":{{"ID":"{c:064x}","Attributes":{{"image":"bench/live{g}:1","name":"live{g}-{c}","execID":"e{t}"}}}},"time":{s},"timeNano":{t}000000}}"#,
-                    g = c / 10,
-                    s = t / 1000,
-                );
-                producer
-                    .send(
-                        BaseRecord::to(events)
-                            .key(&format!("bench/live{}", c / 10))
-                            .payload(&ev),
-                    )
-                    .map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
-                n += 1;
-            }
-        }
-        round += 1;
-    }
-    producer.flush(Duration::from_secs(30))?;
-    Ok(n)
 }
 
 fn pct(h: &Histogram<u64>, q: f64) -> u64 {
@@ -355,7 +235,13 @@ fn main() -> anyhow::Result<()> {
     // Let the consumers join before records flow.
     std::thread::sleep(Duration::from_secs(8));
     let half = (herd_rate / 2.0).max(100.0);
-    let live_n = live_stream(&bootstrap, &cfg, half, Duration::from_secs(LIVE_SECS))?;
+    let live_n = live_stream(
+        &bootstrap,
+        &cfg,
+        half,
+        Duration::from_secs(LIVE_SECS),
+        LIVE_CONTAINERS,
+    )?;
     std::thread::sleep(Duration::from_secs(5));
     stop.store(true, Ordering::Relaxed);
     let s = worker

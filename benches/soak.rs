@@ -1,0 +1,300 @@
+//! Soak: a `herd run` worker process under a live stream at 80 % of its maximum rate for
+//! 30 minutes (issue 8), against a real broker (Tansu with SQLite storage, so that the
+//! broker's memory does not grow with the log). On demand, never in CI:
+//! `scripts/soak` (or `cargo bench --bench soak -- --minutes 30`).
+//!
+//! 1. The maximum rate: a backlog of the live stream's records drained by a worker
+//!    (records over its busy span), unless `--rate` gives it.
+//! 2. The soak: the live stream at `--fraction` (0.8) of that, with enough containers
+//!    that each is sampled about once a second, as Docker's stats stream does. Every 10
+//!    s the worker's RSS (`/proc`) and its consumer lag (`/metrics`) are sampled.
+//! 3. At the end the worker is stopped (SIGTERM) and its exit summary read.
+//!
+//! It passes when RSS grew by less than 5 % from the end of the warm-up (a sixth of the
+//! run: every container seen, every baseline filled) to the end; the lag stayed
+//! bounded (its peak over the second half no more than twice that of the first half
+//! plus one second of input); and the counters balance (every record produced was taken
+//! once and given one outcome). It prints one `SOAK` line per criterion and exits
+//! non-zero when one fails.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+#[allow(dead_code, unreachable_pub)]
+mod support {
+    #[path = "../../tests/support/broker.rs"]
+    pub mod broker;
+    #[path = "live.rs"]
+    pub mod live;
+    #[path = "../../tests/support/monitoring.rs"]
+    pub mod monitoring;
+}
+
+use support::broker::{Broker, free_port};
+use support::live::{config, live_stream};
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Resident set of a process, bytes.
+fn rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// A worker's total consumer lag from its `/metrics`.
+fn lag(port: u16) -> Option<f64> {
+    let (status, body) = support::monitoring::get(port, "/metrics").ok()?;
+    (status == 200).then(|| {
+        body.lines()
+            .filter(|l| l.starts_with("herd_consumer_lag_records"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    })
+}
+
+/// Records the group of `cfg` has committed on its inputs.
+fn committed(bootstrap: &str, cfg: &herd::config::HerdConfig) -> anyhow::Result<u64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let probe: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", &cfg.stream.group_id)
+        .create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for t in &cfg.stream.topics.inputs {
+        for p in 0..cfg.stream.partitions {
+            tpl.add_partition(t, p);
+        }
+    }
+    Ok(probe
+        .committed_offsets(tpl, Duration::from_secs(10))?
+        .elements()
+        .iter()
+        .map(|e| e.offset().to_raw().unwrap_or(0).max(0) as u64)
+        .sum())
+}
+
+/// The maximum rate, as the end-to-end harness measures it: a simulated fleet's backlog
+/// (twelve hours, a sample every 20 s) drained by an in-process worker, records over
+/// its busy span.
+fn max_rate(
+    bootstrap: &str,
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+) -> anyhow::Result<f64> {
+    use herd::produce::{Dest, KeyBy, Pace, Window, produce};
+    let cfg = config(bootstrap, "soak-max");
+    rt.block_on(herd::stream::kafka::prepare_topics(&cfg.kafka, &cfg.stream))?;
+    let sim = dir.join("fleet");
+    herd::simulate::simulate(
+        &herd::simulate::SimConfig {
+            seed: 13,
+            hours: 12,
+            interval_s: 20,
+        },
+        &sim,
+    )?;
+    let files: Vec<std::path::PathBuf> = [
+        "stats.jsonl",
+        "stats-raw.jsonl",
+        "events.jsonl",
+        "falco.jsonl",
+    ]
+    .iter()
+    .map(|f| sim.join(f))
+    .collect();
+    let i = &cfg.stream.topics.inputs;
+    let dest = Dest::ByKind {
+        samples: i[0].clone(),
+        events: i[1].clone(),
+        metrics: i[2].clone(),
+    };
+    let never = AtomicBool::new(false);
+    let n = produce(
+        &cfg.kafka,
+        &files,
+        &dest,
+        KeyBy::Route,
+        Pace::Fast,
+        Window::default(),
+        &never,
+    )?
+    .records;
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (cfg, stop) = (cfg.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || herd::stream::worker::run(&cfg, &cfg.kafka, &stop))
+    };
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+            break;
+        }
+        if worker.is_finished() {
+            break;
+        }
+        // `busy` is known only at the end: stop once the group has committed all.
+        if committed(bootstrap, &cfg)? >= n {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let s = worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("worker panicked"))??;
+    let span = s
+        .busy
+        .map_or(0.0, |(a, b)| b.duration_since(a).as_secs_f64());
+    Ok(s.counters.lines as f64 / span.max(1e-9))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let minutes: f64 = arg(&args, "--minutes").unwrap_or(30.0);
+    let fraction: f64 = arg(&args, "--fraction").unwrap_or(0.8);
+    let dir = std::env::temp_dir().join(format!("herd-soak-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let broker = Broker::start_persistent(&dir.join("broker"), &dir.join("broker.log"));
+    let bootstrap = broker.bootstrap.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let max = match arg::<f64>(&args, "--rate") {
+        Some(r) => r,
+        None => max_rate(&bootstrap, &rt, &dir)?,
+    };
+    let rate = max * fraction;
+    let containers: u64 = arg(&args, "--containers").unwrap_or((rate as u64).max(3000));
+    eprintln!(
+        "herd soak: maximum {max:.0} records/s; {minutes} min at {rate:.0}/s, {containers} containers"
+    );
+
+    // The worker: a process of its own, so its RSS is its own.
+    let cfg = config(&bootstrap, "soak");
+    rt.block_on(herd::stream::kafka::prepare_topics(&cfg.kafka, &cfg.stream))?;
+    let port = free_port();
+    let t = &cfg.stream.topics;
+    let log = std::fs::File::create(dir.join("worker.log"))?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herd"))
+        .arg("run")
+        .env("HERD_KAFKA__BOOTSTRAP_SERVERS", &bootstrap)
+        .env(
+            "HERD_STREAM__TOPICS__INPUTS",
+            format!("[\"{}\"]", t.inputs.join("\",\"")),
+        )
+        .env("HERD_STREAM__TOPICS__REPARTITION", &t.repartition)
+        .env("HERD_STREAM__TOPICS__ALERTS", &t.alerts)
+        .env("HERD_STREAM__TOPICS__DLQ", &t.dlq)
+        .env("HERD_STREAM__TOPICS__BASELINES", &t.baselines)
+        .env("HERD_STREAM__GROUP_ID", &cfg.stream.group_id)
+        .env("HERD_STREAM__PARTITIONS", "3")
+        .env("HERD_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "herd=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let pid = child.id();
+    let span = Duration::from_secs_f64(minutes * 60.0);
+    let done = Arc::new(AtomicBool::new(false));
+    let samples = std::thread::scope(|s| -> anyhow::Result<_> {
+        let producer = s.spawn(|| {
+            let r = live_stream(&bootstrap, &cfg, rate, span, containers);
+            done.store(true, Ordering::Relaxed);
+            r
+        });
+        let start = Instant::now();
+        let mut samples: Vec<(f64, u64, f64)> = Vec::new();
+        while !done.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_secs(10));
+            let (r, l) = (rss(pid).unwrap_or(0), lag(port).unwrap_or(f64::NAN));
+            let at = start.elapsed().as_secs_f64();
+            eprintln!(
+                "herd soak: {at:>6.0} s  RSS {:>7.1} MiB  lag {l:>8.0}",
+                r as f64 / 1048576.0
+            );
+            samples.push((at, r, l));
+        }
+        let produced = producer
+            .join()
+            .map_err(|_| anyhow::anyhow!("producer panicked"))??;
+        Ok((samples, produced))
+    })?;
+    let (samples, produced) = samples;
+    // Let the worker take the tail, then stop it as an orchestrator does.
+    std::thread::sleep(Duration::from_secs(15));
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let status = child.wait()?;
+    let text = std::fs::read_to_string(dir.join("worker.log"))?;
+    let taken: u64 = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("herd run: input "))
+        .filter_map(|l| {
+            l.split_once(": ")?
+                .1
+                .split_once(" records")?
+                .0
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+
+    let warm = span.as_secs_f64() / 6.0;
+    let base = samples
+        .iter()
+        .find(|(at, _, _)| *at >= warm)
+        .map_or(0, |s| s.1);
+    let end = samples.last().map_or(0, |s| s.1);
+    let growth = 100.0 * (end as f64 - base as f64) / (base.max(1) as f64);
+    let half = span.as_secs_f64() / 2.0;
+    let peak = |first: bool| {
+        samples
+            .iter()
+            .filter(|(at, _, l)| (*at < half) == first && l.is_finite())
+            .map(|s| s.2)
+            .fold(0.0f64, f64::max)
+    };
+    let (lag1, lag2) = (peak(true), peak(false));
+    let lag_ok = lag2 <= 2.0 * lag1 + rate;
+    let rss_ok = growth < 5.0;
+    let balance_ok = status.success() && taken == produced;
+    println!(
+        "SOAK rss_growth_pct {growth:.2} ({:.1} MiB after warm-up, {:.1} MiB at the end) target < 5 {}",
+        base as f64 / 1048576.0,
+        end as f64 / 1048576.0,
+        if rss_ok { "ok" } else { "FAILED" }
+    );
+    println!(
+        "SOAK lag_peak first half {lag1:.0} second half {lag2:.0} records (bound {:.0}) {}",
+        2.0 * lag1 + rate,
+        if lag_ok { "ok" } else { "FAILED" }
+    );
+    println!(
+        "SOAK balance produced {produced} taken {taken} (worker exit {status}) {}",
+        if balance_ok { "ok" } else { "FAILED" }
+    );
+    drop(broker);
+    if rss_ok && lag_ok && balance_ok {
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    } else {
+        anyhow::bail!("soak failed; the worker's log is in {}", dir.display())
+    }
+}
