@@ -153,6 +153,6 @@ pub fn assert_every_attack_alerted(dir: &Path, alerts: &BTreeMap<String, Vec<ser
 pub fn summary_line(log: &str) -> &str {
     log.lines()
         .rev()
-        .find(|l| l.starts_with("herd run:") && l.contains(" records"))
+        .find(|l| l.starts_with("herd run:") && l.contains(" records, "))
         .unwrap_or_default()
 }
