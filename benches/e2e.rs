@@ -30,6 +30,7 @@ use rdkafka::message::Message;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../tests/support/broker.rs"]
 mod broker;
+#[allow(unreachable_pub)]
 #[path = "support/live.rs"]
 mod live;
 

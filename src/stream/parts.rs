@@ -43,6 +43,9 @@ struct Head {
 /// tombstone).
 pub type Record = (String, Option<Vec<u8>>);
 
+/// A partition read back: each value's key and its value, whole.
+pub type Values<'a> = Vec<(&'a str, Cow<'a, [u8]>)>;
+
 /// The parts a task has written, and those waiting to be tombstoned.
 #[derive(Debug)]
 pub struct Parts {
@@ -138,7 +141,7 @@ impl Parts {
     pub fn assemble<'a>(
         max: usize,
         records: &'a BTreeMap<String, Option<Vec<u8>>>,
-    ) -> anyhow::Result<(Self, Vec<(&'a str, Cow<'a, [u8]>)>)> {
+    ) -> anyhow::Result<(Self, Values<'a>)> {
         let mut parts = Self::new(max);
         let mut values = Vec::new();
         let mut named = std::collections::BTreeSet::new();
@@ -209,7 +212,7 @@ mod tests {
     }
 
     fn read(topic: &BTreeMap<String, Option<Vec<u8>>>) -> BTreeMap<String, Vec<u8>> {
-        let (_, values) = Parts::assemble(10, topic).unwrap();
+        let (_, values) = Parts::assemble(10, topic).expect("readable");
         values
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.into_owned()))
@@ -237,7 +240,7 @@ mod tests {
         assert!(
             out.iter()
                 .filter(|(k, _)| is_part(k))
-                .all(|(_, v)| v.as_ref().unwrap().len() <= 10)
+                .all(|(_, v)| v.as_ref().is_some_and(|v| v.len() <= 10))
         );
         let mut topic = BTreeMap::new();
         apply(&mut topic, &out);
@@ -255,12 +258,16 @@ mod tests {
         p.committed();
         // The next checkpoint's parts land, its head does not.
         let next = p.frame(vec![("k".into(), Some(vec![2; 35]))]);
-        assert_eq!(next.last().unwrap().0, "k", "the head is last");
+        assert_eq!(
+            next.last().map(|r| r.0.as_str()),
+            Some("k"),
+            "the head is last"
+        );
         apply(&mut topic, &next[..next.len() - 1]);
         assert_eq!(read(&topic)["k"], vec![1; 35]);
         // A restore from there writes a generation of its own and tombstones the
         // orphaned parts once it has committed.
-        let (mut q, _) = Parts::assemble(10, &topic).unwrap();
+        let (mut q, _) = Parts::assemble(10, &topic).expect("readable");
         let out = q.frame(vec![("k".into(), Some(vec![3; 35]))]);
         assert!(
             out.iter()
