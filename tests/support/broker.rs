@@ -417,6 +417,13 @@ impl Worker {
         }
     }
 
+    /// Whether the worker has exited on its own, and how (its log beside).
+    pub fn exited(&mut self) -> Option<(std::process::ExitStatus, String)> {
+        let st = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some((st, std::fs::read_to_string(&self.log).unwrap_or_default()))
+    }
+
     /// SIGKILL: no drain, no checkpoint, no commit.
     pub fn kill(mut self) {
         if let Some(mut c) = self.child.take() {
