@@ -197,6 +197,19 @@ impl HerdConfig {
             "replay.max_buffered: must be at least 1"
         );
         cfg.http.addr()?;
+        for entry in &cfg.agent.webhook_allow {
+            // Entries are matched as URLs (scheme, host, port, path); a text prefix
+            // such as `http://10.0.0.` would silently allow nothing.
+            // (`http://10.0.0.5:` parses, with no port: as a prefix it meant any port.)
+            let ok = !entry.ends_with(':')
+                && url::Url::parse(entry)
+                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            anyhow::ensure!(
+                ok,
+                "agent.webhook_allow: {entry:?} is not an http(s) URL with a host \
+                 (entries are URLs: https://hooks.example/path)"
+            );
+        }
         cfg.archive.validate()?;
         cfg.alertmanager.validate()?;
         Ok(())
@@ -314,5 +327,24 @@ mod tests {
         }
         // The configuration in force keeps its secrets.
         assert_eq!(c.kafka["sasl.password"], "hunter2-kafka");
+    }
+
+    #[test]
+    fn a_webhook_allow_entry_must_be_a_url() {
+        let load = |v: &str| {
+            HerdConfig::load_with_env(
+                None,
+                [("HERD_AGENT__WEBHOOK_ALLOW".to_owned(), v.to_owned())],
+            )
+        };
+        assert!(load("[\"https://hooks.example/herd\"]").is_ok());
+        for bad in [
+            "[\"http://127.0.0.1:\"]",
+            "[\"hooks.example\"]",
+            "[\"file:///tmp\"]",
+        ] {
+            let e = format!("{:#}", load(bad).err().unwrap_or_else(|| panic!("{bad}")));
+            assert!(e.contains("agent.webhook_allow"), "{e}");
+        }
     }
 }

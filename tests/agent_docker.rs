@@ -264,10 +264,7 @@ actions = [{{ action = "capture" }}, {{ action = "stop", grace_s = 1 }}]
             "HERD_AGENT__STATE_DIR",
             tmp.path().join("state").display().to_string(),
         ),
-        (
-            "HERD_AGENT__WEBHOOK_ALLOW",
-            "[\"http://127.0.0.1:\"]".into(),
-        ),
+        ("HERD_AGENT__WEBHOOK_ALLOW", format!("[\"{hook_url}\"]")),
         ("HERD_HTTP__LISTEN", format!("127.0.0.1:{agent_port}")),
     ]);
     let agent_log = tmp.path().join("agent.log");
