@@ -34,7 +34,7 @@ mod broker;
 #[path = "support/live.rs"]
 mod live;
 
-use live::{config, live_stream, now_ms};
+use live::{config, drain, live_stream, now_ms};
 
 /// How long the live stream of the latency measurement runs.
 const LIVE_SECS: u64 = 30;
@@ -168,40 +168,7 @@ fn main() -> anyhow::Result<()> {
         None,
         &never,
     )?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let worker = {
-        let (cfg, stop) = (cfg.clone(), Arc::clone(&stop));
-        std::thread::spawn(move || herd::stream::worker::run(&cfg, &cfg.kafka, &stop))
-    };
-    // Done when the worker's group has committed every record.
-    let probe: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", &cfg.stream.group_id)
-        .create()?;
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for t in &cfg.stream.topics.inputs {
-        for p in 0..3 {
-            tpl.add_partition(t, p);
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    loop {
-        let done: i64 = probe
-            .committed_offsets(tpl.clone(), Duration::from_secs(10))?
-            .elements()
-            .iter()
-            .map(|e| e.offset().to_raw().unwrap_or(0).max(0))
-            .sum();
-        if done as u64 >= n {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the worker did not finish");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    stop.store(true, Ordering::Relaxed);
-    let s = worker
-        .join()
-        .map_err(|_| anyhow::anyhow!("worker panicked"))??;
+    let s = drain(&cfg, n)?;
     let span = s
         .busy
         .map_or(0.0, |(a, b)| b.duration_since(a).as_secs_f64());

@@ -66,27 +66,6 @@ fn lag(port: u16) -> Option<f64> {
     })
 }
 
-/// Records the group of `cfg` has committed on its inputs.
-fn committed(bootstrap: &str, cfg: &herd::config::HerdConfig) -> anyhow::Result<u64> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let probe: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", &cfg.stream.group_id)
-        .create()?;
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for t in &cfg.stream.topics.inputs {
-        for p in 0..cfg.stream.partitions {
-            tpl.add_partition(t, p);
-        }
-    }
-    Ok(probe
-        .committed_offsets(tpl, Duration::from_secs(10))?
-        .elements()
-        .iter()
-        .map(|e| e.offset().to_raw().unwrap_or(0).max(0) as u64)
-        .sum())
-}
-
 /// The maximum rate, as the end-to-end harness measures it: a simulated fleet's backlog
 /// (twelve hours, a sample every 20 s) drained by an in-process worker, records over
 /// its busy span.
@@ -133,29 +112,7 @@ fn max_rate(
         &never,
     )?
     .records;
-    let stop = Arc::new(AtomicBool::new(false));
-    let worker = {
-        let (cfg, stop) = (cfg.clone(), Arc::clone(&stop));
-        std::thread::spawn(move || herd::stream::worker::run(&cfg, &cfg.kafka, &stop))
-    };
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-        if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
-            break;
-        }
-        if worker.is_finished() {
-            break;
-        }
-        // `busy` is known only at the end: stop once the group has committed all.
-        if committed(bootstrap, &cfg)? >= n {
-            break;
-        }
-    }
-    stop.store(true, Ordering::Relaxed);
-    let s = worker
-        .join()
-        .map_err(|_| anyhow::anyhow!("worker panicked"))??;
+    let s = support::live::drain(&cfg, n)?;
     let span = s
         .busy
         .map_or(0.0, |(a, b)| b.duration_since(a).as_secs_f64());

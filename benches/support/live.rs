@@ -1,6 +1,8 @@
 //! The live stream of the end-to-end and soak harnesses: agent envelopes whose event
 //! time is the wall clock, as in production, produced at a set rate.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herd::config::HerdConfig;
@@ -132,4 +134,45 @@ pub fn live_stream(
     }
     producer.flush(Duration::from_secs(30))?;
     Ok(n)
+}
+
+/// Records the group of `cfg` has committed on its inputs.
+pub fn committed(cfg: &HerdConfig) -> anyhow::Result<u64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.kafka["bootstrap.servers"])
+        .set("group.id", &cfg.stream.group_id)
+        .create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for t in &cfg.stream.topics.inputs {
+        for p in 0..cfg.stream.partitions {
+            tpl.add_partition(t, p);
+        }
+    }
+    Ok(probe
+        .committed_offsets(tpl, Duration::from_secs(10))?
+        .elements()
+        .iter()
+        .map(|e| e.offset().to_raw().unwrap_or(0).max(0) as u64)
+        .sum())
+}
+
+/// Drains a backlog of `n` records on `cfg`'s inputs with an in-process worker, until
+/// its group has committed them all; returns the worker's summary (its rate is
+/// records over `busy`).
+pub fn drain(cfg: &HerdConfig, n: u64) -> anyhow::Result<herd::stream::Summary> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (cfg, stop) = (cfg.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || herd::stream::worker::run(&cfg, &cfg.kafka, &stop))
+    };
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while !worker.is_finished() && committed(cfg)? < n {
+        anyhow::ensure!(Instant::now() < deadline, "the worker did not finish");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("worker panicked"))?
 }
