@@ -90,6 +90,12 @@ pub struct AgentConfig {
     pub webhook_allow: Vec<String>,
     /// Capture evidence when a watched container dies or is OOM-killed.
     pub capture_on_exit: bool,
+    /// Inventories of every running container (`docker diff`, `docker top`) this
+    /// often, and at once when it comes under watch after an alert; 0: never.
+    pub inventory_interval_ms: u64,
+    /// Most paths per list (added, changed, deleted), and most processes, of one
+    /// inventory; a larger one is summarised (docs/formats.md).
+    pub max_inventory_items: usize,
 }
 
 impl Default for AgentConfig {
@@ -114,6 +120,8 @@ impl Default for AgentConfig {
             max_actions_per_minute: 30,
             webhook_allow: Vec::new(),
             capture_on_exit: true,
+            inventory_interval_ms: 300_000,
+            max_inventory_items: 256,
         }
     }
 }
@@ -226,6 +234,8 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
                 fast_interval_ms: a.fast_interval_ms,
                 max_concurrent: a.max_concurrent_stats,
                 label: a.label.clone(),
+                inventory_interval_ms: a.inventory_interval_ms,
+                max_inventory_items: a.max_inventory_items,
             },
             tx,
             move || exec.watched(),
@@ -255,8 +265,16 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
                         m.events.inc();
                         (&events, key, payload)
                     }
+                    Emit::Inventory { key, payload, kind } => {
+                        m.inventories.with_label_values(&[kind]).inc();
+                        (&events, key, payload)
+                    }
                     Emit::SampleFailed { reason } => {
                         m.sampling_errors.with_label_values(&[reason]).inc();
+                        continue;
+                    }
+                    Emit::InventoryFailed { reason } => {
+                        m.inventory_errors.with_label_values(&[reason]).inc();
                         continue;
                     }
                     Emit::Tracked(n) => {

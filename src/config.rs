@@ -210,6 +210,12 @@ impl HerdConfig {
                  (entries are URLs: https://hooks.example/path)"
             );
         }
+        anyhow::ensure!(
+            (1..=cfg.limits.max_items).contains(&cfg.agent.max_inventory_items),
+            "agent.max_inventory_items: 1 to limits.max_items ({}); workers refuse a \
+             longer inventory",
+            cfg.limits.max_items
+        );
         cfg.archive.validate()?;
         cfg.alertmanager.validate()?;
         Ok(())
@@ -327,6 +333,21 @@ mod tests {
         }
         // The configuration in force keeps its secrets.
         assert_eq!(c.kafka["sasl.password"], "hunter2-kafka");
+    }
+
+    #[test]
+    fn an_inventory_must_fit_the_workers_item_limit() {
+        let load = |v: &str| {
+            HerdConfig::load_with_env(
+                None,
+                [("HERD_AGENT__MAX_INVENTORY_ITEMS".to_owned(), v.to_owned())],
+            )
+        };
+        assert!(load("512").is_ok());
+        for bad in ["0", "513"] {
+            let e = format!("{:#}", load(bad).err().unwrap_or_else(|| panic!("{bad}")));
+            assert!(e.contains("agent.max_inventory_items"), "{e}");
+        }
     }
 
     #[test]

@@ -329,6 +329,10 @@ pub struct AgentMetrics {
     pub sampling_errors: IntCounterVec,
     /// `herd_agent_events_total`.
     pub events: IntCounter,
+    /// `herd_agent_inventories_total{kind}`.
+    pub inventories: IntCounterVec,
+    /// `herd_agent_inventory_errors_total{reason}`.
+    pub inventory_errors: IntCounterVec,
     /// `herd_agent_containers`.
     pub containers: IntGauge,
     /// `herd_agent_publish_failures_total{topic}`.
@@ -356,6 +360,18 @@ impl AgentMetrics {
                 &mut r,
                 "herd_agent_sampling_errors_total",
                 "Stats requests that gave no sample, by reason.",
+                &["reason"],
+            )?,
+            inventories: counter_vec(
+                &mut r,
+                "herd_agent_inventories_total",
+                "Inventories taken and handed to the producer, by kind (fs_changes, processes).",
+                &["kind"],
+            )?,
+            inventory_errors: counter_vec(
+                &mut r,
+                "herd_agent_inventory_errors_total",
+                "Inventory requests that failed, by reason.",
                 &["reason"],
             )?,
             events: counter(

@@ -867,3 +867,152 @@ fn agent_executes_each_action_as_inspect_sees_it_issue_4() {
     assert_eq!(dlq["headers"]["herd.reason"], "invalid_command");
     drop(agent);
 }
+
+/// The loop every replica of the inventory test runs: a log file, a pid file and a cache
+/// directory of random name (the same patterns on every replica), a line a second.
+const COMMON: &str = "mkdir -p /var/log/app /run /var/cache/app/c$RANDOM$RANDOM; \
+    echo $$ > /run/app.pid; \
+    i=0; while true; do i=$((i+1)); echo tick $i >> /var/log/app/app.log; echo tick $i; sleep 1; done";
+
+#[test]
+fn inventories_alert_on_what_one_replica_does_and_not_on_what_every_replica_writes_issue_10() {
+    let broker = Broker::start(
+        &std::env::temp_dir().join(format!("herd-inventory-broker-{}.log", std::process::id())),
+    );
+    let names = Names::new("inventory");
+    let run = format!("herd-inv-{}", std::process::id());
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let fleet = Fleet::new(&run);
+    let img = image("herd-test/inv", "inv");
+    let common: Vec<(&str, String)> = vec![
+        // Groups here are seconds old: score after 15 s of history instead of an hour,
+        // and give siblings 20 s (four inventories) to show the same item.
+        ("HERD_DETECT__BASELINE__WARMUP_MS", "15000".into()),
+        ("HERD_DETECT__CORROBORATION_MS", "20000".into()),
+    ];
+    let worker_env: Vec<(&str, &str)> = common.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let worker_log = tmp.path().join("worker.log");
+    let worker = Worker::start_with(&names, &broker, worker_log.clone(), &worker_env);
+    let mut agent_env = common.clone();
+    agent_env.extend([
+        ("HERD_AGENT__HOST", format!("{run}-host")),
+        ("HERD_AGENT__LABEL", format!("herd.test={run}")),
+        ("HERD_AGENT__INTERVAL_MS", "1000".into()),
+        ("HERD_AGENT__INVENTORY_INTERVAL_MS", "5000".into()),
+        (
+            "HERD_AGENT__STATE_DIR",
+            tmp.path().join("state").display().to_string(),
+        ),
+        (
+            "HERD_AGENT__EVIDENCE_URL",
+            format!("file://{}", tmp.path().join("evidence").display()),
+        ),
+    ]);
+    let agent_log = tmp.path().join("agent.log");
+    let mut agent = Agent::start(&names, &broker, agent_log.clone(), &agent_env);
+    let logs = [worker_log.as_path(), agent_log.as_path()];
+
+    // Four replicas; after the group's warm-up, one drops a miner into /tmp and another
+    // starts a process no sibling runs. No `docker exec`: only the inventories can see it.
+    let quiet: Vec<String> = (0..2)
+        .map(|i| fleet.start_script(&img, &format!("r{i}"), COMMON))
+        .collect();
+    let dropper = fleet.start_script(
+        &img,
+        "dropper",
+        &format!("(sleep 30; mkdir -p /tmp/.x; cp /bin/busybox /tmp/.x/xmrig) & {COMMON}"),
+    );
+    let runner = fleet.start_script(
+        &img,
+        "runner",
+        &format!("(sleep 30; exec top -b > /dev/null) & {COMMON}"),
+    );
+
+    // The agent publishes both inventories of every replica, as native events, with
+    // the random cache directory (`c` and digits: hex) already a pattern.
+    wait_for(
+        "inventories of every replica",
+        Duration::from_secs(60),
+        &logs,
+        || {
+            let ev = payloads(&names, &broker, "events");
+            let of = |id: &str, kind: &str| {
+                ev.iter().any(|e| {
+                    e["container_id"] == id
+                        && e["event"]["kind"] == kind
+                        && (kind != "fs_changes"
+                            || e["event"]["added"]
+                                .as_array()
+                                .is_some_and(|a| a.iter().any(|p| p == "/var/cache/app/#")))
+                })
+            };
+            let all = [&quiet[0], &quiet[1], &dropper, &runner];
+            all.iter()
+                .all(|id| of(id, "fs_changes") && of(id, "processes"))
+                .then_some(())
+        },
+    );
+
+    let novel_of = |alerts: &[Value], id: &str, kind: &str, value: &str| {
+        alerts
+            .iter()
+            .filter(|a| a["container_id"] == id)
+            .flat_map(|a| a["novel"].as_array().cloned().unwrap_or_default())
+            .find(|n| n["kind"] == kind && n["value"] == value)
+    };
+    let (file, process) = wait_for(
+        "the dropped file and the odd process alerted",
+        Duration::from_secs(120),
+        &logs,
+        || {
+            let al = payloads(&names, &broker, "alerts");
+            Some((
+                novel_of(&al, &dropper, "file_added", "/tmp/.x/xmrig")?,
+                novel_of(&al, &runner, "process", "top")?,
+            ))
+        },
+    );
+    for n in [&file, &process] {
+        assert_eq!(n["replica_support"], 0, "{n:#}");
+        assert_eq!(n["replicas"], 4, "{n:#}");
+    }
+    // Give the quiet replicas' inventories time to be judged too, then: nothing for
+    // them, and nothing of what every replica writes.
+    std::thread::sleep(Duration::from_secs(25));
+    let alerts = payloads(&names, &broker, "alerts");
+    for id in &quiet {
+        assert!(
+            alerts.iter().all(|a| a["container_id"] != id.as_str()),
+            "a quiet replica was alerted: {:#?}",
+            alerts
+                .iter()
+                .filter(|a| a["container_id"] == id.as_str())
+                .collect::<Vec<_>>()
+        );
+    }
+    for a in &alerts {
+        for n in a["novel"].as_array().cloned().unwrap_or_default() {
+            let v = n["value"].as_str().unwrap_or("");
+            assert!(
+                !["/var/log/app", "/run/app.pid", "/var/cache/app"]
+                    .iter()
+                    .any(|common| v.starts_with(common)),
+                "what every replica writes was alerted: {n:#}"
+            );
+        }
+    }
+    let explanation = alerts
+        .iter()
+        .filter(|a| a["container_id"] == dropper.as_str())
+        .filter_map(|a| a["explanation"].as_str())
+        .next_back()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        explanation.contains("added to its filesystem"),
+        "{explanation}"
+    );
+    assert!(agent.alive(), "the agent died:\n{}", agent.log());
+    drop(agent);
+    worker.stop();
+}

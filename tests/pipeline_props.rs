@@ -7,12 +7,14 @@ use herd_ingest::{Limits, NormalizerConfig};
 use proptest::prelude::*;
 
 /// One line of each format, with `{N}` where a number goes, `{T}` a time, `{S}` a name.
-const TEMPLATES: [&str; 7] = [
+const TEMPLATES: [&str; 9] = [
     r#"{"ts":{T},"host":"{S}","container_id":"c{S}","container_name":"{S}","image":"img/{S}:1","labels":{"{S}":"{S}"},"metrics":{"cpu_cores":{N},"{S}":{N}}}"#,
     r#"{"ts":{T},"container_id":"c1","image":"img/a:1","event":{"kind":"exec","process":"{S}","args":["{S}"],"user":"{S}"}}"#,
     r#"{"host":"{S}","container":{"id":"c1","name":"{S}","image":"img/a:1","labels":{"{S}":"{S}"}},"stats":{"read":"2026-11-23T10:00:{T2}Z","cpu_stats":{"cpu_usage":{"total_usage":{N}},"system_cpu_usage":{N},"online_cpus":{N}},"precpu_stats":{"cpu_usage":{"total_usage":{N}},"system_cpu_usage":{N}},"memory_stats":{"usage":{N},"limit":{N},"stats":{"inactive_file":{N}}},"networks":{"eth0":{"rx_bytes":{N},"tx_bytes":{N},"rx_packets":{N},"tx_packets":{N}}},"blkio_stats":{"io_service_bytes_recursive":[{"op":"write","value":{N}}]},"pids_stats":{"current":{N}}}}"#,
     r#"{"read":"2026-11-23T10:00:{T2}Z","id":"c1","name":"/{S}","cpu_stats":{"cpu_usage":{"total_usage":{N}},"system_cpu_usage":{N}},"precpu_stats":{},"memory_stats":{"usage":{N}}}"#,
     r#"{"Type":"container","Action":"{S}","Actor":{"ID":"c1","Attributes":{"image":"img/a:1","name":"{S}","exitCode":"{S}"}},"time":{T},"timeNano":{N}}"#,
+    r#"{"ts":{T},"container_id":"c1","image":"img/a:1","event":{"kind":"fs_changes","added":["/tmp/{S}","{S}"],"changed":["/etc/{S}"],"deleted":["{S}"],"total":{N}}}"#,
+    r#"{"ts":{T},"container_id":"c1","image":"img/a:1","event":{"kind":"processes","processes":[{"process":"{S}","user":"{S}","parent":"{S}"},{"process":"{S}"}],"total":{N}}}"#,
     r#"{"rule":"{S}","priority":"{S}","time":"2026-11-23T10:00:{T2}Z","output_fields":{"container.id":"c1","container.image.repository":"{S}","proc.exepath":"{S}","fd.sip":"{S}","fd.sport":{N}},"tags":["{S}","T1059"]}"#,
     r#"{"timestamp":"2026-11-23T10:00:{T2}Z","value":"{N}","name":"container_cpu_usage_seconds_total","labels":{"__name__":"container_cpu_usage_seconds_total","id":"/docker/8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f","image":"{S}","name":"{S}"}}"#,
 ];

@@ -1,6 +1,7 @@
 //! Categorical behaviour of a peer group: the items its replicas showed (executables,
 //! exec commands, Falco rule + process, outbound destinations, listening ports, files
-//! written), each with the distinct replicas that showed it and when.
+//! written, and from inventories paths added, sensitive paths touched and processes
+//! running), each with the distinct replicas that showed it and when.
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,12 @@ pub enum ItemKind {
     ListenPort,
     /// A file written.
     FileWrite,
+    /// A path added to the container's filesystem (an inventory's pattern).
+    FileAdded,
+    /// A sensitive path added, changed or deleted (`added /etc/ld.so.preload`).
+    SensitiveFile,
+    /// A process an inventory saw running (its name).
+    Process,
 }
 
 impl ItemKind {
@@ -33,6 +40,9 @@ impl ItemKind {
             Self::Destination => "destination",
             Self::ListenPort => "listen_port",
             Self::FileWrite => "file_write",
+            Self::FileAdded => "file_added",
+            Self::SensitiveFile => "sensitive_file",
+            Self::Process => "process",
         }
     }
 }

@@ -672,7 +672,14 @@ fn uncorroborated(
         } else {
             Detector::Novelty
         };
-        f.add(det, Severity::Medium, threshold + 1.5);
+        // A sensitive path no sibling touched (credentials, binaries, the loader's
+        // configuration) is an incident however early in the group's learning.
+        let sev = if p.kind == ItemKind::SensitiveFile {
+            Severity::High
+        } else {
+            Severity::Medium
+        };
+        f.add(det, sev, threshold + 1.5);
         f.novel.push(NovelEvidence {
             kind: p.kind.as_str().into(),
             value: p.value,

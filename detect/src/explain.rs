@@ -112,7 +112,13 @@ fn feature_phrase(f: &FeatureEvidence) -> String {
 pub fn explain(a: &Alert) -> String {
     let who = format!("{} ({})", a.container_name, a.image);
     let mut parts: Vec<String> = Vec::new();
-    if let Some(n) = a.novel.first() {
+    // A sensitive path leads (credentials, binaries); otherwise the first item found.
+    let lead = a
+        .novel
+        .iter()
+        .find(|n| n.kind == "sensitive_file")
+        .or_else(|| a.novel.first());
+    if let Some(n) = lead {
         let what = match n.kind.as_str() {
             "exec_command" => format!("had `{}` run in it through docker exec", n.value),
             "executable" => format!("ran `{}`", n.value),
@@ -120,6 +126,12 @@ pub fn explain(a: &Alert) -> String {
             "destination" => format!("connected to {}", n.value),
             "listen_port" => format!("listened on port {}", n.value),
             "file_write" => format!("wrote {}", n.value),
+            "file_added" => format!("had {} added to its filesystem", n.value),
+            "sensitive_file" => match n.value.split_once(' ') {
+                Some((verb, path)) => format!("had {path} {verb}, a sensitive path"),
+                None => format!("touched sensitive path {}", n.value),
+            },
+            "process" => format!("was running process `{}`", n.value),
             other => format!("showed {other} `{}`", n.value),
         };
         let why = if n.phase == "locked" {

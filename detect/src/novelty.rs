@@ -2,6 +2,7 @@
 
 use herd_baseline::{ItemKind, Phase, Prior, normalize_item};
 use herd_ingest::Event;
+use herd_ingest::inventory::{path_pattern, sensitive};
 
 /// The items an event shows, with the kind each belongs to.
 pub(crate) fn items_of(ev: &Event) -> Vec<(ItemKind, String)> {
@@ -18,6 +19,36 @@ pub(crate) fn items_of(ev: &Event) -> Vec<(ItemKind, String)> {
         Event::Connect { dest } => vec![(ItemKind::Destination, dest.clone())],
         Event::Listen { port } => vec![(ItemKind::ListenPort, port.to_string())],
         Event::FileWrite { path } => vec![(ItemKind::FileWrite, normalize_item(path))],
+        Event::FsChanges {
+            added,
+            changed,
+            deleted,
+            ..
+        } => {
+            let mut v = Vec::new();
+            for (verb, list) in [("added", added), ("changed", changed), ("deleted", deleted)] {
+                for path in list {
+                    let pattern = path_pattern(path);
+                    if sensitive(path) || sensitive(&pattern) {
+                        v.push((ItemKind::SensitiveFile, format!("{verb} {pattern}")));
+                    } else if verb == "added" {
+                        v.push((ItemKind::FileAdded, pattern));
+                    }
+                }
+            }
+            v.sort();
+            v.dedup();
+            v
+        }
+        Event::Processes { processes, .. } => {
+            let mut v: Vec<(ItemKind, String)> = processes
+                .iter()
+                .map(|p| (ItemKind::Process, normalize_item(&p.process)))
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        }
         Event::Falco {
             rule,
             process,

@@ -658,3 +658,144 @@ fn the_structure_tells_a_fleet_surge_from_one_replica_unlike_its_siblings_issue_
     let s = evidence(&mining);
     assert!(s.off_axis > 0.5, "off the axis: {s:?}");
 }
+
+/// Each replica's filesystem inventory every five minutes: what every replica writes
+/// (a log named by date, a pid file, a cache file of random name, a temp dir) plus
+/// `own` for one replica.
+fn inventories(
+    cs: &[Arc<ContainerRef>],
+    from_min: i64,
+    until_min: i64,
+    odd: usize,
+    own: &[&str],
+) -> Vec<Observation> {
+    let mut out = Vec::new();
+    for m in (from_min..until_min).step_by(5) {
+        for (i, c) in cs.iter().enumerate() {
+            let mut added = vec![
+                format!("/var/log/app/2026-12-0{}.log", 1 + i % 3),
+                "/run/app.pid".to_owned(),
+                format!("/var/cache/app/{:016x}.blob", (i as u64 + 7) * 0x9e37_79b9),
+                format!("/tmp/tmp.{}k{}Q{}z", i * 7 + 11, i + 3, i * 13 + 17),
+            ];
+            let mut changed = vec!["/var/log/app".to_owned()];
+            if i == odd {
+                for p in own {
+                    if let Some(p) = p.strip_prefix("C ") {
+                        changed.push(p.to_owned());
+                    } else {
+                        added.push((*p).to_owned());
+                    }
+                }
+            }
+            out.push(event(
+                c,
+                T0 + m * MIN + 30_000 + i as i64 * 1_000,
+                Event::FsChanges {
+                    added,
+                    changed,
+                    deleted: vec![],
+                    total: None,
+                },
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_file_one_replica_drops_is_alerted_and_what_every_replica_writes_is_not_issue_10() {
+    let cs = replicas(5, "shop/app:1");
+    let mut e = engine();
+    // From the end of warm-up, inventories; app-3 holds a miner and a changed passwd.
+    let inv = inventories(
+        &cs,
+        30,
+        120,
+        2,
+        &["/tmp/.x", "/tmp/.x/xmrig", "C /etc/passwd"],
+    );
+    let out = run(&mut e, &cs, 120, &inv);
+    assert!(!out.is_empty(), "nothing alerted");
+    assert!(
+        out.iter().all(|a| a.container_name == "app-3"),
+        "a sibling was alerted: {out:#?}"
+    );
+    let novel: Vec<(&str, &str, usize, usize)> = out
+        .iter()
+        .flat_map(|a| &a.novel)
+        .map(|n| {
+            (
+                n.kind.as_str(),
+                n.value.as_str(),
+                n.replica_support,
+                n.replicas,
+            )
+        })
+        .collect();
+    for (kind, value) in [
+        ("file_added", "/tmp/.x"),
+        ("file_added", "/tmp/.x/xmrig"),
+        ("sensitive_file", "changed /etc/passwd"),
+    ] {
+        assert!(
+            novel.iter().any(|(k, v, support, replicas)| *k == kind
+                && *v == value
+                && *support == 0
+                && *replicas == 5),
+            "{kind} {value} not alerted with its replica support: {novel:?}"
+        );
+    }
+    let passwd = out
+        .iter()
+        .find(|a| a.novel.iter().any(|n| n.kind == "sensitive_file"))
+        .unwrap_or_else(|| panic!("no sensitive alert"));
+    assert_eq!(passwd.severity, Severity::High);
+    assert!(
+        passwd
+            .explanation
+            .contains("/etc/passwd changed, a sensitive path"),
+        "{}",
+        passwd.explanation
+    );
+}
+
+#[test]
+fn a_process_no_sibling_runs_is_alerted_issue_10() {
+    let cs = replicas(4, "shop/app:1");
+    let mut e = engine();
+    let entry = |p: &str, user: &str| herd_ingest::ProcessEntry {
+        process: p.into(),
+        user: Some(user.into()),
+        parent: None,
+    };
+    let mut inv = Vec::new();
+    for m in (30..120).step_by(5) {
+        for (i, c) in cs.iter().enumerate() {
+            let mut processes = vec![entry("nginx", "root"), entry("nginx", "www-data")];
+            if i == 1 && m >= 60 {
+                processes.push(entry("kdevtmpfsi", "www-data"));
+            }
+            inv.push(event(
+                c,
+                T0 + m * MIN + 45_000 + i as i64,
+                Event::Processes {
+                    processes,
+                    total: None,
+                },
+            ));
+        }
+    }
+    let out = run(&mut e, &cs, 120, &inv);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    let a = &out[0];
+    assert_eq!(a.container_name, "app-2");
+    assert_eq!(a.novel[0].kind, "process");
+    assert_eq!(a.novel[0].value, "kdevtmpfsi");
+    assert_eq!(a.novel[0].replica_support, 0);
+    assert!(
+        a.explanation.contains("was running process `kdevtmpfsi`"),
+        "{}",
+        a.explanation
+    );
+}

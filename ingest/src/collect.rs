@@ -12,23 +12,29 @@
 //! - Each sample is wrapped in the agent envelope with the inspect data (image, image
 //!   id as digest, labels, privileged, added capabilities); `start` events carry
 //!   `privileged` and `capAdd` attributes from the same inspect.
+//! - Every running container's inventories (`docker diff`, `docker top`) are taken every
+//!   `inventory_interval_ms`, and at once when it comes under watch after an alert,
+//!   summarised by [`crate::inventory`] and emitted as native `fs_changes` and
+//!   `processes` events for `herd.events`. One inventory at a time per container, within
+//!   the same bound on requests in flight as the stats.
 //! - Records are keyed by routing key (the image repository, see [`crate::route`]).
 //!
 //! Output goes to a bounded channel; the caller publishes it. When the channel is full
 //! the collector waits: sampling slows down instead of memory growing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::models::{ContainerCpuStats, ContainerInspectResponse, EventMessage};
-use bollard::query_parameters::{EventsOptions, ListContainersOptions, StatsOptions};
+use bollard::models::{ChangeType, ContainerCpuStats, ContainerInspectResponse, EventMessage};
+use bollard::query_parameters::{EventsOptions, ListContainersOptions, StatsOptions, TopOptions};
 use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::model::repository_of;
+use crate::inventory::Change;
+use crate::model::{ContainerRef, Event, Observation, Payload, repository_of};
 
 /// How the collector samples.
 #[derive(Debug, Clone)]
@@ -45,6 +51,11 @@ pub struct CollectorConfig {
     /// are watched; none means all. Network events carry no container labels, so with
     /// a filter they are not followed.
     pub label: Option<String>,
+    /// Inventories (`docker diff`, `docker top`) of every running container this often;
+    /// 0: never.
+    pub inventory_interval_ms: u64,
+    /// Most paths per list, and processes, of one inventory.
+    pub max_inventory_items: usize,
 }
 
 /// Something the collector produced.
@@ -67,6 +78,20 @@ pub enum Emit {
     /// A stats request gave no sample (`not_found`: the container went meanwhile;
     /// `docker_error`; `empty`: the engine answered nothing).
     SampleFailed {
+        /// Bounded reason.
+        reason: &'static str,
+    },
+    /// An inventory as a native event line, for `herd.events`.
+    Inventory {
+        /// Routing key.
+        key: String,
+        /// The native line's JSON.
+        payload: Vec<u8>,
+        /// `fs_changes` or `processes`.
+        kind: &'static str,
+    },
+    /// An inventory request failed (`not_found`, `docker_error`).
+    InventoryFailed {
         /// Bounded reason.
         reason: &'static str,
     },
@@ -99,6 +124,13 @@ struct Info {
     due: Instant,
     #[serde(skip)]
     in_flight: bool,
+    #[serde(skip)]
+    inventory_due: Instant,
+    #[serde(skip)]
+    inventory_in_flight: bool,
+    /// Under watch at the last tick (an inventory is taken when it comes under watch).
+    #[serde(skip)]
+    watched: bool,
 }
 
 fn info_of(c: &ContainerInspectResponse) -> Option<Info> {
@@ -130,6 +162,12 @@ fn info_of(c: &ContainerInspectResponse) -> Option<Info> {
         prev_cpu: None,
         due: Instant::now(),
         in_flight: false,
+        // The first inventory a minute after the container is first seen: what it
+        // writes at start-up is in it, and every replica started together is not
+        // inventoried in the same instant.
+        inventory_due: Instant::now() + Duration::from_secs(60),
+        inventory_in_flight: false,
+        watched: false,
     })
 }
 
@@ -161,6 +199,8 @@ pub async fn run(
     let (res_tx, mut res_rx) = mpsc::channel::<(String, Result<serde_json::Value, &'static str>)>(
         cfg.max_concurrent.max(1) * 2,
     );
+    let (inv_tx, mut inv_rx) =
+        mpsc::channel::<(String, Result<[Event; 2], &'static str>)>(cfg.max_concurrent.max(1) * 2);
     let mut tracked = usize::MAX;
     let sem = Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent.max(1)));
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -209,6 +249,28 @@ pub async fn run(
                     break Ok(());
                 }
             }
+            r = inv_rx.recv() => {
+                let Some((id, result)) = r else { break Ok(()) };
+                let Some(c) = containers.get_mut(&id) else { continue };
+                c.inventory_in_flight = false;
+                let emits: Vec<Emit> = match result {
+                    Ok(events) => events
+                        .into_iter()
+                        .filter_map(|e| inventory_line(&cfg.host, c, e))
+                        .collect(),
+                    Err(reason) => vec![Emit::InventoryFailed { reason }],
+                };
+                let mut closed = false;
+                for e in emits {
+                    if out.send(e).await.is_err() {
+                        closed = true;
+                        break;
+                    }
+                }
+                if closed {
+                    break Ok(());
+                }
+            }
             _ = tick.tick() => {
                 if containers.len() != tracked {
                     tracked = containers.len();
@@ -216,35 +278,33 @@ pub async fn run(
                         break Ok(());
                     }
                 }
-                let fast = watched();
+                let fast: HashSet<String> = watched().into_iter().collect();
                 let now = Instant::now();
+                let every_inventory = (cfg.inventory_interval_ms > 0)
+                    .then(|| Duration::from_millis(cfg.inventory_interval_ms.max(1000)));
+                // One walk: each container's inventory when due, then its sample.
                 for c in containers.values_mut() {
+                    let watched = fast.contains(&c.id);
+                    if let Some(every) = every_inventory
+                        && inventory_due(c, watched, now, every)
+                    {
+                        let (docker, id, tx, sem, max) = (docker.clone(), c.id.clone(), inv_tx.clone(), Arc::clone(&sem), cfg.max_inventory_items);
+                        tokio::spawn(async move {
+                            let Ok(_permit) = sem.acquire_owned().await else { return };
+                            let r = inventories(&docker, &id, max).await;
+                            let _ = tx.send((id, r)).await;
+                        });
+                    }
                     if c.in_flight || c.due > now {
                         continue;
                     }
-                    let every = if fast.contains(&c.id) { cfg.fast_interval_ms } else { cfg.interval_ms };
+                    let every = if watched { cfg.fast_interval_ms } else { cfg.interval_ms };
                     c.due = now + Duration::from_millis(every.max(100));
                     c.in_flight = true;
                     let (docker, id, tx, sem) = (docker.clone(), c.id.clone(), res_tx.clone(), Arc::clone(&sem));
                     tokio::spawn(async move {
                         let Ok(_permit) = sem.acquire_owned().await else { return };
-                        let opts = StatsOptions { stream: false, one_shot: true };
-                        let s = docker.stats(&id, Some(opts)).next().await;
-                        let v = match s {
-                            Some(Ok(s)) => serde_json::to_value(s).map_err(|_| "docker_error"),
-                            Some(Err(e)) => {
-                                tracing::debug!(error = %e, container = %id, "stats failed");
-                                Err(match e {
-                                    bollard::errors::Error::DockerResponseServerError {
-                                        status_code: 404,
-                                        ..
-                                    } => "not_found",
-                                    _ => "docker_error",
-                                })
-                            }
-                            None => Err("empty"),
-                        };
-                        let _ = tx.send((id, v)).await;
+                        let _ = tx.send((id.clone(), stats_of(&docker, &id).await)).await;
                     });
                 }
             }
@@ -252,6 +312,115 @@ pub async fn run(
     };
     events.abort();
     result
+}
+
+/// Whether a container's inventory is due now, and if so marks it in flight and sets
+/// the next one. A container just put under watch is due at once; the first of any
+/// other is due a minute after it was first seen, or sooner with a shorter interval.
+fn inventory_due(c: &mut Info, watched: bool, now: Instant, every: Duration) -> bool {
+    if watched && !c.watched {
+        c.inventory_due = now;
+    }
+    c.watched = watched;
+    c.inventory_due = c.inventory_due.min(now + every);
+    if c.inventory_in_flight || c.inventory_due > now {
+        return false;
+    }
+    c.inventory_due = now + every;
+    c.inventory_in_flight = true;
+    true
+}
+
+/// One stats sample of a container (`one_shot`: no second read for `precpu_stats`;
+/// the collector fills it from the previous sample).
+async fn stats_of(docker: &Docker, id: &str) -> Result<serde_json::Value, &'static str> {
+    let opts = StatsOptions {
+        stream: false,
+        one_shot: true,
+    };
+    match docker.stats(id, Some(opts)).next().await {
+        Some(Ok(s)) => serde_json::to_value(s).map_err(|_| "docker_error"),
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, container = %id, "stats failed");
+            Err(match e {
+                bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                } => "not_found",
+                _ => "docker_error",
+            })
+        }
+        None => Err("empty"),
+    }
+}
+
+/// `docker diff` and `docker top` of one container, summarised.
+async fn inventories(docker: &Docker, id: &str, max: usize) -> Result<[Event; 2], &'static str> {
+    let reason = |e: &bollard::errors::Error| match e {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        } => "not_found",
+        _ => "docker_error",
+    };
+    let changes = docker.container_changes(id).await.map_err(|e| {
+        tracing::debug!(error = %e, container = %id, "docker diff failed");
+        reason(&e)
+    })?;
+    let changes = changes.unwrap_or_default().into_iter().map(|c| {
+        let kind = match c.kind {
+            ChangeType::_1 => Change::Added,
+            ChangeType::_2 => Change::Deleted,
+            ChangeType::_0 => Change::Changed,
+        };
+        (kind, c.path)
+    });
+    let fs = crate::inventory::summarise_changes(changes, max);
+    // The kernel's process name and the parent's pid where the host's `ps` gives them
+    // (procps); Docker's default columns otherwise.
+    let mut top = None;
+    for args in ["-eo pid,ppid,user,comm", "-ef"] {
+        let opts = TopOptions {
+            ps_args: args.to_owned(),
+        };
+        match docker.top_processes(id, Some(opts)).await {
+            Ok(t) => {
+                top = Some(t);
+                break;
+            }
+            Err(e) if reason(&e) == "not_found" => return Err("not_found"),
+            Err(e) => tracing::debug!(error = %e, container = %id, args, "docker top failed"),
+        }
+    }
+    let top = top.ok_or("docker_error")?;
+    let procs = crate::inventory::summarise_processes(
+        &top.titles.unwrap_or_default(),
+        &top.processes.unwrap_or_default(),
+        max,
+    );
+    Ok([fs, procs])
+}
+
+/// An inventory event as a native line of the container.
+fn inventory_line(host: &str, c: &Info, event: Event) -> Option<Emit> {
+    let kind = event.kind();
+    let o = Observation {
+        ts_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+        container: Arc::new(ContainerRef {
+            id: c.id.clone(),
+            name: Some(c.name.clone()).filter(|n| !n.is_empty()),
+            image: c.image.clone(),
+            image_digest: c.image_digest.clone(),
+            labels: c.labels.clone(),
+            host: Some(host.to_owned()),
+        }),
+        payload: Payload::Event(event),
+    };
+    Some(Emit::Inventory {
+        key: c.key.clone(),
+        payload: crate::decode::encode_native(&o).into_bytes(),
+        kind,
+    })
 }
 
 /// Turns a stats object into an envelope; fills `precpu_stats` from the previous sample.
@@ -458,6 +627,9 @@ mod tests {
             prev_cpu: None,
             due: Instant::now(),
             in_flight: false,
+            inventory_due: Instant::now(),
+            inventory_in_flight: false,
+            watched: false,
         };
         let s = |total: u64, sys: u64| {
             serde_json::json!({"read":"2026-11-23T10:00:10Z","id":"abc",

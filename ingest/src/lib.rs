@@ -15,6 +15,10 @@
 //!    order (callers reorder between the two steps), so that a `start` event registers a
 //!    container before its first raw stats sample is joined to it.
 //!
+//! [`inventory`] summarises what the Docker API alone says of a container (`docker
+//! diff`, `docker top`) into inventory events, with the path patterns that make every
+//! replica's logs and caches look alike.
+//!
 //! [`route`] says which worker owns a record (its routing key), for the stream service's
 //! re-keying of input that arrives keyed otherwise.
 //!
@@ -28,13 +32,14 @@
 #[cfg(feature = "docker")]
 pub mod collect;
 pub mod decode;
+pub mod inventory;
 pub mod model;
 pub mod normalize;
 pub mod route;
 pub mod time;
 
 pub use decode::{Decoder, Identities, Limits, Record, Reject, RejectReason};
-pub use model::{ContainerRef, Event, GroupBy, MetricName, Observation, Payload};
+pub use model::{ContainerRef, Event, GroupBy, MetricName, Observation, Payload, ProcessEntry};
 pub use normalize::{Normalizer, NormalizerConfig};
 pub use route::Router;
 

@@ -183,6 +183,33 @@ pub enum Event {
         /// The path.
         path: String,
     },
+    /// A filesystem inventory (`docker diff`): the paths added, changed and deleted
+    /// since the container started, as its producer summarised them (herd's agent
+    /// lists each pattern once, the shallowest first, at most `agent.max_inventory_items`
+    /// of each, and leaves out a changed directory whose entries are listed).
+    FsChanges {
+        /// Paths added.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        added: Vec<String>,
+        /// Paths changed.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        changed: Vec<String>,
+        /// Paths deleted.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        deleted: Vec<String>,
+        /// Changes the runtime reported in all, when more than are listed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total: Option<u64>,
+    },
+    /// A process inventory (`docker top`): the processes running in the container.
+    Processes {
+        /// Each process once (name, user, parent).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        processes: Vec<ProcessEntry>,
+        /// Processes running in all, when more than are listed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total: Option<u64>,
+    },
     /// A Falco rule fired for this container.
     Falco {
         /// The rule name.
@@ -224,9 +251,25 @@ impl Event {
             Event::Connect { .. } => "connect",
             Event::Listen { .. } => "listen",
             Event::FileWrite { .. } => "file_write",
+            Event::FsChanges { .. } => "fs_changes",
+            Event::Processes { .. } => "processes",
             Event::Falco { .. } => "falco",
         }
     }
+}
+
+/// One process of a [`Event::Processes`] inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessEntry {
+    /// The executable's name (the kernel's `comm`, or the command's first word).
+    pub process: String,
+    /// The user it runs as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The parent process's name, where the platform gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// What an observation carries.

@@ -99,15 +99,20 @@ impl Fleet {
     /// Starts a container that idles (a shell sleeping in a loop, logging a line a
     /// second); returns its id.
     pub fn start(&self, image: &str, name: &str) -> String {
+        self.start_script(
+            image,
+            name,
+            "i=0; while true; do i=$((i+1)); echo tick $i; sleep 1; done",
+        )
+    }
+
+    /// Starts a container running `script` with `/bin/sh -c`; returns its id.
+    pub fn start_script(&self, image: &str, name: &str, script: &str) -> String {
         let name = format!("{}-{name}", self.run);
         self.rt.block_on(async {
             let body = ContainerCreateBody {
                 image: Some(image.to_owned()),
-                cmd: Some(vec![
-                    "/bin/sh".into(),
-                    "-c".into(),
-                    "i=0; while true; do i=$((i+1)); echo tick $i; sleep 1; done".into(),
-                ]),
+                cmd: Some(vec!["/bin/sh".into(), "-c".into(), script.to_owned()]),
                 labels: Some(HashMap::from([(LABEL.to_owned(), self.run.clone())])),
                 ..ContainerCreateBody::default()
             };

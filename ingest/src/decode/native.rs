@@ -134,6 +134,29 @@ fn metrics(v: &RawValue, l: &Limits) -> Result<Vec<(MetricName, f64)>, Reject> {
 fn event(v: &RawValue, l: &Limits) -> Result<Event, Reject> {
     let ev: Event = serde_json::from_str(v.get())
         .map_err(|e| Reject::new(RejectReason::InvalidValue, format!("event: {e}")))?;
+    // An inventory longer than the item limit is refused whole, not cut short: a
+    // producer summarises its inventories (docs/formats.md), and a cut would hide the
+    // entries past it.
+    let lists: &[(&str, usize)] = match &ev {
+        Event::FsChanges {
+            added,
+            changed,
+            deleted,
+            ..
+        } => &[
+            ("added", added.len()),
+            ("changed", changed.len()),
+            ("deleted", deleted.len()),
+        ],
+        Event::Processes { processes, .. } => &[("processes", processes.len())],
+        _ => &[],
+    };
+    if let Some((name, n)) = lists.iter().find(|(_, n)| *n > l.max_items) {
+        return Err(Reject::new(
+            RejectReason::TooManyItems,
+            format!("event.{name}: {n} items > {}", l.max_items),
+        ));
+    }
     Ok(bound_event(ev, l))
 }
 
@@ -170,6 +193,29 @@ pub(crate) fn bound_event(ev: Event, l: &Limits) -> Event {
         },
         Event::Connect { dest } => Event::Connect { dest: b(dest) },
         Event::FileWrite { path } => Event::FileWrite { path: b(path) },
+        Event::FsChanges {
+            added,
+            changed,
+            deleted,
+            total,
+        } => Event::FsChanges {
+            added: bv(added),
+            changed: bv(changed),
+            deleted: bv(deleted),
+            total,
+        },
+        Event::Processes { processes, total } => Event::Processes {
+            processes: processes
+                .into_iter()
+                .take(l.max_items)
+                .map(|p| crate::model::ProcessEntry {
+                    process: b(p.process),
+                    user: bo(p.user),
+                    parent: bo(p.parent),
+                })
+                .collect(),
+            total,
+        },
         Event::Health { status } => Event::Health { status: b(status) },
         Event::NetworkConnect { network } => Event::NetworkConnect {
             network: b(network),
@@ -240,5 +286,45 @@ mod tests {
         for (line, reason) in cases {
             assert_eq!(d.decode(line).map_err(|r| r.reason).err(), Some(reason));
         }
+    }
+
+    #[test]
+    fn inventories_decode_round_trip_and_are_refused_whole_beyond_the_item_limit() {
+        let d = Decoder::default();
+        let diff = br#"{"ts":"2026-11-23T10:05:00Z","container_id":"8f2c","image":"shop/web:1.4","event":{"kind":"fs_changes","added":["/tmp/.x","/tmp/.x/xmrig"],"changed":["/etc/passwd"],"deleted":["/usr/bin/wget"],"total":4}}"#;
+        let Ok(Record::Native(o)) = d.decode(diff) else {
+            panic!("not native")
+        };
+        let Payload::Event(Event::FsChanges { added, total, .. }) = &o.payload else {
+            panic!("{:?}", o.payload)
+        };
+        assert_eq!(added, &["/tmp/.x", "/tmp/.x/xmrig"]);
+        assert_eq!(*total, Some(4));
+        let again = encode_native(&o);
+        assert_eq!(d.decode(again.as_bytes()).ok(), Some(Record::Native(o)));
+        let top = br#"{"ts":"2026-11-23T10:05:00Z","container_id":"8f2c","image":"shop/web:1.4","event":{"kind":"processes","processes":[{"process":"nginx","user":"root"},{"process":"nginx","user":"www-data","parent":"nginx"}]}}"#;
+        let Ok(Record::Native(o)) = d.decode(top) else {
+            panic!("not native")
+        };
+        assert!(
+            matches!(&o.payload, Payload::Event(Event::Processes { processes, .. }) if processes.len() == 2)
+        );
+        // An unknown field of a process is a typo, not data to drop.
+        let typo = br#"{"ts":1763892000000,"container_id":"a","image":"i","event":{"kind":"processes","processes":[{"proces":"sh"}]}}"#;
+        assert_eq!(
+            d.decode(typo).map_err(|r| r.reason).err(),
+            Some(RejectReason::InvalidValue)
+        );
+        let small = Decoder::new(Limits {
+            max_items: 2,
+            ..Limits::default()
+        });
+        let three = br#"{"ts":1763892000000,"container_id":"a","image":"i","event":{"kind":"fs_changes","added":["/a","/b","/c"]}}"#;
+        let r = small
+            .decode(three)
+            .err()
+            .unwrap_or_else(|| panic!("accepted"));
+        assert_eq!(r.reason, RejectReason::TooManyItems);
+        assert!(r.detail.contains("event.added"), "{}", r.detail);
     }
 }
