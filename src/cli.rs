@@ -113,6 +113,32 @@ pub enum Command {
         #[arg(long)]
         host: Option<String>,
     },
+    /// Prove that detection, response and evidence work end to end: start a labelled
+    /// canary replica beside a real group (or in a throwaway group), make it misbehave
+    /// harmlessly (a marker file, an unexpected process, a CPU burn), wait for its
+    /// alert, its policy's actions and its evidence bundle, report the time to each,
+    /// and remove what it started. Exits non-zero when a step never comes.
+    Drill {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Start the canary beside this running container's group (same image, its
+        /// labels but Kubernetes' own).
+        #[arg(long, conflicts_with = "image", required_unless_present = "image")]
+        like: Option<String>,
+        /// Or drill a throwaway group of this image (it needs a shell).
+        #[arg(long)]
+        image: Option<String>,
+        /// Idle siblings of the throwaway group.
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        /// How long the canary behaves before it misbehaves (`0s` beside a real group;
+        /// the workers' warm-up and 30 s in a throwaway group).
+        #[arg(long, value_parser = parse_duration)]
+        settle: Option<std::time::Duration>,
+        /// How long each step may take.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// The whole stream service in one process, with nothing to set up: an in-process
     /// Kafka, a simulated fleet produced to it on an accelerated clock, one worker.
     /// Prints alerts as they come and a summary at the end.
@@ -428,6 +454,30 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             std::io::Write::flush(&mut stdout)?;
             eprintln!("herd consume: {n} records from {topic}");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Drill {
+            kafka,
+            like,
+            image,
+            replicas,
+            settle,
+            timeout,
+        } => {
+            let cfg = kafka.load()?;
+            let opts = crate::drill::DrillOptions {
+                like,
+                image,
+                replicas,
+                settle,
+                timeout,
+            };
+            let mut stdout = std::io::stdout().lock();
+            let report = crate::drill::drill(&cfg, &opts, &mut stdout)?;
+            Ok(if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Demo { seed, duration } => {
             let mut stdout = std::io::stdout().lock();

@@ -9,6 +9,7 @@
 //! - [`retrain`]: `herd retrain`, baselines from the archive with DataFusion SQL;
 //! - [`stream`]: `herd run`, the Kafka stream service (and its response loop);
 //! - [`agent`]: `herd agent`, the node agent: Docker collector and action executor;
+//! - [`drill`]: `herd drill`, a canary that proves detection, response and evidence;
 //! - [`metrics`] and [`http`]: the Prometheus series, liveness and readiness, and the
 //!   endpoint that serves them (`/metrics`, `/healthz`, `/readyz`);
 //! - [`logs`]: log output on one line per event, whatever the input holds;
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod consume;
 pub mod demo;
+pub mod drill;
 pub mod evaluate;
 pub mod http;
 pub mod input;

@@ -1016,3 +1016,138 @@ fn inventories_alert_on_what_one_replica_does_and_not_on_what_every_replica_writ
     drop(agent);
     worker.stop();
 }
+
+#[test]
+fn herd_drill_completes_against_a_running_pipeline_and_cleans_up_issue_10() {
+    let broker = Broker::start(
+        &std::env::temp_dir().join(format!("herd-drill-broker-{}.log", std::process::id())),
+    );
+    let names = Names::new("drill");
+    let run = format!("herd-drill-it-{}", std::process::id());
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let fleet = Fleet::new(&run);
+    let img = image("herd-test/drill", "drill");
+    let policy = tmp.path().join("policies.toml");
+    std::fs::write(
+        &policy,
+        r#"
+[[policy]]
+name = "drill-capture"
+match = { image = "herd-test/drill*" }
+actions = [{ action = "capture" }, { action = "pause" }]
+"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let ev_url = format!("file://{}", tmp.path().join("evidence").display());
+    let common: Vec<(&str, String)> = vec![
+        ("HERD_RESPOND__POLICY_FILE", policy.display().to_string()),
+        ("HERD_RESPOND__EVIDENCE_URL", ev_url.clone()),
+        ("HERD_RESPOND__AFTER_MS", "5000".into()),
+        ("HERD_DETECT__BASELINE__WARMUP_MS", "15000".into()),
+        ("HERD_AGENT__EVIDENCE_URL", ev_url),
+    ];
+    let worker_env: Vec<(&str, &str)> = common.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let worker_log = tmp.path().join("worker.log");
+    let worker = Worker::start_with(&names, &broker, worker_log.clone(), &worker_env);
+    let mut agent_env = common.clone();
+    agent_env.extend([
+        ("HERD_AGENT__HOST", format!("{run}-host")),
+        ("HERD_AGENT__LABEL", format!("herd.test={run}")),
+        ("HERD_AGENT__INTERVAL_MS", "1000".into()),
+        (
+            "HERD_AGENT__STATE_DIR",
+            tmp.path().join("state").display().to_string(),
+        ),
+    ]);
+    let agent_log = tmp.path().join("agent.log");
+    let mut agent = Agent::start(&names, &broker, agent_log.clone(), &agent_env);
+    let logs = [worker_log.as_path(), agent_log.as_path()];
+
+    // A real group of three, past its warm-up.
+    let group: Vec<String> = (0..3)
+        .map(|i| fleet.start(&img, &format!("g{i}")))
+        .collect();
+    wait_for(
+        "the group's samples",
+        Duration::from_secs(60),
+        &logs,
+        || {
+            let s = payloads(&names, &broker, "samples");
+            group
+                .iter()
+                .all(|id| {
+                    s.iter()
+                        .filter(|p| p["container"]["id"] == id.as_str())
+                        .count()
+                        >= 20
+                })
+                .then_some(())
+        },
+    );
+
+    let out = herd()
+        .arg("drill")
+        .args(["--like", &group[0], "--timeout", "120s"])
+        .envs(names.env(&broker))
+        .envs(common.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap_or_else(|e| panic!("herd drill: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("{text}");
+    assert!(
+        out.status.success(),
+        "the drill failed:\n{text}\n{err}\n{}",
+        agent.log()
+    );
+    for step in ["alert", "capture", "pause", "evidence"] {
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with("ok") && l.contains(&format!(" s  {step}"))),
+            "no timing for {step}:\n{text}"
+        );
+    }
+    assert!(text.contains("herd drill: passed"), "{text}");
+    assert!(text.contains("removed 1 container(s)"), "{text}");
+    // Nothing of the drill is left.
+    let left = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=herd.drill"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+        "drill containers left behind"
+    );
+    // The siblings were never touched.
+    for id in &group {
+        let st = fleet.inspect(id).state.unwrap_or_default();
+        assert_eq!(st.running, Some(true), "{id} is not running");
+        assert_ne!(st.paused, Some(true), "{id} was paused");
+    }
+
+    // A throwaway group of its own: three idle siblings and the canary, which waits out
+    // the workers' warm-up (15 s here) before it misbehaves.
+    let other = image("herd-test/drill-own", "drill-own");
+    let out = herd()
+        .arg("drill")
+        .args(["--image", &other, "--replicas", "3", "--settle", "25s"])
+        .args(["--timeout", "120s"])
+        .envs(names.env(&broker))
+        .envs(common.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("HERD_AGENT__LABEL", format!("herd.test={run}"))
+        .output()
+        .unwrap_or_else(|e| panic!("herd drill: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{text}");
+    assert!(
+        out.status.success(),
+        "the throwaway drill failed:\n{text}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.log()
+    );
+    assert!(text.contains("sibling"), "{text}");
+    assert!(text.contains("removed 4 container(s)"), "{text}");
+    assert!(agent.alive(), "the agent died:\n{}", agent.log());
+    drop(agent);
+    worker.stop();
+}
