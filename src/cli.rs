@@ -376,6 +376,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !s.counters.rejected.is_empty() {
                 eprintln!("herd run: dead-letter reasons: {:?}", s.counters.rejected);
             }
+            if s.restarts > 0 {
+                eprintln!(
+                    "herd run: went back to the last commit {} times after the broker refused \
+                     deliveries (the input after each was processed, and is counted, again)",
+                    s.restarts
+                );
+            }
             // Every record taken from an input has exactly one outcome.
             for (topic, t) in s.topics.iter().zip(&s.tally) {
                 eprintln!(
@@ -385,6 +392,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     t[1],
                     t[2],
                     t[3]
+                );
+            }
+            for (topic, n) in s.topics.iter().zip(&s.skipped).filter(|(_, n)| **n > 0) {
+                eprintln!(
+                    "herd run: input {topic}: {n} offsets skipped with no record (deleted by \
+                     retention before they were read, unless the topic is compacted)"
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -104,7 +104,9 @@ fn run(
         let stop = Arc::clone(&stop_worker);
         std::thread::Builder::new()
             .name("herd-worker".into())
-            .spawn(move || crate::stream::worker::run(&cfg, &cfg.kafka, &stop))?
+            .spawn(move || {
+                crate::stream::supervise(&cfg, &stop, crate::stream::Instruments::detached()?)
+            })?
     };
     // Two days of fleet time in three quarters of the demo.
     let play = opts.duration.as_secs_f64().max(4.0) * 0.75;

@@ -106,6 +106,8 @@ pub struct WorkerMetrics {
     /// `herd_input_records_total{topic,outcome}`: outcome is `scored`, `filtered`,
     /// `dead_lettered` or `forwarded` (re-keyed through the repartition topic).
     pub input_records: IntCounterVec,
+    /// `herd_input_offsets_skipped_total{topic}`.
+    pub offsets_skipped: IntCounterVec,
     /// `herd_dlq_records_total{reason}`.
     pub dlq_records: IntCounterVec,
     /// `herd_consumer_lag_records{topic,partition}`.
@@ -140,6 +142,8 @@ pub struct WorkerMetrics {
     pub checkpoints: IntCounter,
     /// `herd_checkpoint_failures_total`.
     pub checkpoint_failures: IntCounter,
+    /// `herd_worker_restarts_total`.
+    pub restarts: IntCounter,
     /// `herd_partitions_assigned`.
     pub partitions: IntGauge,
     /// `herd_archive_files_total`.
@@ -196,6 +200,14 @@ impl WorkerMetrics {
                 "herd_input_records_total",
                 "Input records by topic and outcome (scored, filtered, dead_lettered, forwarded).",
                 &["topic", "outcome"],
+            )?,
+            offsets_skipped: counter_vec(
+                &mut r,
+                "herd_input_offsets_skipped_total",
+                "Input offsets with no record delivered, by topic: records deleted by \
+                 retention before herd read them (the group lagged past the topic's \
+                 retention), unless the topic is compacted or transactional.",
+                &["topic"],
             )?,
             dlq_records: counter_vec(
                 &mut r,
@@ -264,6 +276,12 @@ impl WorkerMetrics {
                 &mut r,
                 "herd_checkpoint_failures_total",
                 "Checkpoints that failed (nothing was committed).",
+            )?,
+            restarts: counter(
+                &mut r,
+                "herd_worker_restarts_total",
+                "Times the worker rejoined its group in place, from the last commit, after \
+                 the broker refused deliveries.",
             )?,
             partitions: gauge(
                 &mut r,

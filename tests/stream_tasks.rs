@@ -202,6 +202,72 @@ fn raw_stats_wait_for_a_start_event_that_comes_late_on_the_events_topic() {
     assert_eq!(t.tally()[0][2], 2, "b's and c's samples dead-lettered");
 }
 
+/// Offsets that went by with no record (retention deleted them before the task read
+/// them) are counted per input, from where the input started (its committed offset)
+/// and between records; a compacted retrained topic's gaps are not.
+#[test]
+fn offsets_skipped_with_no_record_are_counted_per_input() {
+    let mut tcfg = task_config(3, Duration::ZERO);
+    tcfg.retrained_input = Some(2);
+    let mut t = Task::new(0, &tcfg).expect("task");
+    let a = "a".repeat(64);
+    let mut out = Vec::new();
+    // The committed offsets: 10 on the samples, 0 on the events, 0 on the retrained.
+    t.start_at(0, 10);
+    t.start_at(1, 0);
+    t.start_at(2, 0);
+    t.offer(1, 0, None, None, start_event(&a, 0).as_bytes(), &mut out);
+    // The log now starts at 25: offsets 10..25 were deleted unread.
+    t.offer(
+        0,
+        25,
+        None,
+        None,
+        raw_stats(&a, 10, 1_000_000_000).as_bytes(),
+        &mut out,
+    );
+    t.offer(
+        0,
+        26,
+        None,
+        None,
+        raw_stats(&a, 20, 2_000_000_000).as_bytes(),
+        &mut out,
+    );
+    assert_eq!(t.skipped(), &[15, 0, 0]);
+    // A gap between two records counts too; a record at the next offset does not.
+    t.offer(
+        0,
+        30,
+        None,
+        None,
+        raw_stats(&a, 30, 3_000_000_000).as_bytes(),
+        &mut out,
+    );
+    t.offer(1, 1, None, None, start_event(&a, 31).as_bytes(), &mut out);
+    assert_eq!(t.skipped(), &[18, 0, 0]);
+    // Compaction leaves gaps in the retrained topic: none is counted.
+    t.offer(2, 7, None, Some(b"g"), b"not a baseline", &mut out);
+    assert_eq!(t.skipped(), &[18, 0, 0]);
+    // An input with no committed offset starts wherever its first record is.
+    let mut fresh = Task::new(1, &tcfg).expect("task");
+    fresh.offer(
+        0,
+        500,
+        None,
+        None,
+        raw_stats(&a, 10, 1).as_bytes(),
+        &mut out,
+    );
+    assert_eq!(fresh.skipped(), &[0, 0, 0]);
+    t.drain(Instant::now(), Duration::ZERO, false, &mut out);
+    assert_eq!(
+        t.tally()[0].iter().sum::<u64>(),
+        3,
+        "every sample delivered has an outcome"
+    );
+}
+
 /// In a catch-up the samples partition can race minutes ahead of a lagging events
 /// partition in event time: samples of a container whose start event is still on the
 /// broker wait for it however far the stream moves, and are scored once it comes

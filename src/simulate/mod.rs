@@ -102,8 +102,8 @@ pub struct Labels {
     pub benign: Vec<BenignLabel>,
 }
 
-/// Simulation start: 2026-11-02T00:00:00Z.
-const T0: i64 = 1_793_577_600_000;
+/// Simulation start: 2026-11-02T00:00:00Z (epoch ms), for every seed.
+pub const T0: i64 = 1_793_577_600_000;
 
 struct Attack {
     kind: &'static str,

@@ -83,6 +83,13 @@ pub struct StreamConfig {
     /// replicas) is written as parts of this size. Keep it well under the smallest
     /// `message.max.bytes` of the producer and `max.message.bytes` of the topic.
     pub checkpoint_record_bytes: usize,
+    /// When the broker refuses deliveries after librdkafka's own retries (a broker
+    /// just restarted can answer some produce requests with an error), the worker
+    /// stops without committing and rejoins its group in place, from the last commit,
+    /// up to this many times in a row (a run that commits resets the count; the waits
+    /// between grow from 1 s to 30 s). Then `herd run` exits non-zero and its
+    /// supervisor's restart takes over. 0: exit at the first refusal.
+    pub max_restarts: u32,
 }
 
 impl Default for StreamConfig {
@@ -99,6 +106,7 @@ impl Default for StreamConfig {
             shutdown_deadline_ms: 20_000,
             max_routed_containers: 100_000,
             checkpoint_record_bytes: super::parts::MAX_VALUE_BYTES,
+            max_restarts: 5,
         }
     }
 }

@@ -95,8 +95,14 @@ impl ProducerContext for DeliveryTracker {
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((err, msg)) = result {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %err, topic = msg.topic(), "delivery failed");
+            // A refusal fails every record of a request: logged at the 1st, 2nd, 4th,
+            // 8th… failure, not once per record.
+            let n = self.failed.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::error!(error = %err, topic = msg.topic(), failed = n, "delivery failed");
+            } else {
+                tracing::debug!(error = %err, topic = msg.topic(), failed = n, "delivery failed");
+            }
         }
     }
 }

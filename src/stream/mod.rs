@@ -9,7 +9,8 @@
 //! - [`parts`]: checkpoint values too large for one record, written as parts;
 //! - [`respond`]: per task, the observation ring, the policy decision on every alert and
 //!   the `attach` addenda (commands to `herd.actions`, refusals to `herd.responses`);
-//! - [`worker`]: the consumer loop, rebalance hand-off, commits and shutdown.
+//! - [`worker`]: the consumer loop, rebalance hand-off, commits and shutdown;
+//!   [`supervise`] rejoins the group in place when the broker refused deliveries.
 //!
 //! Records are routed by image repository ([`herd_ingest::route`]); input keyed
 //! otherwise is re-keyed through the repartition topic. State is checkpointed per group
@@ -25,6 +26,7 @@ pub mod worker;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 pub use config::{StreamConfig, Topics};
 pub use worker::{Instruments, Summary};
@@ -79,7 +81,7 @@ pub fn serve(cfg: HerdConfig) -> anyhow::Result<Summary> {
             let cfg = cfg.clone();
             std::thread::Builder::new()
                 .name("herd-worker".into())
-                .spawn(move || worker::run_with(&cfg, &cfg.kafka, &stop, inst))?
+                .spawn(move || supervise(&cfg, &stop, inst))?
         };
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let finished = loop {
@@ -108,4 +110,73 @@ pub fn serve(cfg: HerdConfig) -> anyhow::Result<Summary> {
         }
         summary?
     })
+}
+
+/// Longest wait between two in-place restarts.
+const MAX_RESTART_WAIT: Duration = Duration::from_secs(30);
+
+/// Runs the worker until `shutdown` is set. When the broker refused deliveries after
+/// librdkafka's own retries (a broker just restarted can answer some produce requests
+/// with an error), effects of processed input are lost: the worker goes back to the last
+/// commit in place, keeping its group membership (its tasks restored from the last
+/// checkpoint, its consumer rewound), up to `stream.max_restarts` times in a row; a
+/// checkpoint committed resets the count. Beyond that the run stops without committing
+/// ([`worker::Refused`]) and is started again here, as a supervisor would restart the
+/// process: a new consumer and producer join the group and process the input from the
+/// last commit. Again at most `stream.max_restarts` in a row (a run that committed
+/// resets the count), with waits from 1 s doubling to 30 s; then the error is returned.
+/// Any other error is returned at once. The summary adds up every run.
+pub fn supervise(
+    cfg: &HerdConfig,
+    shutdown: &AtomicBool,
+    inst: Instruments,
+) -> anyhow::Result<Summary> {
+    let mut done = Summary::default();
+    let mut in_a_row = 0u32;
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let refused = match worker::run_with(cfg, &cfg.kafka, shutdown, inst.clone()) {
+            Ok(s) => {
+                done.absorb(&s);
+                return Ok(done);
+            }
+            Err(e) => e.downcast::<worker::Refused>()?,
+        };
+        done.absorb(&refused.summary);
+        if refused.summary.checkpoints > 0 {
+            in_a_row = 0;
+            wait = Duration::from_secs(1);
+        }
+        if in_a_row >= cfg.stream.max_restarts {
+            let restarts = done.restarts;
+            return Err(anyhow::Error::new(refused).context(format!(
+                "the worker stopped after {restarts} restarts in place \
+                 (stream.max_restarts = {})",
+                cfg.stream.max_restarts
+            )));
+        }
+        in_a_row += 1;
+        done.restarts += 1;
+        inst.metrics.restarts.inc();
+        inst.health.set("assigned", false);
+        tracing::warn!(
+            failed = refused.failed,
+            records = refused.summary.counters.lines,
+            checkpoints = refused.summary.checkpoints,
+            restart = in_a_row,
+            of = cfg.stream.max_restarts,
+            wait_ms = wait.as_millis() as u64,
+            "the broker refused deliveries; rejoining the group from the last commit"
+        );
+        let until = Instant::now() + wait;
+        while Instant::now() < until && !shutdown.load(Ordering::Relaxed) {
+            inst.health.beat();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if shutdown.load(Ordering::Relaxed) {
+            // Stopped before the rejoin: the next worker processes from the last commit.
+            return Err(anyhow::Error::new(refused).context("stopped before rejoining the group"));
+        }
+        wait = (wait * 2).min(MAX_RESTART_WAIT);
+    }
 }

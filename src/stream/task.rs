@@ -203,6 +203,9 @@ pub struct Task {
     identity_ts: i64,
     /// Samples parked so far.
     parked_total: u64,
+    /// Per input: offsets after where it started or last delivered that no record was
+    /// delivered for (see [`Task::skipped`]).
+    skipped: Vec<u64>,
 }
 
 /// What became of an input record: scored (it gave observations), filtered (well
@@ -298,6 +301,7 @@ impl Task {
             parked: VecDeque::new(),
             identity_ts: i64::MIN,
             parked_total: 0,
+            skipped: vec![0; cfg.inputs],
         })
     }
 
@@ -422,6 +426,25 @@ impl Task {
         let Some(inp) = self.inputs.get_mut(input) else {
             return;
         };
+        // A record past the next offset expected: the broker no longer holds those in
+        // between (or never held a record there). The retrained topic is compacted, so
+        // its gaps are the normal case.
+        if let Some(next) = inp.consumed_next
+            && offset > next
+            && Some(input) != self.retrained_input
+        {
+            let n = (offset - next) as u64;
+            self.skipped[input] += n;
+            tracing::warn!(
+                partition = self.partition,
+                input,
+                from = next,
+                to = offset,
+                skipped = n,
+                "offsets skipped: the broker no longer holds them (deleted by retention \
+                 before they were read?)"
+            );
+        }
         inp.consumed_next = Some(offset + 1);
         if Some(input) == self.retrained_input {
             self.adopt_retrained(input, offset, key, payload, out);
@@ -748,6 +771,15 @@ impl Task {
     /// Per input: records by outcome, in the order of [`OUTCOMES`].
     pub fn tally(&self) -> &[[u64; 4]] {
         &self.tally
+    }
+
+    /// Per input: offsets skipped, past where the input started (its committed
+    /// offset) or its last record, with no record delivered for them. On a topic that
+    /// is neither compacted nor transactional these are records lost before herd read
+    /// them: retention deleted them while the group lagged (or a reset went back past
+    /// the log's start).
+    pub fn skipped(&self) -> &[u64] {
+        &self.skipped
     }
 
     /// Latency from Kafka timestamp to scored, in milliseconds.

@@ -62,10 +62,17 @@ pub struct Summary {
     pub tally: Vec<[u64; 4]>,
     /// The inputs' topics, in the order of `tally`.
     pub topics: Vec<String>,
+    /// Per input: offsets skipped with no record delivered ([`Task::skipped`]),
+    /// records lost before they were read unless the topic is compacted.
+    pub skipped: Vec<u64>,
     /// Milliseconds from each record's Kafka timestamp to the end of its scoring.
     pub latency_ms: hdrhistogram::Histogram<u64>,
     /// From the first record offered to the last one processed, over all tasks.
     pub busy: Option<(Instant, Instant)>,
+    /// Times the worker went back to the last commit in place after the broker refused
+    /// deliveries ([`crate::stream::supervise`]); the records after each last commit
+    /// were processed again, and are counted again.
+    pub restarts: u64,
 }
 
 impl Default for Summary {
@@ -80,11 +87,63 @@ impl Default for Summary {
             identity_waits: 0,
             tally: Vec::new(),
             topics: Vec::new(),
+            skipped: Vec::new(),
             latency_ms: super::task::new_latency_histogram(),
             busy: None,
+            restarts: 0,
         }
     }
 }
+
+impl Summary {
+    /// Adds what another run of the worker did (an in-place restart's predecessor).
+    pub fn absorb(&mut self, other: &Summary) {
+        self.counters.absorb(&other.counters);
+        self.forwarded += other.forwarded;
+        self.dead_lettered += other.dead_lettered;
+        self.checkpoints += other.checkpoints;
+        self.restored += other.restored;
+        self.out_of_order += other.out_of_order;
+        self.identity_waits += other.identity_waits;
+        add_tally(&mut self.tally, &other.tally);
+        add_counts(&mut self.skipped, &other.skipped);
+        if self.topics.is_empty() {
+            self.topics.clone_from(&other.topics);
+        }
+        let _ = self.latency_ms.add(&other.latency_ms);
+        self.busy = match (self.busy, other.busy) {
+            (Some((a, b)), Some((x, y))) => Some((a.min(x), b.max(y))),
+            (a, b) => a.or(b),
+        };
+        self.restarts += other.restarts;
+    }
+}
+
+/// The broker refused deliveries after librdkafka's own retries: some effect of
+/// processed input (an alert, a dead letter, a checkpoint record) is not durable, so
+/// this run of the worker stopped without committing. Only processing again from the
+/// last commit brings those effects back: a restart does that, in place
+/// ([`crate::stream::supervise`]) or by the process's supervisor.
+#[derive(Debug)]
+pub struct Refused {
+    /// Deliveries that failed since the last commit.
+    pub failed: u64,
+    /// What this run did until it stopped.
+    pub summary: Summary,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} deliveries failed since the last commit: not committing (a restart \
+             reprocesses from the last commit)",
+            self.failed
+        )
+    }
+}
+
+impl std::error::Error for Refused {}
 
 /// What a worker reports besides its outputs: Prometheus series, readiness, and the
 /// Alertmanager feed. [`Instruments::detached`] when nobody looks (tests, benchmarks).
@@ -156,7 +215,11 @@ impl ClientContext for Ctx {
     /// everything else librdkafka reports globally is logged as an error.
     fn error(&self, error: KafkaError, reason: &str) {
         match error {
-            KafkaError::PartitionEOF(_) => tracing::debug!(reason, "end of partition"),
+            // (librdkafka reports it globally too, as an error code.)
+            KafkaError::PartitionEOF(_)
+            | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF) => {
+                tracing::debug!(reason, "end of partition");
+            }
             e => tracing::error!(error = %e, reason, "librdkafka error"),
         }
     }
@@ -419,7 +482,31 @@ pub fn run_with(
     let restore_timeout = Duration::from_millis(scfg.shutdown_deadline_ms.max(10_000));
 
     let mut last_export = Instant::now();
+    // Going back to the last commit in place (see `drop_to_last_commit`): when the next
+    // attempt is due, how long to wait after a failed one, and how many in a row.
+    let mut reset: Option<Instant> = None;
+    let mut reset_wait = Duration::from_secs(1);
+    let mut resets_in_a_row = 0u32;
     while !shutdown.load(Ordering::Relaxed) {
+        if let Some(due) = reset
+            && Instant::now() >= due
+        {
+            match seek_to_last_commit(&shared, &consumer, kafka_cfg, &task_cfg, restore_timeout) {
+                Ok(()) => {
+                    reset = None;
+                    tracing::info!("back at the last commit; processing again from there");
+                }
+                Err(e) => {
+                    reset_wait = (reset_wait * 2).min(super::MAX_RESTART_WAIT);
+                    reset = Some(Instant::now() + reset_wait);
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        wait_ms = reset_wait.as_millis() as u64,
+                        "could not go back to the last commit yet; retrying"
+                    );
+                }
+            }
+        }
         shared.inst.health.beat();
         let mut first = Some(Duration::from_millis(100));
         let batch = tracing::debug_span!("batch", records = tracing::field::Empty).entered();
@@ -428,9 +515,12 @@ pub fn run_with(
             let msg = consumer.poll(first.take().unwrap_or(Duration::ZERO));
             if shared.rebalanced.swap(false, Ordering::Relaxed) {
                 if let Some(e) = lock(&shared.error).take() {
-                    return Err(e);
+                    return Err(refused_or(&shared, e));
                 }
-                adopt_assignments(&shared, &consumer, kafka_cfg, &task_cfg, restore_timeout)?;
+                // (While going back to the last commit, that step adopts them.)
+                if reset.is_none() {
+                    adopt_assignments(&shared, &consumer, kafka_cfg, &task_cfg, restore_timeout)?;
+                }
             }
             let Some(msg) = msg else { break };
             polled += 1;
@@ -440,9 +530,13 @@ pub fn run_with(
                     let (Some(&input), p) = (index.get(m.topic()), m.partition()) else {
                         continue;
                     };
-                    let task = tasks.get_mut(&p).with_context(|| {
-                        format!("a record of {}/{p}, which no task owns", m.topic())
-                    })?;
+                    let Some(task) = tasks.get_mut(&p) else {
+                        // Fetched before the seek back to the last commit: it comes again.
+                        if reset.is_some() {
+                            continue;
+                        }
+                        anyhow::bail!("a record of {}/{p}, which no task owns", m.topic());
+                    };
                     task.offer(
                         input,
                         m.offset(),
@@ -523,14 +617,34 @@ pub fn run_with(
                 tasks.values_mut(),
                 interval.max(Duration::from_secs(10)),
             );
+            if r.is_ok() && reset.is_none() {
+                resets_in_a_row = 0;
+                reset_wait = Duration::from_secs(1);
+            }
             if let Err(e) = r {
                 // A delivery the broker refused after librdkafka's retries is an effect
                 // lost: only reprocessing from the last commit brings it back, so the
-                // worker stops (its restart does that). Anything else (the broker is
-                // restarting, a flush or a commit timed out) is retried at the next
-                // interval while the records wait in the producer's queue.
+                // worker goes back to it in place (`drop_to_last_commit`; beyond
+                // `max_restarts` in a row the run ends, `Refused`). Anything else
+                // (the broker is restarting, a flush or a commit timed out) is retried
+                // at the next interval while the records wait in the producer's queue.
                 if shared.producer.context().failed() != *lock(&shared.failed_at_commit) {
-                    return Err(e);
+                    drop(tasks);
+                    if resets_in_a_row >= scfg.max_restarts {
+                        return Err(refused_or(&shared, e));
+                    }
+                    resets_in_a_row += 1;
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        reset = resets_in_a_row,
+                        of = scfg.max_restarts,
+                        wait_ms = reset_wait.as_millis() as u64,
+                        "the broker refused deliveries; going back to the last commit in place"
+                    );
+                    drop_to_last_commit(&shared, &consumer, &mut paused, &mut out);
+                    reset = Some(Instant::now() + reset_wait);
+                    last_commit = Instant::now();
+                    continue;
                 }
                 tracing::warn!(
                     error = format!("{e:#}"),
@@ -557,13 +671,120 @@ pub fn run_with(
         }
     }
     consumer.unsubscribe();
+    let mut s = lock(&shared.summary).clone();
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
+        records = s.counters.lines,
+        checkpoints = s.checkpoints,
         "worker stopped"
     );
-    let mut s = lock(&shared.summary).clone();
     s.topics = topics;
     Ok(s)
+}
+
+/// `e` as [`Refused`], with what this run did, when deliveries failed since the last
+/// commit; otherwise `e` as it is. (Takes the task locks: call it with none held.)
+fn refused_or(shared: &Shared, e: anyhow::Error) -> anyhow::Error {
+    let failed = shared.producer.context().failed();
+    let seen = *lock(&shared.failed_at_commit);
+    if failed == seen {
+        return e;
+    }
+    tracing::error!(error = format!("{e:#}"), "deliveries refused");
+    let mut summary = lock(&shared.summary).clone();
+    for t in lock(&shared.tasks)
+        .values()
+        .chain(lock(&shared.parked).values())
+    {
+        add_dropped_task(&mut summary, t, shared.topics.len());
+    }
+    summary.topics.clone_from(&shared.topics);
+    anyhow::Error::new(Refused {
+        failed: failed - seen,
+        summary,
+    })
+}
+
+/// The broker refused deliveries: effects of processed input are lost, and only
+/// processing again from the last commit brings them back. Without leaving the group
+/// (a new member cannot join until the broker forgets the old one, and Tansu 0.6 does
+/// not forget a member whose LeaveGroup was lost while it restarted), every task is
+/// dropped, so that nothing is committed past the loss; [`seek_to_last_commit`] then
+/// restores them and rewinds the consumer. The tasks' records count in the summary,
+/// and count again when processed again.
+fn drop_to_last_commit(
+    shared: &Shared,
+    consumer: &BaseConsumer<Ctx>,
+    paused: &mut BTreeSet<(usize, i32)>,
+    out: &mut Vec<Out>,
+) {
+    shared.inst.health.set("assigned", false);
+    shared.inst.metrics.restarts.inc();
+    // Let what is in flight settle: a failure reported after this belongs to input
+    // that is processed again anyway, and costs one more reset at most.
+    let _ = shared.producer.flush(Duration::from_secs(5));
+    *lock(&shared.failed_at_commit) = shared.producer.context().failed();
+    let mut s = lock(&shared.summary);
+    s.restarts += 1;
+    for t in std::mem::take(&mut *lock(&shared.tasks))
+        .values()
+        .chain(std::mem::take(&mut *lock(&shared.parked)).values())
+    {
+        add_dropped_task(&mut s, t, shared.topics.len());
+    }
+    drop(s);
+    out.clear();
+    for (i, p) in std::mem::take(paused) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&shared.topics[i], p);
+        let _ = consumer.resume(&tpl);
+    }
+}
+
+/// Rewinds the consumer to the committed offsets of its assignment (where there is no
+/// commit, to the beginning, as `auto.offset.reset = earliest` does) and restores the
+/// tasks from `herd.baselines`. librdkafka drops what it fetched before the seek.
+fn seek_to_last_commit(
+    shared: &Shared,
+    consumer: &BaseConsumer<Ctx>,
+    kafka_cfg: &BTreeMap<String, String>,
+    task_cfg: &TaskConfig,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let assignment = consumer.assignment().context("reading the assignment")?;
+    if assignment.count() > 0 {
+        let committed = consumer
+            .committed_offsets(assignment.clone(), timeout)
+            .context("reading committed offsets")?;
+        let mut to = TopicPartitionList::new();
+        for e in committed.elements() {
+            let at = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::Beginning,
+            };
+            to.add_partition_offset(e.topic(), e.partition(), at)?;
+        }
+        for e in consumer
+            .seek_partitions(to, timeout)
+            .context("seeking to the committed offsets")?
+            .elements()
+        {
+            if let Err(err) = e.error() {
+                anyhow::bail!("seeking {}/{}: {err}", e.topic(), e.partition());
+            }
+        }
+    }
+    // Exactly what is assigned now: partitions assigned and revoked again while the
+    // reset waited must not get a task (it would commit offsets it does not own).
+    let parts: BTreeSet<i32> = assignment
+        .elements()
+        .iter()
+        .map(|e| e.partition())
+        .collect();
+    *lock(&shared.assigned) = parts.into_iter().collect();
+    adopt_assignments(shared, consumer, kafka_cfg, task_cfg, timeout)?;
+    shared.inst.health.set("assigned", true);
+    Ok(())
 }
 
 /// Creates the tasks of newly assigned partitions: those revoked just before come back
@@ -819,8 +1040,29 @@ fn add_tally(into: &mut Vec<[u64; 4]>, from: &[[u64; 4]]) {
     }
 }
 
+/// Adds per-input counts.
+fn add_counts(into: &mut Vec<u64>, from: &[u64]) {
+    if into.len() < from.len() {
+        into.resize(from.len(), 0);
+    }
+    for (a, b) in into.iter_mut().zip(from) {
+        *a += b;
+    }
+}
+
+/// [`add_task`] for a task dropped before the end of its input: the records it had
+/// taken but not processed yet (buffered, or waiting for their container's identity)
+/// are taken again by whoever processes from the last commit, so they are not counted
+/// here as taken.
+fn add_dropped_task(into: &mut Summary, t: &Task, inputs: usize) {
+    add_task(into, t);
+    let pending: usize = (0..inputs).map(|i| t.buffered(i)).sum::<usize>() + t.parked();
+    into.counters.lines = into.counters.lines.saturating_sub(pending as u64);
+}
+
 fn add_task(into: &mut Summary, t: &Task) {
     add_tally(&mut into.tally, t.tally());
+    add_counts(&mut into.skipped, t.skipped());
     into.counters.absorb(&t.pipeline().counters);
     into.out_of_order += t.out_of_order();
     into.identity_waits += t.parked_total();
@@ -838,6 +1080,8 @@ fn add_task(into: &mut Summary, t: &Task) {
 struct Exported {
     /// Per input, per outcome.
     input: Vec<[IntCounter; 4]>,
+    /// Per input, offsets skipped.
+    skipped: Vec<IntCounter>,
 }
 
 impl Exported {
@@ -847,6 +1091,10 @@ impl Exported {
                 .iter()
                 .map(|t| OUTCOMES.map(|o| m.input_records.with_label_values(&[t.as_str(), o])))
                 .collect(),
+            skipped: topics
+                .iter()
+                .map(|t| m.offsets_skipped.with_label_values(&[t.as_str()]))
+                .collect(),
         }
     }
 
@@ -855,11 +1103,12 @@ impl Exported {
     fn publish(&self, shared: &Shared, tasks: &BTreeMap<i32, Task>) {
         let m = &shared.inst.metrics;
         let parked = lock(&shared.parked);
-        let (mut counters, mut tally, mut out_of_order, mut waits) = {
+        let (mut counters, mut tally, mut skipped, mut out_of_order, mut waits) = {
             let s = lock(&shared.summary);
             (
                 s.counters.clone(),
                 s.tally.clone(),
+                s.skipped.clone(),
                 s.out_of_order,
                 s.identity_waits,
             )
@@ -869,6 +1118,7 @@ impl Exported {
         for t in tasks.values().chain(parked.values()) {
             counters.absorb(&t.pipeline().counters);
             add_tally(&mut tally, t.tally());
+            add_counts(&mut skipped, t.skipped());
             out_of_order += t.out_of_order();
             waits += t.parked_total();
             waiting += t.parked();
@@ -886,6 +1136,9 @@ impl Exported {
             for (h, v) in handles.iter().zip(totals) {
                 raise_to(h, *v);
             }
+        }
+        for (h, v) in self.skipped.iter().zip(&skipped) {
+            raise_to(h, *v);
         }
         for (reason, n) in &counters.rejected {
             raise_to(&m.dlq_records.with_label_values(&[reason.as_str()]), *n);
