@@ -36,23 +36,44 @@ pub struct Broker {
     port: u16,
     /// The folder of its SQLite storage, when it has one (it survives a restart).
     storage: Option<PathBuf>,
+    /// How often Tansu runs its maintenance (retention), when set.
+    maintenance: Option<Duration>,
     log: PathBuf,
 }
 
 impl Broker {
+    /// The broker's exit status, once it has exited (it should not on its own).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Starts a broker with in-memory storage and waits until it accepts connections.
     pub fn start(log: &Path) -> Broker {
-        Self::launch(free_port(), None, log)
+        Self::launch(free_port(), None, None, log)
     }
 
     /// Starts a broker whose storage (SQLite, Tansu's `libsql` feature) is kept in
     /// `dir`, so that it survives [`Broker::restart`].
     pub fn start_persistent(dir: &Path, log: &Path) -> Broker {
         std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
-        Self::launch(free_port(), Some(dir.to_owned()), log)
+        Self::launch(free_port(), Some(dir.to_owned()), None, log)
     }
 
-    fn launch(port: u16, storage: Option<PathBuf>, log: &Path) -> Broker {
+    /// [`Broker::start_persistent`], running Tansu's maintenance `every` (its default is
+    /// ten minutes): records of topics with `cleanup.policy = delete` older than their
+    /// `retention.ms` are deleted then, and SQLite reuses their pages, so that the
+    /// database holds minutes of a long stream instead of all of it.
+    pub fn start_retaining(dir: &Path, log: &Path, every: Duration) -> Broker {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
+        Self::launch(free_port(), Some(dir.to_owned()), Some(every), log)
+    }
+
+    fn launch(
+        port: u16,
+        storage: Option<PathBuf>,
+        maintenance: Option<Duration>,
+        log: &Path,
+    ) -> Broker {
         let bin = tansu_binary();
         assert!(
             bin.exists(),
@@ -79,8 +100,16 @@ impl Broker {
         match &storage {
             // Relative to the broker's working directory.
             Some(dir) => {
-                cmd.current_dir(dir)
-                    .args(["--storage-engine", "sqlite://tansu.db"]);
+                let url = match maintenance {
+                    Some(every) => {
+                        format!(
+                            "sqlite://tansu.db?maintenance_interval={}s",
+                            every.as_secs()
+                        )
+                    }
+                    None => "sqlite://tansu.db".to_owned(),
+                };
+                cmd.current_dir(dir).args(["--storage-engine", &url]);
             }
             None => {
                 cmd.args(["--storage-engine", "memory://tansu/"]);
@@ -97,6 +126,7 @@ impl Broker {
             bootstrap: format!("127.0.0.1:{port}"),
             port,
             storage,
+            maintenance,
             log: log.to_owned(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -131,7 +161,7 @@ impl Broker {
         }
         let _ = self.child.wait();
         std::thread::sleep(down);
-        let next = Self::launch(self.port, self.storage.clone(), &self.log);
+        let next = Self::launch(self.port, self.storage.clone(), self.maintenance, &self.log);
         // The old child is reaped; take the new one's place.
         *self = next;
     }
