@@ -134,7 +134,13 @@ fn prometheus_scrapes_what_a_worker_processed_issue_5() {
     assert!(lag.iter().all(|(_, v)| *v >= 0.0));
     assert_eq!(one(r#"up{job="herd-worker"}"#), 1.0);
     assert_eq!(one(r#"herd_build_info{component="worker"}"#), 1.0);
-    // The shipped rules load and evaluate against herd's real series.
+    // The shipped rules load and evaluate against herd's real series: every one of them.
+    let shipped = std::fs::read_to_string(repo("deploy/prometheus/rules/herd.rules.yml"))
+        .unwrap_or_else(|e| panic!("the rules: {e}"))
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- alert:"))
+        .count();
+    assert!(shipped >= 9, "{shipped} rules");
     let rules = eventually(Duration::from_secs(30), "rules evaluated", || {
         let r = prom.rules();
         let all: Vec<Value> = r["data"]["groups"]
@@ -142,7 +148,7 @@ fn prometheus_scrapes_what_a_worker_processed_issue_5() {
             .iter()
             .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
             .collect();
-        (all.len() == 8
+        (all.len() == shipped
             && all
                 .iter()
                 .all(|x| x["lastEvaluation"].as_str() != Some("0001-01-01T00:00:00Z")))
