@@ -34,7 +34,7 @@ pub struct RespondConfig {
     pub before_ms: i64,
     /// Observations after the alert that the `attach` addendum carries: two minutes.
     pub after_ms: i64,
-    /// Most observations kept per container: five minutes at one-second sampling.
+    /// Most observations kept per container: seven minutes at one-second sampling.
     pub max_ring_per_container: usize,
     /// Most containers with a ring per task; beyond it the least recently seen goes.
     pub max_ring_containers: usize,
