@@ -256,7 +256,7 @@ pub async fn run(
                 let emits: Vec<Emit> = match result {
                     Ok(events) => events
                         .into_iter()
-                        .filter_map(|e| inventory_line(&cfg.host, c, e))
+                        .map(|e| inventory_line(&cfg.host, c, e))
                         .collect(),
                     Err(reason) => vec![Emit::InventoryFailed { reason }],
                 };
@@ -400,7 +400,7 @@ async fn inventories(docker: &Docker, id: &str, max: usize) -> Result<[Event; 2]
 }
 
 /// An inventory event as a native line of the container.
-fn inventory_line(host: &str, c: &Info, event: Event) -> Option<Emit> {
+fn inventory_line(host: &str, c: &Info, event: Event) -> Emit {
     let kind = event.kind();
     let o = Observation {
         ts_ms: std::time::SystemTime::now()
@@ -416,11 +416,11 @@ fn inventory_line(host: &str, c: &Info, event: Event) -> Option<Emit> {
         }),
         payload: Payload::Event(event),
     };
-    Some(Emit::Inventory {
+    Emit::Inventory {
         key: c.key.clone(),
         payload: crate::decode::encode_native(&o).into_bytes(),
         kind,
-    })
+    }
 }
 
 /// Turns a stats object into an envelope; fills `precpu_stats` from the previous sample.
