@@ -134,6 +134,20 @@ pub fn slog(v: f64, res: f64) -> f64 {
     v.signum() * (v.abs() / res.max(1e-12)).ln_1p()
 }
 
+/// How far `x` is from its live peers' `median`, as a [`slog`] difference, with the
+/// first resolution unit of the gap taken as no gap: two replicas a packet a second, a
+/// pid or a hundredth of a core apart measured the same thing (one of them sampled a
+/// broadcast the other missed). Beyond it the gap is shortened by that unit, so the
+/// deviation grows continuously from zero; for gaps of many units it is the plain
+/// difference of signed logarithms.
+pub fn peer_deviation(x: f64, median: f64, res: f64) -> f64 {
+    let gap = x - median;
+    if gap.abs() <= res {
+        return 0.0;
+    }
+    slog(x - res.copysign(gap), res) - slog(median, res)
+}
+
 /// The inverse of [`slog`]: the value whose signed logarithm is `s`.
 pub fn slog_inverse(s: f64, res: f64) -> f64 {
     s.signum() * s.abs().exp_m1() * res.max(1e-12)
@@ -168,4 +182,41 @@ pub fn resolution_of(name: &str) -> f64 {
         .iter()
         .find(|(n, _)| *n == name)
         .map_or(DEFAULT_RESOLUTION, |(_, r)| *r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gap_within_one_resolution_unit_is_no_deviation() {
+        // A replica that missed the one broadcast packet a second its siblings saw.
+        assert_eq!(peer_deviation(0.0, 0.98, 1.0), 0.0);
+        assert_eq!(peer_deviation(2.0, 1.0, 1.0), 0.0);
+        assert_eq!(peer_deviation(0.995, 1.0, 0.01), 0.0);
+    }
+
+    #[test]
+    fn beyond_it_the_deviation_grows_from_zero_and_keeps_its_sign() {
+        let up = |x: f64| peer_deviation(x, 1.0, 1.0);
+        assert!(up(2.0 + 1e-9) > 0.0 && up(2.0 + 1e-9) < 1e-6);
+        assert!(up(3.0) < up(4.0) && up(4.0) < up(40.0));
+        assert!(peer_deviation(-5.0, 1.0, 1.0) < 0.0);
+        // Many units apart it is the plain log-ratio: a miner's core beside idle peers.
+        let miner = peer_deviation(1.0, 0.02, 0.01);
+        let plain = slog(1.0, 0.01) - slog(0.02, 0.01);
+        assert!((miner - plain).abs() < 0.01, "{miner} vs {plain}");
+    }
+
+    #[test]
+    fn it_is_finite_for_any_finite_input() {
+        for &(x, m) in &[
+            (0.0, 0.0),
+            (f64::MAX, -f64::MAX),
+            (-1e300, 1e300),
+            (1e-300, 0.0),
+        ] {
+            assert!(peer_deviation(x, m, 1.0).is_finite(), "{x} {m}");
+        }
+    }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use herd_baseline::numeric::slog;
+use herd_baseline::numeric::{peer_deviation, slog};
 use herd_baseline::{GroupBaseline, ItemKind, Phase};
 use herd_ingest::{ContainerRef, Event, MetricName, Observation, Payload};
 use serde::{Deserialize, Serialize};
@@ -788,7 +788,7 @@ fn score_metrics(
             .filter(|l| now > l.ts_ms && now - l.ts_ms <= MAX_STEP_GAP_MS)
             .map(|l| (x - l.value).abs());
         let res = fb.resolution;
-        let dev = peers.map(|p| slog(x, res) - slog(p.median, res));
+        let dev = peers.map(|p| peer_deviation(x, p.median, res));
         let ready = |n: f64| scoring && n >= cfg.min_samples;
         // Each view's own surprise (0 while it is not ready).
         let values_ready = ready(fb.values.count());

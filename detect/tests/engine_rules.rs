@@ -799,3 +799,41 @@ fn a_process_no_sibling_runs_is_alerted_issue_10() {
         a.explanation
     );
 }
+
+/// Replicas that see the same broadcast packet a second, one of which stops seeing it,
+/// and then one that sends forty times as many: the first is a difference of one
+/// packet a second (the metric's resolution), noise; the second is not.
+#[test]
+fn a_replica_one_resolution_unit_from_its_peers_is_quiet_and_one_far_from_them_is_not() {
+    let cs = replicas(5, "shop/quiet:1");
+    let run = |odd: fn(i64) -> Option<f64>| {
+        let mut e = engine();
+        let mut out = Vec::new();
+        for m in 0..8 * 60 {
+            for (i, c) in cs.iter().enumerate() {
+                let pps = match (i, odd(m)) {
+                    (0, Some(v)) => v,
+                    _ => 1.0 + 0.004 * ((m + i as i64) % 3) as f64,
+                };
+                let o = Observation {
+                    ts_ms: T0 + m * MIN + i as i64,
+                    container: Arc::clone(c),
+                    payload: Payload::Metrics(vec![
+                        ("cpu_cores".into(), 0.2),
+                        ("net_rx_packets_per_s".into(), pps),
+                    ]),
+                };
+                e.observe(&o, &mut out);
+            }
+        }
+        out
+    };
+    let missed = run(|m| (m >= 7 * 60).then_some(0.0));
+    assert!(missed.is_empty(), "a missed broadcast alerted: {missed:#?}");
+    let loud = run(|m| (m >= 7 * 60).then_some(40.0));
+    assert!(
+        loud.iter().any(|a| a.detectors.contains(&Detector::Peer)
+            && a.features.iter().any(|f| f.name == "net_rx_packets_per_s")),
+        "{loud:#?}"
+    );
+}
