@@ -2,7 +2,11 @@
 //! policy decision on every alert line, and the after-window attachments.
 //!
 //! - Every observation the task scores is kept per container for `before_ms + after_ms`
-//!   of event time (bounded per container and per task).
+//!   of event time (bounded per container and per task), compactly: a sample is its
+//!   time and its values against the container's metric names, shared between samples
+//!   (`Ring`): 24 bytes and 8 per value, where a whole observation is ~500 bytes for
+//!   a Docker sample's ten metrics (seven minutes at one sample a second: ~45 KB of
+//!   values instead of ~210 KB).
 //! - Every alert line goes through the [`Decider`] with the group's live replicas; the
 //!   commands it issues go to `herd.actions` (key = host), its refusals to
 //!   `herd.responses`. A `capture` carries the container's observations from the
@@ -14,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use herd_detect::Alert;
-use herd_ingest::Observation;
+use herd_ingest::{ContainerRef, MetricName, Observation, Payload};
 use herd_respond::command::{Action, Command, Outcome, Response};
 use herd_respond::policy::{DEFAULT_TIMEOUT_MS, Decider, PolicyFile};
 use serde::{Deserialize, Serialize};
@@ -73,8 +77,136 @@ pub enum Publish {
 pub struct Responder {
     cfg: RespondConfig,
     decider: Decider,
-    ring: HashMap<String, (i64, VecDeque<Observation>)>,
+    ring: HashMap<String, Ring>,
     pending: Vec<Pending>,
+}
+
+/// One container's recent observations. A metric sample is a [`Row`]: its time and its
+/// metric names (shared with the rows before it while they stay the same, as they do
+/// for a container's life), with its values in `values`; an event is kept whole.
+#[derive(Debug)]
+struct Ring {
+    /// The latest event time seen.
+    seen: i64,
+    container: Arc<ContainerRef>,
+    rows: VecDeque<Row>,
+    /// The rows' values, each row's `names.len()` of them in turn.
+    values: VecDeque<f64>,
+    events: VecDeque<Observation>,
+}
+
+#[derive(Debug)]
+struct Row {
+    ts_ms: i64,
+    names: Arc<[MetricName]>,
+}
+
+impl Ring {
+    fn new(o: &Observation) -> Self {
+        Self {
+            seen: o.ts_ms,
+            container: Arc::clone(&o.container),
+            rows: VecDeque::new(),
+            values: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.rows.len() + self.events.len()
+    }
+
+    fn push(&mut self, o: &Observation) {
+        self.seen = self.seen.max(o.ts_ms);
+        if !Arc::ptr_eq(&self.container, &o.container) && self.container != o.container {
+            // The container's identity changed (a rename, a label): later
+            // observations carry the new one; so do the rows already kept.
+            self.container = Arc::clone(&o.container);
+        }
+        match &o.payload {
+            Payload::Metrics(m) => {
+                let same = self.rows.back().is_some_and(|r| {
+                    r.names.len() == m.len() && r.names.iter().zip(m).all(|(a, (b, _))| a == b)
+                });
+                let names = match self.rows.back() {
+                    Some(r) if same => Arc::clone(&r.names),
+                    _ => m.iter().map(|(n, _)| n.clone()).collect(),
+                };
+                self.values.extend(m.iter().map(|(_, v)| *v));
+                self.rows.push_back(Row {
+                    ts_ms: o.ts_ms,
+                    names,
+                });
+            }
+            Payload::Event(_) => self.events.push_back(o.clone()),
+        }
+    }
+
+    /// Drops the oldest observation (sample or event).
+    fn pop_oldest(&mut self) {
+        let row = self.rows.front().map(|r| r.ts_ms);
+        let event = self.events.front().map(|e| e.ts_ms);
+        match (row, event) {
+            (Some(r), Some(e)) if e < r => {
+                self.events.pop_front();
+            }
+            (Some(_), _) => {
+                if let Some(r) = self.rows.pop_front() {
+                    self.values.drain(..r.names.len().min(self.values.len()));
+                }
+            }
+            (None, Some(_)) => {
+                self.events.pop_front();
+            }
+            (None, None) => {}
+        }
+    }
+
+    fn oldest_ms(&self) -> Option<i64> {
+        let row = self.rows.front().map(|r| r.ts_ms);
+        let event = self.events.front().map(|e| e.ts_ms);
+        match (row, event) {
+            (Some(r), Some(e)) => Some(r.min(e)),
+            (r, e) => r.or(e),
+        }
+    }
+
+    /// The observations in `(from_ms, to_ms]`, in event-time order (a sample before an
+    /// event of the same millisecond), rebuilt whole.
+    fn window(&self, from_ms: i64, to_ms: i64) -> Vec<Observation> {
+        let within = |ts: i64| ts > from_ms && ts <= to_ms;
+        let mut out = Vec::new();
+        let mut at = 0;
+        let mut events = self.events.iter().filter(|e| within(e.ts_ms)).peekable();
+        for row in &self.rows {
+            let n = row.names.len();
+            let (start, end) = (at, at + n);
+            at = end;
+            if !within(row.ts_ms) {
+                continue;
+            }
+            while let Some(e) = events.next_if(|e| e.ts_ms < row.ts_ms) {
+                out.push(e.clone());
+            }
+            let metrics = row
+                .names
+                .iter()
+                .cloned()
+                .zip(
+                    self.values
+                        .range(start..end.min(self.values.len()))
+                        .copied(),
+                )
+                .collect();
+            out.push(Observation {
+                ts_ms: row.ts_ms,
+                container: Arc::clone(&self.container),
+                payload: Payload::Metrics(metrics),
+            });
+        }
+        out.extend(events.cloned());
+        out
+    }
 }
 
 impl Responder {
@@ -100,34 +232,36 @@ impl Responder {
             && !self.ring.contains_key(&o.container.id)
         {
             let now = o.ts_ms;
-            self.ring.retain(|_, (seen, _)| now - *seen < keep);
+            self.ring.retain(|_, r| now - r.seen < keep);
             if self.ring.len() >= self.cfg.max_ring_containers
                 && let Some(oldest) = self
                     .ring
                     .iter()
-                    .min_by_key(|(_, (s, _))| *s)
+                    .min_by_key(|(_, r)| r.seen)
                     .map(|(k, _)| k.clone())
             {
                 self.ring.remove(&oldest);
             }
         }
-        let (seen, q) = self
-            .ring
-            .entry(o.container.id.clone())
-            .or_insert_with(|| (o.ts_ms, VecDeque::new()));
-        *seen = (*seen).max(o.ts_ms);
-        q.push_back(o.clone());
-        while q.len() > self.cfg.max_ring_per_container
-            || q.front().is_some_and(|f| o.ts_ms - f.ts_ms > keep)
+        // A lookup by `&str` first: the id is cloned only for a container not seen yet.
+        if !self.ring.contains_key(&o.container.id) {
+            self.ring.insert(o.container.id.clone(), Ring::new(o));
+        }
+        let Some(ring) = self.ring.get_mut(&o.container.id) else {
+            return;
+        };
+        ring.push(o);
+        while ring.len() > self.cfg.max_ring_per_container
+            || ring.oldest_ms().is_some_and(|t| o.ts_ms - t > keep)
         {
-            q.pop_front();
+            ring.pop_oldest();
         }
     }
 
     fn window(&self, container: &str, from_ms: i64, to_ms: i64) -> Vec<Box<RawValue>> {
-        self.ring.get(container).map_or_else(Vec::new, |(_, q)| {
-            q.iter()
-                .filter(|o| o.ts_ms > from_ms && o.ts_ms <= to_ms)
+        self.ring.get(container).map_or_else(Vec::new, |r| {
+            r.window(from_ms, to_ms)
+                .iter()
                 .filter_map(|o| RawValue::from_string(herd_ingest::decode::encode_native(o)).ok())
                 .collect()
         })
@@ -251,7 +385,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use herd_detect::{Detector, Severity};
-    use herd_ingest::{ContainerRef, Payload};
+    use herd_ingest::Event;
 
     use super::*;
 
@@ -350,6 +484,94 @@ mod tests {
         assert_eq!(att.observations.len(), 5);
     }
 
+    fn event(id: &str, ts_ms: i64, process: &str) -> Observation {
+        Observation {
+            payload: Payload::Event(Event::Exec {
+                process: process.into(),
+                args: vec![],
+                user: None,
+            }),
+            ..obs(id, ts_ms)
+        }
+    }
+
+    fn sample(id: &str, ts_ms: i64, metrics: &[(&'static str, f64)]) -> Observation {
+        Observation {
+            payload: Payload::Metrics(metrics.iter().map(|(n, v)| ((*n).into(), *v)).collect()),
+            ..obs(id, ts_ms)
+        }
+    }
+
+    #[test]
+    fn the_ring_gives_back_what_it_kept_in_event_time_order() {
+        let mut r = Responder::new(RespondConfig::default(), PolicyFile::default());
+        let t0 = 1_800_000_000_000;
+        let kept = [
+            sample("a", t0, &[("cpu_cores", 0.5), ("mem_bytes", 2e8)]),
+            event("a", t0 + 500, "sh"),
+            sample("a", t0 + 1_000, &[("cpu_cores", 0.7), ("mem_bytes", 2.1e8)]),
+            // Another layout of names (a producer's own metric appears).
+            sample(
+                "a",
+                t0 + 2_000,
+                &[("cpu_cores", 0.6), ("x", -1.0), ("mem_bytes", 3.0)],
+            ),
+            event("a", t0 + 2_000, "kill"),
+            sample("a", t0 + 3_000, &[]),
+            sample("a", t0 + 4_000, &[("cpu_cores", f64::MAX)]),
+        ];
+        for o in &kept {
+            r.record(o);
+        }
+        let ring = &r.ring["a"];
+        assert_eq!(ring.window(t0 - 1, t0 + 4_000), kept);
+        assert_eq!(ring.window(t0, t0 + 2_000), kept[1..5]);
+        assert!(ring.window(t0 + 4_000, i64::MAX).is_empty());
+        // The first two samples share their names.
+        assert!(Arc::ptr_eq(&ring.rows[0].names, &ring.rows[1].names));
+    }
+
+    #[test]
+    fn the_ring_forgets_by_age_and_by_count_samples_and_events_alike() {
+        let cfg = RespondConfig {
+            before_ms: 3_000,
+            after_ms: 2_000,
+            max_ring_per_container: 4,
+            ..RespondConfig::default()
+        };
+        let mut r = Responder::new(cfg, PolicyFile::default());
+        for s in 0..10 {
+            r.record(&obs("a", s * 1_000));
+            r.record(&event("a", s * 1_000 + 10, "id"));
+        }
+        let ring = &r.ring["a"];
+        assert_eq!(ring.len(), 4, "bounded by count");
+        assert_eq!(
+            ring.values.len(),
+            ring.rows.len(),
+            "one value per kept sample"
+        );
+        let w = ring.window(i64::MIN, i64::MAX);
+        assert_eq!(w.first().map(|o| o.ts_ms), Some(8_000));
+        let cfg = RespondConfig {
+            before_ms: 3_000,
+            after_ms: 2_000,
+            ..RespondConfig::default()
+        };
+        let mut r = Responder::new(cfg, PolicyFile::default());
+        for s in 0..10 {
+            r.record(&obs("a", s * 1_000));
+            r.record(&event("a", s * 1_000 + 10, "id"));
+        }
+        let w = r.ring["a"].window(i64::MIN, i64::MAX);
+        assert_eq!(
+            w.first().map(|o| o.ts_ms),
+            Some(4_010),
+            "bounded by age: 5 s"
+        );
+        assert_eq!(w.len(), 11);
+    }
+
     #[test]
     fn refusals_become_responses_and_the_ring_is_bounded() {
         let cfg = RespondConfig {
@@ -367,7 +589,7 @@ mod tests {
             }
         }
         assert_eq!(r.ring.len(), 2, "oldest container evicted");
-        assert!(r.ring.values().all(|(_, q)| q.len() == 4));
+        assert!(r.ring.values().all(|q| q.len() == 4 && q.values.len() == 4));
         let mut out = Vec::new();
         r.on_alert(&mut alert(40_000), &["a"], &mut out);
         let refused: Vec<&Response> = out
