@@ -6,8 +6,10 @@
 //! 1. The maximum rate: a backlog of the live stream's records drained by a worker
 //!    (records over its busy span), unless `--rate` gives it.
 //! 2. The soak: the live stream at `--fraction` (0.8) of that, with enough containers
-//!    that each is sampled about once a second, as Docker's stats stream does. Every 10
-//!    s the worker's RSS (`/proc`) and its consumer lag (`/metrics`) are sampled.
+//!    that each is sampled about once a second, as Docker's stats stream does, by a
+//!    worker with a capture policy loaded (so its response loop keeps every container's
+//!    observation ring, as in production). Every 10 s the worker's RSS (`/proc`), its
+//!    consumer lag and the input librdkafka holds prefetched (`/metrics`) are sampled.
 //! 3. At the end the worker is stopped (SIGTERM) and its exit summary read.
 //!
 //! The soak's log topics keep [`RETENTION`] of records (`cleanup.policy = delete`), and
@@ -101,14 +103,21 @@ fn rss(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// A worker's total consumer lag from its `/metrics`.
-fn lag(port: u16) -> Option<f64> {
+/// A worker's total consumer lag, and the input librdkafka holds prefetched for it
+/// (bytes), from its `/metrics`.
+fn lag(port: u16) -> Option<(f64, f64)> {
     let (status, body) = support::monitoring::get(port, "/metrics").ok()?;
-    (status == 200).then(|| {
+    let sum = |name: &str| {
         body.lines()
-            .filter(|l| l.starts_with("herd_consumer_lag_records"))
+            .filter(|l| l.starts_with(name))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    };
+    (status == 200).then(|| {
+        (
+            sum("herd_consumer_lag_records"),
+            sum("herd_consumer_prefetch_bytes"),
+        )
     })
 }
 
@@ -189,7 +198,16 @@ fn main() -> anyhow::Result<()> {
     );
 
     // The worker: a process of its own, so its RSS is its own.
-    let cfg = config(&bootstrap, "soak");
+    let mut cfg = config(&bootstrap, "soak");
+    cfg.stream.topics.actions = "soak.actions".into();
+    cfg.stream.topics.responses = "soak.responses".into();
+    // A worker in production runs its response loop: a capture policy, so that every
+    // container's observation ring is kept (and counted in the RSS) as it would be.
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[policy]]\nname = \"capture\"\nmatch = { severity = \"high\" }\nactions = [{ action = \"capture\" }]\n",
+    )?;
     rt.block_on(create_retained_topics(&cfg))?;
     rt.block_on(herd::stream::kafka::prepare_topics(&cfg.kafka, &cfg.stream))?;
     let port = free_port();
@@ -206,6 +224,9 @@ fn main() -> anyhow::Result<()> {
         .env("HERD_STREAM__TOPICS__ALERTS", &t.alerts)
         .env("HERD_STREAM__TOPICS__DLQ", &t.dlq)
         .env("HERD_STREAM__TOPICS__BASELINES", &t.baselines)
+        .env("HERD_STREAM__TOPICS__ACTIONS", &t.actions)
+        .env("HERD_STREAM__TOPICS__RESPONSES", &t.responses)
+        .env("HERD_RESPOND__POLICY_FILE", &policy)
         .env("HERD_STREAM__GROUP_ID", &cfg.stream.group_id)
         .env("HERD_STREAM__PARTITIONS", "3")
         .env("HERD_HTTP__LISTEN", format!("127.0.0.1:{port}"))
@@ -240,12 +261,16 @@ fn main() -> anyhow::Result<()> {
                     dir.display()
                 );
             }
-            let (r, l) = (rss(pid).unwrap_or(0), lag(port).unwrap_or(f64::NAN));
+            let (r, (l, pre)) = (
+                rss(pid).unwrap_or(0),
+                lag(port).unwrap_or((f64::NAN, f64::NAN)),
+            );
             let at = start.elapsed().as_secs_f64();
             let db = std::fs::metadata(dir.join("broker").join("tansu.db")).map_or(0, |m| m.len());
             eprintln!(
-                "herd soak: {at:>6.0} s  RSS {:>7.1} MiB  lag {l:>8.0}  broker db {:.2} GiB",
+                "herd soak: {at:>6.0} s  RSS {:>7.1} MiB  lag {l:>8.0}  prefetched {:>5.1} MiB  broker db {:.2} GiB",
                 r as f64 / 1048576.0,
+                pre / 1048576.0,
                 db as f64 / f64::from(1u32 << 30)
             );
             samples.push((at, r, l));

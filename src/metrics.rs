@@ -112,6 +112,8 @@ pub struct WorkerMetrics {
     pub dlq_records: IntCounterVec,
     /// `herd_consumer_lag_records{topic,partition}`.
     pub consumer_lag: IntGaugeVec,
+    /// `herd_consumer_prefetch_bytes`.
+    pub prefetch_bytes: IntGauge,
     /// `herd_processing_latency_seconds`.
     pub latency: Histogram,
     /// `herd_observations_total`.
@@ -220,6 +222,11 @@ impl WorkerMetrics {
                 "herd_consumer_lag_records",
                 "Records between the committed position and the high watermark, per assigned partition (librdkafka statistics).",
                 &["topic", "partition"],
+            )?,
+            prefetch_bytes: gauge(
+                &mut r,
+                "herd_consumer_prefetch_bytes",
+                "Bytes of input librdkafka has fetched ahead of the tasks, all partitions (statistics; bounded by queued.max.messages.kbytes).",
             )?,
             latency,
             observations: counter(&mut r, "herd_observations_total", "Observations scored.")?,

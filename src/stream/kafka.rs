@@ -35,7 +35,13 @@ pub fn client_config(kafka: &BTreeMap<String, String>, role: Role<'_>) -> Client
                 // Watermarks and ends of partitions for the event-time merge (and,
                 // later, lag metrics).
                 .set("statistics.interval.ms", "1000")
-                .set("enable.partition.eof", "true");
+                .set("enable.partition.eof", "true")
+                // What librdkafka prefetches ahead of the tasks is memory the worker
+                // holds for records it has not scored: its default (64 MiB, and more
+                // while fetch responses of consumed records linger) is most of a
+                // worker's resident set under lag. 16 MiB is seconds of input at the
+                // maximum rate, plenty to hide a fetch round trip.
+                .set("queued.max.messages.kbytes", "16384");
         }
         Role::Reader => {
             c.set("group.id", "herd-restore")
@@ -48,7 +54,12 @@ pub fn client_config(kafka: &BTreeMap<String, String>, role: Role<'_>) -> Client
             // client produced it, so producers outside herd agree with herd's routing.
             c.set("partitioner", "murmur2_random")
                 .set("linger.ms", "5")
-                .set("acks", "all");
+                .set("acks", "all")
+                // librdkafka queues up to 1 GiB by default; a full queue makes `send`
+                // wait for deliveries instead (backpressure), so a slow broker
+                // costs throughput, not memory; a checkpoint larger than the queue goes
+                // out as earlier parts are delivered.
+                .set("queue.buffering.max.kbytes", "65536");
         }
     }
     for (k, v) in kafka {

@@ -229,11 +229,15 @@ impl ClientContext for Ctx {
         self.0.inst.health.set("broker", up);
         let lag = &self.0.inst.metrics.consumer_lag;
         let mut now = BTreeSet::new();
+        let mut prefetched = 0u64;
         for (name, topic) in &s.topics {
             if !self.0.topics.contains(name) {
                 continue;
             }
             for (p, part) in &topic.partitions {
+                if *p >= 0 {
+                    prefetched = prefetched.saturating_add(part.fetchq_size);
+                }
                 if *p >= 0 && part.desired && part.consumer_lag >= 0 {
                     lag.with_label_values(&[name.as_str(), &p.to_string()])
                         .set(part.consumer_lag);
@@ -241,6 +245,11 @@ impl ClientContext for Ctx {
                 }
             }
         }
+        self.0
+            .inst
+            .metrics
+            .prefetch_bytes
+            .set(i64::try_from(prefetched).unwrap_or(i64::MAX));
         let mut exported = lock(&self.0.lag_series);
         for (t, p) in exported.difference(&now) {
             let _ = lag.remove_label_values(&[t.as_str(), &p.to_string()]);
