@@ -277,7 +277,18 @@ fn main() -> anyhow::Result<()> {
         }
         let produced = producer
             .join()
-            .map_err(|_| anyhow::anyhow!("producer panicked"))??;
+            .map_err(|_| anyhow::anyhow!("producer panicked"))?;
+        // The producer's queue fills within seconds of the broker's death, often before
+        // the next sample sees it: name the cause, not the symptom.
+        let produced = match (produced, broker.exit_status()) {
+            (Err(e), Some(st)) => anyhow::bail!(
+                "the broker exited ({st}) after {:.0} s and the live stream failed ({e}): \
+                 the soak measured nothing of herd past this point (logs in {})",
+                start.elapsed().as_secs_f64(),
+                dir.display()
+            ),
+            (r, _) => r?,
+        };
         Ok((samples, produced))
     })?;
     let (samples, produced) = samples;

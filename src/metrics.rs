@@ -226,7 +226,7 @@ impl WorkerMetrics {
             prefetch_bytes: gauge(
                 &mut r,
                 "herd_consumer_prefetch_bytes",
-                "Bytes of input librdkafka has fetched ahead of the tasks, all partitions (statistics; bounded by queued.max.messages.kbytes).",
+                "Bytes of input in the consumer's queue, fetched ahead of the tasks (librdkafka statistics; bounded by queued.max.messages.kbytes).",
             )?,
             latency,
             observations: counter(&mut r, "herd_observations_total", "Observations scored.")?,

@@ -235,8 +235,11 @@ impl ClientContext for Ctx {
                 continue;
             }
             for (p, part) in &topic.partitions {
+                // Every partition's fetch queue forwards to the consumer's one queue,
+                // and librdkafka reports that queue's size for each: the largest, not
+                // the sum.
                 if *p >= 0 {
-                    prefetched = prefetched.saturating_add(part.fetchq_size);
+                    prefetched = prefetched.max(part.fetchq_size);
                 }
                 if *p >= 0 && part.desired && part.consumer_lag >= 0 {
                     lag.with_label_values(&[name.as_str(), &p.to_string()])
