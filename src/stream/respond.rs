@@ -533,17 +533,22 @@ mod tests {
 
     #[test]
     fn the_ring_forgets_by_age_and_by_count_samples_and_events_alike() {
-        let cfg = RespondConfig {
-            before_ms: 3_000,
-            after_ms: 2_000,
-            max_ring_per_container: 4,
-            ..RespondConfig::default()
+        // Ten seconds of a sample and an event each second, kept five seconds.
+        let filled = |max_ring_per_container: usize| {
+            let cfg = RespondConfig {
+                before_ms: 3_000,
+                after_ms: 2_000,
+                max_ring_per_container,
+                ..RespondConfig::default()
+            };
+            let mut r = Responder::new(cfg, PolicyFile::default());
+            for s in 0..10 {
+                r.record(&obs("a", s * 1_000));
+                r.record(&event("a", s * 1_000 + 10, "id"));
+            }
+            r
         };
-        let mut r = Responder::new(cfg, PolicyFile::default());
-        for s in 0..10 {
-            r.record(&obs("a", s * 1_000));
-            r.record(&event("a", s * 1_000 + 10, "id"));
-        }
+        let r = filled(4);
         let ring = &r.ring["a"];
         assert_eq!(ring.len(), 4, "bounded by count");
         assert_eq!(
@@ -553,17 +558,7 @@ mod tests {
         );
         let w = ring.window(i64::MIN, i64::MAX);
         assert_eq!(w.first().map(|o| o.ts_ms), Some(8_000));
-        let cfg = RespondConfig {
-            before_ms: 3_000,
-            after_ms: 2_000,
-            ..RespondConfig::default()
-        };
-        let mut r = Responder::new(cfg, PolicyFile::default());
-        for s in 0..10 {
-            r.record(&obs("a", s * 1_000));
-            r.record(&event("a", s * 1_000 + 10, "id"));
-        }
-        let w = r.ring["a"].window(i64::MIN, i64::MAX);
+        let w = filled(420).ring["a"].window(i64::MIN, i64::MAX);
         assert_eq!(
             w.first().map(|o| o.ts_ms),
             Some(4_010),
