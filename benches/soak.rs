@@ -103,9 +103,22 @@ fn rss(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// What the soak says when its broker exited `after` the stream began (its logs and
+/// database are in `dir`).
+fn broker_died(st: std::process::ExitStatus, after: Duration, dir: &std::path::Path) -> String {
+    let db = std::fs::metadata(dir.join("broker").join("tansu.db")).map_or(0, |m| m.len());
+    format!(
+        "the broker exited ({st}) after {:.0} s, its database at {:.2} GiB: the soak \
+         measured nothing of herd past this point (logs in {})",
+        after.as_secs_f64(),
+        db as f64 / f64::from(1u32 << 30),
+        dir.display()
+    )
+}
+
 /// A worker's total consumer lag, and the input librdkafka holds prefetched for it
 /// (bytes), from its `/metrics`.
-fn lag(port: u16) -> Option<(f64, f64)> {
+fn worker_gauges(port: u16) -> Option<(f64, f64)> {
     let (status, body) = support::monitoring::get(port, "/metrics").ok()?;
     let sum = |name: &str| {
         body.lines()
@@ -251,19 +264,11 @@ fn main() -> anyhow::Result<()> {
             // A broker that dies ends the soak: say so, instead of the producer's
             // queue-full error a little later.
             if let Some(st) = broker.exit_status() {
-                let db =
-                    std::fs::metadata(dir.join("broker").join("tansu.db")).map_or(0, |m| m.len());
-                anyhow::bail!(
-                    "the broker exited ({st}) after {:.0} s, its database at {:.2} GiB: the \
-                     soak measured nothing of herd past this point (logs in {})",
-                    start.elapsed().as_secs_f64(),
-                    db as f64 / f64::from(1u32 << 30),
-                    dir.display()
-                );
+                anyhow::bail!(broker_died(st, start.elapsed(), &dir));
             }
             let (r, (l, pre)) = (
                 rss(pid).unwrap_or(0),
-                lag(port).unwrap_or((f64::NAN, f64::NAN)),
+                worker_gauges(port).unwrap_or((f64::NAN, f64::NAN)),
             );
             let at = start.elapsed().as_secs_f64();
             let db = std::fs::metadata(dir.join("broker").join("tansu.db")).map_or(0, |m| m.len());
@@ -281,12 +286,9 @@ fn main() -> anyhow::Result<()> {
         // The producer's queue fills within seconds of the broker's death, often before
         // the next sample sees it: name the cause, not the symptom.
         let produced = match (produced, broker.exit_status()) {
-            (Err(e), Some(st)) => anyhow::bail!(
-                "the broker exited ({st}) after {:.0} s and the live stream failed ({e}): \
-                 the soak measured nothing of herd past this point (logs in {})",
-                start.elapsed().as_secs_f64(),
-                dir.display()
-            ),
+            (Err(e), Some(st)) => {
+                return Err(e.context(broker_died(st, start.elapsed(), &dir)));
+            }
             (r, _) => r?,
         };
         Ok((samples, produced))

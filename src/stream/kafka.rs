@@ -37,10 +37,10 @@ pub fn client_config(kafka: &BTreeMap<String, String>, role: Role<'_>) -> Client
                 .set("statistics.interval.ms", "1000")
                 .set("enable.partition.eof", "true")
                 // What librdkafka prefetches ahead of the tasks is memory the worker
-                // holds for records it has not scored: its default (64 MiB, and more
-                // while fetch responses of consumed records linger) is most of a
-                // worker's resident set under lag. 16 MiB is seconds of input at the
-                // maximum rate, plenty to hide a fetch round trip.
+                // holds for records it has not scored: 64 MiB by default (and the fetch
+                // responses of consumed records while they linger), as much as the
+                // whole detection state of ten thousand containers. 16 MiB is seconds
+                // of input at the maximum rate, plenty to hide a fetch round trip.
                 .set("queued.max.messages.kbytes", "16384");
         }
         Role::Reader => {

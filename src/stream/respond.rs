@@ -102,10 +102,10 @@ struct Row {
 }
 
 impl Ring {
-    fn new(o: &Observation) -> Self {
+    fn new(container: &Arc<ContainerRef>) -> Self {
         Self {
-            seen: o.ts_ms,
-            container: Arc::clone(&o.container),
+            seen: i64::MIN,
+            container: Arc::clone(container),
             rows: VecDeque::new(),
             values: VecDeque::new(),
             events: VecDeque::new(),
@@ -116,20 +116,23 @@ impl Ring {
         self.rows.len() + self.events.len()
     }
 
-    fn push(&mut self, o: &Observation) {
+    /// Keeps `o`, then forgets what is older than `keep_ms` before it or beyond the
+    /// `max` newest.
+    fn push(&mut self, o: &Observation, keep_ms: i64, max: usize) {
         self.seen = self.seen.max(o.ts_ms);
-        if !Arc::ptr_eq(&self.container, &o.container) && self.container != o.container {
-            // The container's identity changed (a rename, a label): later
-            // observations carry the new one; so do the rows already kept.
+        if !Arc::ptr_eq(&self.container, &o.container) {
+            // A new identity (a rename, a label): the rows kept carry it too.
             self.container = Arc::clone(&o.container);
         }
         match &o.payload {
             Payload::Metrics(m) => {
-                let same = self.rows.back().is_some_and(|r| {
-                    r.names.len() == m.len() && r.names.iter().zip(m).all(|(a, (b, _))| a == b)
-                });
                 let names = match self.rows.back() {
-                    Some(r) if same => Arc::clone(&r.names),
+                    Some(r)
+                        if r.names.len() == m.len()
+                            && r.names.iter().zip(m).all(|(a, (b, _))| a == b) =>
+                    {
+                        Arc::clone(&r.names)
+                    }
                     _ => m.iter().map(|(n, _)| n.clone()).collect(),
                 };
                 self.values.extend(m.iter().map(|(_, v)| *v));
@@ -140,33 +143,24 @@ impl Ring {
             }
             Payload::Event(_) => self.events.push_back(o.clone()),
         }
-    }
-
-    /// Drops the oldest observation (sample or event).
-    fn pop_oldest(&mut self) {
-        let row = self.rows.front().map(|r| r.ts_ms);
-        let event = self.events.front().map(|e| e.ts_ms);
-        match (row, event) {
-            (Some(r), Some(e)) if e < r => {
+        while let Some((ts, event)) = self.oldest() {
+            if self.len() <= max && o.ts_ms - ts <= keep_ms {
+                break;
+            }
+            if event {
                 self.events.pop_front();
+            } else if let Some(r) = self.rows.pop_front() {
+                self.values.drain(..r.names.len().min(self.values.len()));
             }
-            (Some(_), _) => {
-                if let Some(r) = self.rows.pop_front() {
-                    self.values.drain(..r.names.len().min(self.values.len()));
-                }
-            }
-            (None, Some(_)) => {
-                self.events.pop_front();
-            }
-            (None, None) => {}
         }
     }
 
-    fn oldest_ms(&self) -> Option<i64> {
-        let row = self.rows.front().map(|r| r.ts_ms);
-        let event = self.events.front().map(|e| e.ts_ms);
+    /// The oldest observation's time, and whether it is an event (else a sample).
+    fn oldest(&self) -> Option<(i64, bool)> {
+        let row = self.rows.front().map(|r| (r.ts_ms, false));
+        let event = self.events.front().map(|e| (e.ts_ms, true));
         match (row, event) {
-            (Some(r), Some(e)) => Some(r.min(e)),
+            (Some(r), Some(e)) => Some(if e.0 < r.0 { e } else { r }),
             (r, e) => r.or(e),
         }
     }
@@ -243,18 +237,15 @@ impl Responder {
                 self.ring.remove(&oldest);
             }
         }
-        // A lookup by `&str` first: the id is cloned only for a container not seen yet.
-        if !self.ring.contains_key(&o.container.id) {
-            self.ring.insert(o.container.id.clone(), Ring::new(o));
-        }
-        let Some(ring) = self.ring.get_mut(&o.container.id) else {
-            return;
-        };
-        ring.push(o);
-        while ring.len() > self.cfg.max_ring_per_container
-            || ring.oldest_ms().is_some_and(|t| o.ts_ms - t > keep)
-        {
-            ring.pop_oldest();
+        let max = self.cfg.max_ring_per_container;
+        match self.ring.get_mut(&o.container.id) {
+            Some(ring) => ring.push(o, keep, max),
+            // The id is cloned only for a container not seen yet.
+            None => {
+                let mut ring = Ring::new(&o.container);
+                ring.push(o, keep, max);
+                self.ring.insert(o.container.id.clone(), ring);
+            }
         }
     }
 
