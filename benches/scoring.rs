@@ -1,7 +1,6 @@
 //! Scoring throughput of the detection engine (decode excluded): 10,000 containers in
 //! 1,000 peer groups of 10 replicas, four metrics per observation, on warmed baselines.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -59,12 +58,14 @@ fn scoring(c: &mut Criterion) {
     let containers: Vec<Arc<ContainerRef>> = (0..GROUPS * REPLICAS)
         .map(|i| {
             Arc::new(ContainerRef {
-                id: hex64(i as u64),
-                name: Some(format!("svc{}-{}", i / REPLICAS, i % REPLICAS)),
-                image: format!("bench/svc{}:1", i / REPLICAS),
-                image_digest: Some(format!("sha256:{}", hex64(1 << 40 | (i / REPLICAS) as u64))),
-                labels: BTreeMap::new(),
-                host: Some(format!("node-{}", i % 50)),
+                id: hex64(i as u64).into(),
+                name: Some(format!("svc{}-{}", i / REPLICAS, i % REPLICAS).into()),
+                image: format!("bench/svc{}:1", i / REPLICAS).into(),
+                image_digest: Some(
+                    format!("sha256:{}", hex64(1 << 40 | (i / REPLICAS) as u64)).into(),
+                ),
+                labels: Default::default(),
+                host: Some(format!("node-{}", i % 50).into()),
             })
         })
         .collect();

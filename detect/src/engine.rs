@@ -286,7 +286,7 @@ impl Engine {
             g.replicas
                 .values()
                 .filter(|r| r.alive && now - r.last_seen_ms <= ttl)
-                .map(|r| r.cref.id.as_str())
+                .map(|r| &*r.cref.id)
                 .collect()
         })
     }
@@ -372,27 +372,32 @@ impl Engine {
         };
         let cfg = &self.cfg;
         group.last_seen_ms = group.last_seen_ms.max(now);
-        if !group.replicas.contains_key(&obs.container.id)
+        if !group.replicas.contains_key(&*obs.container.id)
             && group.replicas.len() >= cfg.max_replicas_per_group
         {
             group.evict_oldest_replica();
         }
         let mut revived = false;
         // Looked up by `&str`: no key is allocated for a replica already known.
-        let replica = match group.replicas.get_mut(obs.container.id.as_str()) {
+        let replica = match group.replicas.get_mut(&*obs.container.id) {
             Some(r) => r,
             None => {
                 revived = true;
                 group
                     .replicas
-                    .entry(obs.container.id.clone())
+                    .entry(Arc::clone(&obs.container.id))
                     .or_insert_with(|| Replica::new(Arc::clone(&obs.container), now))
             }
         };
         revived |= now - replica.last_seen_ms > cfg.replica_ttl_ms;
         replica.last_seen_ms = replica.last_seen_ms.max(now);
-        if !Arc::ptr_eq(&replica.cref, &obs.container) && *replica.cref != *obs.container {
+        // The normaliser's identity is adopted whenever it is another allocation (a
+        // changed identity, or the first sample after a restore), and the map's key
+        // with it: a container's id and identity are then held once, by the registry.
+        let adopt = !Arc::ptr_eq(&replica.cref, &obs.container);
+        if adopt {
             replica.cref = Arc::clone(&obs.container);
+            group.share_key(&obs.container.id);
         }
         if revived {
             group.liveness_changed();
@@ -425,7 +430,7 @@ impl Engine {
         // container's own sampling intervals.
         let quiet = group
             .replicas
-            .get(&obs.container.id)
+            .get(&*obs.container.id)
             .map_or(cfg.incident_quiet_ms, |r| r.quiet_ms(cfg));
         let incidents = &mut self.state.incidents;
         let max_open = cfg.max_open_incidents;
@@ -611,7 +616,7 @@ fn fleet_check(
 
 /// Share of the live replicas whose latest value of `slot` is above `level`.
 fn share_above(
-    replicas: &rustc_hash::FxHashMap<String, Replica>,
+    replicas: &rustc_hash::FxHashMap<Arc<str>, Replica>,
     slot: usize,
     level: f64,
     now: i64,
@@ -653,7 +658,7 @@ fn uncorroborated(
     let live = group.live_count(now, cfg);
     let mut out = Vec::with_capacity(due.len());
     for p in due {
-        let Some(r) = group.replicas.get(&p.container_id) else {
+        let Some(r) = group.replicas.get(p.container_id.as_str()) else {
             continue;
         };
         let threshold = calibrate::threshold(r.rate.per_day(), cfg.false_alerts_per_container_day);
@@ -911,7 +916,11 @@ fn score_metrics(
         }
         if let Some(r) = group.replicas.get_mut(id) {
             if r.latest.len() <= slot {
-                r.latest.resize(slot + 1, None);
+                // Exactly the group's features: every replica holds one of these, and a
+                // vector's doubling growth would leave most of it unused (16 for 10).
+                let mut v = std::mem::take(&mut r.latest).into_vec();
+                v.resize(slot + 1, None);
+                r.latest = v.into_boxed_slice();
             }
             r.latest[slot] = Some(Latest {
                 value: x,
@@ -998,9 +1007,11 @@ fn structure_finding(
         return;
     };
     r.structure_latest = Some((sc.surprise, now));
-    r.structure_position.clear();
-    r.structure_position.extend_from_slice(&sc.position[..q]);
-    r.structure_mode = Some(sc.nearest);
+    match r.structure_position.len() == q {
+        true => r.structure_position.copy_from_slice(&sc.position[..q]),
+        false => r.structure_position = sc.position[..q].into(),
+    }
+    r.structure_mode = u32::try_from(sc.nearest).ok();
     let held = hot && r.structure_hot;
     r.structure_hot = hot;
     if !held {
@@ -1064,14 +1075,12 @@ fn fleet_shift(
     let peers: Vec<(usize, &[f64])> = group
         .replicas
         .iter()
-        .filter(|(rid, r)| {
-            rid.as_str() != id && r.alive && now - r.last_seen_ms <= cfg.replica_ttl_ms
-        })
+        .filter(|(rid, r)| ***rid != *id && r.alive && now - r.last_seen_ms <= cfg.replica_ttl_ms)
         .filter_map(|(_, r)| {
             let (_, t) = r.structure_latest?;
-            let mode = r.structure_mode?;
+            let mode = r.structure_mode? as usize;
             (now - t <= cfg.peer_window_ms && r.structure_position.len() == q)
-                .then_some((mode, r.structure_position.as_slice()))
+                .then_some((mode, &*r.structure_position))
         })
         .collect();
     if q == 0 || peers.len() + 1 < cfg.min_peers.max(2) {
@@ -1199,5 +1208,59 @@ fn score_event(
     }
     if finding.is_empty() {
         finding.attack.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herd_ingest::Labels;
+
+    fn container(i: u32) -> Arc<ContainerRef> {
+        Arc::new(ContainerRef {
+            id: format!("{i:064x}").into(),
+            name: Some(format!("web-{i}").into()),
+            image: "shop/web:1".into(),
+            image_digest: Some("sha256:aa".into()),
+            labels: Labels::new(),
+            host: None,
+        })
+    }
+
+    fn sample(c: &Arc<ContainerRef>, ts_ms: i64) -> Observation {
+        Observation {
+            ts_ms,
+            container: Arc::clone(c),
+            payload: Payload::Metrics(vec![("cpu_cores".into(), 0.5)]),
+        }
+    }
+
+    /// After a restore, the first sample of a replica hands the engine the normaliser's
+    /// identity, and the replica map's key becomes that identity's id: each container's
+    /// id and identity are held once again, as before the checkpoint.
+    #[test]
+    fn a_restored_replica_adopts_the_shared_identity_and_its_id_issue_7() {
+        let mut e = Engine::new(DetectConfig::default()).unwrap_or_else(|err| panic!("{err}"));
+        let cs: Vec<_> = (0..3).map(container).collect();
+        let mut out = Vec::new();
+        for c in &cs {
+            e.observe(&sample(c, 1_000), &mut out);
+        }
+        let bytes = e.snapshot().unwrap_or_else(|err| panic!("{err}"));
+        let mut back =
+            Engine::restore(DetectConfig::default(), &bytes).unwrap_or_else(|err| panic!("{err}"));
+        let shared = |e: &Engine, c: &Arc<ContainerRef>| {
+            e.state.groups.values().any(|g| {
+                g.replicas
+                    .get_key_value(&*c.id)
+                    .is_some_and(|(k, r)| Arc::ptr_eq(k, &c.id) && Arc::ptr_eq(&r.cref, c))
+            })
+        };
+        assert!(cs.iter().all(|c| !shared(&back, c)));
+        for c in &cs {
+            back.observe(&sample(c, 2_000), &mut out);
+        }
+        assert!(cs.iter().all(|c| shared(&back, c)));
+        assert_eq!(back.stats().containers, 3);
     }
 }

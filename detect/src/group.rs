@@ -32,8 +32,9 @@ pub(crate) struct Replica {
     pub(crate) hash: u64,
     pub(crate) last_seen_ms: i64,
     pub(crate) alive: bool,
-    /// Latest value of each feature slot.
-    pub(crate) latest: Vec<Option<Latest>>,
+    /// Latest value of each feature slot (exactly the group's features: a slice, not a
+    /// vector, since every replica holds one).
+    pub(crate) latest: Box<[Option<Latest>]>,
     pub(crate) rate: TestRate,
     /// Smoothed interval between metric samples, ms (0 until two were seen).
     pub(crate) interval_ms: f64,
@@ -51,12 +52,12 @@ pub(crate) struct Replica {
     pub(crate) structure_latest: Option<(f64, i64)>,
     /// Its position along the structure's principal axes at that sample (empty when
     /// unknown), so that a replica is judged beside where its peers are.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(crate) structure_position: Vec<f64>,
+    #[serde(default, skip_serializing_if = "<[f64]>::is_empty")]
+    pub(crate) structure_position: Box<[f64]>,
     /// The structure's mode nearest that sample: a peer's shift is measured from the
     /// centre of its own mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) structure_mode: Option<usize>,
+    pub(crate) structure_mode: Option<u32>,
 }
 
 impl Replica {
@@ -66,7 +67,7 @@ impl Replica {
             cref,
             last_seen_ms: now_ms,
             alive: true,
-            latest: Vec::new(),
+            latest: Box::default(),
             rate: TestRate::new(now_ms),
             interval_ms: 0.0,
             last_metrics_ms: None,
@@ -74,7 +75,7 @@ impl Replica {
             died: false,
             structure_hot: false,
             structure_latest: None,
-            structure_position: Vec::new(),
+            structure_position: Box::default(),
             structure_mode: None,
         }
     }
@@ -123,7 +124,8 @@ struct PeerCache {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct GroupState {
     pub(crate) baseline: GroupBaseline,
-    pub(crate) replicas: FxHashMap<String, Replica>,
+    /// Keyed by each replica's own id (`cref.id`, shared; see [`GroupState::share_ids`]).
+    pub(crate) replicas: FxHashMap<Arc<str>, Replica>,
     pub(crate) pending: Vec<Pending>,
     pub(crate) last_seen_ms: i64,
     /// Peer statistics are reused for `peer_refresh_ms`: part of the state, since scores
@@ -176,6 +178,18 @@ impl GroupState {
             .count();
         self.live_cache = Some((now_ms, n));
         n
+    }
+
+    /// Keys replica `id` by this very allocation of its id (the one its identity holds).
+    pub(crate) fn share_key(&mut self, id: &Arc<str>) {
+        if let Some((key, r)) = self.replicas.remove_entry(&**id) {
+            let key = if Arc::ptr_eq(&key, id) {
+                key
+            } else {
+                Arc::clone(id)
+            };
+            self.replicas.insert(key, r);
+        }
     }
 
     /// Drops the live-replica count after a change of liveness.

@@ -193,12 +193,12 @@ impl Incidents {
         let sev = f.severity.unwrap_or(Severity::Low);
         let stale = self
             .open
-            .get(&c.id)
+            .get(&*c.id)
             .is_some_and(|o| now_ms - o.last_ms > quiet_ms);
-        if stale && let Some(o) = self.open.remove(&c.id) {
+        if stale && let Some(o) = self.open.remove(&*c.id) {
             closed.push(Closed::of(&c.id, &o, o.last_ms + o.quiet_ms));
         }
-        if !self.open.contains_key(&c.id)
+        if !self.open.contains_key(&*c.id)
             && self.open.len() >= max_open
             && let Some(oldest) = self
                 .open
@@ -210,7 +210,7 @@ impl Incidents {
             closed.push(Closed::of(&oldest, &o, now_ms));
         }
         let mut changed = false;
-        let o = self.open.entry(c.id.clone()).or_insert_with(|| {
+        let o = self.open.entry(c.id.to_string()).or_insert_with(|| {
             changed = true;
             Open {
                 id: incident_id(&c.id, now_ms),
@@ -314,18 +314,18 @@ fn to_alert(o: &Open, c: &ContainerRef, now_ms: i64) -> Alert {
         "com.docker.compose.service",
     ] {
         if let Some(v) = c.labels.get(k) {
-            labels.insert(k.to_owned(), v.clone());
+            labels.insert(k.to_owned(), v.to_owned());
         }
     }
     let mut alert = Alert {
         incident_id: o.id.clone(),
         ts: herd_ingest::time::format_ms(now_ms),
         seq: o.seq,
-        container_id: c.id.clone(),
+        container_id: c.id.to_string(),
         container_name: c.display_name().to_owned(),
         group: o.group.clone(),
-        image: c.image.clone(),
-        host: c.host.clone(),
+        image: c.image.to_string(),
+        host: c.host.as_deref().map(str::to_owned),
         severity: o.severity,
         score: (o.score * 100.0).round() / 100.0,
         threshold: (o.threshold * 100.0).round() / 100.0,
@@ -352,7 +352,7 @@ mod tests {
             name: Some("web-1".into()),
             image: "shop/web:1.4".into(),
             image_digest: None,
-            labels: BTreeMap::new(),
+            labels: herd_ingest::Labels::new(),
             host: Some("node-1".into()),
         }
     }
@@ -444,7 +444,7 @@ mod tests {
         let mut closed = Vec::new();
         for i in 0..10i64 {
             let mut who = c();
-            who.id = format!("c{i}");
+            who.id = format!("c{i}").into();
             inc.record(
                 &who,
                 "g",

@@ -2,7 +2,6 @@
 //! alerts the original emits from that point on (caches included: scores may depend on
 //! when a cache was refreshed, so a checkpoint must carry it).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use herd_detect::{DetectConfig, Engine};
@@ -13,11 +12,11 @@ const T0: i64 = 1_795_428_000_000;
 
 fn container(g: u8, r: u8) -> Arc<ContainerRef> {
     Arc::new(ContainerRef {
-        id: format!("{g:02x}{r:062x}"),
-        name: Some(format!("g{g}-r{r}")),
-        image: format!("img/{g}:1"),
+        id: format!("{g:02x}{r:062x}").into(),
+        name: Some(format!("g{g}-r{r}").into()),
+        image: format!("img/{g}:1").into(),
         image_digest: None,
-        labels: BTreeMap::new(),
+        labels: Default::default(),
         host: None,
     })
 }

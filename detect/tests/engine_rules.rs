@@ -15,11 +15,11 @@ fn replicas(n: usize, image: &str) -> Vec<Arc<ContainerRef>> {
     (0..n)
         .map(|i| {
             Arc::new(ContainerRef {
-                id: format!("{:064x}", i + 1),
-                name: Some(format!("app-{}", i + 1)),
+                id: format!("{:064x}", i + 1).into(),
+                name: Some(format!("app-{}", i + 1).into()),
                 image: image.into(),
                 image_digest: Some("sha256:aa".into()),
-                labels: BTreeMap::new(),
+                labels: Default::default(),
                 host: Some("node-1".into()),
             })
         })
@@ -232,19 +232,19 @@ fn invented_images_and_containers_cannot_grow_state_without_bound() {
     for i in 0..5_000 {
         // A new image every time, and a new container of one image every time.
         let invented = Arc::new(ContainerRef {
-            id: format!("g{i}"),
+            id: format!("g{i}").into(),
             name: None,
-            image: format!("junk/{i}:1"),
+            image: format!("junk/{i}:1").into(),
             image_digest: None,
-            labels: BTreeMap::new(),
+            labels: Default::default(),
             host: None,
         });
         let churn = Arc::new(ContainerRef {
-            id: format!("c{i}"),
+            id: format!("c{i}").into(),
             name: None,
             image: "steady/app:1".into(),
             image_digest: None,
-            labels: BTreeMap::new(),
+            labels: Default::default(),
             host: None,
         });
         e.observe(&metrics(&invented, T0 + i, 0.1), &mut out);

@@ -407,12 +407,14 @@ fn inventory_line(host: &str, c: &Info, event: Event) -> Emit {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64),
         container: Arc::new(ContainerRef {
-            id: c.id.clone(),
-            name: Some(c.name.clone()).filter(|n| !n.is_empty()),
-            image: c.image.clone(),
-            image_digest: c.image_digest.clone(),
-            labels: c.labels.clone(),
-            host: Some(host.to_owned()),
+            id: c.id.as_str().into(),
+            name: Some(c.name.as_str())
+                .filter(|n| !n.is_empty())
+                .map(Into::into),
+            image: c.image.as_str().into(),
+            image_digest: c.image_digest.as_deref().map(Into::into),
+            labels: (&c.labels).into(),
+            host: Some(host.into()),
         }),
         payload: Payload::Event(event),
     };

@@ -33,12 +33,14 @@
 pub mod collect;
 pub mod decode;
 pub mod inventory;
+pub mod labels;
 pub mod model;
 pub mod normalize;
 pub mod route;
 pub mod time;
 
 pub use decode::{Decoder, Identities, Limits, Record, Reject, RejectReason};
+pub use labels::Labels;
 pub use model::{ContainerRef, Event, GroupBy, MetricName, Observation, Payload, ProcessEntry};
 pub use normalize::{Normalizer, NormalizerConfig};
 pub use route::Router;

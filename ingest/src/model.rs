@@ -1,30 +1,36 @@
 //! The observation model: what every input format is decoded into.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::labels::Labels;
+
 /// One container's identity as herd knows it. Shared (`Arc`) between the registry and
 /// every observation of that container, so decoding a sample does not copy labels.
+///
+/// Its strings are `Arc<str>`: the id is the key of every per-container map (registry,
+/// counter state, router, the engine's replicas), each holding the same allocation, and
+/// a group's image, digest and host are shared by its replicas where the decoder
+/// interned them ([`crate::Identities`]). Serialised as plain strings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRef {
     /// Full container id (64 hex characters from Docker; any non-empty string is accepted).
-    pub id: String,
+    pub id: Arc<str>,
     /// Container name without Docker's leading `/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub name: Option<Arc<str>>,
     /// Image reference as the runtime reports it (`repo:tag`), display only.
-    pub image: String,
+    pub image: Arc<str>,
     /// Image digest (`sha256:…`), the default peer-group key when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image_digest: Option<String>,
+    pub image_digest: Option<Arc<str>>,
     /// Container labels (Kubernetes pod labels arrive here too).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
     /// Host the container runs on, when the producer says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
+    pub host: Option<Arc<str>>,
 }
 
 impl ContainerRef {
@@ -73,7 +79,7 @@ impl GroupBy {
     pub fn key(&self, c: &ContainerRef) -> String {
         let mut key = match &c.image_digest {
             Some(d) if !d.is_empty() => format!("{}@{}", c.repository(), d),
-            _ => c.image.clone(),
+            _ => c.image.to_string(),
         };
         if self.workload {
             let ns = c.labels.get("io.kubernetes.pod.namespace");
@@ -331,7 +337,7 @@ mod tests {
             name: None,
             image: image.into(),
             image_digest: digest.map(Into::into),
-            labels: BTreeMap::new(),
+            labels: Labels::new(),
             host: None,
         }
     }
@@ -354,7 +360,7 @@ mod tests {
         );
         assert_eq!(g.key(&c("shop/web:1.4", None)), "shop/web:1.4");
         let mut x = c("a:1", None);
-        x.labels.insert("tier".into(), "db".into());
+        x.labels.insert("tier", "db");
         let g = GroupBy {
             workload: false,
             label: Some("tier".into()),

@@ -79,12 +79,12 @@ fn observation() -> impl Strategy<Value = Observation> {
             |(ts_ms, id, cname, image, digest, labels, host, payload)| Observation {
                 ts_ms,
                 container: Arc::new(ContainerRef {
-                    id,
-                    name: cname,
-                    image,
-                    image_digest: digest,
-                    labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
-                    host,
+                    id: id.into(),
+                    name: cname.map(Into::into),
+                    image: image.into(),
+                    image_digest: digest.map(Into::into),
+                    labels: labels.into_iter().collect::<BTreeMap<_, _>>().into(),
+                    host: host.map(Into::into),
                 }),
                 payload,
             },

@@ -77,7 +77,7 @@ pub enum Publish {
 pub struct Responder {
     cfg: RespondConfig,
     decider: Decider,
-    ring: HashMap<String, Ring>,
+    ring: HashMap<Arc<str>, Ring>,
     pending: Vec<Pending>,
 }
 
@@ -223,7 +223,7 @@ impl Responder {
     pub fn record(&mut self, o: &Observation) {
         let keep = self.cfg.before_ms + self.cfg.after_ms;
         if self.ring.len() >= self.cfg.max_ring_containers
-            && !self.ring.contains_key(&o.container.id)
+            && !self.ring.contains_key(&*o.container.id)
         {
             let now = o.ts_ms;
             self.ring.retain(|_, r| now - r.seen < keep);
@@ -238,13 +238,13 @@ impl Responder {
             }
         }
         let max = self.cfg.max_ring_per_container;
-        match self.ring.get_mut(&o.container.id) {
+        match self.ring.get_mut(&*o.container.id) {
             Some(ring) => ring.push(o, keep, max),
-            // The id is cloned only for a container not seen yet.
+            // Keyed by the identity's own id: shared, not copied.
             None => {
                 let mut ring = Ring::new(&o.container);
                 ring.push(o, keep, max);
-                self.ring.insert(o.container.id.clone(), ring);
+                self.ring.insert(Arc::clone(&o.container.id), ring);
             }
         }
     }
@@ -388,7 +388,7 @@ mod tests {
                 name: Some(id.into()),
                 image: "shop/web:1".into(),
                 image_digest: None,
-                labels: BTreeMap::new(),
+                labels: Default::default(),
                 host: Some("h".into()),
             }),
             payload: Payload::Metrics(vec![("cpu_cores".into(), 0.5)]),

@@ -10,7 +10,7 @@ use serde::de::IgnoredAny;
 
 use super::{
     Identities, Key, LenientStr, Limits, Obj, Record, Reject, RejectReason, Top, bounded,
-    bounded_str, container_ref, raw_str, split_image_str, string_map,
+    bounded_str, raw_str, split_image_str, string_map,
 };
 use crate::model::ContainerRef;
 
@@ -44,12 +44,12 @@ pub struct StatsCounters {
 pub struct StatsRecord {
     /// Sample time (`read`).
     pub ts_ms: i64,
-    /// Container id from the stats object (or the envelope).
-    pub id: String,
+    /// Container id from the stats object (or the envelope's, shared with its identity).
+    pub id: Arc<str>,
     /// Container name (stats objects carry `/name`).
     pub name: Option<String>,
-    /// Host from the envelope.
-    pub host: Option<String>,
+    /// Host from the envelope (shared with its identity).
+    pub host: Option<Arc<str>>,
     /// Full identity when it came in the agent envelope; `None` for raw stats, which the
     /// normaliser joins through its registry.
     pub container: Option<Arc<ContainerRef>>,
@@ -333,17 +333,17 @@ pub(super) fn decode_envelope(
                 .str("image", l)
                 .filter(|s| !s.is_empty())
                 .ok_or_else(|| Reject::new(RejectReason::MissingField, "container.image"))?;
-            let mut cref = container_ref(
-                id.to_owned(),
-                c.str("name", l),
-                image,
-                string_map(c.get("labels"), l, &[])?,
-                host.map(str::to_owned),
-            );
-            if let Some(d) = c.str("image_digest", l).filter(|s| !s.is_empty()) {
-                cref.image_digest = Some(d);
-            }
-            let cref = Arc::new(cref);
+            let (image, digest_in_image) = split_image_str(&image);
+            let digest = c.str("image_digest", l).filter(|s| !s.is_empty());
+            let digest = digest.as_deref().or(digest_in_image);
+            let cref = Arc::new(ContainerRef {
+                id: id.into(),
+                name: c.str("name", l).map(|n| n.trim_start_matches('/').into()),
+                image: ids.intern(image),
+                image_digest: digest.map(|d| ids.intern(d)),
+                labels: string_map(c.get("labels"), l, &[])?.into(),
+                host: host.map(|h| ids.intern(h)),
+            });
             ids.remember(&cref);
             cref
         }
@@ -382,7 +382,7 @@ fn same_identity(known: &ContainerRef, c: &Obj<'_>, host: Option<&str>, l: &Limi
         .filter(|d| !d.is_empty())
         .map(|d| bounded_str(d, max))
         .or(digest_in_image);
-    if known.image != repo || known.image_digest.as_deref() != digest {
+    if *known.image != *repo || known.image_digest.as_deref() != digest {
         return false;
     }
     let Some(raw) = c.get("labels") else {
@@ -396,9 +396,12 @@ fn same_identity(known: &ContainerRef, c: &Obj<'_>, host: Option<&str>, l: &Limi
     }
     // Labels are written from a sorted map (the agent's): compared in order, which also
     // proves the keys distinct.
-    labels.iter().zip(&known.labels).all(|((k, v), (kk, kv))| {
-        bounded_str(k, max) == kk && raw_str(v).is_some_and(|v| bounded_str(&v, max) == kv)
-    })
+    labels
+        .iter()
+        .zip(known.labels.iter())
+        .all(|((k, v), (kk, kv))| {
+            bounded_str(k, max) == kk && raw_str(v).is_some_and(|v| bounded_str(&v, max) == kv)
+        })
 }
 
 /// A raw stats object: its parts were read with the top level.
@@ -417,7 +420,7 @@ fn stats_record(
     doc: StatsDoc<'_>,
     l: &Limits,
     container: Option<Arc<ContainerRef>>,
-    host: Option<String>,
+    host: Option<Arc<str>>,
 ) -> Result<Record, Reject> {
     let read = doc.read.as_deref().unwrap_or_default();
     // A stopped container's stats carry the zero time and empty counters.
@@ -439,7 +442,7 @@ fn stats_record(
             .id
             .as_deref()
             .filter(|s| !s.is_empty())
-            .map(|s| bounded(s.to_owned(), l.max_string_bytes))
+            .map(|s| Arc::from(bounded_str(s, l.max_string_bytes)))
             .ok_or_else(|| Reject::new(RejectReason::MissingField, "id"))?,
     };
     let p = doc.parts;
@@ -564,7 +567,7 @@ mod tests {
         let c = s
             .container
             .as_ref()
-            .map(|c| (c.image.as_str(), c.image_digest.as_deref()));
+            .map(|c| (&*c.image, c.image_digest.as_deref()));
         assert_eq!(c, Some(("shop/web:1.4", Some("sha256:aa"))));
         assert_eq!(s.host.as_deref(), Some("node-1"));
     }

@@ -334,9 +334,14 @@ impl Decoder {
 /// no string of it is copied, and the normaliser's registry, seeing the same `Arc`,
 /// compares nothing. Bounded: emptied when it holds `max` identities (it only saves
 /// work; nothing depends on what it holds).
+///
+/// It also interns the strings that replicas share (image, digest, host): a group's
+/// replicas then hold one allocation of each between them, in the registry and the
+/// engine alike.
 #[derive(Debug, Clone, Default)]
 pub struct Identities {
     by_id: rustc_hash::FxHashSet<ById>,
+    strings: rustc_hash::FxHashSet<Arc<str>>,
     max: usize,
 }
 
@@ -354,7 +359,7 @@ impl Eq for ById {}
 
 impl std::hash::Hash for ById {
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        self.0.id.as_str().hash(h);
+        self.0.id.hash(h);
     }
 }
 
@@ -369,6 +374,7 @@ impl Identities {
     pub fn new(max: usize) -> Self {
         Self {
             by_id: rustc_hash::FxHashSet::default(),
+            strings: rustc_hash::FxHashSet::default(),
             max,
         }
     }
@@ -381,10 +387,27 @@ impl Identities {
         if self.max == 0 {
             return;
         }
-        if self.by_id.len() >= self.max && !self.by_id.contains(c.id.as_str()) {
+        if self.by_id.len() >= self.max && !self.by_id.contains(&*c.id) {
             self.by_id.clear();
         }
         self.by_id.replace(ById(Arc::clone(c)));
+    }
+
+    /// The shared copy of `s` (a new one the first time). Bounded like the identities:
+    /// emptied when it holds `max` strings, after which sharing starts afresh.
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if self.max == 0 {
+            return s.into();
+        }
+        if let Some(shared) = self.strings.get(s) {
+            return Arc::clone(shared);
+        }
+        if self.strings.len() >= self.max {
+            self.strings.clear();
+        }
+        let shared: Arc<str> = s.into();
+        self.strings.insert(Arc::clone(&shared));
+        shared
     }
 
     /// Identities held.
@@ -797,14 +820,14 @@ pub(crate) fn container_ref(
     labels: std::collections::BTreeMap<String, String>,
     host: Option<String>,
 ) -> ContainerRef {
-    let (image, digest) = split_image(&image);
+    let (image, digest) = split_image_str(&image);
     ContainerRef {
-        id,
-        name: name.map(|n| n.trim_start_matches('/').to_owned()),
-        image,
-        image_digest: digest,
-        labels,
-        host,
+        id: id.into(),
+        name: name.map(|n| n.trim_start_matches('/').into()),
+        image: image.into(),
+        image_digest: digest.map(Into::into),
+        labels: labels.into(),
+        host: host.map(Into::into),
     }
 }
 

@@ -29,8 +29,8 @@ pub struct NativeLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_digest: Option<&'a str>,
     /// Labels.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "crate::Labels::is_empty")]
+    pub labels: &'a crate::Labels,
     /// Metrics, when the observation is numeric.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<BTreeMap<&'a str, f64>>,
@@ -90,12 +90,15 @@ pub(super) fn decode(v: &Obj<'_>, l: &Limits) -> Result<Record, Reject> {
         }
     };
     let container = ContainerRef {
-        id,
-        name: v.str("container_name", l),
-        image,
-        image_digest: v.str("image_digest", l).filter(|s| !s.is_empty()),
-        labels: string_map(v.get("labels"), l, &[])?,
-        host: v.str("host", l),
+        id: id.into(),
+        name: v.str("container_name", l).map(Into::into),
+        image: image.into(),
+        image_digest: v
+            .str("image_digest", l)
+            .filter(|s| !s.is_empty())
+            .map(Into::into),
+        labels: string_map(v.get("labels"), l, &[])?.into(),
+        host: v.str("host", l).map(Into::into),
     };
     Ok(Record::Native(Observation {
         ts_ms,

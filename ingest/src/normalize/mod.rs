@@ -89,14 +89,42 @@ pub enum Dropped {
 
 /// The normaliser. Serialisable, so a worker can hand it over with its groups.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(from = "Wire")]
 pub struct Normalizer {
     cfg: NormalizerConfig,
     registry: Registry,
     rates: RateState,
     /// Recent execs per container: (dedup key, time).
-    recent_execs: rustc_hash::FxHashMap<String, Vec<(String, i64)>>,
+    recent_execs: rustc_hash::FxHashMap<Arc<str>, Vec<(String, i64)>>,
     max_ts_ms: i64,
     since_evict: u32,
+}
+
+/// A normaliser as a checkpoint holds it: restored, its counter state is keyed by the
+/// registry's ids again (one allocation a container, as before the checkpoint).
+#[derive(Deserialize)]
+struct Wire {
+    cfg: NormalizerConfig,
+    registry: Registry,
+    rates: RateState,
+    recent_execs: rustc_hash::FxHashMap<Arc<str>, Vec<(String, i64)>>,
+    max_ts_ms: i64,
+    since_evict: u32,
+}
+
+impl From<Wire> for Normalizer {
+    fn from(w: Wire) -> Self {
+        let mut rates = w.rates;
+        rates.share_ids(|id| w.registry.id(id));
+        Self {
+            cfg: w.cfg,
+            registry: w.registry,
+            rates,
+            recent_execs: w.recent_execs,
+            max_ts_ms: w.max_ts_ms,
+            since_evict: w.since_evict,
+        }
+    }
 }
 
 impl Normalizer {
@@ -239,7 +267,7 @@ impl Normalizer {
                 .exec_id
                 .clone()
                 .unwrap_or_else(|| format!("{process} {}", args.join(" ")));
-            let recent = self.recent_execs.entry(cref.id.clone()).or_default();
+            let recent = self.recent_execs.entry(Arc::clone(&cref.id)).or_default();
             let horizon = e.ts_ms - self.cfg.exec_dedup_ms;
             recent.retain(|(_, ts)| *ts >= horizon);
             if recent.iter().any(|(k, _)| *k == key) {
@@ -280,7 +308,7 @@ impl Normalizer {
                     );
                     let mut c = c;
                     if c.image_digest.is_none() {
-                        c.image_digest = f.image_digest;
+                        c.image_digest = f.image_digest.map(Into::into);
                     }
                     self.registry.upsert(c, f.ts_ms)
                 }
@@ -435,16 +463,57 @@ mod tests {
         assert_eq!(ev.len(), 1);
         let obs = run(&mut n, stats).unwrap_or_default();
         assert_eq!(obs.len(), 1);
-        assert_eq!(obs[0].container.image, "shop/web:1.4");
-        assert_eq!(
-            obs[0].container.labels.get("app").map(String::as_str),
-            Some("web")
-        );
+        assert_eq!(&*obs[0].container.image, "shop/web:1.4");
+        assert_eq!(obs[0].container.labels.get("app"), Some("web"));
         let Payload::Metrics(m) = &obs[0].payload else {
             panic!()
         };
         assert!(m.contains(&(metric::CPU_CORES.into(), 0.5)));
         assert!(m.contains(&(metric::MEM_BYTES.into(), 900.0)));
+    }
+
+    /// Envelope samples of `n` containers: each is registered with counter state.
+    fn envelopes(norm: &mut Normalizer, n: u64, round: u64) {
+        let d = Decoder::default();
+        let mut ids = crate::Identities::new(64);
+        for i in 0..n {
+            let line = format!(
+                r#"{{"host":"node-1","container":{{"id":"{i:064x}","name":"web-{i}","image":"shop/web:1.4","image_digest":"sha256:ab","labels":{{"app":"web"}}}},"stats":{{"read":"2026-11-23T10:00:{round:02}Z","cpu_stats":{{"cpu_usage":{{"total_usage":{c}}},"system_cpu_usage":{s},"online_cpus":4}},"precpu_stats":{{"cpu_usage":{{"total_usage":0}},"system_cpu_usage":0}},"memory_stats":{{"usage":1000}}}}}}"#,
+                c = round * 1_000_000_000,
+                s = round * 4_000_000_000,
+            );
+            let rec = d
+                .decode_with(line.as_bytes(), &mut ids)
+                .unwrap_or_else(|e| panic!("{e}"));
+            norm.normalize(rec, &mut Vec::new())
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn a_restored_normaliser_is_the_same_and_holds_each_id_once_issue_7() {
+        let mut n = Normalizer::default();
+        envelopes(&mut n, 3, 10);
+        let bytes = serde_json::to_vec(&n).unwrap_or_default();
+        let back: Normalizer = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, n);
+        // The counter state is keyed by the registry's own allocation of each id.
+        for id in back.rates.stats_keys() {
+            let shared = back
+                .registry
+                .id(id)
+                .unwrap_or_else(|| panic!("{id} unknown"));
+            assert!(Arc::ptr_eq(id, &shared), "{id} held twice");
+        }
+        // A checkpoint of the earlier form (short ids listed) restores the same.
+        let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        v["registry"]["short"] = serde_json::json!({ "000000000000": format!("{:064x}", 1) });
+        let old: Normalizer = serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(old, n);
+        // And it goes on deriving rates where the checkpoint left off.
+        let mut m = back.clone();
+        envelopes(&mut m, 3, 20);
+        assert_eq!(m.counter_series(), 3);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! duplicated deliveries and out-of-order samples: none of them yields a rate; the
 //! sample's gauges still count.
 
+use std::sync::Arc;
+
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
@@ -33,7 +35,8 @@ pub(crate) enum Ordering {
 /// Per-container counter state for Docker stats and per-series state for Prometheus.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub(crate) struct RateState {
-    stats: FxHashMap<String, PrevStats>,
+    /// Keyed by the identity's own id (shared, not copied; see [`Self::share_ids`]).
+    stats: FxHashMap<Arc<str>, PrevStats>,
     prom: FxHashMap<String, (i64, f64)>,
 }
 
@@ -49,6 +52,21 @@ impl RateState {
         self.stats.len() + self.prom.len()
     }
 
+    /// Keys the counter state by the ids `shared` returns (the registry's), so that a
+    /// restored checkpoint holds each id once, as a running normaliser does.
+    pub(crate) fn share_ids(&mut self, shared: impl Fn(&str) -> Option<Arc<str>>) {
+        self.stats = std::mem::take(&mut self.stats)
+            .into_iter()
+            .map(|(id, p)| (shared(&id).unwrap_or(id), p))
+            .collect();
+    }
+
+    /// The containers with counter state, by the key each is held under.
+    #[cfg(test)]
+    pub(crate) fn stats_keys(&self) -> impl Iterator<Item = &Arc<str>> + '_ {
+        self.stats.keys()
+    }
+
     pub(crate) fn forget(&mut self, id: &str) {
         self.stats.remove(id);
         self.prom.retain(|k, _| !k.starts_with(id));
@@ -62,13 +80,13 @@ impl RateState {
     /// Derives the metrics of one Docker stats sample into `out`.
     pub(crate) fn stats(
         &mut self,
-        id: &str,
+        id: &Arc<str>,
         ts_ms: i64,
         c: &StatsCounters,
         w: RateWindow,
         out: &mut Vec<(MetricName, f64)>,
     ) -> Ordering {
-        if let Some(p) = self.stats.get(id) {
+        if let Some(p) = self.stats.get(&**id) {
             if ts_ms == p.ts_ms {
                 return Ordering::Duplicate;
             }
@@ -79,10 +97,10 @@ impl RateState {
                 if p.ts_ms - ts_ms <= w.max_dt_ms {
                     return Ordering::Late;
                 }
-                self.stats.remove(id);
+                self.stats.remove(&**id);
             }
         }
-        let prev = self.stats.get(id);
+        let prev = self.stats.get(&**id);
         let dt_ms = prev.map(|p| ts_ms - p.ts_ms);
         let usable = dt_ms.is_some_and(|dt| (w.min_dt_ms..=w.max_dt_ms).contains(&dt));
         let prev = prev.filter(|_| usable);
@@ -139,16 +157,19 @@ impl RateState {
         if let Some(p) = c.pids {
             out.push((metric::PIDS.into(), p));
         }
-        self.stats.insert(
-            id.to_owned(),
-            PrevStats {
-                ts_ms,
-                cpu_total_ns: c.cpu_total_ns,
-                cpu_system_ns: c.cpu_system_ns,
-                net: c.net,
-                blk: c.blk,
-            },
-        );
+        let next = PrevStats {
+            ts_ms,
+            cpu_total_ns: c.cpu_total_ns,
+            cpu_system_ns: c.cpu_system_ns,
+            net: c.net,
+            blk: c.blk,
+        };
+        match self.stats.get_mut(&**id) {
+            Some(p) => *p = next,
+            None => {
+                self.stats.insert(Arc::clone(id), next);
+            }
+        }
         Ordering::Fresh
     }
 
@@ -224,28 +245,34 @@ mod tests {
         let mut r = RateState::default();
         let mut out = vec![];
         assert_eq!(
-            r.stats("a", 10_000, &sample(0.0, 0.0, 0.0), W, &mut out),
+            r.stats(&"a".into(), 10_000, &sample(0.0, 0.0, 0.0), W, &mut out),
             Ordering::Fresh
         );
         assert_eq!(get(&out, metric::CPU_CORES), None);
         out.clear();
         // 10 s later: 5 s of CPU over 20 s of host CPU on 2 CPUs → 0.5 cores; 10 kB/s rx.
-        r.stats("a", 20_000, &sample(5e9, 20e9, 100_000.0), W, &mut out);
+        r.stats(
+            &"a".into(),
+            20_000,
+            &sample(5e9, 20e9, 100_000.0),
+            W,
+            &mut out,
+        );
         assert_eq!(get(&out, metric::CPU_CORES), Some(0.5));
         assert_eq!(get(&out, metric::NET_RX_BPS), Some(10_000.0));
         out.clear();
         // Restart: counters start again from zero: no absurd negative or huge rate.
-        r.stats("a", 30_000, &sample(1e8, 40e9, 10.0), W, &mut out);
+        r.stats(&"a".into(), 30_000, &sample(1e8, 40e9, 10.0), W, &mut out);
         assert_eq!(get(&out, metric::CPU_CORES), None);
         assert_eq!(get(&out, metric::NET_RX_BPS), None);
         out.clear();
         // Duplicate and late deliveries are dropped.
         assert_eq!(
-            r.stats("a", 30_000, &sample(1e8, 40e9, 10.0), W, &mut out),
+            r.stats(&"a".into(), 30_000, &sample(1e8, 40e9, 10.0), W, &mut out),
             Ordering::Duplicate
         );
         assert_eq!(
-            r.stats("a", 25_000, &sample(1e8, 40e9, 10.0), W, &mut out),
+            r.stats(&"a".into(), 25_000, &sample(1e8, 40e9, 10.0), W, &mut out),
             Ordering::Late
         );
         assert!(out.is_empty());
@@ -255,17 +282,23 @@ mod tests {
     fn a_sample_from_a_wrong_clock_does_not_block_the_container() {
         let mut r = RateState::default();
         let mut out = vec![];
-        r.stats("a", 10_000, &sample(0.0, 0.0, 0.0), W, &mut out);
+        r.stats(&"a".into(), 10_000, &sample(0.0, 0.0, 0.0), W, &mut out);
         // A year in the future: accepted as the newest sample...
-        r.stats("a", 31_536_000_000, &sample(1e9, 4e9, 0.0), W, &mut out);
+        r.stats(
+            &"a".into(),
+            31_536_000_000,
+            &sample(1e9, 4e9, 0.0),
+            W,
+            &mut out,
+        );
         out.clear();
         // ...but the real samples that follow are not dropped as late forever.
         assert_eq!(
-            r.stats("a", 20_000, &sample(2e9, 8e9, 0.0), W, &mut out),
+            r.stats(&"a".into(), 20_000, &sample(2e9, 8e9, 0.0), W, &mut out),
             Ordering::Fresh
         );
         assert_eq!(
-            r.stats("a", 30_000, &sample(3e9, 12e9, 100.0), W, &mut out),
+            r.stats(&"a".into(), 30_000, &sample(3e9, 12e9, 100.0), W, &mut out),
             Ordering::Fresh
         );
         assert!(out.iter().any(|(n, _)| n == metric::CPU_CORES), "{out:?}");
@@ -283,7 +316,7 @@ mod tests {
             online_cpus: Some(4.0),
             ..Default::default()
         };
-        r.stats("a", 1, &c, W, &mut out);
+        r.stats(&"a".into(), 1, &c, W, &mut out);
         assert_eq!(get(&out, metric::CPU_CORES), Some(0.5));
         out.clear();
         let wild = StatsCounters {
@@ -291,7 +324,7 @@ mod tests {
             precpu_system_ns: Some(39e9),
             ..c
         };
-        r.stats("a", 2_000, &wild, W, &mut out);
+        r.stats(&"a".into(), 2_000, &wild, W, &mut out);
         assert_eq!(get(&out, metric::CPU_CORES), Some(4.0));
     }
 }

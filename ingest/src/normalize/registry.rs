@@ -16,16 +16,49 @@ struct Entry {
     last_seen_ms: i64,
 }
 
-/// Containers by full id, plus Falco's 12-character short ids.
+/// Containers by full id, plus Falco's 12-character short ids. Every key is the
+/// identity's own id (`Arc<str>`), not a copy. Serialised as the entries alone: the
+/// short ids are derived again on restore.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(from = "Wire")]
 pub(crate) struct Registry {
+    by_id: FxHashMap<Arc<str>, Entry>,
+    #[serde(skip)]
+    short: FxHashMap<ShortId, Arc<str>>,
+}
+
+/// The first 12 bytes of an id, inline (no allocation a container).
+type ShortId = [u8; SHORT];
+const SHORT: usize = 12;
+
+fn short_id(id: &str) -> Option<ShortId> {
+    id.get(..SHORT)?.as_bytes().try_into().ok()
+}
+
+/// What a checkpoint holds (older ones also hold `short`, ignored).
+#[derive(Deserialize)]
+struct Wire {
     by_id: FxHashMap<String, Entry>,
-    short: FxHashMap<String, String>,
+}
+
+impl From<Wire> for Registry {
+    fn from(w: Wire) -> Self {
+        let mut r = Registry::default();
+        for e in w.by_id.into_values() {
+            r.insert(e);
+        }
+        r
+    }
 }
 
 impl Registry {
     pub(crate) fn len(&self) -> usize {
         self.by_id.len()
+    }
+
+    /// The registry's own copy of `id`, for other maps to key by.
+    pub(crate) fn id(&self, id: &str) -> Option<Arc<str>> {
+        self.by_id.get(id).map(|e| Arc::clone(&e.cref.id))
     }
 
     pub(crate) fn contains(&self, id: &str) -> bool {
@@ -43,33 +76,35 @@ impl Registry {
         if let Some(c) = self.get(id, ts_ms) {
             return Some(c);
         }
-        let full = self.short.get(id.get(..12)?)?.clone();
+        let full = Arc::clone(self.short.get(&short_id(id)?)?);
         full.starts_with(id)
             .then(|| self.get(&full, ts_ms))
             .flatten()
     }
 
+    fn insert(&mut self, e: Entry) {
+        let id = Arc::clone(&e.cref.id);
+        if let Some(short) = short_id(&id) {
+            self.short.insert(short, Arc::clone(&id));
+        }
+        self.by_id.insert(id, e);
+    }
+
     /// Registers or refreshes a container, returning the shared reference. An identical
     /// identity keeps its existing `Arc`, so steady-state samples allocate nothing here.
     pub(crate) fn upsert(&mut self, c: ContainerRef, ts_ms: i64) -> Arc<ContainerRef> {
-        if let Some(e) = self.by_id.get_mut(&c.id) {
+        if let Some(e) = self.by_id.get_mut(&*c.id) {
             e.last_seen_ms = e.last_seen_ms.max(ts_ms);
             if *e.cref != c {
                 e.cref = Arc::new(c);
             }
             return Arc::clone(&e.cref);
         }
-        if let Some(short) = c.id.get(..12) {
-            self.short.insert(short.to_owned(), c.id.clone());
-        }
         let cref = Arc::new(c);
-        self.by_id.insert(
-            cref.id.clone(),
-            Entry {
-                cref: Arc::clone(&cref),
-                last_seen_ms: ts_ms,
-            },
-        );
+        self.insert(Entry {
+            cref: Arc::clone(&cref),
+            last_seen_ms: ts_ms,
+        });
         cref
     }
 
@@ -77,7 +112,7 @@ impl Registry {
     /// An equal identity is adopted by pointer, so the next sample's is the same `Arc`
     /// and costs no comparison.
     pub(crate) fn upsert_shared(&mut self, c: Arc<ContainerRef>, ts_ms: i64) -> Arc<ContainerRef> {
-        if let Some(e) = self.by_id.get_mut(&c.id) {
+        if let Some(e) = self.by_id.get_mut(&*c.id) {
             e.last_seen_ms = e.last_seen_ms.max(ts_ms);
             if !Arc::ptr_eq(&e.cref, &c) {
                 e.cref = c;
@@ -100,22 +135,40 @@ impl Registry {
         ts_ms: i64,
     ) -> Option<Arc<ContainerRef>> {
         let known = self.by_id.get(id).map(|e| Arc::clone(&e.cref));
-        let image = image.or_else(|| known.as_ref().map(|k| k.image.clone()))?;
-        let same_image = known.as_ref().is_some_and(|k| k.image == image);
+        // What is already known is kept as it is (shared), what the event says is new.
+        let image: Arc<str> = match (image, &known) {
+            (Some(i), Some(k)) if *k.image == *i => Arc::clone(&k.image),
+            (Some(i), _) => i.into(),
+            (None, Some(k)) => Arc::clone(&k.image),
+            (None, None) => return None,
+        };
+        let same_image = known
+            .as_ref()
+            .is_some_and(|k| Arc::ptr_eq(&k.image, &image));
         let c = ContainerRef {
-            id: id.to_owned(),
-            name: name.or_else(|| known.as_ref().and_then(|k| k.name.clone())),
-            image_digest: image_digest.or_else(|| {
-                known
+            id: known
+                .as_ref()
+                .map_or_else(|| id.into(), |k| Arc::clone(&k.id)),
+            name: match (name, &known) {
+                (Some(n), Some(k)) if k.name.as_deref() == Some(n.as_str()) => k.name.clone(),
+                (Some(n), _) => Some(n.into()),
+                (None, k) => k.as_ref().and_then(|k| k.name.clone()),
+            },
+            image_digest: match (image_digest, &known) {
+                (Some(d), Some(k)) if k.image_digest.as_deref() == Some(d.as_str()) => {
+                    k.image_digest.clone()
+                }
+                (Some(d), _) => Some(d.into()),
+                (None, k) => k
                     .as_ref()
                     .filter(|_| same_image)
-                    .and_then(|k| k.image_digest.clone())
-            }),
+                    .and_then(|k| k.image_digest.clone()),
+            },
             image,
             labels: if labels.is_empty() {
                 known.as_ref().map(|k| k.labels.clone()).unwrap_or_default()
             } else {
-                labels
+                labels.into()
             },
             host: known.as_ref().and_then(|k| k.host.clone()),
         };
@@ -134,7 +187,7 @@ impl Registry {
             self.by_id.retain(|_, e| e.last_seen_ms >= threshold);
         }
         let by_id = &self.by_id;
-        self.short.retain(|_, full| by_id.contains_key(full));
+        self.short.retain(|_, full| by_id.contains_key(&**full));
         n0 - self.by_id.len()
     }
 }
