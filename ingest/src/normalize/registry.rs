@@ -119,8 +119,12 @@ impl Registry {
             }
             return Arc::clone(&e.cref);
         }
-        let c = Arc::try_unwrap(c).unwrap_or_else(|shared| (*shared).clone());
-        self.upsert(c, ts_ms)
+        // A new container: the decoder's identity itself, not a copy.
+        self.insert(Entry {
+            cref: Arc::clone(&c),
+            last_seen_ms: ts_ms,
+        });
+        c
     }
 
     /// Registers a container from event attributes, keeping what is already known and
