@@ -96,6 +96,9 @@ impl Registry {
         if let Some(e) = self.by_id.get_mut(&*c.id) {
             e.last_seen_ms = e.last_seen_ms.max(ts_ms);
             if *e.cref != c {
+                // The same id: keep its one allocation (the map's key).
+                let mut c = c;
+                c.id = Arc::clone(&e.cref.id);
                 e.cref = Arc::new(c);
             }
             return Arc::clone(&e.cref);
@@ -114,10 +117,22 @@ impl Registry {
     pub(crate) fn upsert_shared(&mut self, c: Arc<ContainerRef>, ts_ms: i64) -> Arc<ContainerRef> {
         if let Some(e) = self.by_id.get_mut(&*c.id) {
             e.last_seen_ms = e.last_seen_ms.max(ts_ms);
-            if !Arc::ptr_eq(&e.cref, &c) {
-                e.cref = c;
+            if Arc::ptr_eq(&e.cref, &c) {
+                return c;
             }
-            return Arc::clone(&e.cref);
+            if Arc::ptr_eq(&e.cref.id, &c.id) {
+                e.cref = Arc::clone(&c);
+                return c;
+            }
+            // Another allocation of the id (the decoder's cache was emptied, or a
+            // restore): re-key by the adopted identity's id, so it is held once.
+            let last_seen_ms = e.last_seen_ms;
+            self.by_id.remove(&*c.id);
+            self.insert(Entry {
+                cref: Arc::clone(&c),
+                last_seen_ms,
+            });
+            return c;
         }
         // A new container: the decoder's identity itself, not a copy.
         self.insert(Entry {
@@ -193,5 +208,44 @@ impl Registry {
         let by_id = &self.by_id;
         self.short.retain(|_, full| by_id.contains_key(&**full));
         n0 - self.by_id.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(name: &str) -> ContainerRef {
+        ContainerRef {
+            id: "8f2c1a2b3c4d5e6f".into(),
+            name: Some(name.into()),
+            image: "shop/web:1".into(),
+            image_digest: None,
+            labels: Default::default(),
+            host: None,
+        }
+    }
+
+    /// However a known container's identity is replaced, the registry's key is the id
+    /// its current identity holds: one allocation of the id, not one per version.
+    #[test]
+    fn a_replaced_identity_keeps_one_allocation_of_its_id_issue_7() {
+        let keyed_by_own_id = |r: &Registry| {
+            r.by_id.iter().all(|(k, e)| Arc::ptr_eq(k, &e.cref.id))
+                && r.short.values().all(|v| r.by_id.contains_key(&**v))
+        };
+        let mut r = Registry::default();
+        r.upsert(identity("web-1"), 1);
+        r.upsert(identity("web-renamed"), 2);
+        assert!(keyed_by_own_id(&r));
+        let shared = Arc::new(identity("web-again"));
+        let got = r.upsert_shared(Arc::clone(&shared), 3);
+        assert!(Arc::ptr_eq(&got, &shared));
+        assert!(keyed_by_own_id(&r));
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            r.get_by_prefix("8f2c1a2b3c4d", 4).map(|c| c.name.clone()),
+            Some(Some("web-again".into()))
+        );
     }
 }
