@@ -18,14 +18,14 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use support::broker::{Broker, Names, PARTITIONS, Worker, consume, produce};
 use support::fleet::{
-    assert_every_attack_alerted, fleet, fleet_start_ms, produce_window, replay_incidents,
-    stream_alerts, summary_line, workdir,
+    IN_ORDER, assert_every_attack_alerted, assert_same_incidents, fleet, fleet_start_ms,
+    produce_window, stream_alerts, summary_line, workdir,
 };
 
 /// A small deterministic generator for the kill points; the seed is printed, and
@@ -128,8 +128,7 @@ fn assert_nothing_lost(names: &Names, broker: &Broker, dir: &Path, files: &[Path
     assert_every_attack_alerted(&dir.join("fleet"), &alerts);
     // Incident ids are deterministic: an incident opened a second time after a fault
     // would carry a new id, and an attack missed would lack one.
-    let stream: BTreeSet<String> = alerts.keys().cloned().collect();
-    assert_eq!(stream, replay_incidents(files), "{}", summary_line(log));
+    assert_same_incidents(&alerts, files, summary_line(log));
     let dead = consume(names, broker, &names.topic("dlq"));
     assert!(dead.is_empty(), "dead-lettered: {dead:?}");
 }
@@ -143,7 +142,7 @@ fn ten_sigkills_at_random_points_lose_no_record_and_open_no_incident_twice_issue
     let mut rng = Rng::from_env();
     // Static membership (a StatefulSet's restarted pod): each new worker takes the
     // killed one's partitions at once.
-    let member = [("HERD_KAFKA__GROUP_INSTANCE_ID", "worker-0")];
+    let member = [("HERD_KAFKA__GROUP_INSTANCE_ID", "worker-0"), IN_ORDER];
     std::thread::scope(|s| {
         let producer = s.spawn(|| stream_fleet(&names, &broker, &files, &dir.join("fleet"), 8));
         for k in 0..10 {
@@ -186,7 +185,7 @@ fn a_broker_restarted_under_load_loses_nothing_and_the_worker_resumes_issue_8() 
     // A backlog: the worker is consuming, scoring and checkpointing when the broker
     // goes away.
     produce(&names, &broker, &files, &[]);
-    let mut worker = Worker::start(&names, &broker, dir.join("worker.log"));
+    let mut worker = Worker::start_with(&names, &broker, dir.join("worker.log"), &[IN_ORDER]);
     // (Reading the topics to their ends, as `wait_part_committed` does, takes this
     // broker longer than the worker takes to finish: restart at the first commit.)
     wait_some_committed(&names, &broker);
@@ -223,14 +222,14 @@ fn workers_added_and_removed_under_load_hand_their_state_over_issue_8() {
     let files = fleet(&dir.join("fleet"));
     let broker = Broker::start(&dir.join("broker.log"));
     let names = Names::new("rebalance");
-    let a = Worker::start(&names, &broker, dir.join("a.log"));
+    let a = Worker::start_with(&names, &broker, dir.join("a.log"), &[IN_ORDER]);
     let (b_log, c_log, a_log) = std::thread::scope(|s| {
         let producer = s.spawn(|| stream_fleet(&names, &broker, &files, &dir.join("fleet"), 6));
         // Grow to three workers, then shrink to one, while the fleet streams.
         wait_some_committed(&names, &broker);
-        let b = Worker::start(&names, &broker, dir.join("b.log"));
+        let b = Worker::start_with(&names, &broker, dir.join("b.log"), &[IN_ORDER]);
         std::thread::sleep(Duration::from_secs(8));
-        let c = Worker::start(&names, &broker, dir.join("c.log"));
+        let c = Worker::start_with(&names, &broker, dir.join("c.log"), &[IN_ORDER]);
         std::thread::sleep(Duration::from_secs(8));
         let a_log = a.stop();
         std::thread::sleep(Duration::from_secs(8));

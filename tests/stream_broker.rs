@@ -16,8 +16,8 @@ use std::time::Duration;
 use herd::simulate::{SimConfig, simulate};
 use support::broker::{Broker, Names, PARTITIONS, Worker, consume, produce};
 use support::fleet::{
-    FILES, assert_every_attack_alerted, fleet, fleet_start_ms, produce_window, replay_incidents,
-    stream_alerts, summary_line, workdir,
+    FILES, IN_ORDER, assert_every_attack_alerted, assert_same_incidents, fleet, fleet_start_ms,
+    produce_window, stream_alerts, summary_line, workdir,
 };
 
 #[test]
@@ -26,15 +26,13 @@ fn a_fleet_through_kafka_gives_the_same_incidents_as_replay_issue_3() {
     let files = fleet(&dir.join("fleet"));
     let broker = Broker::start(&dir.join("broker.log"));
     let names = Names::new("same");
-    let worker = Worker::start(&names, &broker, dir.join("worker.log"));
+    let worker = Worker::start_with(&names, &broker, dir.join("worker.log"), &[IN_ORDER]);
     produce(&names, &broker, &files, &[]);
     broker.wait_caught_up(&names, Duration::from_secs(300));
     let log = worker.stop();
     eprintln!("{}", summary_line(&log));
     let alerts = stream_alerts(&names, &broker);
-    let stream: BTreeSet<String> = alerts.keys().cloned().collect();
-    let replay = replay_incidents(&files);
-    assert_eq!(stream, replay, "worker: {}", summary_line(&log));
+    assert_same_incidents(&alerts, &files, summary_line(&log));
     assert_every_attack_alerted(&dir.join("fleet"), &alerts);
     assert!(consume(&names, &broker, &names.topic("dlq")).is_empty());
     let _ = std::fs::remove_dir_all(&dir);
@@ -48,8 +46,8 @@ fn a_leaving_worker_hands_its_groups_over_with_their_learned_state_issue_3() {
     let at = fleet_start_ms(&dir.join("fleet")) + 25 * 3_600_000;
     let broker = Broker::start(&dir.join("broker.log"));
     let names = Names::new("handoff");
-    let a = Worker::start(&names, &broker, dir.join("a.log"));
-    let b = Worker::start(&names, &broker, dir.join("b.log"));
+    let a = Worker::start_with(&names, &broker, dir.join("a.log"), &[IN_ORDER]);
+    let b = Worker::start_with(&names, &broker, dir.join("b.log"), &[IN_ORDER]);
     produce_window(&names, &broker, &files, None, Some(at));
     broker.wait_caught_up(&names, Duration::from_secs(300));
     // B leaves (SIGTERM): it checkpoints and commits, and A takes its partitions.
@@ -70,13 +68,7 @@ fn a_leaving_worker_hands_its_groups_over_with_their_learned_state_issue_3() {
     // The learned state moved intact: the incidents are exactly replay's (a relearning
     // worker would miss attacks while learning, or raise others).
     let alerts = stream_alerts(&names, &broker);
-    let stream: BTreeSet<String> = alerts.keys().cloned().collect();
-    assert_eq!(
-        stream,
-        replay_incidents(&files),
-        "A: {}",
-        summary_line(&a_log)
-    );
+    assert_same_incidents(&alerts, &files, summary_line(&a_log));
     assert_every_attack_alerted(&dir.join("fleet"), &alerts);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -95,6 +87,7 @@ fn a_worker_killed_mid_stream_and_restarted_alerts_every_attack_once_issue_3() {
     let member = [
         ("HERD_KAFKA__GROUP_INSTANCE_ID", "worker-0"),
         ("HERD_STREAM__CHECKPOINT_RECORD_BYTES", "4096"),
+        IN_ORDER,
     ];
     let first = Worker::start_with(&names, &broker, dir.join("first.log"), &member);
     // Kill it once it has committed some of the stream, before it is done.
@@ -123,13 +116,7 @@ fn a_worker_killed_mid_stream_and_restarted_alerts_every_attack_once_issue_3() {
     let alerts = stream_alerts(&names, &broker);
     assert_every_attack_alerted(&dir.join("fleet"), &alerts);
     // An incident reopened after the restart would carry a new id.
-    let stream: BTreeSet<String> = alerts.keys().cloned().collect();
-    assert_eq!(
-        stream,
-        replay_incidents(&files),
-        "second: {}",
-        summary_line(&log)
-    );
+    assert_same_incidents(&alerts, &files, summary_line(&log));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

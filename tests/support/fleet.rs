@@ -8,6 +8,17 @@ use herd::simulate::{SimConfig, simulate};
 
 use super::broker::{Broker, Names, consume, herd, produce};
 
+/// The worker setting of the tests that compare a stream's incidents with `herd
+/// replay`'s. Replay is in event-time order by construction; a worker's merge is in
+/// order as long as it waits for a lagging input (`stream.max_task_idle_ms`, 2 s by
+/// default) rather than going on without it (it counts those records as out of order).
+/// These tests produce the fleet while the workers consume it, on two cores shared
+/// with the broker and the other tests. One CI run in many went on without a lagging
+/// input and raised one incident more than replay: with the wait cut to 1 ms, a worker
+/// raises that same incident (an OOM event scored before the samples that precede it).
+/// Ten seconds is well past any stall seen here.
+pub const IN_ORDER: (&str, &str) = ("HERD_STREAM__MAX_TASK_IDLE_MS", "10000");
+
 pub const FILES: [&str; 4] = [
     "stats.jsonl",
     "stats-raw.jsonl",
@@ -90,8 +101,8 @@ pub fn replay_to_archive(files: &[PathBuf], archive: &Path) {
     );
 }
 
-/// Incident ids of `herd replay` on the files.
-pub fn replay_incidents(files: &[PathBuf]) -> BTreeSet<String> {
+/// Alerts of `herd replay` on the files: incident id → alert lines.
+pub fn replay_alerts(files: &[PathBuf]) -> BTreeMap<String, Vec<serde_json::Value>> {
     let out = herd()
         .arg("replay")
         .arg("--quiet")
@@ -99,13 +110,51 @@ pub fn replay_incidents(files: &[PathBuf]) -> BTreeSet<String> {
         .output()
         .unwrap_or_else(|e| panic!("herd replay: {e}"));
     assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}"));
-            v["incident_id"].as_str().unwrap_or_default().to_owned()
-        })
-        .collect()
+    let mut by_incident: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}"));
+        by_incident
+            .entry(v["incident_id"].as_str().unwrap_or_default().to_owned())
+            .or_default()
+            .push(v);
+    }
+    by_incident
+}
+
+/// The stream raised exactly the incidents `herd replay` raises on the same files. On a
+/// difference the message shows each differing incident's first alert (container,
+/// time, detectors, features), which says more than its id.
+pub fn assert_same_incidents(
+    stream: &BTreeMap<String, Vec<serde_json::Value>>,
+    files: &[PathBuf],
+    context: &str,
+) {
+    let replay = replay_alerts(files);
+    let ids = |m: &BTreeMap<String, Vec<serde_json::Value>>| m.keys().cloned().collect();
+    let (s, r): (BTreeSet<String>, BTreeSet<String>) = (ids(stream), ids(&replay));
+    if s == r {
+        return;
+    }
+    let first = |m: &BTreeMap<String, Vec<serde_json::Value>>, id: &str| {
+        m.get(id)
+            .and_then(|v| v.first())
+            .map(|a| {
+                let mut a = a.clone();
+                if let Some(o) = a.as_object_mut() {
+                    o.remove("explanation");
+                }
+                a.to_string()
+            })
+            .unwrap_or_default()
+    };
+    let mut msg = format!("{context}\n");
+    for id in s.difference(&r) {
+        msg += &format!("only in the stream: {id}: {}\n", first(stream, id));
+    }
+    for id in r.difference(&s) {
+        msg += &format!("only in replay: {id}: {}\n", first(&replay, id));
+    }
+    panic!("the stream's incidents differ from replay's:\n{msg}");
 }
 
 /// Alerts on the test's alert topic: incident id → alert lines.
