@@ -1,7 +1,7 @@
 //! [`Engine`]: observations in event-time order → alerts. Shared by `herd replay`, the
 //! stream service and tests; deterministic for a given input and configuration.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use herd_baseline::numeric::{peer_deviation, slog};
@@ -75,6 +75,9 @@ pub struct Engine {
     pending_retrained: BTreeMap<String, herd_baseline::retrained::Retrained>,
     /// Each container's group key, computed once per identity (not state: derived).
     keys: GroupKeys,
+    /// Changes to groups so far, numbered (not state: the stream's checkpoints count
+    /// on it, see [`Engine::groups_changed_since`]).
+    changes: u64,
 }
 
 /// The group key of each container identity (`Arc<ContainerRef>`, by address), so that
@@ -163,6 +166,7 @@ impl Engine {
             closed: Vec::new(),
             pending_retrained: BTreeMap::new(),
             keys: GroupKeys::default(),
+            changes: 0,
         })
     }
 
@@ -204,6 +208,8 @@ impl Engine {
         if let Some(g) = self.state.groups.get_mut(&r.group) {
             // Seen now, for checkpoints: the next one carries the adopted snapshot.
             g.last_seen_ms = g.last_seen_ms.max(self.state.now_ms);
+            self.changes += 1;
+            g.changed = self.changes;
             return Some(g.baseline.adopt_retrained(r));
         }
         if self.pending_retrained.len() >= self.cfg.max_groups
@@ -258,6 +264,7 @@ impl Engine {
             closed: Vec::new(),
             pending_retrained: BTreeMap::new(),
             keys: GroupKeys::default(),
+            changes: 0,
         })
     }
 
@@ -266,14 +273,44 @@ impl Engine {
         self.state.groups.keys().map(String::as_str)
     }
 
-    /// Keys of the groups that saw an observation at or after `since_ms` (event time):
-    /// the ones a periodic checkpoint has to write again.
-    pub fn groups_seen_since(&self, since_ms: i64) -> impl Iterator<Item = &str> {
+    /// A mark of the changes made so far, for [`Engine::groups_changed_since`].
+    pub fn change_mark(&self) -> u64 {
+        self.changes
+    }
+
+    /// Keys of the groups whose state (or share of the open incidents) changed after
+    /// `mark` ([`Engine::change_mark`]) was taken: the ones a periodic checkpoint has
+    /// to write again. Counted in changes, not event time: an observation older than
+    /// the newest one seen (a late record) changes its group too.
+    pub fn groups_changed_since(&self, mark: u64) -> impl Iterator<Item = &str> {
         self.state
             .groups
             .iter()
-            .filter(move |(_, g)| g.last_seen_ms >= since_ms)
+            .filter(move |(_, g)| g.changed > mark)
             .map(|(k, _)| k.as_str())
+    }
+
+    /// Numbers a change of `key`'s group.
+    fn changed(&mut self, key: &str) {
+        if let Some(g) = self.state.groups.get_mut(key) {
+            self.changes += 1;
+            g.changed = self.changes;
+        }
+    }
+
+    /// Marks the groups of the incidents closed since `from` (an index of `closed`):
+    /// their share of the incidents changed.
+    fn closed_changed(&mut self, from: usize) {
+        let groups: BTreeSet<String> = self
+            .closed
+            .get(from..)
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.group.clone())
+            .collect();
+        for g in groups {
+            self.changed(&g);
+        }
     }
 
     /// Live replicas of a group (not dead, seen within the replica TTL) at the engine's
@@ -372,6 +409,9 @@ impl Engine {
         };
         let cfg = &self.cfg;
         group.last_seen_ms = group.last_seen_ms.max(now);
+        self.changes += 1;
+        group.changed = self.changes;
+        let closed_from = self.closed.len();
         if !group.replicas.contains_key(&*obs.container.id)
             && group.replicas.len() >= cfg.max_replicas_per_group
         {
@@ -445,6 +485,10 @@ impl Engine {
                 out.push(a);
             }
         }
+        // Recording can close another group's incident (the oldest, at `max_open`).
+        if self.closed.len() > closed_from {
+            self.closed_changed(closed_from);
+        }
         self.state.since_housekeeping += 1;
         if self.state.since_housekeeping >= HOUSEKEEPING_EVERY {
             self.housekeeping();
@@ -491,7 +535,10 @@ impl Engine {
         let now = self.state.now_ms;
         let keep_replicas = (self.cfg.replica_ttl_ms * 10).max(self.cfg.incident_quiet_ms * 2);
         for g in self.state.groups.values_mut() {
-            g.evict_replicas(now, keep_replicas);
+            if g.evict_replicas(now, keep_replicas) {
+                self.changes += 1;
+                g.changed = self.changes;
+            }
         }
         let idle = self.cfg.group_idle_ms;
         self.state
@@ -499,7 +546,9 @@ impl Engine {
             .retain(|_, g| now - g.last_seen_ms <= idle);
         let groups = &self.state.groups;
         self.state.repos.retain(|_, k| groups.contains_key(k));
+        let closed_from = self.closed.len();
         self.state.incidents.close_quiet(now, &mut self.closed);
+        self.closed_changed(closed_from);
     }
 }
 
@@ -1233,6 +1282,30 @@ mod tests {
             container: Arc::clone(c),
             payload: Payload::Metrics(vec![("cpu_cores".into(), 0.5)]),
         }
+    }
+
+    /// A checkpoint writes the groups changed since the last one. A late observation
+    /// (older than the newest the engine has seen) changes its group as much as any:
+    /// selected by event time, it was left out, and a worker that took the group over
+    /// restored it without that change.
+    #[test]
+    fn a_late_observation_marks_its_group_for_the_next_checkpoint() {
+        let mut e = Engine::new(DetectConfig::default()).unwrap_or_else(|err| panic!("{err}"));
+        let web = container(1);
+        let mut db = (*container(2)).clone();
+        db.image = "shop/db:1".into();
+        let db = Arc::new(db);
+        let mut out = Vec::new();
+        e.observe(&sample(&web, 10_000), &mut out);
+        e.observe(&sample(&db, 20_000), &mut out);
+        let mark = e.change_mark();
+        assert_eq!(e.groups_changed_since(mark).count(), 0);
+        e.observe(&sample(&web, 15_000), &mut out);
+        let changed: Vec<&str> = e.groups_changed_since(mark).collect();
+        let web_key = e.cfg.group_by.key(&web);
+        assert_eq!(changed, vec![web_key.as_str()]);
+        // Before the mark, both.
+        assert_eq!(e.groups_changed_since(0).count(), 2);
     }
 
     /// After a restore, the first sample of a replica hands the engine the normaliser's

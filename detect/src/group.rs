@@ -143,6 +143,10 @@ pub(crate) struct GroupState {
     /// goes, starts, dies or reports again after its TTL.
     #[serde(default)]
     live_cache: Option<(i64, usize)>,
+    /// The engine's number of this group's last change (not state: see
+    /// [`crate::Engine::groups_changed_since`]).
+    #[serde(skip)]
+    pub(crate) changed: u64,
 }
 
 /// Most items pending corroboration per group; beyond it the oldest is judged early.
@@ -159,6 +163,7 @@ impl GroupState {
             fleet_checked_ms: now_ms,
             fleet_hot: Vec::new(),
             live_cache: None,
+            changed: 0,
         }
     }
 
@@ -294,10 +299,16 @@ impl GroupState {
     }
 
     /// Forgets replicas gone for longer than `keep_ms`.
-    pub(crate) fn evict_replicas(&mut self, now_ms: i64, keep_ms: i64) {
+    /// Forgets replicas not seen for `keep_ms`; whether it forgot any. `keep_ms` is at
+    /// least the replica TTL, so none of them counted as live: the live-replica count
+    /// (and its cache, part of what scores depend on) is left as it is. Housekeeping
+    /// runs every so many observations of the whole engine, so whatever it changed in
+    /// a score would depend on which groups share a worker.
+    pub(crate) fn evict_replicas(&mut self, now_ms: i64, keep_ms: i64) -> bool {
+        let n = self.replicas.len();
         self.replicas
             .retain(|_, r| now_ms - r.last_seen_ms <= keep_ms);
-        self.live_cache = None;
+        self.replicas.len() < n
     }
 }
 

@@ -167,8 +167,9 @@ pub struct Task {
     repartition: usize,
     /// Groups with a record in `herd.baselines` (deleted ones get a tombstone).
     checkpointed: BTreeSet<String>,
-    /// Event time of the last checkpoint: groups seen since then are written again.
-    checkpoint_ms: i64,
+    /// The engine's change mark at the last checkpoint: groups changed since then are
+    /// written again.
+    checkpoint_mark: u64,
     /// Values written as several records, and the parts left to tombstone.
     parts: Parts,
     alerts: Vec<Alert>,
@@ -279,7 +280,7 @@ impl Task {
                 .collect(),
             repartition: cfg.inputs.saturating_sub(1),
             checkpointed: BTreeSet::new(),
-            checkpoint_ms: i64::MIN,
+            checkpoint_mark: 0,
             parts: Parts::new(cfg.max_checkpoint_value),
             alerts: Vec::new(),
             last_ts: i64::MIN,
@@ -341,7 +342,7 @@ impl Task {
                 t.checkpointed.insert(got);
             }
         }
-        t.checkpoint_ms = t.pipeline.engine().now_ms();
+        t.checkpoint_mark = t.pipeline.engine().change_mark();
         Ok(t)
     }
 
@@ -837,13 +838,13 @@ impl Task {
         self.parked_total
     }
 
-    /// The checkpoint: every group seen since the last one, tombstones for groups that
+    /// The checkpoint: every group changed since the last one, tombstones for groups that
     /// are gone, and the task record; with the positions it covers.
     pub fn checkpoint(&mut self) -> anyhow::Result<Checkpoint> {
         let engine = self.pipeline.engine();
         let mut records = Vec::new();
         let live: BTreeSet<String> = engine.group_keys().map(str::to_owned).collect();
-        for key in engine.groups_seen_since(self.checkpoint_ms) {
+        for key in engine.groups_changed_since(self.checkpoint_mark) {
             if let Some(bytes) = engine.export_group(key)? {
                 records.push((key.to_owned(), Some(bytes)));
             }
@@ -860,7 +861,7 @@ impl Task {
             groups: &live,
         })?;
         records.push((task_key(self.partition), Some(task)));
-        self.checkpoint_ms = engine.now_ms();
+        self.checkpoint_mark = engine.change_mark();
         self.checkpointed = live;
         let archive = match &mut self.archive {
             Some((buf, _)) => buf.take_files(self.partition)?,
