@@ -101,6 +101,16 @@ struct Row {
     names: Arc<[MetricName]>,
 }
 
+/// Makes room for `more` items in `q`: doubling its capacity as `VecDeque` does, but
+/// not beyond `bound` items (unless `more` itself needs it).
+fn grow_within<T>(q: &mut VecDeque<T>, more: usize, bound: usize) {
+    let need = q.len() + more;
+    if need > q.capacity() {
+        let target = (q.capacity() * 2).max(8).min(bound).max(need);
+        q.reserve_exact(target - q.len());
+    }
+}
+
 impl Ring {
     fn new(container: &Arc<ContainerRef>) -> Self {
         Self {
@@ -135,6 +145,11 @@ impl Ring {
                     }
                     _ => m.iter().map(|(n, _)| n.clone()).collect(),
                 };
+                // Grown by doubling, but never past the bound (`max` rows and one
+                // arriving): the slack beyond it would never be used, yet be written
+                // (made resident) as the ring wraps round it, minutes after it filled.
+                grow_within(&mut self.rows, 1, max + 1);
+                grow_within(&mut self.values, m.len(), (max + 1) * m.len());
                 self.values.extend(m.iter().map(|(_, v)| *v));
                 self.rows.push_back(Row {
                     ts_ms: o.ts_ms,
@@ -153,6 +168,12 @@ impl Ring {
                 self.values.drain(..r.names.len().min(self.values.len()));
             }
         }
+    }
+
+    /// Capacity of the row and value buffers (tests).
+    #[cfg(test)]
+    fn capacity(&self) -> (usize, usize) {
+        (self.rows.capacity(), self.values.capacity())
     }
 
     /// The oldest observation's time, and whether it is an event (else a sample).
@@ -556,6 +577,43 @@ mod tests {
             "bounded by age: 5 s"
         );
         assert_eq!(w.len(), 11);
+    }
+
+    /// A ring at its bound holds no capacity beyond it: the slack a doubling buffer
+    /// leaves (92 rows and 828 values here, ~9 KB a container) was never used, but
+    /// became resident as the ring wrapped round it, a minute or two after the ring
+    /// filled (the soak's late RSS rise, issue 8).
+    #[test]
+    fn a_full_ring_holds_no_capacity_beyond_its_bound() {
+        let mut r = Responder::new(RespondConfig::default(), PolicyFile::default());
+        let max = RespondConfig::default().max_ring_per_container;
+        let mut o = obs("a", 0);
+        o.payload = Payload::Metrics((0..9).map(|i| (format!("m{i}").into(), 1.0)).collect());
+        // Twenty minutes at a sample a second: past the seven the ring keeps.
+        for s in 0..1_200 {
+            o.ts_ms = s * 1_000;
+            r.record(&o);
+        }
+        let ring = &r.ring["a"];
+        assert_eq!(ring.rows.len(), max);
+        let (rows, values) = ring.capacity();
+        assert!(rows <= max + 1, "{rows} rows of capacity for {max}");
+        assert!(
+            values <= (max + 1) * 9,
+            "{values} values of capacity for {}",
+            max * 9
+        );
+        // Below the bound it still grows by doubling (a copy per doubling, not per row).
+        let mut q: VecDeque<u8> = VecDeque::new();
+        let mut grew = 0;
+        for _ in 0..1_000 {
+            let before = q.capacity();
+            grow_within(&mut q, 1, 1_001);
+            q.push_back(0);
+            grew += usize::from(q.capacity() != before);
+        }
+        assert!(grew <= 10, "{grew} reallocations for 1,000 pushes");
+        assert!(q.capacity() <= 1_001);
     }
 
     #[test]
