@@ -208,8 +208,7 @@ impl Engine {
         if let Some(g) = self.state.groups.get_mut(&r.group) {
             // Seen now, for checkpoints: the next one carries the adopted snapshot.
             g.last_seen_ms = g.last_seen_ms.max(self.state.now_ms);
-            self.changes += 1;
-            g.changed = self.changes;
+            g.mark_changed(&mut self.changes);
             return Some(g.baseline.adopt_retrained(r));
         }
         if self.pending_retrained.len() >= self.cfg.max_groups
@@ -293,8 +292,7 @@ impl Engine {
     /// Numbers a change of `key`'s group.
     fn changed(&mut self, key: &str) {
         if let Some(g) = self.state.groups.get_mut(key) {
-            self.changes += 1;
-            g.changed = self.changes;
+            g.mark_changed(&mut self.changes);
         }
     }
 
@@ -409,8 +407,7 @@ impl Engine {
         };
         let cfg = &self.cfg;
         group.last_seen_ms = group.last_seen_ms.max(now);
-        self.changes += 1;
-        group.changed = self.changes;
+        group.mark_changed(&mut self.changes);
         let closed_from = self.closed.len();
         if !group.replicas.contains_key(&*obs.container.id)
             && group.replicas.len() >= cfg.max_replicas_per_group
@@ -536,8 +533,7 @@ impl Engine {
         let keep_replicas = (self.cfg.replica_ttl_ms * 10).max(self.cfg.incident_quiet_ms * 2);
         for g in self.state.groups.values_mut() {
             if g.evict_replicas(now, keep_replicas) {
-                self.changes += 1;
-                g.changed = self.changes;
+                g.mark_changed(&mut self.changes);
             }
         }
         let idle = self.cfg.group_idle_ms;

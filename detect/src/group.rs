@@ -298,7 +298,12 @@ impl GroupState {
         }
     }
 
-    /// Forgets replicas gone for longer than `keep_ms`.
+    /// Numbers a change of this group: the engine's next change number (`changes`).
+    pub(crate) fn mark_changed(&mut self, changes: &mut u64) {
+        *changes += 1;
+        self.changed = *changes;
+    }
+
     /// Forgets replicas not seen for `keep_ms`; whether it forgot any. `keep_ms` is at
     /// least the replica TTL, so none of them counted as live: the live-replica count
     /// (and its cache, part of what scores depend on) is left as it is. Housekeeping
