@@ -18,6 +18,16 @@
 //! - [`simulate`]: `herd simulate`, a labelled synthetic fleet in the real formats;
 //! - [`evaluate`]: `herd evaluate`, recall/precision/delay of alerts against labels.
 
+/// herd's allocator, for every binary that links this library (the `herd` command, and
+/// its tests and benchmarks, so that they measure what runs): jemalloc. A worker lives
+/// for weeks with threads that free what others allocated (tokio's workers, librdkafka's
+/// delivery callbacks, checkpoints of megabytes every 30 s); jemalloc bounds the
+/// fragmentation that leaves behind, returns freed pages to the system after a decay of
+/// seconds, and accounts for its heap, which `/metrics` exports (`herd_heap_*`), so
+/// that a growth of the resident set can be told from what the allocator keeps.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 pub mod agent;
 pub mod archive;
 pub mod cli;

@@ -9,6 +9,8 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Instant;
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
@@ -29,10 +31,7 @@ struct Reg {
 }
 
 impl Reg {
-    fn add<C: prometheus::core::Collector + Clone + 'static>(
-        &mut self,
-        c: C,
-    ) -> prometheus::Result<C> {
+    fn add<C: Collector + Clone + 'static>(&mut self, c: C) -> prometheus::Result<C> {
         self.names
             .extend(c.desc().iter().map(|d| d.fq_name.clone()));
         self.r.register(Box::new(c.clone()))?;
@@ -66,7 +65,67 @@ fn gauge_vec(
     r.add(IntGaugeVec::new(Opts::new(name, help), labels)?)
 }
 
-fn build_info(r: &mut Reg, component: &str) -> prometheus::Result<()> {
+/// `herd_heap_allocated_bytes` and `herd_heap_resident_bytes`: the allocator's account
+/// of the heap, read at each scrape. Beside the process's resident set they tell what
+/// herd holds (allocated), what the allocator keeps for it (resident, less allocated;
+/// an upper bound: pages it wrote and has not returned), and what is neither
+/// (librdkafka's buffers, which are C's `malloc`, stacks, code).
+#[derive(Clone)]
+struct Heap {
+    allocated: IntGauge,
+    resident: IntGauge,
+}
+
+impl Heap {
+    fn register(r: &mut Reg) -> prometheus::Result<()> {
+        r.add(Self {
+            allocated: IntGauge::new(
+                "herd_heap_allocated_bytes",
+                "Bytes of heap herd has allocated and not freed (jemalloc's stats.allocated).",
+            )?,
+            resident: IntGauge::new(
+                "herd_heap_resident_bytes",
+                "Bytes of the allocator's pages it has written and not returned, its metadata included (jemalloc's stats.resident).",
+            )?,
+        })?;
+        Ok(())
+    }
+
+    /// The allocator's figures, refreshed (they are cached until its epoch advances).
+    fn read() -> Option<(u64, u64)> {
+        use tikv_jemalloc_ctl::{epoch, stats};
+        epoch::advance().ok()?;
+        Some((
+            stats::allocated::read().ok()? as u64,
+            stats::resident::read().ok()? as u64,
+        ))
+    }
+}
+
+impl Collector for Heap {
+    fn desc(&self) -> Vec<&Desc> {
+        let mut d = self.allocated.desc();
+        d.extend(self.resident.desc());
+        d
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Some((allocated, resident)) = Self::read() else {
+            return Vec::new();
+        };
+        self.allocated
+            .set(i64::try_from(allocated).unwrap_or(i64::MAX));
+        self.resident
+            .set(i64::try_from(resident).unwrap_or(i64::MAX));
+        let mut families = self.allocated.collect();
+        families.extend(self.resident.collect());
+        families
+    }
+}
+
+/// What every herd process exports: its build, and its heap.
+fn process_series(r: &mut Reg, component: &str) -> prometheus::Result<()> {
+    Heap::register(r)?;
     let g = gauge_vec(
         r,
         "herd_build_info",
@@ -183,7 +242,7 @@ impl WorkerMetrics {
 
     fn register() -> prometheus::Result<Self> {
         let mut r = Reg::default();
-        build_info(&mut r, "worker")?;
+        process_series(&mut r, "worker")?;
         let latency = r.add(Histogram::with_opts(
             HistogramOpts::new(
                 "herd_processing_latency_seconds",
@@ -374,7 +433,7 @@ impl AgentMetrics {
     /// Registers every series in a fresh registry.
     pub fn new() -> prometheus::Result<Self> {
         let mut r = Reg::default();
-        build_info(&mut r, "agent")?;
+        process_series(&mut r, "agent")?;
         Ok(Self {
             samples: counter(
                 &mut r,
@@ -529,6 +588,30 @@ mod tests {
         let a = AgentMetrics::new().unwrap_or_else(|e| panic!("{e}"));
         a.samples.inc();
         assert!(encode(&a.registry).contains("herd_agent_samples_total 1"));
+    }
+
+    /// The value of an unlabelled series in Prometheus text.
+    fn value(text: &str, name: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    }
+
+    #[test]
+    fn the_heap_gauges_count_what_the_process_holds() {
+        let w = WorkerMetrics::new().unwrap_or_else(|e| panic!("{e}"));
+        // Written, so resident. (Other tests of this binary allocate and free
+        // meanwhile: only what this one holds is certain.)
+        let held = vec![1u8; 64 << 20];
+        let text = encode(&w.registry);
+        let mib64 = f64::from(64u32 << 20);
+        let allocated = value(&text, "herd_heap_allocated_bytes");
+        assert!(allocated >= mib64, "{allocated}");
+        assert!(value(&text, "herd_heap_resident_bytes") >= mib64, "{text}");
+        assert_eq!(held.iter().map(|&b| u64::from(b)).sum::<u64>(), 64 << 20);
+        drop(held);
+        let agent = AgentMetrics::new().unwrap_or_else(|e| panic!("{e}"));
+        assert!(value(&encode(&agent.registry), "herd_heap_resident_bytes") > 0.0);
     }
 
     #[test]
