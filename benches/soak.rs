@@ -9,7 +9,8 @@
 //!    that each is sampled about once a second, as Docker's stats stream does, by a
 //!    worker with a capture policy loaded (so its response loop keeps every container's
 //!    observation ring, as in production). Every 10 s the worker's RSS (`/proc`), its
-//!    consumer lag and the input librdkafka holds prefetched (`/metrics`) are sampled.
+//!    heap as its allocator accounts for it, its consumer lag and the input librdkafka
+//!    holds prefetched (`/metrics`) are sampled.
 //! 3. At the end the worker is stopped (SIGTERM) and its exit summary read.
 //!
 //! The soak's log topics keep [`RETENTION`] of records (`cleanup.policy = delete`), and
@@ -90,6 +91,8 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
         .and_then(|v| v.parse().ok())
 }
 
+const MIB: f64 = 1_048_576.0;
+
 /// Resident set of a process, bytes.
 fn rss(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -116,9 +119,26 @@ fn broker_died(st: std::process::ExitStatus, after: Duration, dir: &std::path::P
     )
 }
 
-/// A worker's total consumer lag, and the input librdkafka holds prefetched for it
-/// (bytes), from its `/metrics`.
-fn worker_gauges(port: u16) -> Option<(f64, f64)> {
+/// What the soak reads from a worker's `/metrics` every 10 s.
+#[derive(Debug, Clone, Copy)]
+struct Gauges {
+    /// Total consumer lag, records.
+    lag: f64,
+    /// Input librdkafka holds prefetched, bytes.
+    prefetch: f64,
+    /// The allocator's heap: allocated by herd, and resident (bytes).
+    heap: (f64, f64),
+}
+
+/// One sample of the worker, `at` seconds into the stream.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: f64,
+    rss: u64,
+    gauges: Gauges,
+}
+
+fn worker_gauges(port: u16) -> Option<Gauges> {
     let (status, body) = support::monitoring::get(port, "/metrics").ok()?;
     let sum = |name: &str| {
         body.lines()
@@ -126,11 +146,13 @@ fn worker_gauges(port: u16) -> Option<(f64, f64)> {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
-    (status == 200).then(|| {
-        (
-            sum("herd_consumer_lag_records"),
-            sum("herd_consumer_prefetch_bytes"),
-        )
+    (status == 200).then(|| Gauges {
+        lag: sum("herd_consumer_lag_records"),
+        prefetch: sum("herd_consumer_prefetch_bytes"),
+        heap: (
+            sum("herd_heap_allocated_bytes"),
+            sum("herd_heap_resident_bytes"),
+        ),
     })
 }
 
@@ -258,7 +280,7 @@ fn main() -> anyhow::Result<()> {
             r
         });
         let start = Instant::now();
-        let mut samples: Vec<(f64, u64, f64)> = Vec::new();
+        let mut samples: Vec<Sample> = Vec::new();
         while !done.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_secs(10));
             // A broker that dies ends the soak: say so, instead of the producer's
@@ -266,19 +288,26 @@ fn main() -> anyhow::Result<()> {
             if let Some(st) = broker.exit_status() {
                 anyhow::bail!(broker_died(st, start.elapsed(), &dir));
             }
-            let (r, (l, pre)) = (
+            let (rss, gauges) = (
                 rss(pid).unwrap_or(0),
-                worker_gauges(port).unwrap_or((f64::NAN, f64::NAN)),
+                worker_gauges(port).unwrap_or(Gauges {
+                    lag: f64::NAN,
+                    prefetch: f64::NAN,
+                    heap: (f64::NAN, f64::NAN),
+                }),
             );
             let at = start.elapsed().as_secs_f64();
             let db = std::fs::metadata(dir.join("broker").join("tansu.db")).map_or(0, |m| m.len());
             eprintln!(
-                "herd soak: {at:>6.0} s  RSS {:>7.1} MiB  lag {l:>8.0}  prefetched {:>5.1} MiB  broker db {:.2} GiB",
-                r as f64 / 1048576.0,
-                pre / 1048576.0,
+                "herd soak: {at:>6.0} s  RSS {:>7.1} MiB (heap {:>6.1} allocated, {:>6.1} resident)  lag {:>8.0}  prefetched {:>5.1} MiB  broker db {:.2} GiB",
+                rss as f64 / MIB,
+                gauges.heap.0 / MIB,
+                gauges.heap.1 / MIB,
+                gauges.lag,
+                gauges.prefetch / MIB,
                 db as f64 / f64::from(1u32 << 30)
             );
-            samples.push((at, r, l));
+            samples.push(Sample { at, rss, gauges });
         }
         let produced = producer
             .join()
@@ -337,25 +366,40 @@ fn main() -> anyhow::Result<()> {
         .max(ring_s + 60.0)
         .min(span.as_secs_f64() / 2.0);
     // RSS over a minute, not one sample: it moves by a few percent from one sample to
-    // the next (allocator arenas), as much as the criterion allows.
-    let mean_rss = |from: f64, to: f64| {
-        let v: Vec<u64> = samples
+    // the next (allocator arenas), as much as the criterion allows. The heap's figures
+    // over the same minutes say what the growth was: herd's data (allocated), what the
+    // allocator kept (resident less allocated), or neither (librdkafka, stacks).
+    let mean = |from: f64, to: f64, of: &dyn Fn(&Sample) -> f64| {
+        let v: Vec<f64> = samples
             .iter()
-            .filter(|(at, _, _)| (from..to).contains(at))
-            .map(|s| s.1)
+            .filter(|s| (from..to).contains(&s.at))
+            .map(of)
+            .filter(|x| x.is_finite())
             .collect();
-        v.iter().sum::<u64>() / (v.len().max(1) as u64)
+        v.iter().sum::<f64>() / (v.len().max(1) as f64)
     };
-    let last = samples.last().map_or(0.0, |s| s.0);
-    let base = mean_rss(warm, warm + 60.0);
-    let end = mean_rss(last - 60.0 + 1.0, f64::INFINITY);
-    let growth = 100.0 * (end as f64 - base as f64) / (base.max(1) as f64);
+    let last = samples.last().map_or(0.0, |s| s.at);
+    let (early, late) = ((warm, warm + 60.0), (last - 60.0 + 1.0, f64::INFINITY));
+    let rss_of = |s: &Sample| s.rss as f64;
+    let (base, end) = (
+        mean(early.0, early.1, &rss_of),
+        mean(late.0, late.1, &rss_of),
+    );
+    let growth = 100.0 * (end - base) / base.max(1.0);
+    let heap = |of: &dyn Fn(&Sample) -> f64| {
+        (
+            mean(early.0, early.1, of) / MIB,
+            mean(late.0, late.1, of) / MIB,
+        )
+    };
+    let allocated = heap(&|s| s.gauges.heap.0);
+    let resident = heap(&|s| s.gauges.heap.1);
     let half = span.as_secs_f64() / 2.0;
     let peak = |first: bool| {
         samples
             .iter()
-            .filter(|(at, _, l)| (*at < half) == first && l.is_finite())
-            .map(|s| s.2)
+            .filter(|s| (s.at < half) == first && s.gauges.lag.is_finite())
+            .map(|s| s.gauges.lag)
             .fold(0.0f64, f64::max)
     };
     let (lag1, lag2) = (peak(true), peak(false));
@@ -372,9 +416,13 @@ fn main() -> anyhow::Result<()> {
         && skipped == 0
         && (taken == produced || (restarts > 0 && taken > produced));
     println!(
-        "SOAK rss_growth_pct {growth:.2} ({:.1} MiB the minute after the warm-up of {warm:.0} s, {:.1} MiB the last minute) target < 5 {}",
-        base as f64 / 1048576.0,
-        end as f64 / 1048576.0,
+        "SOAK rss_growth_pct {growth:.2} ({:.1} MiB the minute after the warm-up of {warm:.0} s, {:.1} MiB the last minute; heap allocated {:.1} -> {:.1}, resident {:.1} -> {:.1}) target < 5 {}",
+        base / MIB,
+        end / MIB,
+        allocated.0,
+        allocated.1,
+        resident.0,
+        resident.1,
         if rss_ok { "ok" } else { "FAILED" }
     );
     println!(
