@@ -43,6 +43,19 @@ const PARK_MAX_MS: i64 = 300_000;
 /// Most samples parked in one task; beyond, the oldest is dead-lettered (a flood of
 /// samples of containers nobody started must not grow memory).
 const MAX_PARKED: usize = 4096;
+/// Capacity an input's buffer keeps however little it holds (see [`shed_slack`]).
+const BUF_KEEP: usize = 1024;
+
+/// Gives back most of a buffer's capacity once it holds under a quarter of it. A burst
+/// (the pause of a checkpoint, a catch-up) fills a buffer up to
+/// `max_buffered_per_partition`; without this its peak capacity would stay allocated
+/// for the task's life, each new peak a step up in the worker's memory. Halving at a
+/// quarter leaves room to double again before the next growth: no churn.
+fn shed_slack<T>(q: &mut VecDeque<T>) {
+    if q.capacity() > BUF_KEEP && q.len() < q.capacity() / 4 {
+        q.shrink_to((q.len() * 2).max(BUF_KEEP));
+    }
+}
 
 /// A histogram of milliseconds, 1 ms to an hour, two significant digits.
 pub fn new_latency_histogram() -> hdrhistogram::Histogram<u64> {
@@ -633,6 +646,10 @@ impl Task {
             n += 1;
         }
         self.expire_parked(now, max_idle, out);
+        for inp in &mut self.inputs {
+            shed_slack(&mut inp.buf);
+        }
+        shed_slack(&mut self.parked);
         if n > 0
             && let Some((_, last)) = &mut self.busy
         {
@@ -897,4 +914,42 @@ pub(crate) fn wall_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drained_buffer_gives_back_its_peak_but_keeps_room_to_work() {
+        let mut q: VecDeque<[u8; 200]> = VecDeque::new();
+        q.extend(std::iter::repeat_n([0u8; 200], 20_000));
+        let peak = q.capacity();
+        // A quarter full or more: kept whole (no churn as a buffer rises and falls).
+        q.truncate(peak / 4);
+        shed_slack(&mut q);
+        assert_eq!(q.capacity(), peak);
+        // Drained below: back to twice what it holds.
+        q.truncate(3_000);
+        shed_slack(&mut q);
+        assert!(
+            (6_000..peak / 2).contains(&q.capacity()),
+            "{}",
+            q.capacity()
+        );
+        assert_eq!(q.len(), 3_000);
+        // Empty: the room every buffer keeps, no less.
+        q.clear();
+        shed_slack(&mut q);
+        assert!(
+            (BUF_KEEP..2 * BUF_KEEP).contains(&q.capacity()),
+            "{}",
+            q.capacity()
+        );
+        // A small buffer is left alone.
+        let mut small: VecDeque<u8> = VecDeque::with_capacity(BUF_KEEP);
+        let cap = small.capacity();
+        shed_slack(&mut small);
+        assert_eq!(small.capacity(), cap);
+    }
 }
