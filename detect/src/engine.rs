@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::alert::{Alert, Detector, FeatureEvidence, NovelEvidence, Severity};
 use crate::alert::{PeerEvidence, StructureEvidence};
 use crate::calibrate;
-use crate::group::{GroupState, Latest, Pending, Replica, median_in_place};
+use crate::group::{GroupState, Latest, LatestSlot, Pending, Replica, median_in_place};
 use crate::incident::{Finding, Incidents, numeric_severity};
 use crate::novelty::{Verdict, attack_ids, falco_rank, items_of, judge};
 use crate::{DetectConfig, Error, Result};
@@ -423,7 +423,7 @@ impl Engine {
                 group
                     .replicas
                     .entry(Arc::clone(&obs.container.id))
-                    .or_insert_with(|| Replica::new(Arc::clone(&obs.container), now))
+                    .or_insert_with(|| Box::new(Replica::new(Arc::clone(&obs.container), now)))
             }
         };
         revived |= now - replica.last_seen_ms > cfg.replica_ttl_ms;
@@ -661,7 +661,7 @@ fn fleet_check(
 
 /// Share of the live replicas whose latest value of `slot` is above `level`.
 fn share_above(
-    replicas: &rustc_hash::FxHashMap<Arc<str>, Replica>,
+    replicas: &crate::group::Replicas,
     slot: usize,
     level: f64,
     now: i64,
@@ -675,8 +675,7 @@ fn share_above(
         live += 1;
         if r.latest
             .get(slot)
-            .copied()
-            .flatten()
+            .and_then(|l| l.get())
             .is_some_and(|l| l.value > level)
         {
             above += 1;
@@ -797,7 +796,7 @@ fn score_metrics(
         let prev = group
             .replicas
             .get(id)
-            .and_then(|r| r.latest.get(slot).copied().flatten());
+            .and_then(|r| r.latest.get(slot).and_then(|l| l.get()));
         let peers = if peer_mode {
             group.peer_stats(slot, now, cfg, scratch)
         } else {
@@ -964,10 +963,10 @@ fn score_metrics(
                 // Exactly the group's features: every replica holds one of these, and a
                 // vector's doubling growth would leave most of it unused (16 for 10).
                 let mut v = std::mem::take(&mut r.latest).into_vec();
-                v.resize(slot + 1, None);
+                v.resize(slot + 1, LatestSlot::EMPTY);
                 r.latest = v.into_boxed_slice();
             }
-            r.latest[slot] = Some(Latest {
+            r.latest[slot] = LatestSlot::new(Latest {
                 value: x,
                 ts_ms: now,
                 hot,

@@ -25,6 +25,67 @@ pub(crate) struct Latest {
     pub(crate) rough: f64,
 }
 
+/// A replica's latest value of one feature as it is kept: 24 bytes, where an
+/// `Option<Latest>` takes 32 (the time and `hot` share a word, and an empty slot is a
+/// time no sample has). Every replica holds one per feature of its group. Checkpoints
+/// hold the slots as `Option<Latest>`s ([`latest_slots`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct LatestSlot {
+    value: f64,
+    rough: f64,
+    /// `ts_ms * 2 + hot`; [`Self::EMPTY`]'s for none.
+    stamp: i64,
+}
+
+impl LatestSlot {
+    pub(crate) const EMPTY: Self = Self {
+        value: 0.0,
+        rough: 0.0,
+        stamp: i64::MIN,
+    };
+    /// Times within ±2^62 ms (146 million years) are kept as they are; beyond, they are
+    /// held at that bound.
+    const MAX_TS: i64 = (1 << 62) - 1;
+
+    pub(crate) fn new(l: Latest) -> Self {
+        Self {
+            value: l.value,
+            rough: l.rough,
+            stamp: l.ts_ms.clamp(-Self::MAX_TS, Self::MAX_TS) * 2 + i64::from(l.hot),
+        }
+    }
+
+    pub(crate) fn get(self) -> Option<Latest> {
+        (self.stamp != i64::MIN).then(|| Latest {
+            value: self.value,
+            ts_ms: self.stamp.div_euclid(2),
+            hot: self.stamp.rem_euclid(2) == 1,
+            rough: self.rough,
+        })
+    }
+}
+
+/// A replica's latest values in a checkpoint: `Option<Latest>`s, as before they were
+/// packed.
+pub(crate) mod latest_slots {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{Latest, LatestSlot};
+
+    pub(crate) fn serialize<S: Serializer>(slots: &[LatestSlot], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(slots.iter().map(|l| l.get()))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Box<[LatestSlot]>, D::Error> {
+        let v = Vec::<Option<Latest>>::deserialize(d)?;
+        Ok(v.into_iter()
+            .map(|l| l.map_or(LatestSlot::EMPTY, LatestSlot::new))
+            .collect())
+    }
+}
+
 /// One replica (container) of a group.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct Replica {
@@ -34,7 +95,8 @@ pub(crate) struct Replica {
     pub(crate) alive: bool,
     /// Latest value of each feature slot (exactly the group's features: a slice, not a
     /// vector, since every replica holds one).
-    pub(crate) latest: Box<[Option<Latest>]>,
+    #[serde(with = "latest_slots")]
+    pub(crate) latest: Box<[LatestSlot]>,
     pub(crate) rate: TestRate,
     /// Smoothed interval between metric samples, ms (0 until two were seen).
     pub(crate) interval_ms: f64,
@@ -104,6 +166,10 @@ impl Replica {
     }
 }
 
+/// A group's replicas. Boxed: a hash table has up to twice the slots its entries need,
+/// and a slot is then 24 bytes rather than a whole replica's 184.
+pub(crate) type Replicas = FxHashMap<Arc<str>, Box<Replica>>;
+
 /// An item one replica showed first during learning, waiting to see whether a sibling
 /// shows it too.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -125,7 +191,7 @@ struct PeerCache {
 pub(crate) struct GroupState {
     pub(crate) baseline: GroupBaseline,
     /// Keyed by each replica's own id (`cref.id`, shared; see [`GroupState::share_ids`]).
-    pub(crate) replicas: FxHashMap<Arc<str>, Replica>,
+    pub(crate) replicas: Replicas,
     pub(crate) pending: Vec<Pending>,
     pub(crate) last_seen_ms: i64,
     /// Peer statistics are reused for `peer_refresh_ms`: part of the state, since scores
@@ -225,7 +291,7 @@ impl GroupState {
             if !r.alive || now_ms - r.last_seen_ms > cfg.replica_ttl_ms {
                 continue;
             }
-            if let Some(Some(l)) = r.latest.get(slot)
+            if let Some(l) = r.latest.get(slot).and_then(|l| l.get())
                 && now_ms - l.ts_ms <= cfg.peer_window_ms
             {
                 scratch.push(l.value);
@@ -340,5 +406,75 @@ mod tests {
         assert_eq!(median_in_place(&mut [3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median_in_place(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
         assert_eq!(median_in_place(&mut [5.0]), 5.0);
+    }
+
+    #[test]
+    fn a_latest_slot_keeps_what_an_option_of_latest_held_in_less() {
+        assert_eq!(std::mem::size_of::<LatestSlot>(), 24);
+        assert_eq!(std::mem::size_of::<Option<Latest>>(), 32);
+        let cases = [
+            Latest {
+                value: 0.25,
+                ts_ms: 1_733_000_000_123,
+                hot: true,
+                rough: 0.5,
+            },
+            Latest {
+                value: -3.0,
+                ts_ms: -1,
+                hot: false,
+                rough: 0.0,
+            },
+            Latest {
+                value: 1e300,
+                ts_ms: 0,
+                hot: true,
+                rough: f64::MIN_POSITIVE,
+            },
+        ];
+        for l in cases {
+            assert_eq!(LatestSlot::new(l).get(), Some(l));
+        }
+        assert_eq!(LatestSlot::EMPTY.get(), None);
+        // Times beyond ±2^62 ms are held at the bound, never taken for an empty slot.
+        for (ts, hot) in [(i64::MIN, false), (i64::MAX, true)] {
+            let l = LatestSlot::new(Latest {
+                value: 1.0,
+                ts_ms: ts,
+                hot,
+                rough: 0.0,
+            })
+            .get()
+            .unwrap_or_else(|| panic!("{ts} read as empty"));
+            assert_eq!((l.ts_ms.signum(), l.hot), (ts.signum(), hot));
+            assert_eq!(l.ts_ms.abs(), LatestSlot::MAX_TS);
+        }
+    }
+
+    #[test]
+    fn a_replicas_latest_values_keep_their_checkpoint_form() {
+        #[derive(serde::Serialize)]
+        struct Before<'a>(&'a [Option<Latest>]);
+        #[derive(Serialize, Deserialize)]
+        struct After(#[serde(with = "latest_slots")] Box<[LatestSlot]>);
+        let l = Latest {
+            value: 2.5,
+            ts_ms: 60_000,
+            hot: true,
+            rough: 0.125,
+        };
+        let old = [None, Some(l), None];
+        let packed = After(
+            old.iter()
+                .map(|o| o.map_or(LatestSlot::EMPTY, LatestSlot::new))
+                .collect(),
+        );
+        let json = serde_json::to_string(&packed).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            json,
+            serde_json::to_string(&Before(&old)).unwrap_or_else(|e| panic!("{e}"))
+        );
+        let back: After = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.0, packed.0);
     }
 }

@@ -10,14 +10,89 @@ use serde::{Deserialize, Serialize};
 use crate::decode::StatsCounters;
 use crate::model::{MetricName, metric};
 
-/// What the previous sample of a container left behind.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// What the previous sample of a container left behind, kept for every container
+/// tracked: 72 bytes, a counter the sample did not have held as NaN (a decoded counter
+/// is never NaN: JSON has none) rather than as an `Option` (104 bytes). Checkpoints
+/// hold it as before, absent counters as `null` ([`PrevWire`]).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(from = "PrevWire", into = "PrevWire")]
 pub(crate) struct PrevStats {
+    ts_ms: i64,
+    cpu_total_ns: f64,
+    cpu_system_ns: f64,
+    net: [f64; 4],
+    blk: [f64; 2],
+}
+
+/// [`PrevStats`] in a checkpoint.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+struct PrevWire {
     ts_ms: i64,
     cpu_total_ns: Option<f64>,
     cpu_system_ns: Option<f64>,
     net: Option<[f64; 4]>,
     blk: Option<[f64; 2]>,
+}
+
+/// NaN for an absent counter.
+fn held<const N: usize>(c: Option<[f64; N]>) -> [f64; N] {
+    c.unwrap_or([f64::NAN; N])
+}
+
+/// The counters held, `None` for absent ones (all NaN).
+fn present<const N: usize>(c: [f64; N]) -> Option<[f64; N]> {
+    (!c.iter().all(|x| x.is_nan())).then_some(c)
+}
+
+impl PrevStats {
+    fn new(ts_ms: i64, c: &StatsCounters) -> Self {
+        Self {
+            ts_ms,
+            cpu_total_ns: c.cpu_total_ns.unwrap_or(f64::NAN),
+            cpu_system_ns: c.cpu_system_ns.unwrap_or(f64::NAN),
+            net: held(c.net),
+            blk: held(c.blk),
+        }
+    }
+
+    fn cpu_total_ns(&self) -> Option<f64> {
+        present([self.cpu_total_ns]).map(|[x]| x)
+    }
+
+    fn cpu_system_ns(&self) -> Option<f64> {
+        present([self.cpu_system_ns]).map(|[x]| x)
+    }
+}
+
+impl From<PrevWire> for PrevStats {
+    fn from(w: PrevWire) -> Self {
+        Self {
+            ts_ms: w.ts_ms,
+            cpu_total_ns: w.cpu_total_ns.unwrap_or(f64::NAN),
+            cpu_system_ns: w.cpu_system_ns.unwrap_or(f64::NAN),
+            net: held(w.net),
+            blk: held(w.blk),
+        }
+    }
+}
+
+impl From<PrevStats> for PrevWire {
+    fn from(p: PrevStats) -> Self {
+        Self {
+            ts_ms: p.ts_ms,
+            cpu_total_ns: p.cpu_total_ns(),
+            cpu_system_ns: p.cpu_system_ns(),
+            net: present(p.net),
+            blk: present(p.blk),
+        }
+    }
+}
+
+/// Equal as checkpoints hold them (NaN, an absent counter, equals NaN).
+impl PartialEq for PrevStats {
+    fn eq(&self, other: &Self) -> bool {
+        PrevWire::from(*self) == PrevWire::from(*other)
+    }
 }
 
 /// The outcome of one sample.
@@ -113,7 +188,7 @@ impl RateState {
             (Some(total), Some(system)) => {
                 let pre = match (c.precpu_total_ns, c.precpu_system_ns) {
                     (Some(pt), Some(ps)) if ps > 0.0 => Some((pt, ps)),
-                    _ => prev.and_then(|p| p.cpu_total_ns.zip(p.cpu_system_ns)),
+                    _ => prev.and_then(|p| p.cpu_total_ns().zip(p.cpu_system_ns())),
                 };
                 pre.and_then(|(pt, ps)| {
                     let (dc, ds) = (total - pt, system - ps);
@@ -121,7 +196,7 @@ impl RateState {
                 })
             }
             (Some(total), None) => prev
-                .and_then(|p| p.cpu_total_ns)
+                .and_then(PrevStats::cpu_total_ns)
                 .map(|pt| total - pt)
                 .filter(|d| *d >= 0.0 && dt_s > 0.0)
                 .map(|d| (d / (dt_s * 1e9)).clamp(0.0, online)),
@@ -136,7 +211,7 @@ impl RateState {
                 out.push((metric::MEM_LIMIT_RATIO.into(), ws / limit));
             }
         }
-        if let (Some(now), Some(before)) = (c.net, prev.and_then(|p| p.net)) {
+        if let (Some(now), Some(before)) = (c.net, prev.and_then(|p| present(p.net))) {
             let names = [
                 metric::NET_RX_BPS,
                 metric::NET_TX_BPS,
@@ -145,7 +220,7 @@ impl RateState {
             ];
             push_rates(&names, &now, &before, dt_s, out);
         }
-        if let (Some(now), Some(before)) = (c.blk, prev.and_then(|p| p.blk)) {
+        if let (Some(now), Some(before)) = (c.blk, prev.and_then(|p| present(p.blk))) {
             push_rates(
                 &[metric::BLK_READ_BPS, metric::BLK_WRITE_BPS],
                 &now,
@@ -157,13 +232,7 @@ impl RateState {
         if let Some(p) = c.pids {
             out.push((metric::PIDS.into(), p));
         }
-        let next = PrevStats {
-            ts_ms,
-            cpu_total_ns: c.cpu_total_ns,
-            cpu_system_ns: c.cpu_system_ns,
-            net: c.net,
-            blk: c.blk,
-        };
+        let next = PrevStats::new(ts_ms, c);
         match self.stats.get_mut(&**id) {
             Some(p) => *p = next,
             None => {
@@ -326,5 +395,42 @@ mod tests {
         };
         r.stats(&"a".into(), 2_000, &wild, W, &mut out);
         assert_eq!(get(&out, metric::CPU_CORES), Some(4.0));
+    }
+
+    #[test]
+    fn counter_state_is_small_and_keeps_its_checkpoint_form() {
+        // Held for every container tracked: no `Option` padding.
+        assert_eq!(std::mem::size_of::<PrevStats>(), 72);
+        let mut r = RateState::default();
+        let mut out = vec![];
+        let no_net = StatsCounters {
+            net: None,
+            blk: Some([4096.0, 0.0]),
+            ..sample(1e9, 4e9, 0.0)
+        };
+        r.stats(&"a".into(), 10_000, &no_net, W, &mut out);
+        // Absent counters are `null` in a checkpoint, as they were as `Option`s.
+        let json = serde_json::to_string(&r).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            json.contains(
+                r#""a":{"ts_ms":10000,"cpu_total_ns":1000000000.0,"cpu_system_ns":4000000000.0,"net":null,"blk":[4096.0,0.0]}"#
+            ),
+            "{json}"
+        );
+        let mut back: RateState = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, r);
+        // The restored state derives what the original does: CPU and block rates, and
+        // no network rate from a counter the previous sample did not have.
+        let next = StatsCounters {
+            blk: Some([8192.0, 0.0]),
+            ..sample(2e9, 8e9, 100.0)
+        };
+        let (mut a, mut b) = (vec![], vec![]);
+        r.stats(&"a".into(), 20_000, &next, W, &mut a);
+        back.stats(&"a".into(), 20_000, &next, W, &mut b);
+        assert_eq!(a, b);
+        assert_eq!(get(&a, metric::BLK_READ_BPS), Some(409.6));
+        assert_eq!(get(&a, metric::NET_RX_BPS), None);
+        assert!(get(&a, metric::CPU_CORES).is_some());
     }
 }
