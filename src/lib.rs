@@ -19,12 +19,11 @@
 //! - [`evaluate`]: `herd evaluate`, recall/precision/delay of alerts against labels.
 
 /// herd's allocator, for every binary that links this library (the `herd` command, and
-/// its tests and benchmarks, so that they measure what runs): jemalloc. A worker lives
-/// for weeks with threads that free what others allocated (tokio's workers, librdkafka's
-/// delivery callbacks, checkpoints of megabytes every 30 s); jemalloc bounds the
-/// fragmentation that leaves behind, returns freed pages to the system after a decay of
-/// seconds, and accounts for its heap, which `/metrics` exports (`herd_heap_*`), so
-/// that a growth of the resident set can be told from what the allocator keeps.
+/// its tests and benchmarks, so that they measure what runs): jemalloc, for its account
+/// of the heap, which `/metrics` exports (`herd_heap_*`): a growth of the resident set
+/// can then be told apart as herd's data, what the allocator keeps, or neither
+/// (librdkafka's C buffers). It costs some resident memory against glibc's malloc
+/// (`docs/performance.md`).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -49,8 +49,8 @@ const BUF_KEEP: usize = 1024;
 /// Gives back most of a buffer's capacity once it holds under a quarter of it. A burst
 /// (the pause of a checkpoint, a catch-up) fills a buffer up to
 /// `max_buffered_per_partition`; without this its peak capacity would stay allocated
-/// for the task's life, each new peak a step up in the worker's memory. Halving at a
-/// quarter leaves room to double again before the next growth: no churn.
+/// for the task's life, each new peak a step up in the worker's memory. Shrunk to twice
+/// what it holds, it can double its contents before it grows again: no churn.
 fn shed_slack<T>(q: &mut VecDeque<T>) {
     if q.capacity() > BUF_KEEP && q.len() < q.capacity() / 4 {
         q.shrink_to((q.len() * 2).max(BUF_KEEP));

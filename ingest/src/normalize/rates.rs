@@ -44,23 +44,29 @@ fn present<const N: usize>(c: [f64; N]) -> Option<[f64; N]> {
     (!c.iter().all(|x| x.is_nan())).then_some(c)
 }
 
+/// A counter held, `None` for an absent one (NaN).
+fn known(x: f64) -> Option<f64> {
+    (!x.is_nan()).then_some(x)
+}
+
 impl PrevStats {
     fn new(ts_ms: i64, c: &StatsCounters) -> Self {
-        Self {
+        PrevWire {
             ts_ms,
-            cpu_total_ns: c.cpu_total_ns.unwrap_or(f64::NAN),
-            cpu_system_ns: c.cpu_system_ns.unwrap_or(f64::NAN),
-            net: held(c.net),
-            blk: held(c.blk),
+            cpu_total_ns: c.cpu_total_ns,
+            cpu_system_ns: c.cpu_system_ns,
+            net: c.net,
+            blk: c.blk,
         }
+        .into()
     }
 
     fn cpu_total_ns(&self) -> Option<f64> {
-        present([self.cpu_total_ns]).map(|[x]| x)
+        known(self.cpu_total_ns)
     }
 
     fn cpu_system_ns(&self) -> Option<f64> {
-        present([self.cpu_system_ns]).map(|[x]| x)
+        known(self.cpu_system_ns)
     }
 }
 
