@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use herd::metrics::{Health, WorkerMetrics};
-use herd::pipeline::Pipeline;
 use herd_detect::DetectConfig;
 use herd_ingest::{Limits, NormalizerConfig, RejectReason};
 
@@ -64,34 +63,60 @@ fn envelope(i: u64, groups: u64, k: u64) -> String {
     )
 }
 
-/// The child: feeds `containers` in `groups` through a pipeline; prints its figures.
+/// The allocator's count of the bytes the process holds (jemalloc, herd's allocator).
+fn heap_bytes() -> anyhow::Result<u64> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    epoch::advance().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(stats::allocated::read().map_err(|e| anyhow::anyhow!("{e}"))? as u64)
+}
+
+/// The child: feeds `containers` in `groups` through a worker's pipeline (what
+/// `herd::pipeline::Pipeline` holds: decoder, its identity cache, normaliser, engine),
+/// prints its resident set, then drops the parts one by one and prints the heap each
+/// held. The identities the parts share go with the normaliser, which drops last.
 fn child(containers: u64, groups: u64) -> anyhow::Result<()> {
-    let mut p = Pipeline::new(
-        Limits::default(),
-        NormalizerConfig::default(),
-        DetectConfig::default(),
-    )?;
+    let decoder = herd_ingest::Decoder::new(Limits::default());
+    let mut identities = herd_ingest::Identities::new(1 << 18);
+    let mut normalizer = herd_ingest::Normalizer::new(NormalizerConfig::default());
+    let mut engine = herd_detect::Engine::new(DetectConfig::default())?;
+    let mut obs = Vec::new();
     let mut alerts = Vec::new();
     let before = rss_bytes();
     let start = Instant::now();
     for k in 0..ROUNDS {
         for i in 0..containers {
             let line = envelope(i, groups, k);
-            let rec = p
-                .decode(line.as_bytes())
+            let rec = decoder
+                .decode_with(line.as_bytes(), &mut identities)
                 .map_err(|r| anyhow::anyhow!("{r}"))?;
+            obs.clear();
             alerts.clear();
-            p.process(rec, &mut alerts)
+            normalizer
+                .normalize(rec, &mut obs)
                 .map_err(|r| anyhow::anyhow!("{r}"))?;
+            for o in &obs {
+                engine.observe(o, &mut alerts);
+            }
         }
     }
+    let elapsed = start.elapsed().as_secs_f64();
     let after = rss_bytes();
-    let s = p.engine().stats();
+    let s = engine.stats();
+    drop((obs, alerts));
+    let h0 = heap_bytes()?;
+    drop(engine);
+    let h1 = heap_bytes()?;
+    drop(identities);
+    let h2 = heap_bytes()?;
+    drop(normalizer);
+    let h3 = heap_bytes()?;
     println!(
-        "{before} {after} {} {} {:.1}",
+        "{before} {after} {} {} {elapsed:.1} {} {} {}",
         s.containers,
         s.groups,
-        start.elapsed().as_secs_f64()
+        h0.saturating_sub(h1),
+        h1.saturating_sub(h2),
+        h2.saturating_sub(h3),
     );
     Ok(())
 }
@@ -101,6 +126,8 @@ struct Run {
     after: f64,
     containers: f64,
     groups: f64,
+    /// Heap held by the engine, the decoder's identity cache and the normaliser.
+    heap: [f64; 3],
 }
 
 fn run_child(containers: u64, groups: u64) -> anyhow::Result<Run> {
@@ -118,7 +145,7 @@ fn run_child(containers: u64, groups: u64) -> anyhow::Result<Run> {
         .split_whitespace()
         .filter_map(|w| w.parse().ok())
         .collect();
-    anyhow::ensure!(f.len() == 5, "unexpected child output {text:?}");
+    anyhow::ensure!(f.len() == 8, "unexpected child output {text:?}");
     println!(
         "  {containers} containers in {groups} groups: RSS {:.1} → {:.1} MiB ({} containers and {} groups tracked, fed in {:.1} s)",
         f[0] / 1048576.0,
@@ -132,6 +159,7 @@ fn run_child(containers: u64, groups: u64) -> anyhow::Result<Run> {
         after: f[1],
         containers: f[2],
         groups: f[3],
+        heap: [f[5], f[6], f[7]],
     })
 }
 
@@ -257,6 +285,19 @@ fn main() -> anyhow::Result<()> {
     let many = run_child(100_000, 10_000)?;
     let per_group = (many.delta - small.delta) / (many.groups - small.groups);
     let per_container = (small.delta - per_group * small.groups) / small.containers;
+    // The same split for each part's heap: what a container and a group cost in each.
+    for (k, part) in [
+        "engine",
+        "decoder's identity cache",
+        "normaliser (with the identities)",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let g = (many.heap[k] - small.heap[k]) / (many.groups - small.groups);
+        let c = (small.heap[k] - g * small.groups) / small.containers;
+        println!("  heap of the {part}: {c:.0} bytes a container, {g:.0} a group");
+    }
     println!(
         "FIGURE bytes_per_container {per_container:.0} target <= 1024\n\
          FIGURE bytes_per_group {per_group:.0} target <= 65536\n\
