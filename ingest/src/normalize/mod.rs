@@ -1,8 +1,9 @@
 //! Stateful normalisation: decoded [`Record`]s in event-time order → [`Observation`]s.
 //!
-//! Owns the container registry (identity joins) and the counter state (rates). Both are
-//! bounded: containers idle for `container_ttl_ms` of event time are forgotten, and the
-//! registry never holds more than `max_containers`.
+//! Owns the container registry (identity joins) and the counter state (rates): a
+//! container's counters live in its registry entry, a Prometheus series' beside it. Both
+//! are bounded: containers idle for `container_ttl_ms` of event time are forgotten, and
+//! the registry never holds more than `max_containers`.
 
 mod rates;
 mod registry;
@@ -88,7 +89,7 @@ pub enum Dropped {
 }
 
 /// The normaliser. Serialisable, so a worker can hand it over with its groups.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(from = "Wire")]
 pub struct Normalizer {
     cfg: NormalizerConfig,
@@ -100,30 +101,83 @@ pub struct Normalizer {
     since_evict: u32,
 }
 
-/// A normaliser as a checkpoint holds it: restored, its counter state is keyed by the
-/// registry's ids again (one allocation a container, as before the checkpoint).
+/// A normaliser as a checkpoint holds it. The containers' counter state is apart from
+/// the registry there (`rates.stats`, by id), as it was before it moved into the
+/// registry's entries; restored, it moves back in.
 #[derive(Deserialize)]
 struct Wire {
     cfg: NormalizerConfig,
     registry: Registry,
-    rates: RateState,
+    rates: RatesWire,
     recent_execs: rustc_hash::FxHashMap<Arc<str>, Vec<(String, i64)>>,
     max_ts_ms: i64,
     since_evict: u32,
 }
 
+#[derive(Deserialize)]
+struct RatesWire {
+    #[serde(default)]
+    stats: rustc_hash::FxHashMap<String, rates::PrevStats>,
+    #[serde(default)]
+    prom: rustc_hash::FxHashMap<String, (i64, f64)>,
+}
+
 impl From<Wire> for Normalizer {
     fn from(w: Wire) -> Self {
-        let mut rates = w.rates;
-        rates.share_ids(|id| w.registry.id(id));
+        let mut registry = w.registry;
+        // A container's counters without its entry (the registry had forgotten it) are
+        // not kept: its next sample starts them afresh.
+        for (id, p) in w.rates.stats {
+            if let Some(slot) = registry.counters_mut(&id) {
+                *slot = p;
+            }
+        }
         Self {
             cfg: w.cfg,
-            registry: w.registry,
-            rates,
+            registry,
+            rates: RateState { prom: w.rates.prom },
             recent_execs: w.recent_execs,
             max_ts_ms: w.max_ts_ms,
             since_evict: w.since_evict,
         }
+    }
+}
+
+impl Serialize for Normalizer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        /// The containers' counter state by id, read from the registry's entries.
+        struct Stats<'a>(&'a Registry);
+        impl Serialize for Stats<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_map(self.0.counters())
+            }
+        }
+        #[derive(Serialize)]
+        struct Rates<'a> {
+            stats: Stats<'a>,
+            prom: &'a rustc_hash::FxHashMap<String, (i64, f64)>,
+        }
+        #[derive(Serialize)]
+        struct Out<'a> {
+            cfg: &'a NormalizerConfig,
+            registry: &'a Registry,
+            rates: Rates<'a>,
+            recent_execs: &'a rustc_hash::FxHashMap<Arc<str>, Vec<(String, i64)>>,
+            max_ts_ms: i64,
+            since_evict: u32,
+        }
+        Out {
+            cfg: &self.cfg,
+            registry: &self.registry,
+            rates: Rates {
+                stats: Stats(&self.registry),
+                prom: &self.rates.prom,
+            },
+            recent_execs: &self.recent_execs,
+            max_ts_ms: self.max_ts_ms,
+            since_evict: self.since_evict,
+        }
+        .serialize(s)
     }
 }
 
@@ -152,9 +206,10 @@ impl Normalizer {
         }
     }
 
-    /// Counter series currently remembered.
+    /// Counter series currently remembered: containers with counter state, and
+    /// Prometheus series.
     pub fn counter_series(&self) -> usize {
-        self.rates.len()
+        self.registry.counters().count() + self.rates.len()
     }
 
     /// Turns one record into zero or more observations appended to `out`.
@@ -219,10 +274,12 @@ impl Normalizer {
         };
         let mut metrics = Vec::with_capacity(11);
         let w = self.window();
-        match self
-            .rates
-            .stats(&cref.id, s.ts_ms, &s.counters, w, &mut metrics)
-        {
+        let order = match self.registry.counters_mut(&cref.id) {
+            Some(prev) => prev.advance(s.ts_ms, &s.counters, w, &mut metrics),
+            // Not reached: the container was registered just above.
+            None => Ordering::Fresh,
+        };
+        match order {
             Ordering::Fresh => {}
             Ordering::Duplicate => return Ok(Some(Dropped::Duplicate)),
             Ordering::Late => return Ok(Some(Dropped::Late)),
@@ -279,6 +336,9 @@ impl Normalizer {
         }
         if matches!(e.event, Event::Start { .. }) {
             // A started container's counters begin anew.
+            if let Some(prev) = self.registry.counters_mut(&cref.id) {
+                *prev = rates::PrevStats::NONE;
+            }
             self.rates.forget(&cref.id);
         }
         out.push(Observation {
@@ -497,14 +557,12 @@ mod tests {
         let bytes = serde_json::to_vec(&n).unwrap_or_default();
         let back: Normalizer = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, n);
-        // The counter state is keyed by the registry's own allocation of each id.
-        for id in back.rates.stats_keys() {
-            let shared = back
-                .registry
-                .id(id)
-                .unwrap_or_else(|| panic!("{id} unknown"));
-            assert!(Arc::ptr_eq(id, &shared), "{id} held twice");
-        }
+        // The counter state is in the checkpoint by id, as before it moved into the
+        // registry's entries, and restored there.
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let stats = v["rates"]["stats"].as_object().map(|m| m.len());
+        assert_eq!(stats, Some(3), "{v}");
+        assert_eq!(back.counter_series(), 3);
         // A checkpoint of the earlier form (short ids listed) restores the same.
         let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
         v["registry"]["short"] = serde_json::json!({ "000000000000": format!("{:064x}", 1) });

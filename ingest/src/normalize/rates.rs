@@ -2,18 +2,17 @@
 //! duplicated deliveries and out-of-order samples: none of them yields a rate; the
 //! sample's gauges still count.
 
-use std::sync::Arc;
-
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::decode::StatsCounters;
 use crate::model::{MetricName, metric};
 
-/// What the previous sample of a container left behind, kept for every container
-/// tracked: 72 bytes, a counter the sample did not have held as NaN (a decoded counter
-/// is never NaN: JSON has none) rather than as an `Option` (104 bytes). Checkpoints
-/// hold it as before, absent counters as `null` ([`PrevWire`]).
+/// What the previous sample of a container left behind, kept in its registry entry for
+/// every container tracked: 72 bytes, a counter the sample did not have held as NaN (a
+/// decoded counter is never NaN: JSON has none) rather than as an `Option` (104 bytes),
+/// and no sample at all as [`Self::NONE`]. Checkpoints hold it as before, absent
+/// counters as `null` ([`PrevWire`]).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(from = "PrevWire", into = "PrevWire")]
 pub(crate) struct PrevStats {
@@ -50,6 +49,36 @@ fn known(x: f64) -> Option<f64> {
 }
 
 impl PrevStats {
+    /// No previous sample (a sample at this time, 292 million years BC, counts as none:
+    /// no rate could span from it).
+    pub(crate) const NONE: Self = Self {
+        ts_ms: i64::MIN,
+        cpu_total_ns: f64::NAN,
+        cpu_system_ns: f64::NAN,
+        net: [f64::NAN; 4],
+        blk: [f64::NAN; 2],
+    };
+
+    pub(crate) fn is_none(&self) -> bool {
+        self.ts_ms == i64::MIN
+    }
+
+    /// Forgets a sample older than `before_ms`.
+    pub(crate) fn expire(&mut self, before_ms: i64) {
+        if self.ts_ms < before_ms {
+            *self = Self::NONE;
+        }
+    }
+
+    /// A sample at `ts_ms` without counters.
+    #[cfg(test)]
+    pub(crate) fn at(ts_ms: i64) -> Self {
+        Self {
+            ts_ms,
+            ..Self::NONE
+        }
+    }
+
     fn new(ts_ms: i64, c: &StatsCounters) -> Self {
         PrevWire {
             ts_ms,
@@ -113,12 +142,11 @@ pub(crate) enum Ordering {
     Late,
 }
 
-/// Per-container counter state for Docker stats and per-series state for Prometheus.
+/// Per-series counter state for Prometheus (a Docker container's is its registry
+/// entry's [`PrevStats`]).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub(crate) struct RateState {
-    /// Keyed by the identity's own id (shared, not copied; see [`Self::share_ids`]).
-    stats: FxHashMap<Arc<str>, PrevStats>,
-    prom: FxHashMap<String, (i64, f64)>,
+    pub(crate) prom: FxHashMap<String, (i64, f64)>,
 }
 
 /// Limits on the interval between two samples for a rate to be meaningful.
@@ -128,60 +156,31 @@ pub(crate) struct RateWindow {
     pub(crate) max_dt_ms: i64,
 }
 
-impl RateState {
-    pub(crate) fn len(&self) -> usize {
-        self.stats.len() + self.prom.len()
-    }
-
-    /// Keys the counter state by the ids `shared` returns (the registry's), so that a
-    /// restored checkpoint holds each id once, as a running normaliser does.
-    pub(crate) fn share_ids(&mut self, shared: impl Fn(&str) -> Option<Arc<str>>) {
-        self.stats = std::mem::take(&mut self.stats)
-            .into_iter()
-            .map(|(id, p)| (shared(&id).unwrap_or(id), p))
-            .collect();
-    }
-
-    /// The containers with counter state, by the key each is held under.
-    #[cfg(test)]
-    pub(crate) fn stats_keys(&self) -> impl Iterator<Item = &Arc<str>> + '_ {
-        self.stats.keys()
-    }
-
-    pub(crate) fn forget(&mut self, id: &str) {
-        self.stats.remove(id);
-        self.prom.retain(|k, _| !k.starts_with(id));
-    }
-
-    pub(crate) fn evict(&mut self, before_ms: i64) {
-        self.stats.retain(|_, p| p.ts_ms >= before_ms);
-        self.prom.retain(|_, (ts, _)| *ts >= before_ms);
-    }
-
-    /// Derives the metrics of one Docker stats sample into `out`.
-    pub(crate) fn stats(
+impl PrevStats {
+    /// Derives the metrics of one Docker stats sample of the container whose previous
+    /// sample this is into `out`, and becomes that sample.
+    pub(crate) fn advance(
         &mut self,
-        id: &Arc<str>,
         ts_ms: i64,
         c: &StatsCounters,
         w: RateWindow,
         out: &mut Vec<(MetricName, f64)>,
     ) -> Ordering {
-        if let Some(p) = self.stats.get(&**id) {
-            if ts_ms == p.ts_ms {
+        if !self.is_none() {
+            if ts_ms == self.ts_ms {
                 return Ordering::Duplicate;
             }
-            if ts_ms < p.ts_ms {
+            if ts_ms < self.ts_ms {
                 // Slightly older: late, dropped. Far older: the previous sample's clock
                 // was wrong (or reset); start the container's counters afresh rather
                 // than drop every sample until that bogus time.
-                if p.ts_ms - ts_ms <= w.max_dt_ms {
+                if self.ts_ms - ts_ms <= w.max_dt_ms {
                     return Ordering::Late;
                 }
-                self.stats.remove(&**id);
+                *self = Self::NONE;
             }
         }
-        let prev = self.stats.get(&**id);
+        let prev = (!self.is_none()).then_some(&*self);
         let dt_ms = prev.map(|p| ts_ms - p.ts_ms);
         let usable = dt_ms.is_some_and(|dt| (w.min_dt_ms..=w.max_dt_ms).contains(&dt));
         let prev = prev.filter(|_| usable);
@@ -238,14 +237,22 @@ impl RateState {
         if let Some(p) = c.pids {
             out.push((metric::PIDS.into(), p));
         }
-        let next = PrevStats::new(ts_ms, c);
-        match self.stats.get_mut(&**id) {
-            Some(p) => *p = next,
-            None => {
-                self.stats.insert(Arc::clone(id), next);
-            }
-        }
+        *self = Self::new(ts_ms, c);
         Ordering::Fresh
+    }
+}
+
+impl RateState {
+    pub(crate) fn len(&self) -> usize {
+        self.prom.len()
+    }
+
+    pub(crate) fn forget(&mut self, id: &str) {
+        self.prom.retain(|k, _| !k.starts_with(id));
+    }
+
+    pub(crate) fn evict(&mut self, before_ms: i64) {
+        self.prom.retain(|_, (ts, _)| *ts >= before_ms);
     }
 
     /// Rate of one cumulative Prometheus series; `None` for the first sample, a reset,
@@ -317,37 +324,31 @@ mod tests {
 
     #[test]
     fn rates_from_previous_sample_and_reset_handling() {
-        let mut r = RateState::default();
+        let mut r = PrevStats::NONE;
         let mut out = vec![];
         assert_eq!(
-            r.stats(&"a".into(), 10_000, &sample(0.0, 0.0, 0.0), W, &mut out),
+            r.advance(10_000, &sample(0.0, 0.0, 0.0), W, &mut out),
             Ordering::Fresh
         );
         assert_eq!(get(&out, metric::CPU_CORES), None);
         out.clear();
         // 10 s later: 5 s of CPU over 20 s of host CPU on 2 CPUs → 0.5 cores; 10 kB/s rx.
-        r.stats(
-            &"a".into(),
-            20_000,
-            &sample(5e9, 20e9, 100_000.0),
-            W,
-            &mut out,
-        );
+        r.advance(20_000, &sample(5e9, 20e9, 100_000.0), W, &mut out);
         assert_eq!(get(&out, metric::CPU_CORES), Some(0.5));
         assert_eq!(get(&out, metric::NET_RX_BPS), Some(10_000.0));
         out.clear();
         // Restart: counters start again from zero: no absurd negative or huge rate.
-        r.stats(&"a".into(), 30_000, &sample(1e8, 40e9, 10.0), W, &mut out);
+        r.advance(30_000, &sample(1e8, 40e9, 10.0), W, &mut out);
         assert_eq!(get(&out, metric::CPU_CORES), None);
         assert_eq!(get(&out, metric::NET_RX_BPS), None);
         out.clear();
         // Duplicate and late deliveries are dropped.
         assert_eq!(
-            r.stats(&"a".into(), 30_000, &sample(1e8, 40e9, 10.0), W, &mut out),
+            r.advance(30_000, &sample(1e8, 40e9, 10.0), W, &mut out),
             Ordering::Duplicate
         );
         assert_eq!(
-            r.stats(&"a".into(), 25_000, &sample(1e8, 40e9, 10.0), W, &mut out),
+            r.advance(25_000, &sample(1e8, 40e9, 10.0), W, &mut out),
             Ordering::Late
         );
         assert!(out.is_empty());
@@ -355,25 +356,19 @@ mod tests {
 
     #[test]
     fn a_sample_from_a_wrong_clock_does_not_block_the_container() {
-        let mut r = RateState::default();
+        let mut r = PrevStats::NONE;
         let mut out = vec![];
-        r.stats(&"a".into(), 10_000, &sample(0.0, 0.0, 0.0), W, &mut out);
+        r.advance(10_000, &sample(0.0, 0.0, 0.0), W, &mut out);
         // A year in the future: accepted as the newest sample...
-        r.stats(
-            &"a".into(),
-            31_536_000_000,
-            &sample(1e9, 4e9, 0.0),
-            W,
-            &mut out,
-        );
+        r.advance(31_536_000_000, &sample(1e9, 4e9, 0.0), W, &mut out);
         out.clear();
         // ...but the real samples that follow are not dropped as late forever.
         assert_eq!(
-            r.stats(&"a".into(), 20_000, &sample(2e9, 8e9, 0.0), W, &mut out),
+            r.advance(20_000, &sample(2e9, 8e9, 0.0), W, &mut out),
             Ordering::Fresh
         );
         assert_eq!(
-            r.stats(&"a".into(), 30_000, &sample(3e9, 12e9, 100.0), W, &mut out),
+            r.advance(30_000, &sample(3e9, 12e9, 100.0), W, &mut out),
             Ordering::Fresh
         );
         assert!(out.iter().any(|(n, _)| n == metric::CPU_CORES), "{out:?}");
@@ -381,7 +376,7 @@ mod tests {
 
     #[test]
     fn precpu_is_preferred_and_cpu_is_clamped() {
-        let mut r = RateState::default();
+        let mut r = PrevStats::NONE;
         let mut out = vec![];
         let c = StatsCounters {
             cpu_total_ns: Some(2e9),
@@ -391,7 +386,7 @@ mod tests {
             online_cpus: Some(4.0),
             ..Default::default()
         };
-        r.stats(&"a".into(), 1, &c, W, &mut out);
+        r.advance(1, &c, W, &mut out);
         assert_eq!(get(&out, metric::CPU_CORES), Some(0.5));
         out.clear();
         let wild = StatsCounters {
@@ -399,31 +394,47 @@ mod tests {
             precpu_system_ns: Some(39e9),
             ..c
         };
-        r.stats(&"a".into(), 2_000, &wild, W, &mut out);
+        r.advance(2_000, &wild, W, &mut out);
         assert_eq!(get(&out, metric::CPU_CORES), Some(4.0));
+    }
+
+    #[test]
+    fn no_previous_sample_gives_no_rate_and_is_forgotten_with_age() {
+        let mut r = PrevStats::NONE;
+        assert!(r.is_none());
+        let mut out = vec![];
+        // Even a sample at the sentinel's own time is taken as a first one.
+        assert_eq!(
+            r.advance(i64::MIN, &sample(1e9, 4e9, 0.0), W, &mut out),
+            Ordering::Fresh
+        );
+        assert_eq!(get(&out, metric::CPU_CORES), None);
+        r.advance(10_000, &sample(1e9, 4e9, 0.0), W, &mut out);
+        r.expire(10_000);
+        assert!(!r.is_none());
+        r.expire(10_001);
+        assert!(r.is_none());
     }
 
     #[test]
     fn counter_state_is_small_and_keeps_its_checkpoint_form() {
         // Held for every container tracked: no `Option` padding.
         assert_eq!(std::mem::size_of::<PrevStats>(), 72);
-        let mut r = RateState::default();
+        let mut r = PrevStats::NONE;
         let mut out = vec![];
         let no_net = StatsCounters {
             net: None,
             blk: Some([4096.0, 0.0]),
             ..sample(1e9, 4e9, 0.0)
         };
-        r.stats(&"a".into(), 10_000, &no_net, W, &mut out);
+        r.advance(10_000, &no_net, W, &mut out);
         // Absent counters are `null` in a checkpoint, as they were as `Option`s.
         let json = serde_json::to_string(&r).unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            json.contains(
-                r#""a":{"ts_ms":10000,"cpu_total_ns":1000000000.0,"cpu_system_ns":4000000000.0,"net":null,"blk":[4096.0,0.0]}"#
-            ),
-            "{json}"
+        assert_eq!(
+            json,
+            r#"{"ts_ms":10000,"cpu_total_ns":1000000000.0,"cpu_system_ns":4000000000.0,"net":null,"blk":[4096.0,0.0]}"#
         );
-        let mut back: RateState = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+        let mut back: PrevStats = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, r);
         // The restored state derives what the original does: CPU and block rates, and
         // no network rate from a counter the previous sample did not have.
@@ -432,8 +443,8 @@ mod tests {
             ..sample(2e9, 8e9, 100.0)
         };
         let (mut a, mut b) = (vec![], vec![]);
-        r.stats(&"a".into(), 20_000, &next, W, &mut a);
-        back.stats(&"a".into(), 20_000, &next, W, &mut b);
+        r.advance(20_000, &next, W, &mut a);
+        back.advance(20_000, &next, W, &mut b);
         assert_eq!(a, b);
         assert_eq!(get(&a, metric::BLK_READ_BPS), Some(409.6));
         assert_eq!(get(&a, metric::NET_RX_BPS), None);

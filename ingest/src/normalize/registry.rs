@@ -3,51 +3,112 @@
 //! Falco alerts find their image and peer group here.
 
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
-use serde::{Deserialize, Serialize};
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry as Slot;
+use rustc_hash::{FxBuildHasher, FxHashMap};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 
+use super::rates::PrevStats;
 use crate::model::ContainerRef;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// What herd knows of one container: its identity, when it was last heard of, and the
+/// counters of its previous stats sample (for rates; [`PrevStats::NONE`] before one).
+#[derive(Debug, Clone, PartialEq)]
 struct Entry {
     cref: Arc<ContainerRef>,
     last_seen_ms: i64,
+    counters: PrevStats,
 }
 
-/// Containers by full id, plus Falco's 12-character short ids. Every key is the
-/// identity's own id (`Arc<str>`), not a copy. Serialised as the entries alone: the
-/// short ids are derived again on restore.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(from = "Wire")]
+/// Containers by full id, plus Falco's 12-character short ids. Both tables are keyed by
+/// what their entries hold (a container's identity holds its id), so an id is stored
+/// once and a table slot is only its entry: 88 bytes a container, where a map with a
+/// key of its own beside a second map for the counter state took 120 (see
+/// `docs/performance.md`). Serialised as the entries alone, the counter state apart
+/// (the normaliser's `rates.stats`): the short ids are derived again on restore.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Registry {
-    by_id: FxHashMap<Arc<str>, Entry>,
-    #[serde(skip)]
-    short: FxHashMap<ShortId, Arc<str>>,
+    /// Hashed by [`hash_id`] of the entry's id.
+    by_id: HashTable<Entry>,
+    /// Full ids, hashed by [`hash_prefix`]: one a prefix, the latest registered.
+    short: HashTable<Arc<str>>,
 }
 
-/// The first 12 bytes of an id, inline (no allocation a container).
-type ShortId = [u8; SHORT];
+/// Falco names a container by the first 12 characters of its id.
 const SHORT: usize = 12;
 
-fn short_id(id: &str) -> Option<ShortId> {
-    id.get(..SHORT)?.as_bytes().try_into().ok()
+fn hash_id(id: &str) -> u64 {
+    FxBuildHasher.hash_one(id)
+}
+
+fn hash_prefix(p: &[u8]) -> u64 {
+    FxBuildHasher.hash_one(p)
+}
+
+/// The short id of `id`: its first 12 bytes; none for a shorter id.
+fn prefix(id: &str) -> Option<&[u8]> {
+    id.as_bytes().get(..SHORT)
 }
 
 /// What a checkpoint holds (older ones also hold `short`, ignored).
 #[derive(Deserialize)]
 struct Wire {
-    by_id: FxHashMap<String, Entry>,
+    by_id: FxHashMap<String, EntryWire>,
 }
 
-impl From<Wire> for Registry {
-    fn from(w: Wire) -> Self {
+#[derive(Serialize, Deserialize)]
+struct EntryWire {
+    cref: Arc<ContainerRef>,
+    last_seen_ms: i64,
+}
+
+impl<'de> Deserialize<'de> for Registry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = Wire::deserialize(d)?;
         let mut r = Registry::default();
         for e in w.by_id.into_values() {
-            r.insert(e);
+            r.insert(Entry {
+                cref: e.cref,
+                last_seen_ms: e.last_seen_ms,
+                counters: PrevStats::NONE,
+            });
         }
-        r
+        Ok(r)
+    }
+}
+
+impl Serialize for Registry {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct ById<'a>(&'a HashTable<Entry>);
+        impl Serialize for ById<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_map(self.0.iter().map(|e| {
+                    let w = EntryWire {
+                        cref: Arc::clone(&e.cref),
+                        last_seen_ms: e.last_seen_ms,
+                    };
+                    (&*e.cref.id, w)
+                }))
+            }
+        }
+        let mut st = s.serialize_struct("Registry", 1)?;
+        st.serialize_field("by_id", &ById(&self.by_id))?;
+        st.end()
+    }
+}
+
+/// The same containers, identities, times and counter state (the short ids follow).
+impl PartialEq for Registry {
+    fn eq(&self, other: &Self) -> bool {
+        self.by_id.len() == other.by_id.len()
+            && self
+                .by_id
+                .iter()
+                .all(|e| other.find(&e.cref.id).is_some_and(|o| o == e))
     }
 }
 
@@ -56,17 +117,20 @@ impl Registry {
         self.by_id.len()
     }
 
-    /// The registry's own copy of `id`, for other maps to key by.
-    pub(crate) fn id(&self, id: &str) -> Option<Arc<str>> {
-        self.by_id.get(id).map(|e| Arc::clone(&e.cref.id))
+    fn find(&self, id: &str) -> Option<&Entry> {
+        self.by_id.find(hash_id(id), |e| *e.cref.id == *id)
+    }
+
+    fn find_mut(&mut self, id: &str) -> Option<&mut Entry> {
+        self.by_id.find_mut(hash_id(id), |e| *e.cref.id == *id)
     }
 
     pub(crate) fn contains(&self, id: &str) -> bool {
-        self.by_id.contains_key(id)
+        self.find(id).is_some()
     }
 
     pub(crate) fn get(&mut self, id: &str, ts_ms: i64) -> Option<Arc<ContainerRef>> {
-        let e = self.by_id.get_mut(id)?;
+        let e = self.find_mut(id)?;
         e.last_seen_ms = e.last_seen_ms.max(ts_ms);
         Some(Arc::clone(&e.cref))
     }
@@ -76,27 +140,66 @@ impl Registry {
         if let Some(c) = self.get(id, ts_ms) {
             return Some(c);
         }
-        let full = Arc::clone(self.short.get(&short_id(id)?)?);
+        let p = prefix(id)?;
+        let full = self
+            .short
+            .find(hash_prefix(p), |f| prefix(f) == Some(p))
+            .map(Arc::clone)?;
         full.starts_with(id)
             .then(|| self.get(&full, ts_ms))
             .flatten()
     }
 
+    /// The counter state of a known container.
+    pub(crate) fn counters_mut(&mut self, id: &str) -> Option<&mut PrevStats> {
+        self.find_mut(id).map(|e| &mut e.counters)
+    }
+
+    /// Every container's counter state, by id (those without any left out).
+    pub(crate) fn counters(&self) -> impl Iterator<Item = (&str, &PrevStats)> + '_ {
+        self.by_id
+            .iter()
+            .filter(|e| !e.counters.is_none())
+            .map(|e| (&*e.cref.id, &e.counters))
+    }
+
+    /// Points the short id of `id` at it (the latest container with that prefix wins).
+    fn index_short(&mut self, id: &Arc<str>) {
+        let Some(p) = prefix(id) else { return };
+        let slot = self.short.entry(
+            hash_prefix(p),
+            |f| prefix(f) == Some(p),
+            |f| hash_prefix(prefix(f).unwrap_or_default()),
+        );
+        match slot {
+            Slot::Occupied(mut o) => *o.get_mut() = Arc::clone(id),
+            Slot::Vacant(v) => {
+                v.insert(Arc::clone(id));
+            }
+        }
+    }
+
     fn insert(&mut self, e: Entry) {
         let id = Arc::clone(&e.cref.id);
-        if let Some(short) = short_id(&id) {
-            self.short.insert(short, Arc::clone(&id));
+        self.index_short(&id);
+        let slot = self
+            .by_id
+            .entry(hash_id(&id), |x| *x.cref.id == *id, |x| hash_id(&x.cref.id));
+        match slot {
+            Slot::Occupied(mut o) => *o.get_mut() = e,
+            Slot::Vacant(v) => {
+                v.insert(e);
+            }
         }
-        self.by_id.insert(id, e);
     }
 
     /// Registers or refreshes a container, returning the shared reference. An identical
     /// identity keeps its existing `Arc`, so steady-state samples allocate nothing here.
     pub(crate) fn upsert(&mut self, c: ContainerRef, ts_ms: i64) -> Arc<ContainerRef> {
-        if let Some(e) = self.by_id.get_mut(&*c.id) {
+        if let Some(e) = self.find_mut(&c.id) {
             e.last_seen_ms = e.last_seen_ms.max(ts_ms);
             if *e.cref != c {
-                // The same id: keep its one allocation (the map's key).
+                // The same id: keep its one allocation.
                 let mut c = c;
                 c.id = Arc::clone(&e.cref.id);
                 e.cref = Arc::new(c);
@@ -107,6 +210,7 @@ impl Registry {
         self.insert(Entry {
             cref: Arc::clone(&cref),
             last_seen_ms: ts_ms,
+            counters: PrevStats::NONE,
         });
         cref
     }
@@ -115,29 +219,25 @@ impl Registry {
     /// An equal identity is adopted by pointer, so the next sample's is the same `Arc`
     /// and costs no comparison.
     pub(crate) fn upsert_shared(&mut self, c: Arc<ContainerRef>, ts_ms: i64) -> Arc<ContainerRef> {
-        if let Some(e) = self.by_id.get_mut(&*c.id) {
+        if let Some(e) = self.find_mut(&c.id) {
             e.last_seen_ms = e.last_seen_ms.max(ts_ms);
             if Arc::ptr_eq(&e.cref, &c) {
                 return c;
             }
-            if Arc::ptr_eq(&e.cref.id, &c.id) {
-                e.cref = Arc::clone(&c);
-                return c;
+            let same_id = Arc::ptr_eq(&e.cref.id, &c.id);
+            e.cref = Arc::clone(&c);
+            if !same_id {
+                // Another allocation of the id (the decoder's cache was emptied, or a
+                // restore): the short id points at the adopted one, so it is held once.
+                self.index_short(&c.id);
             }
-            // Another allocation of the id (the decoder's cache was emptied, or a
-            // restore): re-key by the adopted identity's id, so it is held once.
-            let last_seen_ms = e.last_seen_ms;
-            self.by_id.remove(&*c.id);
-            self.insert(Entry {
-                cref: Arc::clone(&c),
-                last_seen_ms,
-            });
             return c;
         }
         // A new container: the decoder's identity itself, not a copy.
         self.insert(Entry {
             cref: Arc::clone(&c),
             last_seen_ms: ts_ms,
+            counters: PrevStats::NONE,
         });
         c
     }
@@ -153,7 +253,7 @@ impl Registry {
         labels: BTreeMap<String, String>,
         ts_ms: i64,
     ) -> Option<Arc<ContainerRef>> {
-        let known = self.by_id.get(id).map(|e| Arc::clone(&e.cref));
+        let known = self.find(id).map(|e| Arc::clone(&e.cref));
         // What is already known is kept as it is (shared), what the event says is new.
         let image: Arc<str> = match (image, &known) {
             (Some(i), Some(k)) if *k.image == *i => Arc::clone(&k.image),
@@ -195,18 +295,24 @@ impl Registry {
     }
 
     /// Forgets containers not seen since `before_ms`, and the oldest ones beyond `max`.
+    /// Counter state older than `before_ms` is forgotten too, even where the container is
+    /// kept: no rate spans that long.
     pub(crate) fn evict(&mut self, before_ms: i64, max: usize) -> usize {
         let n0 = self.by_id.len();
-        self.by_id.retain(|_, e| e.last_seen_ms >= before_ms);
+        self.by_id.retain(|e| {
+            e.counters.expire(before_ms);
+            e.last_seen_ms >= before_ms
+        });
         if self.by_id.len() > max {
-            let mut seen: Vec<i64> = self.by_id.values().map(|e| e.last_seen_ms).collect();
+            let mut seen: Vec<i64> = self.by_id.iter().map(|e| e.last_seen_ms).collect();
             let cut = seen.len() - max;
             seen.select_nth_unstable(cut);
             let threshold = seen[cut];
-            self.by_id.retain(|_, e| e.last_seen_ms >= threshold);
+            self.by_id.retain(|e| e.last_seen_ms >= threshold);
         }
         let by_id = &self.by_id;
-        self.short.retain(|_, full| by_id.contains_key(&**full));
+        self.short
+            .retain(|full| by_id.find(hash_id(full), |e| e.cref.id == *full).is_some());
         n0 - self.by_id.len()
     }
 }
@@ -226,13 +332,14 @@ mod tests {
         }
     }
 
-    /// However a known container's identity is replaced, the registry's key is the id
+    /// However a known container's identity is replaced, the short id points at the id
     /// its current identity holds: one allocation of the id, not one per version.
     #[test]
     fn a_replaced_identity_keeps_one_allocation_of_its_id_issue_7() {
         let keyed_by_own_id = |r: &Registry| {
-            r.by_id.iter().all(|(k, e)| Arc::ptr_eq(k, &e.cref.id))
-                && r.short.values().all(|v| r.by_id.contains_key(&**v))
+            r.short
+                .iter()
+                .all(|v| r.by_id.iter().any(|e| Arc::ptr_eq(v, &e.cref.id)))
         };
         let mut r = Registry::default();
         r.upsert(identity("web-1"), 1);
@@ -247,5 +354,39 @@ mod tests {
             r.get_by_prefix("8f2c1a2b3c4d", 4).map(|c| c.name.clone()),
             Some(Some("web-again".into()))
         );
+    }
+
+    #[test]
+    fn a_containers_counter_state_lives_and_goes_with_its_entry_issue_7() {
+        // One slot a container, no key beside the identity that holds the id.
+        assert_eq!(std::mem::size_of::<Entry>(), 88);
+        let mut r = Registry::default();
+        // Ids that differ in their first character: a short id each.
+        let id = |i: u32| format!("{i}{:063}", 0);
+        for i in 0..4 {
+            let mut c = identity("web");
+            c.id = id(i).into();
+            r.upsert(c, i64::from(i) * 1_000);
+            if let Some(p) = r.counters_mut(&id(i)) {
+                *p = PrevStats::at(i64::from(i) * 1_000);
+            }
+        }
+        assert!(r.counters_mut("unknown").is_none());
+        assert_eq!(r.counters().count(), 4);
+        // Container 1 is heard of again (an event), but its counters are old.
+        r.get(&id(1), 5_000);
+        // Forget what was not seen since 1.5 s, counters older than that, and keep 2.
+        assert_eq!(r.evict(1_500, 2), 2);
+        let kept: Vec<&str> = r.counters().map(|(id, _)| id).collect();
+        assert_eq!(kept, vec![id(3).as_str()]);
+        assert!(r.contains(&id(1)) && r.contains(&id(3)));
+        assert!(!r.contains(&id(2)) && r.get_by_prefix(&id(2)[..12], 6_000).is_none());
+        assert_eq!(r.short.len(), 2);
+        // A checkpoint holds the entries, not the counters (the normaliser's part).
+        let json = serde_json::to_value(&r).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(json["by_id"][id(3)]["last_seen_ms"], 3_000);
+        let back: Registry = serde_json::from_value(json).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.len(), 2);
+        assert_eq!(back.counters().count(), 0);
     }
 }
