@@ -409,32 +409,25 @@ impl Engine {
         group.last_seen_ms = group.last_seen_ms.max(now);
         group.mark_changed(&mut self.changes);
         let closed_from = self.closed.len();
-        if !group.replicas.contains_key(&*obs.container.id)
+        if !group.replicas.contains_key(&obs.container.id)
             && group.replicas.len() >= cfg.max_replicas_per_group
         {
             group.evict_oldest_replica();
         }
         let mut revived = false;
         // Looked up by `&str`: no key is allocated for a replica already known.
-        let replica = match group.replicas.get_mut(&*obs.container.id) {
-            Some(r) => r,
-            None => {
-                revived = true;
-                group
-                    .replicas
-                    .entry(Arc::clone(&obs.container.id))
-                    .or_insert_with(|| Box::new(Replica::new(Arc::clone(&obs.container), now)))
-            }
-        };
+        let replica = group.replicas.get_or_insert_with(&obs.container.id, || {
+            revived = true;
+            Replica::new(Arc::clone(&obs.container), now)
+        });
         revived |= now - replica.last_seen_ms > cfg.replica_ttl_ms;
         replica.last_seen_ms = replica.last_seen_ms.max(now);
         // The normaliser's identity is adopted whenever it is another allocation (a
-        // changed identity, or the first sample after a restore), and the map's key
-        // with it: a container's id and identity are then held once, by the registry.
-        let adopt = !Arc::ptr_eq(&replica.cref, &obs.container);
-        if adopt {
+        // changed identity, or the first sample after a restore): a container's id and
+        // identity are then held once, by the registry (the table's key is the id the
+        // replica's identity holds).
+        if !Arc::ptr_eq(&replica.cref, &obs.container) {
             replica.cref = Arc::clone(&obs.container);
-            group.share_key(&obs.container.id);
         }
         if revived {
             group.liveness_changed();
@@ -467,7 +460,7 @@ impl Engine {
         // container's own sampling intervals.
         let quiet = group
             .replicas
-            .get(&*obs.container.id)
+            .get(&obs.container.id)
             .map_or(cfg.incident_quiet_ms, |r| r.quiet_ms(cfg));
         let incidents = &mut self.state.incidents;
         let max_open = cfg.max_open_incidents;
@@ -1118,9 +1111,9 @@ fn fleet_shift(
 ) -> Option<Vec<f64>> {
     let peers: Vec<(usize, &[f64])> = group
         .replicas
-        .iter()
-        .filter(|(rid, r)| ***rid != *id && r.alive && now - r.last_seen_ms <= cfg.replica_ttl_ms)
-        .filter_map(|(_, r)| {
+        .values()
+        .filter(|r| *r.cref.id != *id && r.alive && now - r.last_seen_ms <= cfg.replica_ttl_ms)
+        .filter_map(|r| {
             let (_, t) = r.structure_latest?;
             let mode = r.structure_mode? as usize;
             (now - t <= cfg.peer_window_ms && r.structure_position.len() == q)
@@ -1304,8 +1297,8 @@ mod tests {
     }
 
     /// After a restore, the first sample of a replica hands the engine the normaliser's
-    /// identity, and the replica map's key becomes that identity's id: each container's
-    /// id and identity are held once again, as before the checkpoint.
+    /// identity, which the replica adopts (and with it the id its table is keyed by):
+    /// each container's id and identity are held once again, as before the checkpoint.
     #[test]
     fn a_restored_replica_adopts_the_shared_identity_and_its_id_issue_7() {
         let mut e = Engine::new(DetectConfig::default()).unwrap_or_else(|err| panic!("{err}"));
@@ -1320,8 +1313,8 @@ mod tests {
         let shared = |e: &Engine, c: &Arc<ContainerRef>| {
             e.state.groups.values().any(|g| {
                 g.replicas
-                    .get_key_value(&*c.id)
-                    .is_some_and(|(k, r)| Arc::ptr_eq(k, &c.id) && Arc::ptr_eq(&r.cref, c))
+                    .get(&c.id)
+                    .is_some_and(|r| Arc::ptr_eq(&r.cref, c))
             })
         };
         assert!(cs.iter().all(|c| !shared(&back, c)));

@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use herd_baseline::{GroupBaseline, ItemKind, replica_hash};
 use herd_ingest::ContainerRef;
-use rustc_hash::FxHashMap;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::DetectConfig;
@@ -195,9 +198,100 @@ impl Replica {
     }
 }
 
-/// A group's replicas. Boxed: a hash table has up to twice the slots its entries need,
-/// and a slot is then 24 bytes rather than a whole replica's 184.
-pub(crate) type Replicas = FxHashMap<Arc<str>, Box<Replica>>;
+/// A group's replicas, keyed by the id each one's identity holds (no key of their own,
+/// so an id is not stored twice) and boxed: a table has up to twice the slots its
+/// entries need, and a slot is then 8 bytes rather than a replica's 160 (or a key and
+/// a box, 24). Serialised as a map by id, as when it was one.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Replicas(HashTable<Box<Replica>>);
+
+fn hash_id(id: &str) -> u64 {
+    FxBuildHasher.hash_one(id)
+}
+
+impl Replicas {
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(crate) fn contains_key(&self, id: &str) -> bool {
+        self.get(id).is_some()
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Option<&Replica> {
+        self.0
+            .find(hash_id(id), |r| *r.cref.id == *id)
+            .map(|r| &**r)
+    }
+
+    pub(crate) fn get_mut(&mut self, id: &str) -> Option<&mut Replica> {
+        self.0
+            .find_mut(hash_id(id), |r| *r.cref.id == *id)
+            .map(|r| &mut **r)
+    }
+
+    /// Replica `id`, made by `new` (whose identity must hold `id`) when there is none.
+    pub(crate) fn get_or_insert_with(
+        &mut self,
+        id: &str,
+        new: impl FnOnce() -> Replica,
+    ) -> &mut Replica {
+        let slot = self
+            .0
+            .entry(hash_id(id), |r| *r.cref.id == *id, |r| hash_id(&r.cref.id));
+        slot.or_insert_with(|| Box::new(new())).into_mut()
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Replica> + '_ {
+        self.0.iter().map(|r| &**r)
+    }
+
+    pub(crate) fn remove(&mut self, id: &str) -> Option<Box<Replica>> {
+        self.0
+            .find_entry(hash_id(id), |r| *r.cref.id == *id)
+            .ok()
+            .map(|e| e.remove().0)
+    }
+
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&Replica) -> bool) {
+        self.0.retain(|r| keep(r));
+    }
+}
+
+/// The same replicas in the same state.
+impl PartialEq for Replicas {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.values().all(|r| other.get(&r.cref.id) == Some(r))
+    }
+}
+
+impl Serialize for Replicas {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.values().map(|r| (&*r.cref.id, r)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Replicas {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Keyed by the id each replica's identity holds, as the map was.
+        let map = FxHashMap::<String, Box<Replica>>::deserialize(d)?;
+        let mut t = Replicas::default();
+        t.0.reserve(map.len(), |r| hash_id(&r.cref.id));
+        for r in map.into_values() {
+            let hash = hash_id(&r.cref.id);
+            match t
+                .0
+                .entry(hash, |x| x.cref.id == r.cref.id, |x| hash_id(&x.cref.id))
+            {
+                hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = r,
+                hashbrown::hash_table::Entry::Vacant(v) => {
+                    v.insert(r);
+                }
+            }
+        }
+        Ok(t)
+    }
+}
 
 /// An item one replica showed first during learning, waiting to see whether a sibling
 /// shows it too.
@@ -219,7 +313,6 @@ struct PeerCache {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct GroupState {
     pub(crate) baseline: GroupBaseline,
-    /// Keyed by each replica's own id (`cref.id`, shared; see [`GroupState::share_ids`]).
     pub(crate) replicas: Replicas,
     pub(crate) pending: Vec<Pending>,
     pub(crate) last_seen_ms: i64,
@@ -251,7 +344,7 @@ impl GroupState {
     pub(crate) fn new(baseline: GroupBaseline, now_ms: i64) -> Self {
         Self {
             baseline,
-            replicas: FxHashMap::default(),
+            replicas: Replicas::default(),
             pending: Vec::new(),
             last_seen_ms: now_ms,
             peer_cache: Vec::new(),
@@ -278,18 +371,6 @@ impl GroupState {
             .count();
         self.live_cache = Some((now_ms, n));
         n
-    }
-
-    /// Keys replica `id` by this very allocation of its id (the one its identity holds).
-    pub(crate) fn share_key(&mut self, id: &Arc<str>) {
-        if let Some((key, r)) = self.replicas.remove_entry(&**id) {
-            let key = if Arc::ptr_eq(&key, id) {
-                key
-            } else {
-                Arc::clone(id)
-            };
-            self.replicas.insert(key, r);
-        }
     }
 
     /// Drops the live-replica count after a change of liveness.
@@ -384,9 +465,9 @@ impl GroupState {
     pub(crate) fn evict_oldest_replica(&mut self) {
         if let Some(id) = self
             .replicas
-            .iter()
-            .min_by_key(|(_, r)| r.last_seen_ms)
-            .map(|(id, _)| id.clone())
+            .values()
+            .min_by_key(|r| r.last_seen_ms)
+            .map(|r| Arc::clone(&r.cref.id))
         {
             self.replicas.remove(&id);
             self.live_cache = None;
@@ -406,8 +487,7 @@ impl GroupState {
     /// a score would depend on which groups share a worker.
     pub(crate) fn evict_replicas(&mut self, now_ms: i64, keep_ms: i64) -> bool {
         let n = self.replicas.len();
-        self.replicas
-            .retain(|_, r| now_ms - r.last_seen_ms <= keep_ms);
+        self.replicas.retain(|r| now_ms - r.last_seen_ms <= keep_ms);
         self.replicas.len() < n
     }
 }
