@@ -2,11 +2,14 @@
 //! stream service and tests; deterministic for a given input and configuration.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
+use hashbrown::HashTable;
 use herd_baseline::numeric::{peer_deviation, slog};
 use herd_baseline::{GroupBaseline, ItemKind, Phase};
 use herd_ingest::{ContainerRef, Event, MetricName, Observation, Payload};
+use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 
 use crate::alert::{Alert, Detector, FeatureEvidence, NovelEvidence, Severity};
@@ -83,18 +86,25 @@ pub struct Engine {
 /// The group key of each container identity (`Arc<ContainerRef>`, by address), so that
 /// an observation costs no key building and no allocation. The keys are interned: a
 /// group's replicas share one string. Entries whose identity nothing else holds any more
-/// go at housekeeping.
+/// go at housekeeping. The table is keyed by the identity each entry holds (24 bytes a
+/// slot, not 32 with an address of its own beside it).
 #[derive(Debug, Clone, Default)]
 struct GroupKeys {
-    by_container: rustc_hash::FxHashMap<usize, (Arc<ContainerRef>, Arc<str>)>,
+    by_container: HashTable<(Arc<ContainerRef>, Arc<str>)>,
     interned: rustc_hash::FxHashSet<Arc<str>>,
+}
+
+/// The table's hash of an identity: its address.
+fn hash_addr(c: &Arc<ContainerRef>) -> u64 {
+    FxBuildHasher.hash_one(Arc::as_ptr(c) as usize)
 }
 
 impl GroupKeys {
     fn key(&mut self, by: &herd_ingest::GroupBy, c: &Arc<ContainerRef>) -> Arc<str> {
-        let addr = Arc::as_ptr(c) as usize;
-        if let Some((held, key)) = self.by_container.get(&addr)
-            && Arc::ptr_eq(held, c)
+        let hash = hash_addr(c);
+        if let Some((_, key)) = self
+            .by_container
+            .find(hash, |(held, _)| Arc::ptr_eq(held, c))
         {
             return Arc::clone(key);
         }
@@ -108,14 +118,15 @@ impl GroupKeys {
             }
         };
         self.by_container
-            .insert(addr, (Arc::clone(c), Arc::clone(&key)));
+            .insert_unique(hash, (Arc::clone(c), Arc::clone(&key)), |(held, _)| {
+                hash_addr(held)
+            });
         key
     }
 
     /// Forgets identities only this cache still holds, and keys no identity uses.
     fn prune(&mut self) {
-        self.by_container
-            .retain(|_, (c, _)| Arc::strong_count(c) > 1);
+        self.by_container.retain(|(c, _)| Arc::strong_count(c) > 1);
         self.interned.retain(|k| Arc::strong_count(k) > 1);
     }
 }
@@ -703,7 +714,7 @@ fn uncorroborated(
             .baseline
             .items
             .get(p.kind, &p.value)
-            .map_or(0, |s| s.support_excluding(r.hash));
+            .map_or(0, |s| s.support_excluding(r.hash()));
         let mut f = Finding {
             threshold,
             ..Finding::default()
@@ -1043,12 +1054,12 @@ fn structure_finding(
     let Some(r) = group.replicas.get_mut(id) else {
         return;
     };
-    r.structure_latest = Some((sc.surprise, now));
+    r.structure_latest = (sc.surprise, now);
     match r.structure_position.len() == q {
         true => r.structure_position.copy_from_slice(&sc.position[..q]),
         false => r.structure_position = sc.position[..q].into(),
     }
-    r.structure_mode = u32::try_from(sc.nearest).ok();
+    r.structure_mode = u32::try_from(sc.nearest).unwrap_or(crate::group::NO_MODE);
     let held = hot && r.structure_hot;
     r.structure_hot = hot;
     if !held {
@@ -1114,9 +1125,12 @@ fn fleet_shift(
         .values()
         .filter(|r| *r.cref.id != *id && r.alive && now - r.last_seen_ms <= cfg.replica_ttl_ms)
         .filter_map(|r| {
-            let (_, t) = r.structure_latest?;
-            let mode = r.structure_mode? as usize;
-            (now - t <= cfg.peer_window_ms && r.structure_position.len() == q)
+            let (_, t) = r.structure_latest;
+            let mode = r.structure_mode as usize;
+            (t != crate::group::NO_SAMPLE
+                && r.structure_mode != crate::group::NO_MODE
+                && now - t <= cfg.peer_window_ms
+                && r.structure_position.len() == q)
                 .then_some((mode, &*r.structure_position))
         })
         .collect();
@@ -1155,11 +1169,11 @@ fn score_event(
     };
     let threshold = calibrate::threshold(r.rate.per_day(), cfg.false_alerts_per_container_day);
     finding.threshold = threshold;
-    let hash = r.hash;
+    let hash = r.hash();
     match ev {
         Event::Start { privileged } => {
             if r.died {
-                r.restarts.push(now);
+                r.restarted(now);
             }
             r.alive = true;
             r.died = false;
@@ -1169,7 +1183,7 @@ fn score_event(
                 finding.attack.insert("T1611".into());
             }
         }
-        Event::Restart => r.restarts.push(now),
+        Event::Restart => r.restarted(now),
         Event::Die { .. } => {
             r.alive = false;
             r.died = true;
@@ -1180,10 +1194,8 @@ fn score_event(
         }
         _ => {}
     }
-    r.restarts.retain(|t| now - t <= cfg.restart_window_ms);
-    if matches!(ev, Event::Start { .. } | Event::Restart)
-        && r.restarts.len() >= cfg.restart_loop_count
-    {
+    let restarts = r.restarts_within(now, cfg.restart_window_ms);
+    if matches!(ev, Event::Start { .. } | Event::Restart) && restarts >= cfg.restart_loop_count {
         finding.add(Detector::RestartLoop, Severity::Medium, threshold + 1.5);
         finding.events.push(format!(
             "restarting repeatedly ({} or more restarts within {} minutes)",

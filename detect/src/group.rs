@@ -116,11 +116,67 @@ pub(crate) mod sample_time {
     }
 }
 
-/// One replica (container) of a group.
+/// A replica's structure figures before its first sample scored under a retrained
+/// structure: [`Replica::structure_latest`]'s time is [`NO_SAMPLE`].
+pub(crate) const NO_STRUCTURE: (f64, i64) = (0.0, NO_SAMPLE);
+/// [`Replica::structure_mode`] when no mode is known.
+pub(crate) const NO_MODE: u32 = u32::MAX;
+
+/// [`Replica::structure_latest`] in a checkpoint: an `Option`, as before it was packed.
+pub(crate) mod structure_seen {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{NO_SAMPLE, NO_STRUCTURE};
+
+    pub(crate) fn serialize<S: Serializer>(seen: &(f64, i64), s: S) -> Result<S::Ok, S::Error> {
+        match seen.1 {
+            NO_SAMPLE => s.serialize_none(),
+            _ => s.serialize_some(seen),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<(f64, i64), D::Error> {
+        Ok(Option::<(f64, i64)>::deserialize(d)?.unwrap_or(NO_STRUCTURE))
+    }
+
+    pub(crate) fn none() -> (f64, i64) {
+        NO_STRUCTURE
+    }
+}
+
+/// [`Replica::structure_mode`] in a checkpoint: an `Option`, left out when none.
+pub(crate) mod structure_mode {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::NO_MODE;
+
+    pub(crate) fn serialize<S: Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
+        match *mode {
+            NO_MODE => s.serialize_none(),
+            m => s.serialize_some(&m),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        Ok(Option::<u32>::deserialize(d)?.unwrap_or(NO_MODE))
+    }
+
+    pub(crate) fn none() -> u32 {
+        NO_MODE
+    }
+
+    pub(crate) fn is_none(mode: &u32) -> bool {
+        *mode == NO_MODE
+    }
+}
+
+/// One replica (container) of a group: 128 bytes, one of the allocator's size classes,
+/// boxed in its group's table. What a replica may not have yet is a sentinel rather
+/// than an `Option` (each `Option` of a word takes a second one), and its rare restart
+/// times a boxed slice; a checkpoint holds the `Option`s as before.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct Replica {
     pub(crate) cref: Arc<ContainerRef>,
-    pub(crate) hash: u64,
     pub(crate) last_seen_ms: i64,
     pub(crate) alive: bool,
     /// Latest value of each feature slot (exactly the group's features: a slice, not a
@@ -130,35 +186,38 @@ pub(crate) struct Replica {
     pub(crate) rate: TestRate,
     /// Smoothed interval between metric samples, ms (0 until two were seen).
     pub(crate) interval_ms: f64,
-    /// When its latest metric sample was, [`NO_SAMPLE`] before the first (a sentinel,
-    /// not an `Option`: it keeps the replica in a 160-byte allocation, not 192).
+    /// When its latest metric sample was, [`NO_SAMPLE`] before the first.
     #[serde(with = "sample_time", default = "sample_time::none")]
     pub(crate) last_metrics_ms: i64,
-    /// Recent (re)start times, for restart loops.
-    pub(crate) restarts: Vec<i64>,
+    /// Recent (re)start times, for restart loops (see [`Replica::restarted`]).
+    restarts: Box<[i64]>,
     pub(crate) died: bool,
     /// Whether its previous sample was beyond the threshold of the group's retrained
     /// structure (such a finding must hold for two consecutive samples).
     #[serde(default)]
     pub(crate) structure_hot: bool,
-    /// Its latest surprise under the retrained structure, and when (a peer's position
-    /// and mode count for `fleet_shift` while this is recent).
-    #[serde(default)]
-    pub(crate) structure_latest: Option<(f64, i64)>,
+    /// Its latest surprise under the retrained structure, and when ([`NO_STRUCTURE`]
+    /// before one): a peer's position and mode count for `fleet_shift` while this is
+    /// recent.
+    #[serde(default = "structure_seen::none", with = "structure_seen")]
+    pub(crate) structure_latest: (f64, i64),
     /// Its position along the structure's principal axes at that sample (empty when
     /// unknown), so that a replica is judged beside where its peers are.
     #[serde(default, skip_serializing_if = "<[f64]>::is_empty")]
     pub(crate) structure_position: Box<[f64]>,
-    /// The structure's mode nearest that sample: a peer's shift is measured from the
-    /// centre of its own mode.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) structure_mode: Option<u32>,
+    /// The structure's mode nearest that sample ([`NO_MODE`] when unknown): a peer's
+    /// shift is measured from the centre of its own mode.
+    #[serde(
+        default = "structure_mode::none",
+        with = "structure_mode",
+        skip_serializing_if = "structure_mode::is_none"
+    )]
+    pub(crate) structure_mode: u32,
 }
 
 impl Replica {
     pub(crate) fn new(cref: Arc<ContainerRef>, now_ms: i64) -> Self {
         Self {
-            hash: replica_hash(&cref.id),
             cref,
             last_seen_ms: now_ms,
             alive: true,
@@ -166,13 +225,35 @@ impl Replica {
             rate: TestRate::new(now_ms),
             interval_ms: 0.0,
             last_metrics_ms: NO_SAMPLE,
-            restarts: Vec::new(),
+            restarts: Box::default(),
             died: false,
             structure_hot: false,
-            structure_latest: None,
+            structure_latest: NO_STRUCTURE,
             structure_position: Box::default(),
-            structure_mode: None,
+            structure_mode: NO_MODE,
         }
+    }
+
+    /// Its id's hash, for the baseline's replica support (computed: it is asked for
+    /// only when an item is judged, and would cost every replica a word).
+    pub(crate) fn hash(&self) -> u64 {
+        replica_hash(&self.cref.id)
+    }
+
+    /// Records a (re)start at `now_ms`.
+    pub(crate) fn restarted(&mut self, now_ms: i64) {
+        let mut v = std::mem::take(&mut self.restarts).into_vec();
+        v.push(now_ms);
+        self.restarts = v.into_boxed_slice();
+    }
+
+    /// Forgets (re)starts older than `window_ms`; how many are left.
+    pub(crate) fn restarts_within(&mut self, now_ms: i64, window_ms: i64) -> usize {
+        let recent = |t: &i64| now_ms - t <= window_ms;
+        if !self.restarts.iter().all(recent) {
+            self.restarts = self.restarts.iter().copied().filter(recent).collect();
+        }
+        self.restarts.len()
     }
 }
 
@@ -562,9 +643,9 @@ mod tests {
 
     #[test]
     fn a_replica_fits_its_allocation_class_and_keeps_its_checkpoint_form() {
-        // Every container tracked holds one, boxed: 160 bytes is one of the allocator's
+        // Every container tracked holds one, boxed: 128 bytes is one of the allocator's
         // size classes (168 took a 192-byte one).
-        assert_eq!(std::mem::size_of::<Replica>(), 160);
+        assert_eq!(std::mem::size_of::<Replica>(), 128);
         let cref = Arc::new(ContainerRef {
             id: "c1".into(),
             name: None,
@@ -574,17 +655,35 @@ mod tests {
             host: None,
         });
         let mut r = Replica::new(cref, 1_000);
-        let fresh = serde_json::to_value(&r).unwrap_or_else(|e| panic!("{e}"));
+        let mut fresh = serde_json::to_value(&r).unwrap_or_else(|e| panic!("{e}"));
+        // What it does not have yet is `null` or left out, as it was as `Option`s.
         assert_eq!(fresh["last_metrics_ms"], serde_json::Value::Null);
+        assert_eq!(fresh["structure_latest"], serde_json::Value::Null);
+        assert!(fresh.get("structure_mode").is_none(), "{fresh}");
+        assert_eq!(fresh["restarts"], serde_json::json!([]));
+        // Older checkpoints also hold the id's hash: read, and computed again.
+        fresh["hash"] = serde_json::json!(r.hash());
         r.sampled(11_000);
         r.sampled(21_000);
         assert_eq!(r.interval_ms, 10_000.0);
+        r.structure_latest = (2.5, 21_000);
+        r.structure_mode = 1;
+        r.restarted(15_000);
+        r.restarted(20_000);
+        assert_eq!(r.restarts_within(21_000, 5_000), 1);
         let json = serde_json::to_value(&r).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(json["last_metrics_ms"], 21_000);
+        assert_eq!(json["structure_latest"], serde_json::json!([2.5, 21_000]));
+        assert_eq!(json["structure_mode"], 1);
+        assert_eq!(json["restarts"], serde_json::json!([20_000]));
         let back: Replica = serde_json::from_value(json).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, r);
         let mut before: Replica = serde_json::from_value(fresh).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(before.last_metrics_ms, NO_SAMPLE);
+        assert_eq!(
+            (before.structure_latest.1, before.structure_mode),
+            (NO_SAMPLE, NO_MODE)
+        );
         // The first sample after a restore gives no interval, as before.
         before.sampled(5_000);
         assert_eq!((before.interval_ms, before.last_metrics_ms), (0.0, 5_000));
