@@ -92,81 +92,74 @@ pub(crate) mod latest_slots {
 /// [`Replica::last_metrics_ms`] before its first metric sample (a sample at this time,
 /// 292 million years BC, counts as none).
 pub(crate) const NO_SAMPLE: i64 = i64::MIN;
-
-/// [`Replica::last_metrics_ms`] in a checkpoint: an `Option`, `null` before the first
-/// sample, as before it was a sentinel.
-pub(crate) mod sample_time {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    use super::NO_SAMPLE;
-
-    pub(crate) fn serialize<S: Serializer>(ts: &i64, s: S) -> Result<S::Ok, S::Error> {
-        match *ts {
-            NO_SAMPLE => s.serialize_none(),
-            ts => s.serialize_some(&ts),
-        }
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-        Ok(Option::<i64>::deserialize(d)?.unwrap_or(NO_SAMPLE))
-    }
-
-    pub(crate) fn none() -> i64 {
-        NO_SAMPLE
-    }
-}
-
 /// A replica's structure figures before its first sample scored under a retrained
 /// structure: [`Replica::structure_latest`]'s time is [`NO_SAMPLE`].
 pub(crate) const NO_STRUCTURE: (f64, i64) = (0.0, NO_SAMPLE);
 /// [`Replica::structure_mode`] when no mode is known.
 pub(crate) const NO_MODE: u32 = u32::MAX;
 
-/// [`Replica::structure_latest`] in a checkpoint: an `Option`, as before it was packed.
-pub(crate) mod structure_seen {
-    use serde::{Deserialize, Deserializer, Serializer};
+/// A value with one of its own reserved for none: what a replica may not have yet, held
+/// without the second word an `Option` of it would take.
+pub(crate) trait Sentinel: Copy {
+    const NONE: Self;
+    fn is_none(&self) -> bool;
+}
 
-    use super::{NO_SAMPLE, NO_STRUCTURE};
-
-    pub(crate) fn serialize<S: Serializer>(seen: &(f64, i64), s: S) -> Result<S::Ok, S::Error> {
-        match seen.1 {
-            NO_SAMPLE => s.serialize_none(),
-            _ => s.serialize_some(seen),
-        }
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<(f64, i64), D::Error> {
-        Ok(Option::<(f64, i64)>::deserialize(d)?.unwrap_or(NO_STRUCTURE))
-    }
-
-    pub(crate) fn none() -> (f64, i64) {
-        NO_STRUCTURE
+impl Sentinel for i64 {
+    const NONE: Self = NO_SAMPLE;
+    fn is_none(&self) -> bool {
+        *self == NO_SAMPLE
     }
 }
 
-/// [`Replica::structure_mode`] in a checkpoint: an `Option`, left out when none.
-pub(crate) mod structure_mode {
-    use serde::{Deserialize, Deserializer, Serializer};
+impl Sentinel for u32 {
+    const NONE: Self = NO_MODE;
+    fn is_none(&self) -> bool {
+        *self == NO_MODE
+    }
+}
 
-    use super::NO_MODE;
+impl Sentinel for (f64, i64) {
+    const NONE: Self = NO_STRUCTURE;
+    fn is_none(&self) -> bool {
+        self.1 == NO_SAMPLE
+    }
+}
 
-    pub(crate) fn serialize<S: Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
-        match *mode {
-            NO_MODE => s.serialize_none(),
-            m => s.serialize_some(&m),
+/// A [`Sentinel`] in a checkpoint: the `Option` it stands for (`null` for none), as
+/// before it was packed.
+pub(crate) mod sentinel {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Sentinel;
+
+    pub(crate) fn serialize<T, S>(v: &T, s: S) -> Result<S::Ok, S::Error>
+    where
+        T: Sentinel + Serialize,
+        S: Serializer,
+    {
+        match v.is_none() {
+            true => s.serialize_none(),
+            false => s.serialize_some(v),
         }
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-        Ok(Option::<u32>::deserialize(d)?.unwrap_or(NO_MODE))
+    pub(crate) fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: Sentinel + Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Option::<T>::deserialize(d)?.unwrap_or(T::NONE))
     }
 
-    pub(crate) fn none() -> u32 {
-        NO_MODE
+    /// For `#[serde(default)]`: none.
+    pub(crate) fn none<T: Sentinel>() -> T {
+        T::NONE
     }
 
-    pub(crate) fn is_none(mode: &u32) -> bool {
-        *mode == NO_MODE
+    /// For `#[serde(skip_serializing_if)]`.
+    pub(crate) fn is_none<T: Sentinel>(v: &T) -> bool {
+        v.is_none()
     }
 }
 
@@ -187,7 +180,7 @@ pub(crate) struct Replica {
     /// Smoothed interval between metric samples, ms (0 until two were seen).
     pub(crate) interval_ms: f64,
     /// When its latest metric sample was, [`NO_SAMPLE`] before the first.
-    #[serde(with = "sample_time", default = "sample_time::none")]
+    #[serde(with = "sentinel", default = "sentinel::none")]
     pub(crate) last_metrics_ms: i64,
     /// Recent (re)start times, for restart loops (see [`Replica::restarted`]).
     restarts: Box<[i64]>,
@@ -199,7 +192,7 @@ pub(crate) struct Replica {
     /// Its latest surprise under the retrained structure, and when ([`NO_STRUCTURE`]
     /// before one): a peer's position and mode count for `fleet_shift` while this is
     /// recent.
-    #[serde(default = "structure_seen::none", with = "structure_seen")]
+    #[serde(with = "sentinel", default = "sentinel::none")]
     pub(crate) structure_latest: (f64, i64),
     /// Its position along the structure's principal axes at that sample (empty when
     /// unknown), so that a replica is judged beside where its peers are.
@@ -208,9 +201,9 @@ pub(crate) struct Replica {
     /// The structure's mode nearest that sample ([`NO_MODE`] when unknown): a peer's
     /// shift is measured from the centre of its own mode.
     #[serde(
-        default = "structure_mode::none",
-        with = "structure_mode",
-        skip_serializing_if = "structure_mode::is_none"
+        with = "sentinel",
+        default = "sentinel::none",
+        skip_serializing_if = "sentinel::is_none"
     )]
     pub(crate) structure_mode: u32,
 }
