@@ -22,8 +22,8 @@
 /// its tests and benchmarks, so that they measure what runs): jemalloc, for its account
 /// of the heap, which `/metrics` exports (`herd_heap_*`): a growth of the resident set
 /// can then be told apart as herd's data, what the allocator keeps, or neither
-/// (librdkafka's C buffers). It costs some resident memory against glibc's malloc
-/// (`docs/performance.md`).
+/// (librdkafka's C buffers). Against glibc's malloc it costs less a container and more
+/// a group (the A/B in `docs/performance.md`).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
