@@ -4,11 +4,10 @@
 use std::sync::Arc;
 
 use herd_baseline::{GroupBaseline, ItemKind, replica_hash};
-use herd_ingest::ContainerRef;
-use std::hash::BuildHasher;
+use herd_ingest::{ContainerRef, id_hash as hash_id};
 
 use hashbrown::HashTable;
-use rustc_hash::{FxBuildHasher, FxHashMap};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::DetectConfig;
@@ -278,10 +277,6 @@ impl Replica {
 /// a box, 24). Serialised as a map by id, as when it was one.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Replicas(HashTable<Box<Replica>>);
-
-fn hash_id(id: &str) -> u64 {
-    FxBuildHasher.hash_one(id)
-}
 
 impl Replicas {
     pub(crate) fn len(&self) -> usize {

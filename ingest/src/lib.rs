@@ -41,7 +41,9 @@ pub mod time;
 
 pub use decode::{Decoder, Identities, Limits, Record, Reject, RejectReason};
 pub use labels::Labels;
-pub use model::{ContainerRef, Event, GroupBy, MetricName, Observation, Payload, ProcessEntry};
+pub use model::{
+    ContainerRef, Event, GroupBy, MetricName, Observation, Payload, ProcessEntry, id_hash,
+};
 pub use normalize::{Normalizer, NormalizerConfig};
 pub use route::Router;
 

@@ -49,6 +49,13 @@ impl ContainerRef {
     }
 }
 
+/// The hash every per-container table hashes a container id with (FxHash): the
+/// registry's here, a group's replicas in `herd-detect`.
+pub fn id_hash(id: &str) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(id)
+}
+
 /// Strips tag and digest from an image reference (`reg:5000/a/b:1@sha256:…` → `reg:5000/a/b`).
 pub fn repository_of(image: &str) -> &str {
     let no_digest = image.split('@').next().unwrap_or(image);

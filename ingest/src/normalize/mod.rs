@@ -263,23 +263,21 @@ impl Normalizer {
         s: StatsRecord,
         out: &mut Vec<Observation>,
     ) -> Result<Option<Dropped>, Reject> {
-        let cref = match s.container {
+        let w = self.window();
+        let (cref, prev) = match s.container {
             Some(c) => self.registry.upsert_shared(c, s.ts_ms),
-            None => self.registry.get(&s.id, s.ts_ms).ok_or_else(|| {
-                Reject::new(
-                    RejectReason::UnknownContainer,
-                    format!("raw stats of {} before its start event", short(&s.id)),
-                )
-            })?,
+            None => self
+                .registry
+                .get_with_counters(&s.id, s.ts_ms)
+                .ok_or_else(|| {
+                    Reject::new(
+                        RejectReason::UnknownContainer,
+                        format!("raw stats of {} before its start event", short(&s.id)),
+                    )
+                })?,
         };
         let mut metrics = Vec::with_capacity(11);
-        let w = self.window();
-        let order = match self.registry.counters_mut(&cref.id) {
-            Some(prev) => prev.advance(s.ts_ms, &s.counters, w, &mut metrics),
-            // Not reached: the container was registered just above.
-            None => Ordering::Fresh,
-        };
-        match order {
+        match prev.advance(s.ts_ms, &s.counters, w, &mut metrics) {
             Ordering::Fresh => {}
             Ordering::Duplicate => return Ok(Some(Dropped::Duplicate)),
             Ordering::Late => return Ok(Some(Dropped::Late)),

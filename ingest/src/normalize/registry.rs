@@ -13,7 +13,7 @@ use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::rates::PrevStats;
-use crate::model::ContainerRef;
+use crate::model::{ContainerRef, id_hash as hash_id};
 
 /// What herd knows of one container: its identity, when it was last heard of, and the
 /// counters of its previous stats sample (for rates; [`PrevStats::NONE`] before one).
@@ -41,10 +41,6 @@ pub(crate) struct Registry {
 /// Falco names a container by the first 12 characters of its id.
 const SHORT: usize = 12;
 
-fn hash_id(id: &str) -> u64 {
-    FxBuildHasher.hash_one(id)
-}
-
 fn hash_prefix(p: &[u8]) -> u64 {
     FxBuildHasher.hash_one(p)
 }
@@ -52,6 +48,23 @@ fn hash_prefix(p: &[u8]) -> u64 {
 /// The short id of `id`: its first 12 bytes; none for a shorter id.
 fn prefix(id: &str) -> Option<&[u8]> {
     id.as_bytes().get(..SHORT)
+}
+
+/// Points the short id of `id` at it in `short` (the latest container with that prefix
+/// wins).
+fn index_short(short: &mut HashTable<Arc<str>>, id: &Arc<str>) {
+    let Some(p) = prefix(id) else { return };
+    let slot = short.entry(
+        hash_prefix(p),
+        |f| prefix(f) == Some(p),
+        |f| hash_prefix(prefix(f).unwrap_or_default()),
+    );
+    match slot {
+        Slot::Occupied(mut o) => *o.get_mut() = Arc::clone(id),
+        Slot::Vacant(v) => {
+            v.insert(Arc::clone(id));
+        }
+    }
 }
 
 /// What a checkpoint holds (older ones also hold `short`, ignored).
@@ -163,25 +176,9 @@ impl Registry {
             .map(|e| (&*e.cref.id, &e.counters))
     }
 
-    /// Points the short id of `id` at it (the latest container with that prefix wins).
-    fn index_short(&mut self, id: &Arc<str>) {
-        let Some(p) = prefix(id) else { return };
-        let slot = self.short.entry(
-            hash_prefix(p),
-            |f| prefix(f) == Some(p),
-            |f| hash_prefix(prefix(f).unwrap_or_default()),
-        );
-        match slot {
-            Slot::Occupied(mut o) => *o.get_mut() = Arc::clone(id),
-            Slot::Vacant(v) => {
-                v.insert(Arc::clone(id));
-            }
-        }
-    }
-
     fn insert(&mut self, e: Entry) {
         let id = Arc::clone(&e.cref.id);
-        self.index_short(&id);
+        index_short(&mut self.short, &id);
         let slot = self
             .by_id
             .entry(hash_id(&id), |x| *x.cref.id == *id, |x| hash_id(&x.cref.id));
@@ -215,31 +212,58 @@ impl Registry {
         cref
     }
 
-    /// [`Self::upsert`] of an identity the decoder already shares (an agent envelope's).
-    /// An equal identity is adopted by pointer, so the next sample's is the same `Arc`
-    /// and costs no comparison.
-    pub(crate) fn upsert_shared(&mut self, c: Arc<ContainerRef>, ts_ms: i64) -> Arc<ContainerRef> {
-        if let Some(e) = self.find_mut(&c.id) {
-            e.last_seen_ms = e.last_seen_ms.max(ts_ms);
-            if Arc::ptr_eq(&e.cref, &c) {
-                return c;
+    /// [`Self::upsert`] of an identity the decoder already shares (an agent envelope's),
+    /// with the container's counter state: one lookup for a stats sample. An equal
+    /// identity is adopted by pointer, so the next sample's is the same `Arc` and costs
+    /// no comparison.
+    pub(crate) fn upsert_shared(
+        &mut self,
+        c: Arc<ContainerRef>,
+        ts_ms: i64,
+    ) -> (Arc<ContainerRef>, &mut PrevStats) {
+        let slot = self.by_id.entry(
+            hash_id(&c.id),
+            |x| x.cref.id == c.id,
+            |x| hash_id(&x.cref.id),
+        );
+        let e = match slot {
+            Slot::Occupied(o) => {
+                let e = o.into_mut();
+                e.last_seen_ms = e.last_seen_ms.max(ts_ms);
+                if !Arc::ptr_eq(&e.cref, &c) {
+                    if !Arc::ptr_eq(&e.cref.id, &c.id) {
+                        // Another allocation of the id (the decoder's cache was emptied,
+                        // or a restore): the short id points at the adopted one, so it is
+                        // held once.
+                        index_short(&mut self.short, &c.id);
+                    }
+                    e.cref = Arc::clone(&c);
+                }
+                e
             }
-            let same_id = Arc::ptr_eq(&e.cref.id, &c.id);
-            e.cref = Arc::clone(&c);
-            if !same_id {
-                // Another allocation of the id (the decoder's cache was emptied, or a
-                // restore): the short id points at the adopted one, so it is held once.
-                self.index_short(&c.id);
+            // A new container: the decoder's identity itself, not a copy.
+            Slot::Vacant(v) => {
+                index_short(&mut self.short, &c.id);
+                v.insert(Entry {
+                    cref: Arc::clone(&c),
+                    last_seen_ms: ts_ms,
+                    counters: PrevStats::NONE,
+                })
+                .into_mut()
             }
-            return c;
-        }
-        // A new container: the decoder's identity itself, not a copy.
-        self.insert(Entry {
-            cref: Arc::clone(&c),
-            last_seen_ms: ts_ms,
-            counters: PrevStats::NONE,
-        });
-        c
+        };
+        (c, &mut e.counters)
+    }
+
+    /// [`Self::get`] with the container's counter state: one lookup for a stats sample.
+    pub(crate) fn get_with_counters(
+        &mut self,
+        id: &str,
+        ts_ms: i64,
+    ) -> Option<(Arc<ContainerRef>, &mut PrevStats)> {
+        let e = self.find_mut(id)?;
+        e.last_seen_ms = e.last_seen_ms.max(ts_ms);
+        Some((Arc::clone(&e.cref), &mut e.counters))
     }
 
     /// Registers a container from event attributes, keeping what is already known and
@@ -346,7 +370,7 @@ mod tests {
         r.upsert(identity("web-renamed"), 2);
         assert!(keyed_by_own_id(&r));
         let shared = Arc::new(identity("web-again"));
-        let got = r.upsert_shared(Arc::clone(&shared), 3);
+        let (got, _) = r.upsert_shared(Arc::clone(&shared), 3);
         assert!(Arc::ptr_eq(&got, &shared));
         assert!(keyed_by_own_id(&r));
         assert_eq!(r.len(), 1);
