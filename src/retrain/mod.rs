@@ -2,7 +2,9 @@
 //!
 //! For every group and feature in the window: robust quantiles, the median and the
 //! median absolute deviation; medians by hour of day and by day of week (so a daily
-//! peak is expected); the spread between replicas sampled in the same minute. Each
+//! peak is expected); the spread between replicas sampled in the same minute. Every
+//! quantile comes from herd's own sketch ([`quantiles`]), so the same rows give the
+//! same baseline however the work is split among threads and files. Each
 //! group's result is a versioned [`Retrained`] snapshot, written as a file and/or
 //! published to `herd.retrained` (key: the group's routing key, its repository).
 //! With linfa, each group's feature vectors also get a multivariate [`Structure`]
@@ -14,6 +16,7 @@
 //! is read in one pass per query, never collected.
 
 pub mod model;
+pub mod quantiles;
 pub mod snapshot;
 pub mod sql;
 
@@ -79,6 +82,7 @@ pub async fn session(opts: &Options) -> anyhow::Result<SessionContext> {
     let config = SessionConfig::new()
         .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
     let ctx = SessionContext::new_with_config_rt(config, runtime);
+    ctx.register_udaf(quantiles::udaf());
     let opened = herd_respond::evidence::open_object_store(
         &opts.archive,
         opts.store_options

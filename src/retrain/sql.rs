@@ -1,5 +1,5 @@
 //! The retrain's SQL, for DataFusion and (in the benchmark) DuckDB: the same queries,
-//! differing only where the dialects do (approximate quantiles, epoch milliseconds).
+//! differing only where the dialects do (quantiles, epoch milliseconds).
 //!
 //! Every query reads table `obs` (the archive, with hive columns `date` and `hour`)
 //! and is filtered to the window twice: by `date` (partition pruning: only the files
@@ -13,6 +13,8 @@ pub enum Dialect {
     /// DuckDB (the benchmark's reference).
     DuckDb,
 }
+
+use super::quantiles::{NAME, Q, QUANTILES};
 
 /// An event-time window, epoch ms, `[since, until)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,13 +36,29 @@ pub const STEPS: [&str; 7] = [
     "multivariate structure",
 ];
 
-/// Approximate quantile `p` of `e` (t-digest in both engines).
-fn pct(d: Dialect, p: f64, e: &str) -> String {
+/// Quantile `q` of `e`: in DataFusion from herd's order-independent sketch
+/// ([`super::quantiles`]: the same rows give the same value, within 2 % of the true
+/// one), in DuckDB its own t-digest (`approx_quantile`), the nearest it has.
+fn pct(d: Dialect, q: Q, e: &str) -> String {
     match d {
-        Dialect::DataFusion => format!("approx_percentile_cont({p}) WITHIN GROUP (ORDER BY {e})"),
-        Dialect::DuckDb => format!("approx_quantile({e}, {p})"),
+        Dialect::DataFusion => format!("get_field({NAME}({e}), '{}')", q.0),
+        Dialect::DuckDb => format!("approx_quantile({e}, {})", q.1),
     }
 }
+
+/// The quantile of probability `p` in [`QUANTILES`]: the ones the aggregate answers.
+const fn q(p: f64) -> Q {
+    let mut i = 0;
+    while i < QUANTILES.len() {
+        if QUANTILES[i].1 == p {
+            return QUANTILES[i];
+        }
+        i += 1;
+    }
+    panic!("herd_quantiles does not answer this quantile")
+}
+
+const MEDIAN: Q = q(0.5);
 
 /// Epoch milliseconds of a timestamp column.
 pub(crate) fn epoch_ms(d: Dialect, col: &str) -> String {
@@ -88,17 +106,18 @@ pub fn groups(d: Dialect, w: Window) -> String {
 
 /// Per group and feature: count and quantiles.
 pub fn quantiles(d: Dialect, w: Window) -> String {
-    let qs: Vec<String> = [
-        (0.05, "p05"),
-        (0.25, "p25"),
-        (0.5, "p50"),
-        (0.75, "p75"),
-        (0.95, "p95"),
-        (0.99, "p99"),
-    ]
-    .iter()
-    .map(|(p, name)| format!("{} AS {name}", pct(d, *p, "value")))
-    .collect();
+    const QS: [(Q, &str); 6] = [
+        (q(0.05), "p05"),
+        (q(0.25), "p25"),
+        (MEDIAN, "p50"),
+        (q(0.75), "p75"),
+        (q(0.95), "p95"),
+        (q(0.99), "p99"),
+    ];
+    let qs: Vec<String> = QS
+        .iter()
+        .map(|(q, name)| format!("{} AS {name}", pct(d, *q, "value")))
+        .collect();
     format!(
         "SELECT \"group\" AS grp, feature, count(value) AS n, {} FROM obs \
          WHERE {} AND feature IS NOT NULL AND value IS NOT NULL GROUP BY \"group\", feature",
@@ -118,8 +137,8 @@ pub fn mad(d: Dialect, w: Window) -> String {
          SELECT o.\"group\" AS grp, o.feature AS feature, {dev} AS mad \
          FROM med JOIN obs o ON o.\"group\" = med.grp AND o.feature = med.feature \
          WHERE {wino} AND o.value IS NOT NULL GROUP BY o.\"group\", o.feature",
-        m = pct(d, 0.5, "value"),
-        dev = pct(d, 0.5, "abs(o.value - med.med)"),
+        m = pct(d, MEDIAN, "value"),
+        dev = pct(d, MEDIAN, "abs(o.value - med.med)"),
         win = window(d, w, ""),
         wino = window(d, w, "o"),
     )
@@ -131,7 +150,7 @@ pub fn by_hour(d: Dialect, w: Window) -> String {
         "SELECT \"group\" AS grp, feature, date_part('hour', ts) AS slot, {m} AS med \
          FROM obs WHERE {win} AND feature IS NOT NULL AND value IS NOT NULL \
          GROUP BY \"group\", feature, date_part('hour', ts) HAVING count(*) >= 10",
-        m = pct(d, 0.5, "value"),
+        m = pct(d, MEDIAN, "value"),
         win = window(d, w, ""),
     )
 }
@@ -176,8 +195,8 @@ pub fn by_weekday(d: Dialect, w: Window, levels: &str) -> String {
            CASE WHEN count(DISTINCT obs_date) >= 2 THEN {off} END AS off \
          FROM res GROUP BY grp, feature, dow HAVING count(*) >= 10",
         res = residuals(d, w, levels),
-        m = pct(d, 0.5, "v"),
-        off = pct(d, 0.5, "r"),
+        m = pct(d, MEDIAN, "v"),
+        off = pct(d, MEDIAN, "r"),
     )
 }
 
@@ -225,18 +244,19 @@ fn slog(d: Dialect, e: &str, feature: &str) -> String {
 /// `off`, of [`by_weekday`]'s offsets): `r - off`. Rows of an hour too thin for a
 /// level are left out. Both small tables are the build sides of their joins.
 pub fn seasonal(d: Dialect, w: Window, levels: &str, offsets: &str) -> String {
-    let qs: Vec<String> = [
-        (0.001, "q001"),
-        (0.01, "q01"),
-        (0.1, "q10"),
-        (0.5, "q50"),
-        (0.9, "q90"),
-        (0.99, "q99"),
-        (0.999, "q999"),
-    ]
-    .iter()
-    .map(|(p, name)| format!("{} AS {name}", pct(d, *p, "res.r - coalesce(wk.off, 0.0)")))
-    .collect();
+    const QS: [(Q, &str); 7] = [
+        (q(0.001), "q001"),
+        (q(0.01), "q01"),
+        (q(0.1), "q10"),
+        (MEDIAN, "q50"),
+        (q(0.9), "q90"),
+        (q(0.99), "q99"),
+        (q(0.999), "q999"),
+    ];
+    let qs: Vec<String> = QS
+        .iter()
+        .map(|(q, name)| format!("{} AS {name}", pct(d, *q, "res.r - coalesce(wk.off, 0.0)")))
+        .collect();
     format!(
         "WITH {res}, wk AS ({offsets}) \
          SELECT res.grp AS grp, res.feature AS feature, count(*) AS n, {qs} \
@@ -260,7 +280,7 @@ pub fn spread(d: Dialect, w: Window) -> String {
            GROUP BY grp, feature, t HAVING count(*) >= 3) \
          SELECT grp, feature, {m} AS spread FROM minutes GROUP BY grp, feature",
         win = window(d, w, ""),
-        m = pct(d, 0.5, "sd"),
+        m = pct(d, MEDIAN, "sd"),
     )
 }
 
