@@ -185,7 +185,7 @@ fn same_retrain(a: &serde_json::Value, b: &serde_json::Value) -> Result<(), Stri
         }
         match (sx.as_f64(), sy.as_f64()) {
             (Some(p), Some(q)) => {
-                let tol = 2.0 * herd::retrain::quantiles::REL_ACCURACY * p.abs().max(q.abs());
+                let tol = 2.0 * herd_baseline::sketch::REL_ACCURACY * p.abs().max(q.abs());
                 if (p - q).abs() > tol {
                     return Err(format!("{name}.replica_spread: {p} vs {q}"));
                 }

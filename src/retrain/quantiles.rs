@@ -12,9 +12,10 @@
 //! Bucket counts are whole numbers, so adding them is exact in any order and the
 //! partitions' partial states merge to the same sketch however they are split or
 //! ordered: the same rows give the same quantiles, bit for bit. Each is within the
-//! sketch's relative accuracy ([`REL_ACCURACY`], 2 %) of the true value and clamped to
-//! the least and greatest value seen, so a feature that never changes gets its exact
-//! value and a median absolute deviation of zero.
+//! sketch's relative accuracy
+//! ([`REL_ACCURACY`](herd_baseline::sketch::REL_ACCURACY), 2 %) of the true value and
+//! clamped to the least and greatest value seen, so a feature that never changes gets
+//! its exact value and a median absolute deviation of zero.
 //!
 //! One aggregate answers every quantile the retrain asks ([`Q`]), as a struct; SQL reads
 //! one with `get_field(herd_quantiles(x), 'p50')`, and a query that reads several of the
@@ -28,8 +29,6 @@ use datafusion::common::scalar::ScalarStructBuilder;
 use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::logical_expr::{Accumulator, AggregateUDF, Volatility, create_udaf};
 use herd_baseline::sketch::TailSketch;
-
-pub use herd_baseline::sketch::REL_ACCURACY;
 
 /// The aggregate's name in SQL.
 pub const NAME: &str = "herd_quantiles";
@@ -110,14 +109,6 @@ fn widen(a: Option<(f64, f64)>, b: Option<(f64, f64)>) -> Option<(f64, f64)> {
 }
 
 impl Quantiles {
-    fn add(&mut self, x: f64) {
-        // The sketch ignores what is not finite; so do the bounds.
-        if x.is_finite() {
-            self.sketch.insert(x, 0, 1.0);
-            self.bounds = widen(self.bounds, Some((x, x)));
-        }
-    }
-
     fn merge(&mut self, other: &Quantiles) {
         self.sketch.merge(&other.sketch);
         self.bounds = widen(self.bounds, other.bounds);
@@ -138,7 +129,16 @@ impl Accumulator for Quantiles {
         let v = v.as_primitive_opt::<Float64Type>().ok_or_else(|| {
             DataFusionError::Internal(format!("{NAME}: {} is not Float64", v.data_type()))
         })?;
-        v.iter().flatten().for_each(|x| self.add(x));
+        // The sketch ignores what is not finite; so do the bounds.
+        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+        for x in v.iter().flatten().filter(|x| x.is_finite()) {
+            self.sketch.insert(x, 0, 1.0);
+            lo = lo.min(x);
+            hi = hi.max(x);
+        }
+        if lo <= hi {
+            self.bounds = widen(self.bounds, Some((lo, hi)));
+        }
         Ok(())
     }
 
@@ -186,6 +186,7 @@ impl Accumulator for Quantiles {
 mod tests {
     use super::*;
     use datafusion::arrow::array::{Float64Array, StructArray};
+    use herd_baseline::sketch::REL_ACCURACY;
 
     fn col(v: &[f64]) -> ArrayRef {
         Arc::new(Float64Array::from(v.to_vec()))

@@ -46,6 +46,15 @@ fn pct(d: Dialect, q: Q, e: &str) -> String {
     }
 }
 
+/// `quantile AS name, …`: quantiles of one expression (in DataFusion one aggregate).
+fn pcts(d: Dialect, qs: &[(Q, &str)], e: &str) -> String {
+    let cols: Vec<String> = qs
+        .iter()
+        .map(|(q, name)| format!("{} AS {name}", pct(d, *q, e)))
+        .collect();
+    cols.join(", ")
+}
+
 /// The quantile of probability `p` in [`QUANTILES`]: the ones the aggregate answers.
 const fn q(p: f64) -> Q {
     let mut i = 0;
@@ -114,14 +123,10 @@ pub fn quantiles(d: Dialect, w: Window) -> String {
         (q(0.95), "p95"),
         (q(0.99), "p99"),
     ];
-    let qs: Vec<String> = QS
-        .iter()
-        .map(|(q, name)| format!("{} AS {name}", pct(d, *q, "value")))
-        .collect();
     format!(
         "SELECT \"group\" AS grp, feature, count(value) AS n, {} FROM obs \
          WHERE {} AND feature IS NOT NULL AND value IS NOT NULL GROUP BY \"group\", feature",
-        qs.join(", "),
+        pcts(d, &QS, "value"),
         window(d, w, ""),
     )
 }
@@ -253,10 +258,6 @@ pub fn seasonal(d: Dialect, w: Window, levels: &str, offsets: &str) -> String {
         (q(0.99), "q99"),
         (q(0.999), "q999"),
     ];
-    let qs: Vec<String> = QS
-        .iter()
-        .map(|(q, name)| format!("{} AS {name}", pct(d, *q, "res.r - coalesce(wk.off, 0.0)")))
-        .collect();
     format!(
         "WITH {res}, wk AS ({offsets}) \
          SELECT res.grp AS grp, res.feature AS feature, count(*) AS n, {qs} \
@@ -264,7 +265,7 @@ pub fn seasonal(d: Dialect, w: Window, levels: &str, offsets: &str) -> String {
            AND wk.dow = res.dow \
          GROUP BY res.grp, res.feature",
         res = residuals(d, w, levels),
-        qs = qs.join(", "),
+        qs = pcts(d, &QS, "res.r - coalesce(wk.off, 0.0)"),
     )
 }
 
