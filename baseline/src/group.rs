@@ -176,6 +176,24 @@ impl GroupBaseline {
         })
     }
 
+    /// [`Self::feature_slot`], trying `hint` first: a sample lists its metrics in the
+    /// order they first came, so the slot is usually its metric's position, and one
+    /// comparison of names replaces the hash lookup. The index covers every feature
+    /// (so names are unique) whenever the hint is taken.
+    pub fn feature_slot_hinted(
+        &mut self,
+        name: &str,
+        hint: usize,
+        cfg: &BaselineConfig,
+    ) -> Option<usize> {
+        if self.index.len() == self.features.len()
+            && self.features.get(hint).is_some_and(|(n, _)| n == name)
+        {
+            return Some(hint);
+        }
+        self.feature_slot(name, cfg)
+    }
+
     /// The feature in `slot`, with its name.
     pub fn feature_at_mut(&mut self, slot: usize) -> Option<(&str, &mut FeatureBaseline)> {
         self.features.get_mut(slot).map(|(n, f)| (n.as_str(), f))

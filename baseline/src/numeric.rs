@@ -49,16 +49,24 @@ impl FeatureBaseline {
     /// share of its usual spread, whichever is larger.
     pub fn value_floor(&mut self) -> f64 {
         let r = self.resolution;
-        match self.values.summary() {
-            Some(s) => r.max(0.05 * (s.q90 - s.q10)).max(1e-3 * s.q50.abs()),
-            None => r,
-        }
+        self.values
+            .summary()
+            .map_or(r, |s| Self::floor_of_values(r, &s))
+    }
+
+    fn floor_of_values(resolution: f64, s: &Summary) -> f64 {
+        resolution
+            .max(0.05 * (s.q90 - s.q10))
+            .max(1e-3 * s.q50.abs())
     }
 
     /// Surprise of a raw value against the group's history (both tails).
     pub fn value_surprise(&mut self, x: f64) -> f64 {
-        let floor = self.value_floor();
-        self.values.surprise(x, Tails::Both, floor)
+        // The floor from the same summary the surprise reads (the one refresh, if due,
+        // happens either way), computed only for a value in a tail.
+        let r = self.resolution;
+        self.values
+            .surprise_with(x, Tails::Both, |s| Self::floor_of_values(r, s))
     }
 
     /// Surprise of a step (absolute change since the replica's previous sample).
@@ -70,11 +78,9 @@ impl FeatureBaseline {
     /// Surprise of a roughness (moving average of step sizes), in both directions.
     /// Its tails are never narrower than 2 % of the usual roughness (or the resolution).
     pub fn roughness_surprise(&mut self, r: f64) -> f64 {
-        let floor = match self.roughness.summary() {
-            Some(s) => self.resolution.max(0.02 * s.q50.abs()),
-            None => self.resolution,
-        };
-        self.roughness.surprise(r, Tails::Both, floor)
+        let res = self.resolution;
+        self.roughness
+            .surprise_with(r, Tails::Both, |s| res.max(0.02 * s.q50.abs()))
     }
 
     /// Surprise of a deviation from live peers (a [`slog`] difference). The tail is never
@@ -141,11 +147,23 @@ pub fn slog(v: f64, res: f64) -> f64 {
 /// deviation grows continuously from zero; for gaps of many units it is the plain
 /// difference of signed logarithms.
 pub fn peer_deviation(x: f64, median: f64, res: f64) -> f64 {
+    peer_deviation_with(x, median, res, || slog(median, res))
+}
+
+/// [`peer_deviation`], with `slog(median, res)` from the caller, asked for only when
+/// the gap exceeds a unit: every replica of a group is compared with the same median,
+/// whose logarithm a caller can keep.
+pub fn peer_deviation_with(
+    x: f64,
+    median: f64,
+    res: f64,
+    slog_median: impl FnOnce() -> f64,
+) -> f64 {
     let gap = x - median;
     if gap.abs() <= res {
         return 0.0;
     }
-    slog(x - res.copysign(gap), res) - slog(median, res)
+    slog(x - res.copysign(gap), res) - slog_median()
 }
 
 /// The inverse of [`slog`]: the value whose signed logarithm is `s`.

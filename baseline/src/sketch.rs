@@ -36,6 +36,18 @@ fn gamma_ln() -> f64 {
     GAMMA.0
 }
 
+/// `v.ceil() as i32`, without the library call `ceil` is on a target without SSE4.1's
+/// rounding instruction (the default x86-64 one): the same integer for every `v`.
+fn ceil_i32(v: f64) -> i32 {
+    if v.abs() < f64::from(i32::MAX) {
+        // Truncation toward zero, then up one if that was down.
+        let t = v as i32;
+        if f64::from(t) < v { t + 1 } else { t }
+    } else {
+        v.ceil() as i32
+    }
+}
+
 /// Contiguous buckets `offset..offset+counts.len()` of one sign.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 struct Store {
@@ -184,7 +196,7 @@ impl TailSketch {
     }
 
     fn index(x: f64) -> i32 {
-        (x.abs().ln() / gamma_ln()).ceil() as i32
+        ceil_i32(x.abs().ln() / gamma_ln())
     }
 
     fn value_of(idx: i32) -> f64 {
@@ -362,9 +374,26 @@ impl TailSketch {
     /// `floor` is the smallest meaningful difference for this series (its resolution):
     /// tails are never modelled narrower than that. Returns 0 for an empty sketch.
     pub fn surprise(&mut self, x: f64, tails: Tails, floor: f64) -> f64 {
+        self.surprise_with(x, tails, |_| floor)
+    }
+
+    /// [`Self::surprise`] with the floor computed from the cached summary, and only for
+    /// a value in a tail: a value inside the 10–90 % band (most of them) costs a
+    /// comparison with the cached quantiles, nothing more.
+    pub fn surprise_with(
+        &mut self,
+        x: f64,
+        tails: Tails,
+        floor: impl FnOnce(&Summary) -> f64,
+    ) -> f64 {
         let Some(s) = self.summary() else {
             return 0.0;
         };
+        // Neither tail is scored in the band: the same 0 the full computation gives.
+        if !(x > s.q90 || (tails == Tails::Both && x < s.q10)) {
+            return 0.0;
+        }
+        let floor = floor(&s);
         let to_surprise = |p: f64| -p.clamp(f64::MIN_POSITIVE, 1.0).log10();
         // The 99.9th percentile needs about a thousand observations; with fewer the
         // slope is widened accordingly rather than trusted.
@@ -430,29 +459,20 @@ impl TailSketch {
         if self.total <= 0.0 {
             return 0.0;
         }
-        let neg: f64 = self.neg.counts.iter().sum();
+        // Only the buckets that count are visited, in the order they always were (the
+        // same sums, so the same bits).
         let acc = if x < 0.0 {
-            let idx = Self::index(x);
-            self.neg
-                .counts
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| self.neg.offset + *i as i32 >= idx)
-                .map(|(_, c)| c)
-                .sum()
-        } else if x < MIN_MAGNITUDE {
-            neg + self.zero
+            let from = Self::index(x).saturating_sub(self.neg.offset).max(0) as usize;
+            self.neg.counts.get(from..).unwrap_or(&[]).iter().sum()
         } else {
-            let idx = Self::index(x);
-            neg + self.zero
-                + self
-                    .pos
-                    .counts
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| self.pos.offset + *i as i32 <= idx)
-                    .map(|(_, c)| c)
-                    .sum::<f64>()
+            let neg: f64 = self.neg.counts.iter().sum();
+            if x < MIN_MAGNITUDE {
+                neg + self.zero
+            } else {
+                let below = i64::from(Self::index(x)) - i64::from(self.pos.offset) + 1;
+                let upto = (below.max(0) as usize).min(self.pos.counts.len());
+                neg + self.zero + self.pos.counts[..upto].iter().sum::<f64>()
+            }
         };
         acc / self.total
     }
@@ -506,6 +526,120 @@ mod tests {
             s.insert(v, i as i64 * 1000, 1.0);
         }
         s
+    }
+
+    /// Fraction at values ≤ `x`'s bucket as it was computed before the walk stopped at
+    /// `x`'s bucket: every bucket visited, the ones beyond filtered out.
+    fn lower_fraction_by_filter(s: &TailSketch, x: f64) -> f64 {
+        let neg: f64 = s.neg.counts.iter().sum();
+        let acc = if x < 0.0 {
+            let idx = TailSketch::index(x);
+            s.neg
+                .counts
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| s.neg.offset + *i as i32 >= idx)
+                .map(|(_, c)| c)
+                .sum()
+        } else if x < MIN_MAGNITUDE {
+            neg + s.zero
+        } else {
+            let idx = TailSketch::index(x);
+            neg + s.zero
+                + s.pos
+                    .counts
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| s.pos.offset + *i as i32 <= idx)
+                    .map(|(_, c)| c)
+                    .sum::<f64>()
+        };
+        acc / s.total
+    }
+
+    #[test]
+    fn the_lower_fraction_is_the_filtered_sum_bit_for_bit() {
+        // Decayed (fractional) weights of both signs over many decades, and probes
+        // below, inside and beyond every store.
+        let mut s = TailSketch::new(3_600_000);
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as f64 / u64::MAX as f64
+        };
+        for i in 0..5_000 {
+            let v = (next() - 0.4) * 10f64.powf(next() * 8.0 - 4.0);
+            s.insert(if i % 97 == 0 { 0.0 } else { v }, i * 1_000, 1.0);
+        }
+        let probes = [-1e6, -3.0, -1e-3, -1e-12, 0.0, 1e-12, 1e-3, 0.7, 3.0, 1e6];
+        for p in probes
+            .into_iter()
+            .chain((0..2_000).map(|_| (next() - 0.5) * 200.0))
+        {
+            assert_eq!(
+                s.lower_fraction(p).to_bits(),
+                lower_fraction_by_filter(&s, p).to_bits(),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn inside_the_band_the_floor_is_not_asked_for() {
+        let mut s = filled((1..=1000).map(f64::from));
+        let asked = std::cell::Cell::new(0);
+        let floor = |_: &Summary| {
+            asked.set(asked.get() + 1);
+            0.1
+        };
+        assert_eq!(s.surprise_with(500.0, Tails::Both, floor), 0.0);
+        assert_eq!(s.surprise_with(5.0, Tails::Upper, floor), 0.0);
+        assert_eq!(asked.get(), 0);
+        for x in [1e4, -5.0, 950.0] {
+            let with = s.surprise_with(x, Tails::Both, floor);
+            assert_eq!(with.to_bits(), s.surprise(x, Tails::Both, 0.1).to_bits());
+        }
+        assert_eq!(asked.get(), 3);
+    }
+
+    #[test]
+    fn ceil_i32_is_ceil() {
+        let edge = f64::from(i32::MAX);
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let mut cases = vec![
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            1.0,
+            -1.0,
+            2.3,
+            -2.3,
+            1e-300,
+            -1e-300,
+            edge,
+            -edge,
+            edge - 0.5,
+            -edge + 0.5,
+            edge + 1.0,
+            -edge - 1.0,
+            1e300,
+            -1e300,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+        ];
+        cases.extend((0..10_000).map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x as f64 / u64::MAX as f64 - 0.5) * 1e4
+        }));
+        for v in cases {
+            assert_eq!(ceil_i32(v), v.ceil() as i32, "{v}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
-use herd_baseline::numeric::{peer_deviation, slog};
+use herd_baseline::numeric::{peer_deviation_with, slog};
 use herd_baseline::{GroupBaseline, ItemKind, Phase};
 use herd_ingest::{ContainerRef, Event, MetricName, Observation, Payload};
 use rustc_hash::FxBuildHasher;
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::alert::{Alert, Detector, FeatureEvidence, NovelEvidence, Severity};
 use crate::alert::{PeerEvidence, StructureEvidence};
 use crate::calibrate;
-use crate::group::{GroupState, Latest, LatestSlot, Pending, Replica, median_in_place};
+use crate::group::{GroupState, Id, Latest, LatestSlot, Pending, Replica, median_in_place};
 use crate::incident::{Finding, Incidents, numeric_severity};
 use crate::novelty::{Verdict, attack_ids, falco_rank, items_of, judge};
 use crate::{DetectConfig, Error, Result};
@@ -417,17 +417,17 @@ impl Engine {
             }
         };
         let cfg = &self.cfg;
+        // The id's hash once, for every lookup of its replica below.
+        let rid = Id::new(&obs.container.id);
         group.last_seen_ms = group.last_seen_ms.max(now);
         group.mark_changed(&mut self.changes);
         let closed_from = self.closed.len();
-        if !group.replicas.contains_key(&obs.container.id)
-            && group.replicas.len() >= cfg.max_replicas_per_group
-        {
+        if !group.replicas.contains_key(rid) && group.replicas.len() >= cfg.max_replicas_per_group {
             group.evict_oldest_replica();
         }
         let mut revived = false;
         // Looked up by `&str`: no key is allocated for a replica already known.
-        let replica = group.replicas.get_or_insert_with(&obs.container.id, || {
+        let replica = group.replicas.get_or_insert_with(rid, || {
             revived = true;
             Replica::new(Arc::clone(&obs.container), now)
         });
@@ -448,7 +448,7 @@ impl Engine {
         match &obs.payload {
             Payload::Metrics(m) => score_metrics(
                 group,
-                &obs.container.id,
+                rid,
                 m,
                 now,
                 phase,
@@ -456,9 +456,7 @@ impl Engine {
                 &mut self.scratch,
                 &mut finding,
             ),
-            Payload::Event(e) => {
-                score_event(group, &obs.container.id, e, now, phase, cfg, &mut finding)
-            }
+            Payload::Event(e) => score_event(group, rid, e, now, phase, cfg, &mut finding),
         }
         group.baseline.updated_ms = group.baseline.updated_ms.max(now);
         let mut late = uncorroborated(group, now, cfg);
@@ -471,7 +469,7 @@ impl Engine {
         // container's own sampling intervals.
         let quiet = group
             .replicas
-            .get(&obs.container.id)
+            .get(rid)
             .map_or(cfg.incident_quiet_ms, |r| r.quiet_ms(cfg));
         let incidents = &mut self.state.incidents;
         let max_open = cfg.max_open_incidents;
@@ -706,7 +704,7 @@ fn uncorroborated(
     let live = group.live_count(now, cfg);
     let mut out = Vec::with_capacity(due.len());
     for p in due {
-        let Some(r) = group.replicas.get(p.container_id.as_str()) else {
+        let Some(r) = group.replicas.get(Id::new(&p.container_id)) else {
             continue;
         };
         let threshold = calibrate::threshold(r.rate.per_day(), cfg.false_alerts_per_container_day);
@@ -748,7 +746,7 @@ fn uncorroborated(
 #[allow(clippy::too_many_arguments)]
 fn score_metrics(
     group: &mut GroupState,
-    id: &str,
+    id: Id<'_>,
     metrics: &[(MetricName, f64)],
     now: i64,
     phase: Phase,
@@ -794,7 +792,7 @@ fn score_metrics(
         if !x.is_finite() {
             continue;
         }
-        let Some(slot) = group.baseline.feature_slot(name, &cfg.baseline) else {
+        let Some(slot) = group.baseline.feature_slot_hinted(name, i, &cfg.baseline) else {
             continue;
         };
         let prev = group
@@ -841,7 +839,9 @@ fn score_metrics(
             .filter(|l| now > l.ts_ms && now - l.ts_ms <= MAX_STEP_GAP_MS)
             .map(|l| (x - l.value).abs());
         let res = fb.resolution;
-        let dev = peers.map(|p| peer_deviation(x, p.median, res));
+        let memo = &mut group.slog_memo;
+        let dev =
+            peers.map(|p| peer_deviation_with(x, p.median, res, || memo.get(slot, p.median, res)));
         let ready = |n: f64| scoring && n >= cfg.min_samples;
         // Each view's own surprise (0 while it is not ready).
         let values_ready = ready(fb.values.count());
@@ -1016,7 +1016,7 @@ fn structure_score(
 #[allow(clippy::too_many_arguments)]
 fn structure_finding(
     group: &mut GroupState,
-    id: &str,
+    id: Id<'_>,
     metrics: &[(MetricName, f64)],
     sc: herd_baseline::StructureScore,
     now: i64,
@@ -1046,7 +1046,7 @@ fn structure_finding(
     // as it is, even when every replica shows it.
     let q = st.axes.len().min(sc.position.len());
     let beside = (sc.surprise >= threshold && sc.residual_share < 0.5)
-        .then(|| fleet_shift(group, st, id, q, now, cfg))
+        .then(|| fleet_shift(group, st, id.id, q, now, cfg))
         .flatten()
         .and_then(|shift| st.relative_surprise(&sc, &shift));
     let surprise = beside.map_or(sc.surprise, |rel| rel.min(sc.surprise));
@@ -1156,7 +1156,7 @@ fn fleet_shift(
 
 fn score_event(
     group: &mut GroupState,
-    id: &str,
+    id: Id<'_>,
     ev: &Event,
     now: i64,
     phase: Phase,
@@ -1220,7 +1220,7 @@ fn score_event(
             Verdict::Quiet => continue,
             Verdict::Corroborate => {
                 group.add_pending(Pending {
-                    container_id: id.to_owned(),
+                    container_id: id.id.to_owned(),
                     kind,
                     value,
                     deadline_ms: now + cfg.corroboration_ms,
@@ -1325,7 +1325,7 @@ mod tests {
         let shared = |e: &Engine, c: &Arc<ContainerRef>| {
             e.state.groups.values().any(|g| {
                 g.replicas
-                    .get(&c.id)
+                    .get(Id::new(&c.id))
                     .is_some_and(|r| Arc::ptr_eq(&r.cref, c))
             })
         };

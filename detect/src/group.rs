@@ -278,36 +278,57 @@ impl Replica {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Replicas(HashTable<Box<Replica>>);
 
+/// A container id with its hash, computed once per observation however often its
+/// replica is looked up.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Id<'a> {
+    pub(crate) id: &'a str,
+    hash: u64,
+}
+
+impl<'a> Id<'a> {
+    pub(crate) fn new(id: &'a str) -> Self {
+        Self {
+            id,
+            hash: hash_id(id),
+        }
+    }
+
+    /// Whether a replica's id is this one: the same allocation (the replica adopts the
+    /// registry's identity, so almost always) or the same text.
+    fn is(&self, other: &str) -> bool {
+        std::ptr::eq(self.id, other) || self.id == other
+    }
+}
+
 impl Replicas {
     pub(crate) fn len(&self) -> usize {
         self.0.len()
     }
 
-    pub(crate) fn contains_key(&self, id: &str) -> bool {
+    pub(crate) fn contains_key(&self, id: Id<'_>) -> bool {
         self.get(id).is_some()
     }
 
-    pub(crate) fn get(&self, id: &str) -> Option<&Replica> {
-        self.0
-            .find(hash_id(id), |r| *r.cref.id == *id)
-            .map(|r| &**r)
+    pub(crate) fn get(&self, id: Id<'_>) -> Option<&Replica> {
+        self.0.find(id.hash, |r| id.is(&r.cref.id)).map(|r| &**r)
     }
 
-    pub(crate) fn get_mut(&mut self, id: &str) -> Option<&mut Replica> {
+    pub(crate) fn get_mut(&mut self, id: Id<'_>) -> Option<&mut Replica> {
         self.0
-            .find_mut(hash_id(id), |r| *r.cref.id == *id)
+            .find_mut(id.hash, |r| id.is(&r.cref.id))
             .map(|r| &mut **r)
     }
 
     /// Replica `id`, made by `new` (whose identity must hold `id`) when there is none.
     pub(crate) fn get_or_insert_with(
         &mut self,
-        id: &str,
+        id: Id<'_>,
         new: impl FnOnce() -> Replica,
     ) -> &mut Replica {
         let slot = self
             .0
-            .entry(hash_id(id), |r| *r.cref.id == *id, |r| hash_id(&r.cref.id));
+            .entry(id.hash, |r| id.is(&r.cref.id), |r| hash_id(&r.cref.id));
         slot.or_insert_with(|| Box::new(new())).into_mut()
     }
 
@@ -315,9 +336,9 @@ impl Replicas {
         self.0.iter().map(|r| &**r)
     }
 
-    pub(crate) fn remove(&mut self, id: &str) -> Option<Box<Replica>> {
+    pub(crate) fn remove(&mut self, id: Id<'_>) -> Option<Box<Replica>> {
         self.0
-            .find_entry(hash_id(id), |r| *r.cref.id == *id)
+            .find_entry(id.hash, |r| id.is(&r.cref.id))
             .ok()
             .map(|e| e.remove().0)
     }
@@ -330,7 +351,10 @@ impl Replicas {
 /// The same replicas in the same state.
 impl PartialEq for Replicas {
     fn eq(&self, other: &Self) -> bool {
-        self.len() == other.len() && self.values().all(|r| other.get(&r.cref.id) == Some(r))
+        self.len() == other.len()
+            && self
+                .values()
+                .all(|r| other.get(Id::new(&r.cref.id)) == Some(r))
     }
 }
 
@@ -372,6 +396,39 @@ pub(crate) struct Pending {
     pub(crate) deadline_ms: i64,
 }
 
+/// The peers' median's [`slog`] of each feature slot, for the median it was taken of:
+/// a cache of a pure function (not state, so invisible to equality and checkpoints),
+/// since every replica of a group is compared with the same median until it is
+/// refreshed.
+///
+/// [`slog`]: herd_baseline::numeric::slog
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SlogMemo(Vec<Option<(u64, u64, f64)>>);
+
+impl SlogMemo {
+    /// `slog(median, res)`, computed once per slot, median and resolution.
+    pub(crate) fn get(&mut self, slot: usize, median: f64, res: f64) -> f64 {
+        let key = (median.to_bits(), res.to_bits());
+        if let Some(Some((m, r, v))) = self.0.get(slot)
+            && (*m, *r) == key
+        {
+            return *v;
+        }
+        let v = herd_baseline::numeric::slog(median, res);
+        if self.0.len() <= slot {
+            self.0.resize(slot + 1, None);
+        }
+        self.0[slot] = Some((key.0, key.1, v));
+        v
+    }
+}
+
+impl PartialEq for SlogMemo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct PeerCache {
     at_ms: i64,
@@ -400,6 +457,9 @@ pub(crate) struct GroupState {
     /// goes, starts, dies or reports again after its TTL.
     #[serde(default)]
     live_cache: Option<(i64, usize)>,
+    /// The peers' medians' logarithms (not state).
+    #[serde(skip)]
+    pub(crate) slog_memo: SlogMemo,
     /// The engine's number of this group's last change (not state: see
     /// [`crate::Engine::groups_changed_since`]).
     #[serde(skip)]
@@ -420,6 +480,7 @@ impl GroupState {
             fleet_checked_ms: now_ms,
             fleet_hot: Vec::new(),
             live_cache: None,
+            slog_memo: SlogMemo::default(),
             changed: 0,
         }
     }
@@ -538,7 +599,7 @@ impl GroupState {
             .min_by_key(|r| r.last_seen_ms)
             .map(|r| Arc::clone(&r.cref.id))
         {
-            self.replicas.remove(&id);
+            self.replicas.remove(Id::new(&id));
             self.live_cache = None;
         }
     }
@@ -561,10 +622,30 @@ impl GroupState {
     }
 }
 
+/// Up to this many values, a median sorts them.
+const SMALL: usize = 24;
+
 /// Median of a non-empty slice (reorders it).
 pub(crate) fn median_in_place(v: &mut [f64]) -> f64 {
     let n = v.len();
     let mid = n / 2;
+    if n <= SMALL {
+        // A group's replicas, usually: an insertion sort is a few dozen comparisons
+        // where the selection's set-up costs hundreds. The same order (`total_cmp`), so
+        // the same two middle values, so the same median.
+        for i in 1..n {
+            let mut j = i;
+            while j > 0 && v[j - 1].total_cmp(&v[j]).is_gt() {
+                v.swap(j - 1, j);
+                j -= 1;
+            }
+        }
+        return match n {
+            0 => f64::NAN,
+            _ if n % 2 == 1 => v[mid],
+            _ => (v[mid - 1] + v[mid]) / 2.0,
+        };
+    }
     let (_, m, _) = v.select_nth_unstable_by(mid, f64::total_cmp);
     let upper = *m;
     if n % 2 == 1 {
@@ -584,6 +665,61 @@ mod tests {
         assert_eq!(median_in_place(&mut [3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median_in_place(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
         assert_eq!(median_in_place(&mut [5.0]), 5.0);
+    }
+
+    /// The median as it was taken before small slices were sorted: a selection.
+    fn median_by_selection(v: &mut [f64]) -> f64 {
+        let n = v.len();
+        let mid = n / 2;
+        let (_, m, _) = v.select_nth_unstable_by(mid, f64::total_cmp);
+        let upper = *m;
+        if n % 2 == 1 {
+            upper
+        } else {
+            let lower = v[..mid].iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            (lower + upper) / 2.0
+        }
+    }
+
+    proptest::proptest! {
+        /// Sorting a small slice gives the selection's median bit for bit, signed zeros
+        /// and repeated values included (scores depend on it).
+        #[test]
+        fn a_small_median_is_the_selections_bit_for_bit(
+            v in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::num::f64::NORMAL,
+                    proptest::sample::select(vec![0.0, -0.0, 1.0, -1.0, 0.5]),
+                ],
+                1..40,
+            )
+        ) {
+            let (mut a, mut b) = (v.clone(), v);
+            proptest::prop_assert_eq!(
+                median_in_place(&mut a).to_bits(),
+                median_by_selection(&mut b).to_bits()
+            );
+        }
+    }
+
+    #[test]
+    fn a_replica_id_is_found_by_its_text_in_another_allocation() {
+        let mut t = Replicas::default();
+        let c = Arc::new(ContainerRef {
+            id: "c1".into(),
+            name: None,
+            image: "img".into(),
+            image_digest: None,
+            labels: Default::default(),
+            host: None,
+        });
+        t.get_or_insert_with(Id::new(&c.id), || Replica::new(Arc::clone(&c), 0));
+        let copy = String::from("c1");
+        assert!(t.contains_key(Id::new(&copy)));
+        assert!(t.contains_key(Id::new(&c.id)));
+        assert!(!t.contains_key(Id::new("c")));
+        assert!(t.remove(Id::new(&copy)).is_some());
+        assert_eq!(t.len(), 0);
     }
 
     #[test]
