@@ -14,6 +14,9 @@ use super::{
 };
 use crate::model::ContainerRef;
 
+mod fast;
+pub(super) use fast::envelope as fast_envelope;
+
 /// Counters and gauges of one stats sample.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatsCounters {

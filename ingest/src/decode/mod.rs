@@ -261,6 +261,15 @@ impl Decoder {
                 format!("{} bytes > {}", line.len(), self.limits.max_line_bytes),
             ));
         }
+        // The agent's envelope of a known container, in its plain form: one scan.
+        if let Some(r) = docker_stats::fast_envelope(line, &self.limits, ids) {
+            return Ok(r);
+        }
+        self.decode_general(line, ids)
+    }
+
+    /// [`Self::decode_with`] without its fast path: every format, every form.
+    fn decode_general(&self, line: &[u8], ids: &mut Identities) -> Result<Record, Reject> {
         let max_depth = self.limits.max_depth;
         // A line that cannot be read is too deep first, if it is.
         let fail = |r: Reject| check_depth(line, max_depth).err().unwrap_or(r);
