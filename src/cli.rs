@@ -94,6 +94,27 @@ pub enum Command {
         #[arg(long, value_parser = parse_time)]
         from: Option<i64>,
     },
+    /// Backtest response policies on recorded input: detection and the policies' every
+    /// guard (quorum, rate limit, once per incident) as the workers would have applied
+    /// them, touching nothing. One JSON line per alert line (the alert, the commands it
+    /// would have issued, the refused ones and why) to stdout, a summary to stderr.
+    Backtest {
+        /// Input files; `-` reads stdin.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// The policy file to judge (TOML, as `respond.policy_file`).
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// Configuration file (TOML).
+        #[arg(long, env = "HERD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Write the decisions to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// No summary on stderr.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Run one worker of the stream service: a member of the Kafka consumer group that
     /// scores the input topics and produces alerts, until SIGTERM or SIGINT.
     Run {
@@ -345,6 +366,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 crate::replay::replay(&cfg, &inputs, out.as_ref(), progress, snapshots, from)?;
             if !quiet {
                 eprint!("{}", crate::replay::render_summary(&summary));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backtest {
+            inputs,
+            policy,
+            config,
+            out,
+            quiet,
+        } => {
+            let cfg = HerdConfig::load(config.as_deref())?;
+            let policies = herd_respond::policy::PolicyFile::load(&policy)?;
+            let summary = crate::backtest::backtest(&cfg, policies, &inputs, out.as_ref())?;
+            if !quiet {
+                eprint!("{}", crate::backtest::render_summary(&summary));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -4,6 +4,7 @@
 //! - [`pipeline`]: decode → normalise → detect, the one path every command shares;
 //! - [`input`]: bounded line reading and event-time ordering of several inputs;
 //! - [`replay`]: `herd replay`;
+//! - [`backtest`]: `herd backtest`, response policies judged on recorded input;
 //! - [`demo`]: `herd demo`, the stream service on an in-process Kafka with a simulated fleet;
 //! - [`archive`]: the Parquet archive of scored observations (for `herd retrain`);
 //! - [`retrain`]: `herd retrain`, baselines from the archive with DataFusion SQL;
@@ -29,6 +30,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 pub mod agent;
 pub mod archive;
+pub mod backtest;
 pub mod cli;
 pub mod config;
 pub mod consume;

@@ -95,6 +95,57 @@ fn replay_counts_bad_lines_exits_zero_and_writes_contract_alerts() {
 }
 
 #[test]
+fn backtest_prints_each_alert_lines_decisions_and_touches_nothing_issue_9() {
+    let dir = tmpdir("backtest");
+    let policy = dir.join("policies.toml");
+    std::fs::write(
+        &policy,
+        "[[policy]]\nname = \"look\"\nactions = [{ action = \"capture\" }, { action = \"pause\", dry_run = true }]\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (stdout, stderr) = ok(&herd()
+        .arg("backtest")
+        .arg("--policy")
+        .arg(&policy)
+        .arg(case_input("oom_and_restart_loop"))
+        .output()
+        .unwrap_or_else(|e| panic!("{e}")));
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(!lines.is_empty(), "{stderr}");
+    // The first line of an incident decides its capture (once), with its evidence
+    // location on the alert; later lines of it decide nothing again.
+    let mut captured = std::collections::BTreeSet::new();
+    for l in &lines {
+        let incident = l["alert"]["incident_id"].as_str().unwrap_or_default();
+        for c in l["commands"].as_array().into_iter().flatten() {
+            if c["action"] == "capture" {
+                assert!(captured.insert(incident.to_owned()), "captured twice: {l}");
+                assert!(l["alert"]["evidence"].as_str().is_some(), "{l}");
+            }
+        }
+    }
+    assert!(!captured.is_empty(), "{stdout}");
+    assert!(stderr.contains("herd backtest:"), "{stderr}");
+    assert!(stderr.contains("capture ×"), "{stderr}");
+    assert!(stderr.contains("pause (dry run) ×"), "{stderr}");
+
+    // A policy file that does not parse is an error that names it.
+    std::fs::write(&policy, "[[policy]]\nnme = 1\n").unwrap_or_else(|e| panic!("{e}"));
+    let out = herd()
+        .arg("backtest")
+        .arg("--policy")
+        .arg(&policy)
+        .arg(case_input("oom_and_restart_loop"))
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn replay_reads_stdin() {
     let input = std::fs::read(case_input("oom_and_restart_loop")).unwrap_or_default();
     let mut child = herd()

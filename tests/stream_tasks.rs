@@ -2,6 +2,8 @@
 //! task in event time must give what `herd replay` gives on the whole file.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herd::config::HerdConfig;
@@ -33,23 +35,11 @@ fn task_config(inputs: usize, max_idle: Duration) -> TaskConfig {
     }
 }
 
-#[test]
-fn a_fleet_split_by_routing_key_loses_no_record_to_its_partitioning() {
-    let dir = std::env::temp_dir().join(format!("herd-tasks-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    simulate(
-        &SimConfig {
-            seed: 2,
-            hours: 48,
-            interval_s: 60,
-        },
-        &dir,
-    )
-    .expect("simulate");
-    let tcfg = task_config(3, Duration::from_millis(1));
-    let n = 3usize;
+/// The simulated fleet in `dir` through `n` tasks, as `herd produce` keys it and the
+/// workers' partitions split it: what the tasks put out.
+fn run_fleet(dir: &Path, tcfg: &TaskConfig, n: usize) -> Vec<Out> {
     let mut tasks: Vec<Task> = (0..n)
-        .map(|p| Task::new(p as i32, &tcfg).expect("task"))
+        .map(|p| Task::new(p as i32, tcfg).expect("task"))
         .collect();
     let decoder = Decoder::new(Limits::default());
     let mut router = Router::new(1000);
@@ -98,6 +88,23 @@ fn a_fleet_split_by_routing_key_loses_no_record_to_its_partitioning() {
     for t in &mut tasks {
         t.drain(Instant::now(), Duration::ZERO, true, &mut out);
     }
+    out
+}
+
+#[test]
+fn a_fleet_split_by_routing_key_loses_no_record_to_its_partitioning() {
+    let dir = std::env::temp_dir().join(format!("herd-tasks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    simulate(
+        &SimConfig {
+            seed: 2,
+            hours: 48,
+            interval_s: 60,
+        },
+        &dir,
+    )
+    .expect("simulate");
+    let out = run_fleet(&dir, &task_config(3, Duration::from_millis(1)), 3);
     let mut dead = BTreeMap::new();
     for o in &out {
         if let Out::Dead { reject, .. } = o {
@@ -573,4 +580,123 @@ fn a_group_changed_only_by_a_late_record_moves_with_that_change() {
         );
     }
     assert!(out.iter().all(|o| !matches!(o, Out::Dead { .. })));
+}
+
+/// Policies that act on every incident, behind guards tight enough to refuse: capture
+/// and pause at medium and above (a group of three may hold one paused replica, and
+/// three actions a minute), a dry-run stop after them.
+const BACKTEST_POLICY: &str = r#"
+[guards]
+max_contained_share = 0.34
+min_running_replicas = 2
+group_actions_per_minute = 3
+
+[[policy]]
+name = "hold"
+match = { severity = "medium" }
+actions = [
+  { action = "capture" },
+  { action = "pause" },
+  { action = "stop", dry_run = true },
+]
+
+[[policy]]
+name = "look"
+actions = [{ action = "capture" }]
+"#;
+
+/// What was decided, comparable: (incident, action, what became of it), sorted.
+type Decisions = Vec<(String, String, String)>;
+
+#[test]
+fn a_backtest_decides_what_the_workers_decided_issue_9() {
+    use herd_respond::command::Action;
+    use herd_respond::policy::PolicyFile;
+
+    let dir = std::env::temp_dir().join(format!("herd-backtest-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    simulate(
+        &SimConfig {
+            seed: 4,
+            hours: 48,
+            interval_s: 60,
+        },
+        &dir,
+    )
+    .expect("simulate");
+    let policies = PolicyFile::parse(BACKTEST_POLICY).expect("policy");
+
+    // The workers: three tasks with the policies, as the stream service runs them.
+    let mut tcfg = task_config(3, Duration::from_millis(1));
+    tcfg.respond = Some((HerdConfig::default().respond, Arc::new(policies.clone())));
+    let mut live: Decisions = run_fleet(&dir, &tcfg, 3)
+        .into_iter()
+        .filter_map(|o| match o {
+            // `attach` is the capture's after-window, delivered later: not a decision.
+            Out::Command(c) if !matches!(c.action, Action::Attach) => {
+                let what = if c.dry_run { "dry run" } else { "issued" };
+                Some((c.incident_id, c.action.name().to_owned(), what.to_owned()))
+            }
+            Out::Response(r) => Some((
+                r.incident_id,
+                r.action,
+                format!("refused: {}", r.reason.unwrap_or_default()),
+            )),
+            _ => None,
+        })
+        .collect();
+    live.sort();
+
+    // The backtest over the same files.
+    let inputs: Vec<std::path::PathBuf> = [
+        "stats.jsonl",
+        "stats-raw.jsonl",
+        "events.jsonl",
+        "falco.jsonl",
+    ]
+    .iter()
+    .map(|f| dir.join(f))
+    .collect();
+    let out = dir.join("backtest.jsonl");
+    let summary = herd::backtest::backtest(&HerdConfig::default(), policies, &inputs, Some(&out))
+        .expect("backtest");
+    let mut backtested: Decisions = Vec::new();
+    for line in std::fs::read_to_string(&out).expect("read").lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        let incident = v["alert"]["incident_id"]
+            .as_str()
+            .expect("incident")
+            .to_owned();
+        for c in v["commands"].as_array().expect("commands") {
+            let what = if c["dry_run"] == true {
+                "dry run"
+            } else {
+                "issued"
+            };
+            let action = c["action"].as_str().expect("action").to_owned();
+            backtested.push((incident.clone(), action, what.to_owned()));
+        }
+        for r in v["refused"].as_array().expect("refused") {
+            let action = r["action"].as_str().expect("action").to_owned();
+            let why = format!("refused: {}", r["reason"].as_str().expect("reason"));
+            backtested.push((incident.clone(), action, why));
+        }
+    }
+    backtested.sort();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let count = |d: &Decisions, what: &str| d.iter().filter(|x| x.2.starts_with(what)).count();
+    assert!(
+        count(&live, "issued") > 0 && count(&live, "refused") > 0 && count(&live, "dry run") > 0,
+        "the fleet exercises actions, refusals and dry runs: {live:?}"
+    );
+    assert_eq!(
+        backtested, live,
+        "the backtest decides what the workers decided"
+    );
+    assert_eq!(
+        summary.issued.values().sum::<u64>() as usize
+            + summary.refused.values().sum::<u64>() as usize,
+        live.len()
+    );
 }
