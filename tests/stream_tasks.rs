@@ -35,6 +35,14 @@ fn task_config(inputs: usize, max_idle: Duration) -> TaskConfig {
     }
 }
 
+/// The input files of a simulated fleet.
+const FILES: [&str; 4] = [
+    "stats.jsonl",
+    "stats-raw.jsonl",
+    "events.jsonl",
+    "falco.jsonl",
+];
+
 /// The simulated fleet in `dir` through `n` tasks, as `herd produce` keys it and the
 /// workers' partitions split it: what the tasks put out.
 fn run_fleet(dir: &Path, tcfg: &TaskConfig, n: usize) -> Vec<Out> {
@@ -48,12 +56,7 @@ fn run_fleet(dir: &Path, tcfg: &TaskConfig, n: usize) -> Vec<Out> {
     // Keys as `herd produce` gives them (files merged in event time), then arrival in
     // the worst order for the merge: every sample first, then every event.
     let mut lines = Vec::new();
-    for file in [
-        "stats.jsonl",
-        "stats-raw.jsonl",
-        "events.jsonl",
-        "falco.jsonl",
-    ] {
+    for file in FILES {
         let input = usize::from(!file.starts_with("stats"));
         for line in std::fs::read_to_string(dir.join(file))
             .expect("read")
@@ -648,15 +651,7 @@ fn a_backtest_decides_what_the_workers_decided_issue_9() {
     live.sort();
 
     // The backtest over the same files.
-    let inputs: Vec<std::path::PathBuf> = [
-        "stats.jsonl",
-        "stats-raw.jsonl",
-        "events.jsonl",
-        "falco.jsonl",
-    ]
-    .iter()
-    .map(|f| dir.join(f))
-    .collect();
+    let inputs: Vec<std::path::PathBuf> = FILES.iter().map(|f| dir.join(f)).collect();
     let out = dir.join("backtest.jsonl");
     let summary = herd::backtest::backtest(&HerdConfig::default(), policies, &inputs, Some(&out))
         .expect("backtest");
