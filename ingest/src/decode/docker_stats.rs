@@ -143,6 +143,22 @@ struct NetSum {
     n: usize,
 }
 
+impl NetSum {
+    const EMPTY: Self = Self {
+        sum: [0.0; 4],
+        n: 0,
+    };
+
+    /// Adds one interface's rx bytes, tx bytes, rx packets and tx packets (what is
+    /// missing or unusable counts 0).
+    fn add(&mut self, counters: [Option<f64>; 4]) {
+        self.n += 1;
+        for (slot, x) in self.sum.iter_mut().zip(counters) {
+            *slot += finite_nonneg(x).unwrap_or(0.0);
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for NetSum {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -152,20 +168,10 @@ impl<'de> Deserialize<'de> for NetSum {
                 f.write_str("an object of interfaces")
             }
             fn visit_map<M: serde::de::MapAccess<'de>>(self, mut m: M) -> Result<NetSum, M::Error> {
-                let mut out = NetSum {
-                    sum: [0.0; 4],
-                    n: 0,
-                };
+                let mut out = NetSum::EMPTY;
                 while m.next_key::<IgnoredAny>()?.is_some() {
                     let n: NetStats = m.next_value()?;
-                    out.n += 1;
-                    for (slot, x) in
-                        out.sum
-                            .iter_mut()
-                            .zip([n.rx_bytes, n.tx_bytes, n.rx_packets, n.tx_packets])
-                    {
-                        *slot += finite_nonneg(x).unwrap_or(0.0);
-                    }
+                    out.add([n.rx_bytes, n.tx_bytes, n.rx_packets, n.tx_packets]);
                 }
                 Ok(out)
             }
@@ -181,6 +187,24 @@ struct BlkSum {
     n: usize,
 }
 
+impl BlkSum {
+    const EMPTY: Self = Self { rw: [0.0; 2], n: 0 };
+
+    /// Adds one entry: its bytes to reads or writes by its `op` (any case); other ops
+    /// and unusable values are counted as entries only.
+    fn add(&mut self, op: &[u8], value: f64) {
+        self.n += 1;
+        let Some(val) = finite_nonneg(Some(value)) else {
+            return;
+        };
+        if op.eq_ignore_ascii_case(b"read") {
+            self.rw[0] += val;
+        } else if op.eq_ignore_ascii_case(b"write") {
+            self.rw[1] += val;
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for BlkSum {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -190,17 +214,9 @@ impl<'de> Deserialize<'de> for BlkSum {
                 f.write_str("an array of block IO entries")
             }
             fn visit_seq<S: serde::de::SeqAccess<'de>>(self, mut s: S) -> Result<BlkSum, S::Error> {
-                let mut out = BlkSum { rw: [0.0; 2], n: 0 };
+                let mut out = BlkSum::EMPTY;
                 while let Some(e) = s.next_element::<BlkEntry<'de>>()? {
-                    out.n += 1;
-                    let Some(val) = finite_nonneg(Some(e.value)) else {
-                        continue;
-                    };
-                    if e.op.eq_ignore_ascii_case("read") {
-                        out.rw[0] += val;
-                    } else if e.op.eq_ignore_ascii_case("write") {
-                        out.rw[1] += val;
-                    }
+                    out.add(e.op.as_bytes(), e.value);
                 }
                 Ok(out)
             }

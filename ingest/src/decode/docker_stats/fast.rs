@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use super::{
     BlkSum, Blkio, Count, CpuStats, CpuUsage, MemDetail, MemStats, NetSum, Pids, StatsDoc,
-    StatsParts, finite_nonneg, stats_record,
+    StatsParts, stats_record,
 };
 use crate::decode::{Identities, Limits, Record, split_image_str};
 use crate::model::ContainerRef;
@@ -45,7 +45,11 @@ const MAX_SKIP_DEPTH: usize = 32;
 /// The envelope's record when the line is in the plain form of a known container;
 /// `None` to leave the line to the general decoder.
 pub(in crate::decode) fn envelope(line: &[u8], l: &Limits, ids: &Identities) -> Option<Record> {
-    if ids.is_empty() || l.max_depth == 0 {
+    // Every other format's line leaves at its first key, before anything is checked.
+    let mut first = Scan::bytes(line, 0);
+    let envelope_key = first.eat(b'{').is_some()
+        && matches!(first.string(), Some(b"host" | b"container" | b"stats"));
+    if !envelope_key || ids.is_empty() || l.max_depth == 0 {
         return None;
     }
     // Valid UTF-8 as a whole (as the general decoder requires first), so every string
@@ -59,11 +63,18 @@ pub(in crate::decode) fn envelope(line: &[u8], l: &Limits, ids: &Identities) -> 
     };
     let mut host = None;
     let mut container = None;
+    let mut known = None;
     let mut stats = None;
     s.object(|s, key| {
         match key {
             b"host" if host.is_none() => host = Some(s.text()?),
-            b"container" if container.is_none() => container = Some(Container::read(s)?),
+            b"container" if container.is_none() => {
+                let c = Container::read(s)?;
+                // A container not held (its first sight) is the general decoder's,
+                // known before its stats are read.
+                known = Some(ids.get(c.id?)?);
+                container = Some(c);
+            }
             b"stats" if stats.is_none() => stats = Some(stats_doc(s)?),
             _ => return None,
         }
@@ -73,13 +84,9 @@ pub(in crate::decode) fn envelope(line: &[u8], l: &Limits, ids: &Identities) -> 
     if s.i != line.len() {
         return None;
     }
-    let (c, doc) = (container?, stats?);
+    let (c, known, doc) = (container?, known?, stats?);
     // The general decoder's depth limit for the raw values it keeps (the container's).
-    if c.depth > l.max_depth - 1 {
-        return None;
-    }
-    let known = ids.get(c.id?)?;
-    if !c.is(known, host, line) {
+    if c.depth > l.max_depth - 1 || !c.is(known, host, line) {
         return None;
     }
     let host = known.host.clone();
@@ -157,12 +164,7 @@ impl<'a> Container<'a> {
             return known.labels.is_empty();
         };
         // The labels object was read once already (well-formed, plain strings).
-        let mut s = Scan {
-            b: line.get(..end).unwrap_or_default(),
-            s: "",
-            i: start,
-            max_str: usize::MAX,
-        };
+        let mut s = Scan::bytes(line.get(..end).unwrap_or_default(), start);
         let mut held = known.labels.iter();
         let same = s.object(|s, k| {
             let v = s.string()?;
@@ -282,13 +284,10 @@ fn mem_detail(s: &mut Scan<'_>) -> Option<MemDetail> {
     })
 }
 
-/// The interfaces' counters summed in the order they come, as `NetSum` sums them (an
-/// interface named twice counts twice there too).
+/// The interfaces' counters summed in the order they come, by `NetSum::add` (an
+/// interface named twice counts twice, as in the general decoder).
 fn networks(s: &mut Scan<'_>) -> Option<NetSum> {
-    let mut out = NetSum {
-        sum: [0.0; 4],
-        n: 0,
-    };
+    let mut out = NetSum::EMPTY;
     s.object(|s, _| {
         let mut v = [None::<Option<f64>>; 4];
         s.object(|s, key| {
@@ -301,10 +300,7 @@ fn networks(s: &mut Scan<'_>) -> Option<NetSum> {
             };
             once(&mut v[k], s.count()?)
         })?;
-        out.n += 1;
-        for (slot, x) in out.sum.iter_mut().zip(v) {
-            *slot += finite_nonneg(x.flatten()).unwrap_or(0.0);
-        }
+        out.add(v.map(Option::flatten));
         Some(())
     })?;
     Some(out)
@@ -321,10 +317,10 @@ fn blkio(s: &mut Scan<'_>) -> Option<Blkio> {
     })
 }
 
-/// Block IO entries summed in order, as `BlkSum` sums them; each must have its `op`
-/// (a string) and its `value` (a number), as the typed entry requires.
+/// Block IO entries summed in order by `BlkSum::add`; each must have its `op` (a
+/// string) and its `value` (a number), as the typed entry requires.
 fn blk_entries(s: &mut Scan<'_>) -> Option<BlkSum> {
-    let mut out = BlkSum { rw: [0.0; 2], n: 0 };
+    let mut out = BlkSum::EMPTY;
     s.array(|s| {
         let (mut op, mut value) = (None, None);
         s.object(|s, key| match key {
@@ -332,15 +328,7 @@ fn blk_entries(s: &mut Scan<'_>) -> Option<BlkSum> {
             b"value" => once(&mut value, s.uint()?),
             _ => s.skip(MAX_SKIP_DEPTH).map(drop),
         })?;
-        let (op, value) = (op?, value?);
-        out.n += 1;
-        if let Some(val) = finite_nonneg(Some(value)) {
-            if op.eq_ignore_ascii_case(b"read") {
-                out.rw[0] += val;
-            } else if op.eq_ignore_ascii_case(b"write") {
-                out.rw[1] += val;
-            }
-        }
+        out.add(op?, value?);
         Some(())
     })?;
     Some(out)
@@ -396,8 +384,9 @@ fn digits(b: &[u8]) -> usize {
 /// A cursor over the line. Every method answers `None` for anything outside the plain
 /// form (see the module documentation), and the caller then gives the line up.
 struct Scan<'a> {
-    /// The line, and the same as text.
+    /// The line.
     b: &'a [u8],
+    /// The same as text, for [`Self::text`] (empty in a scan that only compares bytes).
     s: &'a str,
     i: usize,
     /// Longest string taken.
@@ -405,6 +394,16 @@ struct Scan<'a> {
 }
 
 impl<'a> Scan<'a> {
+    /// A scan of `b` from `i` that compares bytes only (no [`Self::text`], no limit).
+    fn bytes(b: &'a [u8], i: usize) -> Self {
+        Self {
+            b,
+            s: "",
+            i,
+            max_str: usize::MAX,
+        }
+    }
+
     /// Past JSON whitespace.
     #[inline]
     fn ws(&mut self) {
