@@ -2,7 +2,7 @@
 //! task in event time must give what `herd replay` gives on the whole file.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,22 @@ const FILES: [&str; 4] = [
     "events.jsonl",
     "falco.jsonl",
 ];
+
+/// A two-day simulated fleet of `seed`, one sample a minute, in a fresh directory.
+fn fleet(name: &str, seed: u64) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("herd-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    simulate(
+        &SimConfig {
+            seed,
+            hours: 48,
+            interval_s: 60,
+        },
+        &dir,
+    )
+    .expect("simulate");
+    dir
+}
 
 /// The simulated fleet in `dir` through `n` tasks, as `herd produce` keys it and the
 /// workers' partitions split it: what the tasks put out.
@@ -96,17 +112,7 @@ fn run_fleet(dir: &Path, tcfg: &TaskConfig, n: usize) -> Vec<Out> {
 
 #[test]
 fn a_fleet_split_by_routing_key_loses_no_record_to_its_partitioning() {
-    let dir = std::env::temp_dir().join(format!("herd-tasks-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    simulate(
-        &SimConfig {
-            seed: 2,
-            hours: 48,
-            interval_s: 60,
-        },
-        &dir,
-    )
-    .expect("simulate");
+    let dir = fleet("tasks", 2);
     let out = run_fleet(&dir, &task_config(3, Duration::from_millis(1)), 3);
     let mut dead = BTreeMap::new();
     for o in &out {
@@ -616,17 +622,7 @@ fn a_backtest_decides_what_the_workers_decided_issue_9() {
     use herd_respond::command::Action;
     use herd_respond::policy::PolicyFile;
 
-    let dir = std::env::temp_dir().join(format!("herd-backtest-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    simulate(
-        &SimConfig {
-            seed: 4,
-            hours: 48,
-            interval_s: 60,
-        },
-        &dir,
-    )
-    .expect("simulate");
+    let dir = fleet("backtest", 4);
     let policies = PolicyFile::parse(BACKTEST_POLICY).expect("policy");
 
     // The workers: three tasks with the policies, as the stream service runs them.
@@ -651,7 +647,7 @@ fn a_backtest_decides_what_the_workers_decided_issue_9() {
     live.sort();
 
     // The backtest over the same files.
-    let inputs: Vec<std::path::PathBuf> = FILES.iter().map(|f| dir.join(f)).collect();
+    let inputs: Vec<PathBuf> = FILES.iter().map(|f| dir.join(f)).collect();
     let out = dir.join("backtest.jsonl");
     let summary = herd::backtest::backtest(&HerdConfig::default(), policies, &inputs, Some(&out))
         .expect("backtest");
