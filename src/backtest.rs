@@ -206,5 +206,11 @@ pub fn render_summary(s: &Summary) -> String {
             c.rejected_total()
         ));
     }
+    if s.report.out_of_order > 0 {
+        out.push_str(&format!(
+            "  {} records arrived later than the reorder window and were decided late\n",
+            s.report.out_of_order
+        ));
+    }
     out
 }
