@@ -31,6 +31,19 @@ pub enum ItemKind {
 }
 
 impl ItemKind {
+    /// Every kind.
+    pub const ALL: [ItemKind; 9] = [
+        Self::Executable,
+        Self::ExecCommand,
+        Self::FalcoRule,
+        Self::Destination,
+        Self::ListenPort,
+        Self::FileWrite,
+        Self::FileAdded,
+        Self::SensitiveFile,
+        Self::Process,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {

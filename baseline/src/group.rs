@@ -54,6 +54,10 @@ pub struct GroupBaseline {
     /// The latest snapshot `herd retrain` made of this group, once adopted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retrained: Option<Box<crate::retrained::Retrained>>,
+    /// Analysts' verdicts on the group's incidents, in force, with their audit trail
+    /// (inherited on a rollout: they are about the image's behaviour).
+    #[serde(default, skip_serializing_if = "crate::verdicts::Verdicts::is_empty")]
+    pub verdicts: crate::verdicts::Verdicts,
 }
 
 impl PartialEq for GroupBaseline {
@@ -68,6 +72,7 @@ impl PartialEq for GroupBaseline {
             && self.features == o.features
             && self.items == o.items
             && self.retrained == o.retrained
+            && self.verdicts == o.verdicts
     }
 }
 
@@ -85,6 +90,7 @@ impl GroupBaseline {
             index: FxHashMap::default(),
             items: ItemCatalog::default(),
             retrained: None,
+            verdicts: crate::verdicts::Verdicts::default(),
         }
     }
 
@@ -199,6 +205,18 @@ impl GroupBaseline {
         self.features.get_mut(slot).map(|(n, f)| (n.as_str(), f))
     }
 
+    /// The feature in `slot`, with its name, beside the group's verdicts (which the
+    /// scorers consult while they hold the feature).
+    pub fn feature_at_mut_with_verdicts(
+        &mut self,
+        slot: usize,
+    ) -> Option<(&str, &mut FeatureBaseline, &crate::verdicts::Verdicts)> {
+        let verdicts = &self.verdicts;
+        self.features
+            .get_mut(slot)
+            .map(|(n, f)| (n.as_str(), f, verdicts))
+    }
+
     /// Number of features learned.
     pub fn feature_count(&self) -> usize {
         self.features.len()
@@ -248,5 +266,6 @@ impl GroupBaseline {
             .map(|(n, f)| n.capacity() + f.heap_bytes() + std::mem::size_of::<FeatureBaseline>())
             .sum::<usize>()
             + self.items.heap_bytes()
+            + self.verdicts.heap_bytes()
     }
 }

@@ -7,7 +7,8 @@
 //! distinct replicas that showed each item. Baselines move from warm-up through learning
 //! to locked ([`Phase`]), are inherited by the next digest of the same repository on a
 //! rollout, and are snapshotted and restored through a versioned serde format
-//! ([`snapshot`]).
+//! ([`snapshot`]). Analysts' verdicts on incidents (`herd feedback`) are held with the
+//! baseline they teach, with their audit trail ([`verdicts`]).
 //!
 //! What it must not do: I/O of any kind, or read a clock. Every method takes event time
 //! as an argument, so the stream service, `herd replay` and the batch job share it and
@@ -20,6 +21,7 @@ pub mod retrained;
 pub mod sketch;
 pub mod snapshot;
 pub mod structure;
+pub mod verdicts;
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +30,7 @@ pub use group::{GroupBaseline, Phase};
 pub use numeric::FeatureBaseline;
 pub use sketch::{Summary, TailSketch, Tails};
 pub use structure::{Structure, StructureScore};
+pub use verdicts::{Verdict, Verdicts};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
