@@ -188,6 +188,10 @@ pub struct NovelEvidence {
     /// Whether the group's baseline was locked (an item new after learning) or still
     /// learning (an item only this replica showed).
     pub phase: String,
+    /// The incident whose malicious verdict (`herd feedback`) marked this item: it is
+    /// raised on every replica that shows it, however many siblings did too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marked: Option<String>,
 }
 
 /// An alert line. Later lines with the same `incident_id` update the incident.

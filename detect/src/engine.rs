@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use hashbrown::HashTable;
 use herd_baseline::numeric::{peer_deviation_with, slog};
+use herd_baseline::verdicts::ItemRuling;
 use herd_baseline::{GroupBaseline, ItemKind, Phase};
 use herd_ingest::{ContainerRef, Event, MetricName, Observation, Payload};
 use rustc_hash::FxBuildHasher;
@@ -239,6 +240,38 @@ impl Engine {
             }
         }
         None
+    }
+
+    /// An analyst's verdict on an incident (`herd feedback`): the incident's group, and
+    /// its repository's newest group when a rollout has replaced it since, hold it from
+    /// now on ([`herd_baseline::Verdicts`] has what each verdict does) and carry it in
+    /// their next checkpoint. Applying the same record again changes nothing.
+    pub fn apply_feedback(&mut self, fb: &crate::Feedback) -> Result<crate::FeedbackOutcome> {
+        use crate::FeedbackOutcome;
+        use herd_baseline::verdicts::Applied;
+        let teaching = fb.teaching()?;
+        let mut keys = vec![fb.group.clone()];
+        if let Some(newest) = self.state.repos.get(fb.routing_key())
+            && *newest != fb.group
+        {
+            keys.push(newest.clone());
+        }
+        let (mut applied, mut held) = (0, 0);
+        for key in keys {
+            let Some(g) = self.state.groups.get_mut(&key) else {
+                continue;
+            };
+            held += 1;
+            if g.baseline.verdicts.apply(teaching.clone()) == Applied::Applied {
+                applied += 1;
+                g.mark_changed(&mut self.changes);
+            }
+        }
+        Ok(match (held, applied) {
+            (0, _) => FeedbackOutcome::UnknownGroup,
+            (_, 0) => FeedbackOutcome::Repeated,
+            (_, n) => FeedbackOutcome::Applied(n),
+        })
     }
 
     /// The incidents closed since the last call, oldest first. Bounded by what one
@@ -619,7 +652,7 @@ fn fleet_check(
     let mut lead: Option<f64> = None;
     for (slot, z, p, q90) in moves {
         let dev = z - common;
-        let Some((name, fb)) = group.baseline.feature_at_mut(slot) else {
+        let Some((name, fb, verdicts)) = group.baseline.feature_at_mut_with_verdicts(slot) else {
             continue;
         };
         let s = if scoring && fb.fleet_dev.count() >= cfg.min_samples {
@@ -632,8 +665,14 @@ fn fleet_check(
         let hot = s >= threshold && share_above(&group.replicas, slot, q90, now, cfg) >= 2.0 / 3.0;
         let held = hot && group.fleet_hot[slot];
         group.fleet_hot[slot] = hot;
-        let w = if hot { cfg.anomalous_learn_weight } else { 1.0 };
-        if held {
+        // A fleet-wide level judged malicious is never adopted; one judged benign is
+        // expected.
+        let w = match hot {
+            true if !verdicts.is_empty() && verdicts.refuses(name, p.median) => 0.0,
+            true => cfg.anomalous_learn_weight,
+            false => 1.0,
+        };
+        if held && (verdicts.is_empty() || verdicts.allows(name, p.median).is_none()) {
             finding.add(Detector::Fleet, numeric_severity(s, threshold), s);
             finding.features.push(FeatureEvidence {
                 name: name.to_owned(),
@@ -707,6 +746,13 @@ fn uncorroborated(
         let Some(r) = group.replicas.get(Id::new(&p.container_id)) else {
             continue;
         };
+        // Judged benign while it waited for a sibling.
+        if matches!(
+            group.baseline.verdicts.item(p.kind, &p.value),
+            Some(ItemRuling::Taught(_))
+        ) {
+            continue;
+        }
         let threshold = calibrate::threshold(r.rate.per_day(), cfg.false_alerts_per_container_day);
         let support = group
             .baseline
@@ -737,6 +783,7 @@ fn uncorroborated(
             replica_support: support,
             replicas: live,
             phase: Phase::Learning.as_str().into(),
+            marked: None,
         });
         out.push((Arc::clone(&r.cref), f, r.quiet_ms(cfg)));
     }
@@ -826,7 +873,7 @@ fn score_metrics(
         let seasonal_band = seasonal_x.and_then(|_| {
             profile.and_then(|p| p.band_at(now, herd_baseline::numeric::resolution_of(name)))
         });
-        let Some((fname, fb)) = group.baseline.feature_at_mut(slot) else {
+        let Some((fname, fb, verdicts)) = group.baseline.feature_at_mut_with_verdicts(slot) else {
             continue;
         };
         // Peers are a reference from the first hour; a lone series' own history is not
@@ -910,11 +957,17 @@ fn score_metrics(
         // replica to report a fleet-wide change is compared with peers that have not
         // reported it yet.
         let anomalous = hot && (peers.is_none() || prev.is_some_and(|l| l.hot));
+        // Analysts' verdicts (`herd feedback`), consulted only for an unusual value:
+        // one judged benign raises nothing; one judged malicious is never learned.
+        let ruled = !verdicts.is_empty() && (hot || sb >= threshold);
+        let taught = ruled && verdicts.allows(fname, x).is_some();
+        let refused = ruled && verdicts.refuses(fname, x);
         // Each view learns what is ordinary for itself. A value beyond the history that
         // the peers share is a fleet-wide change, adopted slowly; one they do not share
         // is never the group's normal. A lone series adopts lasting level changes slowly.
         let slow = cfg.anomalous_learn_weight;
         let w_values = match (sb >= threshold, peers.is_some(), history >= threshold) {
+            _ if refused => 0.0,
             (false, _, _) => 1.0,
             (true, true, true) => 0.0,
             (true, _, _) => slow,
@@ -924,7 +977,7 @@ fn score_metrics(
         // sample whose whole combination of features the structure finds ordinary, is
         // explained (a daily peak along the load axis, a worker in its other mode): it
         // is learned as usual but raises nothing.
-        if anomalous && !vouched(i) {
+        if anomalous && !vouched(i) && !taught {
             finding.add(detector, numeric_severity(surprise, threshold), surprise);
             finding.features.push(FeatureEvidence {
                 name: fname.to_owned(),
@@ -949,6 +1002,7 @@ fn score_metrics(
         }
         if let Some(d) = dev
             && !peers_object
+            && !refused
         {
             fb.peer_dev.insert(d, now, 1.0);
         }
@@ -1086,6 +1140,9 @@ fn structure_finding(
         .and_then(|slot| group.baseline.feature_at_mut(slot))
         .and_then(|(_, fb)| fb.expected_range())
         .map(|(lo, hi)| [lo, hi]);
+    if group.baseline.verdicts.allows(&name, value).is_some() {
+        return;
+    }
     finding.threshold = threshold;
     finding.add(
         Detector::Structure,
@@ -1215,7 +1272,17 @@ fn score_event(
             .baseline
             .items
             .observe(kind, &value, hash, now, cfg.baseline.max_items);
-        let verdict = judge(kind, &prior, phase, live, cfg.min_peers);
+        // An analyst's verdict on the item overrides what the catalog knows of it: one
+        // judged benign is known, one judged malicious is raised on every replica.
+        let ruling = match group.baseline.verdicts.item(kind, &value) {
+            Some(ItemRuling::Taught(_)) => continue,
+            Some(ItemRuling::Marked(incident)) => Some(incident.to_owned()),
+            None => None,
+        };
+        let verdict = match ruling {
+            Some(_) => Verdict::Novel,
+            None => judge(kind, &prior, phase, live, cfg.min_peers),
+        };
         let (det, sev, score) = match verdict {
             Verdict::Quiet => continue,
             Verdict::Corroborate => {
@@ -1250,6 +1317,7 @@ fn score_event(
                 .map_or(0, |s| s.support_excluding(hash)),
             replicas: live,
             phase: phase.as_str().into(),
+            marked: ruling,
         });
     }
     if matches!(ev, Event::Start { .. } | Event::Die { .. }) {

@@ -116,7 +116,8 @@ pub fn explain(a: &Alert) -> String {
     let lead = a
         .novel
         .iter()
-        .find(|n| n.kind == "sensitive_file")
+        .find(|n| n.marked.is_some())
+        .or_else(|| a.novel.iter().find(|n| n.kind == "sensitive_file"))
         .or_else(|| a.novel.first());
     if let Some(n) = lead {
         let what = match n.kind.as_str() {
@@ -134,7 +135,9 @@ pub fn explain(a: &Alert) -> String {
             "process" => format!("was running process `{}`", n.value),
             other => format!("showed {other} `{}`", n.value),
         };
-        let why = if n.phase == "locked" {
+        let why = if let Some(incident) = &n.marked {
+            format!("behaviour judged malicious in incident {incident}")
+        } else if n.phase == "locked" {
             format!(
                 "never seen on any replica of this image before ({} live)",
                 n.replicas

@@ -16,7 +16,9 @@
 //!   critical Falco rules, `docker exec`);
 //! - turns surprises into alerts at the threshold the false-alert budget implies
 //!   ([`calibrate`]) and folds them into one incident per container per episode
-//!   ([`incident`]) with a one-sentence explanation ([`explain`]).
+//!   ([`incident`]) with a one-sentence explanation ([`explain`]);
+//! - applies analysts' verdicts on incidents ([`feedback`]): behaviour judged benign is
+//!   expected from then on, behaviour judged malicious stays anomalous on every replica.
 //!
 //! What it must not do: I/O, or read a clock. Time is the observations' event time.
 
@@ -25,6 +27,7 @@ pub mod calibrate;
 pub mod config;
 pub mod engine;
 pub mod explain;
+pub mod feedback;
 mod group;
 pub mod incident;
 mod novelty;
@@ -34,6 +37,7 @@ pub use alert::{
 };
 pub use config::DetectConfig;
 pub use engine::{Engine, EngineStats};
+pub use feedback::{Feedback, FeedbackOutcome};
 pub use incident::Closed;
 
 /// Errors of this crate.
@@ -53,6 +57,9 @@ pub enum Error {
     /// A snapshot format this build does not read.
     #[error("engine snapshot format {0} is not supported")]
     UnsupportedFormat(u32),
+    /// A feedback record that cannot be read or built.
+    #[error("feedback: {0}")]
+    Feedback(String),
 }
 
 /// Result with this crate's [`Error`].

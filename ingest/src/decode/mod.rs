@@ -79,11 +79,14 @@ pub enum RejectReason {
     TooManyItems,
     /// A raw stats sample or event of a container whose image is not known yet.
     UnknownContainer,
+    /// A feedback record (`herd feedback`) about a peer group the worker reading it
+    /// does not hold (forgotten when idle, or keyed to another worker's partition).
+    UnknownGroup,
 }
 
 impl RejectReason {
     /// Every reason, for pre-registering counters.
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 10] = [
         Self::TooLarge,
         Self::TooDeep,
         Self::InvalidJson,
@@ -93,6 +96,7 @@ impl RejectReason {
         Self::InvalidValue,
         Self::TooManyItems,
         Self::UnknownContainer,
+        Self::UnknownGroup,
     ];
 
     /// The label value.
@@ -107,6 +111,7 @@ impl RejectReason {
             Self::InvalidValue => "invalid_value",
             Self::TooManyItems => "too_many_items",
             Self::UnknownContainer => "unknown_container",
+            Self::UnknownGroup => "unknown_group",
         }
     }
 }
