@@ -30,7 +30,8 @@ pub mod glob;
 
 use std::collections::BTreeMap;
 
-use herd_detect::{Alert, Severity};
+use herd_baseline::ItemKind;
+use herd_detect::{Alert, Detector, Severity};
 use serde::{Deserialize, Serialize};
 
 use crate::command::Action;
@@ -106,6 +107,15 @@ pub struct Matcher {
     pub image: Option<String>,
     /// Label name → glob over its value; every one must match.
     pub labels: BTreeMap<String, String>,
+    /// Glob over the image's repository (the reference without tag or digest): every
+    /// version of one image, and no other image whose name starts the same.
+    pub repository: Option<String>,
+    /// Globs over deviating feature names; any one must name a feature of the alert
+    /// (`cpu_cores`, `net_tx_bytes_per_s`, …).
+    pub features: Vec<String>,
+    /// `KIND:GLOB` over the alert's novel items (`executable:/tmp/*`,
+    /// `destination:203.0.113.*`); any one must match one of them.
+    pub items: Vec<String>,
 }
 
 impl Matcher {
@@ -129,6 +139,21 @@ impl Matcher {
                     .get(k)
                     .is_some_and(|v| glob::matches(g, v.as_str()))
             })
+            && self
+                .repository
+                .as_deref()
+                .is_none_or(|g| glob::matches(g, herd_ingest::model::repository_of(&a.image)))
+            && (self.features.is_empty()
+                || a.features
+                    .iter()
+                    .any(|f| self.features.iter().any(|g| glob::matches(g, &f.name))))
+            && (self.items.is_empty()
+                || a.novel.iter().any(|n| {
+                    self.items.iter().any(|i| {
+                        i.split_once(':')
+                            .is_some_and(|(kind, g)| kind == n.kind && glob::matches(g, &n.value))
+                    })
+                }))
     }
 }
 
@@ -244,11 +269,21 @@ impl PolicyFile {
                 )));
             }
             for d in &p.matcher.detectors {
-                if !KNOWN_DETECTORS.contains(&d.as_str()) {
+                if !Detector::ALL.iter().any(|k| k.as_str() == d) {
                     return Err(Error::Policy(format!(
                         "policy {:?}: unknown detector {d:?} (known: {})",
                         p.name,
-                        KNOWN_DETECTORS.join(", ")
+                        Detector::ALL.map(Detector::as_str).join(", ")
+                    )));
+                }
+            }
+            for i in &p.matcher.items {
+                let kind = i.split_once(':').map(|(k, _)| k);
+                if !kind.is_some_and(|k| ItemKind::ALL.iter().any(|x| x.as_str() == k)) {
+                    return Err(Error::Policy(format!(
+                        "policy {:?}: item {i:?} must be KIND:GLOB, KIND one of {}",
+                        p.name,
+                        ItemKind::ALL.map(ItemKind::as_str).join(", ")
                     )));
                 }
             }
@@ -271,20 +306,6 @@ impl PolicyFile {
         self.policies.iter().find(|p| p.matcher.accepts(a))
     }
 }
-
-const KNOWN_DETECTORS: [&str; 11] = [
-    "peer",
-    "baseline",
-    "step",
-    "roughness",
-    "fleet",
-    "novelty",
-    "exec",
-    "oom",
-    "restart_loop",
-    "privileged",
-    "falco",
-];
 
 #[cfg(test)]
 mod tests {
@@ -340,6 +361,48 @@ actions = [{ action = "capture" }]
         ] {
             assert!(PolicyFile::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// The fields `herd policy from-incident` writes: the repository (every version of
+    /// the image, not another image named alike), the deviating features and the novel
+    /// items (`KIND:GLOB`); each must accept the alert. Every detector, the retrained
+    /// structure's included, can be named.
+    #[test]
+    fn matches_repository_features_and_items() {
+        let alert = |image: &str, feature: &str, item: (&str, &str)| -> Alert {
+            serde_json::from_value(serde_json::json!({
+                "incident_id": "i", "ts": "2026-12-05T10:00:00Z", "seq": 0,
+                "container_id": "c", "container_name": "web-5", "group": "g",
+                "image": image, "host": null, "severity": "high", "score": 9.0,
+                "threshold": 6.0, "detectors": ["novelty", "structure"], "explanation": "",
+                "features": [{"name": feature, "value": 1.0, "expected": null,
+                              "peers": null, "surprise": 9.0}],
+                "novel": [{"kind": item.0, "value": item.1, "replica_support": 0,
+                           "replicas": 5, "phase": "locked"}],
+                "events": [], "attack": [], "labels": {}
+            }))
+            .expect("test fixture")
+        };
+        let f = PolicyFile::parse(
+            r#"
+[[policy]]
+name = "bookmark"
+match = { repository = "shop/web", detectors = ["structure"], features = ["cpu_*"], items = ["executable:/tmp/*"] }
+"#,
+        )
+        .expect("test fixture");
+        let hit = alert("shop/web@sha256:aa", "cpu_cores", ("executable", "/tmp/x"));
+        assert!(f.first_match(&hit).is_some());
+        for miss in [
+            alert("shop/webhook:1", "cpu_cores", ("executable", "/tmp/x")),
+            alert("shop/web:2", "mem_bytes", ("executable", "/tmp/x")),
+            alert("shop/web:2", "cpu_cores", ("process", "/tmp/x")),
+            alert("shop/web:2", "cpu_cores", ("executable", "/usr/bin/x")),
+        ] {
+            assert!(f.first_match(&miss).is_none(), "{miss:?}");
+        }
+        let bad = "[[policy]]\nname = \"a\"\nmatch = { items = [\"binary:/tmp/*\"] }";
+        assert!(PolicyFile::parse(bad).is_err());
     }
 
     #[test]
