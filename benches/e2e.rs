@@ -124,6 +124,7 @@ fn main() -> anyhow::Result<()> {
             seed: 11,
             hours,
             interval_s: 20,
+            recur_after_h: None,
         },
         &dir,
     )?;

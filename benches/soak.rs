@@ -173,6 +173,7 @@ fn max_rate(
             seed: 13,
             hours: 12,
             interval_s: 20,
+            recur_after_h: None,
         },
         &sim,
     )?;

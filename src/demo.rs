@@ -73,6 +73,7 @@ fn run(
             seed: opts.seed,
             hours: HOURS,
             interval_s: 60,
+            recur_after_h: None,
         },
         &fleet,
     )?;

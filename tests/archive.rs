@@ -80,6 +80,7 @@ fn the_archive_survives_a_killed_worker_without_partial_files_or_lost_rows_issue
             seed: 4,
             hours: 6,
             interval_s: 60,
+            recur_after_h: None,
         },
         &dir.join("fleet"),
     )

@@ -209,6 +209,7 @@ fn the_archive_and_retrain_work_on_an_s3_compatible_store_issue_6() {
             seed: 5,
             hours: 26,
             interval_s: 60,
+            recur_after_h: None,
         },
         &dir.join("fleet"),
     )

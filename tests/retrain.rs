@@ -99,6 +99,7 @@ fn retrain_learns_robust_statistics_profiles_and_spread_from_the_archive_issue_6
             seed: 5,
             hours: 48,
             interval_s: 60,
+            recur_after_h: None,
         },
         &dir.join("fleet"),
     )
@@ -299,6 +300,7 @@ fn retrained_baselines_cut_false_alarms_on_the_following_day_and_miss_no_attack_
             seed: 3,
             hours: 48,
             interval_s: 60,
+            recur_after_h: None,
         },
         &fleet,
     )

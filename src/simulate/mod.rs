@@ -37,6 +37,10 @@ pub struct SimConfig {
     pub hours: u32,
     /// Seconds between stats samples.
     pub interval_s: u32,
+    /// Every attack happens again this many hours later on the same containers, where
+    /// it still fits in the run and they still run (`herd simulate --recur-after-h`):
+    /// the fleet an analyst's verdict on the first episode is judged on.
+    pub recur_after_h: Option<u32>,
 }
 
 /// What was written.
@@ -105,6 +109,7 @@ pub struct Labels {
 /// Simulation start: 2026-11-02T00:00:00Z (epoch ms), for every seed.
 pub const T0: i64 = 1_793_577_600_000;
 
+#[derive(Clone)]
 struct Attack {
     kind: &'static str,
     effect: Option<Effect>,
@@ -328,6 +333,23 @@ pub fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<SimSummary> {
         start: h(46.5),
         end: h(46.5) + 20 * MIN,
     });
+    if let Some(after) = cfg.recur_after_h.filter(|h| *h > 0) {
+        let shift = i64::from(after) * HOUR;
+        let runs = |c: &Container, from: i64, to: i64| {
+            c.from_ms <= from && c.to_ms.is_none_or(|t| t >= to + MIN)
+        };
+        let again: Vec<Attack> = attacks
+            .iter()
+            .map(|a| Attack {
+                targets: a.targets.clone(),
+                start: a.start + shift,
+                end: a.end + shift,
+                ..*a
+            })
+            .filter(|a| a.targets.iter().all(|t| runs(&cs[*t], a.start, a.end)))
+            .collect();
+        attacks.extend(again);
+    }
     attacks.retain(|a| a.end <= end);
     let surge = (h(38.0), h(38.0) + 40 * MIN);
 

@@ -40,6 +40,7 @@ pub fn fleet(dir: &Path) -> Vec<PathBuf> {
             seed: 2,
             hours: 48,
             interval_s: 60,
+            recur_after_h: None,
         },
         dir,
     )

@@ -251,6 +251,7 @@ fn corpus(dir: &Path) -> Vec<Vec<u8>> {
             seed: 11,
             hours: 1,
             interval_s: 60,
+            recur_after_h: None,
         },
         dir,
     )
