@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::HerdConfig;
@@ -52,6 +53,50 @@ impl KafkaArgs {
     }
 }
 
+/// An analyst's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerdictArg {
+    /// Expected behaviour: teach it to the group's baseline.
+    Benign,
+    /// A compromise: keep it anomalous, and mark it for `herd policy from-incident`.
+    Malicious,
+}
+
+impl From<VerdictArg> for herd_baseline::Verdict {
+    fn from(v: VerdictArg) -> Self {
+        match v {
+            VerdictArg::Benign => herd_baseline::Verdict::Benign,
+            VerdictArg::Malicious => herd_baseline::Verdict::Malicious,
+        }
+    }
+}
+
+/// `herd policy …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum PolicyCommand {
+    /// Write a policy stanza that matches an incident's behaviour on its image (its
+    /// detectors, deviating features and novel items), with a capture and a dry-run
+    /// pause: a bookmark that turns one investigation into a standing rule. Review it,
+    /// backtest it, then add it to the policy file. Refused for an incident judged
+    /// benign.
+    FromIncident {
+        /// The incident.
+        incident_id: String,
+        /// Read the incident's alert lines from this file instead of the alerts topic.
+        #[arg(long, value_name = "FILE")]
+        alerts: Option<PathBuf>,
+        /// Read verdicts from this file (`herd feedback --out`) instead of the feedback
+        /// topic (which is read only when the alerts come from Kafka too).
+        #[arg(long, value_name = "FILE")]
+        feedback: Option<PathBuf>,
+        /// Write the stanza to this file instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    },
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
@@ -93,6 +138,44 @@ pub enum Command {
         /// only teach who is who.
         #[arg(long, value_parser = parse_time)]
         from: Option<i64>,
+        /// Apply the feedback records in this file (`herd feedback --out`), each when
+        /// the replay reaches its time: what a verdict changes on the data after it.
+        #[arg(long, value_name = "FILE")]
+        feedback: Option<PathBuf>,
+    },
+    /// Give a verdict on an incident: `benign` teaches the group's baseline (the
+    /// behaviour is expected from now on), `malicious` keeps it anomalous on every
+    /// replica. Reads the incident's alert lines from `herd.alerts` (or `--alerts`),
+    /// publishes the record to `herd.feedback` (or writes it to `--out`), and prints it.
+    Feedback {
+        /// The incident (`incident_id` of its alert lines).
+        incident_id: String,
+        /// The verdict.
+        verdict: VerdictArg,
+        /// Why, for the audit record.
+        #[arg(long)]
+        note: Option<String>,
+        /// Who gives it, for the audit record (default: the login name).
+        #[arg(long)]
+        by: Option<String>,
+        /// Read the incident's alert lines from this file instead of the alerts topic.
+        #[arg(long, value_name = "FILE")]
+        alerts: Option<PathBuf>,
+        /// Write the record to this file (appending; `-` for stdout) instead of
+        /// publishing it: for `herd replay --feedback`.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// When the verdict takes effect (RFC 3339 or epoch ms; default now). With
+        /// `--out`, place it in recorded data's time.
+        #[arg(long, value_parser = parse_time)]
+        at: Option<i64>,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    },
+    /// Response policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
     },
     /// Backtest response policies on recorded input: detection and the policies' every
     /// guard (quorum, rate limit, once per incident) as the workers would have applied
@@ -220,6 +303,10 @@ pub enum Command {
         /// Seconds between stats samples.
         #[arg(long, default_value_t = 20)]
         interval_s: u32,
+        /// Every attack happens again this many hours later on the same containers (a
+        /// fleet to judge an analyst's verdict on the first episode with).
+        #[arg(long)]
+        recur_after_h: Option<u32>,
     },
     /// Print the effective configuration (built-in defaults, overlaid by the file) as
     /// TOML: a starting point for a configuration file, and a check of what herd will use.
@@ -351,8 +438,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             quiet,
             retrained,
             from,
+            feedback,
         } => {
             let mut cfg = HerdConfig::load(config.as_deref())?;
+            let feedback = match &feedback {
+                Some(path) => crate::feedback::read_records(path)?,
+                None => Vec::new(),
+            };
             let snapshots = match &retrained {
                 Some(dir) => crate::retrain::read_dir(dir)?,
                 None => Vec::new(),
@@ -362,8 +454,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cfg.detect.validate()?;
             }
             let progress = !quiet && std::io::stderr().is_terminal();
-            let summary =
-                crate::replay::replay(&cfg, &inputs, out.as_ref(), progress, snapshots, from)?;
+            let summary = crate::replay::replay(
+                &cfg,
+                &inputs,
+                out.as_ref(),
+                progress,
+                crate::replay::Schedule {
+                    retrained: snapshots,
+                    feedback,
+                    score_from_ms: from,
+                },
+            )?;
             if !quiet {
                 eprint!("{}", crate::replay::render_summary(&summary));
             }
@@ -381,6 +482,78 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let summary = crate::backtest::backtest(&cfg, policies, &inputs, out.as_ref())?;
             if !quiet {
                 eprint!("{}", crate::backtest::render_summary(&summary));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Feedback {
+            incident_id,
+            verdict,
+            note,
+            by,
+            alerts,
+            out,
+            at,
+            kafka,
+        } => {
+            let cfg = kafka.load()?;
+            let source = match &alerts {
+                Some(p) => crate::feedback::Alerts::File(p),
+                None => crate::feedback::Alerts::Kafka(&cfg),
+            };
+            let lines =
+                crate::feedback::incident_alerts(source, &incident_id, cfg.limits.max_line_bytes)?;
+            let at = at.unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+            let fb = herd_detect::Feedback::from_alerts(
+                &lines,
+                verdict.into(),
+                &crate::feedback::author(by)?,
+                note.as_deref(),
+                at,
+            )?;
+            match &out {
+                Some(path) => crate::feedback::write_record(path, &fb)?,
+                None => crate::feedback::publish(&cfg, &fb)?,
+            }
+            if out.as_deref().is_none_or(|p| p.as_os_str() != "-") {
+                println!("{}", fb.to_line());
+            }
+            eprintln!(
+                "herd feedback: incident {incident_id} judged {} by {}: {} feature range(s), {} item(s) → {}",
+                fb.verdict.as_str(),
+                fb.by,
+                fb.features.len(),
+                fb.items.len(),
+                out.as_ref()
+                    .map_or(cfg.stream.topics.feedback.clone(), |p| p
+                        .display()
+                        .to_string())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy {
+            command:
+                PolicyCommand::FromIncident {
+                    incident_id,
+                    alerts,
+                    feedback,
+                    out,
+                    kafka,
+                },
+        } => {
+            let cfg = kafka.load()?;
+            let source = match &alerts {
+                Some(p) => crate::feedback::Alerts::File(p),
+                None => crate::feedback::Alerts::Kafka(&cfg),
+            };
+            let lines =
+                crate::feedback::incident_alerts(source, &incident_id, cfg.limits.max_line_bytes)?;
+            let verdicts =
+                crate::feedback::verdicts(feedback.as_deref(), alerts.is_none().then_some(&cfg))?;
+            let stanza = crate::feedback::policy_from_incident(&lines, &verdicts)?;
+            match &out {
+                Some(p) => std::fs::write(p, &stanza)
+                    .with_context(|| format!("writing {}", p.display()))?,
+                None => print!("{stanza}"),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -595,12 +768,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
             hours,
             interval_s,
+            recur_after_h,
         } => {
             let s = crate::simulate::simulate(
                 &crate::simulate::SimConfig {
                     seed,
                     hours,
                     interval_s,
+                    recur_after_h,
                 },
                 &out,
             )?;

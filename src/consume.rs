@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
@@ -28,13 +28,13 @@ struct Printed<'a> {
     payload_text: Option<std::borrow::Cow<'a, str>>,
 }
 
-/// Reads every partition of `topic` from its start to the end it has when called, and
-/// writes one JSON line per record to `out`. Returns the number of records.
-pub fn consume(
+/// Reads every partition of `topic` from its start to the end it has when called,
+/// handing each record to `each`. Returns the number of records.
+pub fn read_to_end(
     kafka: &BTreeMap<String, String>,
     topic: &str,
     timeout: Duration,
-    out: &mut dyn Write,
+    mut each: impl FnMut(&BorrowedMessage<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
     let c: BaseConsumer = client_config(kafka, Role::Reader).create()?;
     let md = c
@@ -74,6 +74,21 @@ pub fn consume(
             }
             Err(e) => return Err(e.into()),
         };
+        each(&m)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Reads every partition of `topic` from its start to the end it has when called, and
+/// writes one JSON line per record to `out`. Returns the number of records.
+pub fn consume(
+    kafka: &BTreeMap<String, String>,
+    topic: &str,
+    timeout: Duration,
+    out: &mut dyn Write,
+) -> anyhow::Result<u64> {
+    read_to_end(kafka, topic, timeout, |m| {
         let mut headers = BTreeMap::new();
         if let Some(h) = m.headers() {
             for hd in h.iter() {
@@ -103,7 +118,6 @@ pub fn consume(
             },
         )?;
         out.write_all(b"\n")?;
-        n += 1;
-    }
-    Ok(n)
+        Ok(())
+    })
 }

@@ -37,6 +37,7 @@ pub mod consume;
 pub mod demo;
 pub mod drill;
 pub mod evaluate;
+pub mod feedback;
 pub mod http;
 pub mod input;
 pub mod logs;

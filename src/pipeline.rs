@@ -23,6 +23,8 @@ pub struct Counters {
     pub observations: u64,
     /// Alert lines emitted.
     pub alerts: u64,
+    /// Feedback records (`herd feedback`) applied, by outcome.
+    pub feedback: BTreeMap<String, u64>,
 }
 
 impl Counters {
@@ -31,6 +33,13 @@ impl Counters {
         *self
             .rejected
             .entry(r.reason.as_str().to_owned())
+            .or_default() += 1;
+    }
+
+    fn count_feedback(&mut self, outcome: herd_detect::FeedbackOutcome) {
+        *self
+            .feedback
+            .entry(outcome.as_str().to_owned())
             .or_default() += 1;
     }
 
@@ -47,6 +56,7 @@ impl Counters {
             (&mut self.decoded, &other.decoded),
             (&mut self.rejected, &other.rejected),
             (&mut self.filtered, &other.filtered),
+            (&mut self.feedback, &other.feedback),
         ] {
             for (k, v) in theirs {
                 *mine.entry(k.clone()).or_default() += v;
@@ -80,6 +90,9 @@ pub struct Pipeline {
     /// Retrained snapshots waiting for event time to reach the end of their window,
     /// latest first (`herd replay --retrained`).
     scheduled: Vec<crate::retrain::Retrained>,
+    /// Feedback records waiting for event time to reach them, latest first
+    /// (`herd replay --feedback`).
+    feedback: Vec<(i64, herd_detect::Feedback)>,
     /// Counters of everything that passed through.
     pub counters: Counters,
 }
@@ -115,6 +128,7 @@ impl Pipeline {
             obs: Vec::new(),
             score_from_ms: i64::MIN,
             scheduled: Vec::new(),
+            feedback: Vec::new(),
             counters: Counters::default(),
         })
     }
@@ -132,6 +146,46 @@ impl Pipeline {
         self.scheduled.push(r);
         self.scheduled
             .sort_by_key(|r| std::cmp::Reverse(r.until_ms));
+    }
+
+    /// Applies feedback record `fb` when event time reaches its time, as a worker
+    /// applies it when it arrives (`herd replay --feedback`): recorded data judges a
+    /// verdict on what came after it.
+    pub fn schedule_feedback(&mut self, fb: herd_detect::Feedback) -> anyhow::Result<()> {
+        let at = fb.ts_ms()?;
+        self.feedback.push((at, fb));
+        self.feedback.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
+        Ok(())
+    }
+
+    /// Applies a feedback record now (the stream service, as it arrives); counted by
+    /// outcome.
+    pub fn apply_feedback(
+        &mut self,
+        fb: &herd_detect::Feedback,
+    ) -> anyhow::Result<herd_detect::FeedbackOutcome> {
+        let outcome = self.engine.apply_feedback(fb)?;
+        self.counters.count_feedback(outcome);
+        tracing::info!(
+            incident = %fb.incident_id,
+            verdict = fb.verdict.as_str(),
+            by = %fb.by,
+            group = %fb.group,
+            outcome = outcome.as_str(),
+            "feedback"
+        );
+        Ok(outcome)
+    }
+
+    /// Applies the scheduled feedback records due at `ts` (all of them with
+    /// `i64::MAX`: the end of a replay).
+    pub fn apply_feedback_due(&mut self, ts: i64) -> anyhow::Result<()> {
+        while self.feedback.last().is_some_and(|(t, _)| *t <= ts) {
+            if let Some((_, fb)) = self.feedback.pop() {
+                self.apply_feedback(&fb)?;
+            }
+        }
+        Ok(())
     }
 
     /// The decoder (for callers that decode before ordering).
@@ -189,6 +243,10 @@ impl Pipeline {
                 if let Some(r) = self.scheduled.pop() {
                     self.engine.adopt_retrained(r);
                 }
+            }
+            // Records were checked when scheduled: applying one does not fail.
+            if let Err(e) = self.apply_feedback_due(ts) {
+                tracing::warn!(error = %e, "feedback record not applied");
             }
         }
         if self
@@ -260,6 +318,7 @@ impl Pipeline {
             obs: Vec::new(),
             score_from_ms: i64::MIN,
             scheduled: Vec::new(),
+            feedback: Vec::new(),
             counters: Counters::default(),
         })
     }

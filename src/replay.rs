@@ -57,24 +57,36 @@ pub fn open_sources(inputs: &[PathBuf], max_line: usize) -> anyhow::Result<(Vec<
     Ok((sources, total))
 }
 
+/// What a replay applies at its time, beside the input.
+#[derive(Debug, Default)]
+pub struct Schedule {
+    /// Retrained snapshots, each adopted when event time reaches the end of its window.
+    pub retrained: Vec<crate::retrain::Retrained>,
+    /// Feedback records, each applied when event time reaches it.
+    pub feedback: Vec<herd_detect::Feedback>,
+    /// Score only from this time on (earlier records teach who is who).
+    pub score_from_ms: Option<i64>,
+}
+
 /// Runs a replay with `cfg` over `inputs`, writing alerts to `out` (stdout if `None`),
-/// adopting each of the `retrained` snapshots when event time reaches the end of its
-/// window, scoring from `score_from_ms` on.
+/// with what `schedule` holds applied at its time.
 pub fn replay(
     cfg: &HerdConfig,
     inputs: &[PathBuf],
     out: Option<&PathBuf>,
     progress: bool,
-    retrained: Vec<crate::retrain::Retrained>,
-    score_from_ms: Option<i64>,
+    schedule: Schedule,
 ) -> anyhow::Result<Summary> {
     let start = Instant::now();
     let (sources, total) = open_sources(inputs, cfg.limits.max_line_bytes)?;
     let mut pipeline = Pipeline::new(cfg.limits, cfg.normalizer.clone(), cfg.detect.clone())?;
-    for r in retrained {
+    for r in schedule.retrained {
         pipeline.schedule_retrained(r);
     }
-    if let Some(t) = score_from_ms {
+    for fb in schedule.feedback {
+        pipeline.schedule_feedback(fb)?;
+    }
+    if let Some(t) = schedule.score_from_ms {
         pipeline.score_from(t);
     }
     let mut sink: Box<dyn AlertSink> = match out {
@@ -133,6 +145,8 @@ pub fn replay(
         |bytes| bar.set_position(bytes),
     )?;
     write(&mut buf)?;
+    // Verdicts given after the last record still count (a group they name is held).
+    pipeline.apply_feedback_due(i64::MAX)?;
     sink.flush()?;
     bar.finish_and_clear();
     Ok(Summary {
@@ -170,6 +184,9 @@ pub fn render_summary(s: &Summary) -> String {
     }
     if !c.filtered.is_empty() {
         out.push_str(&format!("  filtered: {}\n", join(&c.filtered)));
+    }
+    if !c.feedback.is_empty() {
+        out.push_str(&format!("  feedback: {}\n", join(&c.feedback)));
     }
     if !c.rejected.is_empty() {
         out.push_str(&format!(

@@ -128,6 +128,7 @@ fn poison_records_are_dead_lettered_with_reasons_and_the_stream_goes_on_issue_3(
             seed: 3,
             hours: 2,
             interval_s: 60,
+            recur_after_h: None,
         },
         &dir.join("fleet"),
     )
@@ -225,5 +226,138 @@ fn poison_records_are_dead_lettered_with_reasons_and_the_stream_goes_on_issue_3(
         "{line} (expected {} records)",
         total_valid + poison.len()
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 9 on Kafka: verdicts given with `herd feedback` on the first episodes of a
+/// fleet whose attacks recur a day later reach the worker that owns each group through
+/// `herd.feedback`, and change what it raises the second time: the cryptominer judged
+/// benign is expected, the reverse shell judged malicious is raised (without the
+/// verdict its items are known by then). `herd policy from-incident` reads the incident
+/// and its verdict back from the topics.
+#[test]
+fn verdicts_given_on_kafka_change_what_the_workers_raise_next_issue_9() {
+    const HOUR: i64 = 3_600_000;
+    let dir = workdir("feedback");
+    let fleet_dir = dir.join("fleet");
+    simulate(
+        &SimConfig {
+            seed: 2,
+            hours: 72,
+            interval_s: 60,
+            recur_after_h: Some(24),
+        },
+        &fleet_dir,
+    )
+    .unwrap_or_else(|e| panic!("simulate: {e}"));
+    let files: Vec<PathBuf> = FILES.iter().map(|f| fleet_dir.join(f)).collect();
+    let t0 = fleet_start_ms(&fleet_dir);
+    let broker = Broker::start(&dir.join("broker.log"));
+    let names = Names::new("feedback");
+    let worker = Worker::start_with(&names, &broker, dir.join("worker.log"), &[IN_ORDER]);
+    produce_window(&names, &broker, &files, None, Some(t0 + 48 * HOUR));
+    broker.wait_caught_up(&names, Duration::from_secs(300));
+
+    let ts = |a: &serde_json::Value| {
+        herd_ingest::time::parse_rfc3339_ms(a["ts"].as_str().unwrap_or_default()).unwrap_or(0)
+    };
+    // The first alert line on `name` within `[from, to)` hours that `pick` accepts.
+    let first = |alerts: &std::collections::BTreeMap<String, Vec<serde_json::Value>>,
+                 name: &str,
+                 (from, to): (i64, i64),
+                 pick: &dyn Fn(&serde_json::Value) -> bool| {
+        alerts
+            .values()
+            .flatten()
+            .filter(|a| {
+                a["container_name"] == name
+                    && (t0 + from * HOUR..t0 + to * HOUR).contains(&ts(a))
+                    && pick(a)
+            })
+            .min_by_key(|a| ts(a))
+            .cloned()
+    };
+    let cpu = |a: &serde_json::Value| {
+        a["features"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f["name"] == "cpu_cores"))
+    };
+    let novel = |a: &serde_json::Value| a["novel"].as_array().is_some_and(|n| !n.is_empty());
+    let before = stream_alerts(&names, &broker);
+    let miner = first(&before, "web-3", (28, 29), &cpu).expect("the miner is raised");
+    let shell = first(&before, "web-5", (44, 45), &novel).expect("the reverse shell is raised");
+    for (incident, verdict, by) in [
+        (&miner["incident_id"], "benign", "alice"),
+        (&shell["incident_id"], "malicious", "bob"),
+    ] {
+        let out = support::broker::herd()
+            .args(["feedback", incident.as_str().unwrap_or_default(), verdict])
+            .args(["--by", by, "--note", "issue 9 test"])
+            .envs(names.env(&broker))
+            .output()
+            .unwrap_or_else(|e| panic!("herd feedback: {e}"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Applied (and committed) before the second day is produced.
+    let feedback = vec![names.topic("feedback")];
+    let ends = broker.ends(&feedback[0], PARTITIONS);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while broker
+        .committed(&names.group(), &feedback, PARTITIONS)
+        .iter()
+        .zip(&ends)
+        .any(|(c, e)| *e > 0 && c < e)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "feedback not consumed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    produce_window(&names, &broker, &files, Some(t0 + 48 * HOUR), None);
+    broker.wait_caught_up(&names, Duration::from_secs(300));
+    let log = worker.stop();
+    assert_eq!(
+        log.matches("outcome=\"applied\"").count() + log.matches("outcome=applied").count(),
+        2,
+        "{log}"
+    );
+
+    let after = stream_alerts(&names, &broker);
+    assert!(
+        first(&after, "web-3", (52, 53), &cpu).is_none(),
+        "the miner judged benign is expected the second time"
+    );
+    let again = first(&after, "web-5", (68, 69), &novel)
+        .expect("the shell judged malicious is raised again");
+    assert!(
+        again["novel"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| n["marked"] == shell["incident_id"])),
+        "{again}"
+    );
+    assert!(consume(&names, &broker, &names.topic("dlq")).is_empty());
+
+    let out = support::broker::herd()
+        .args([
+            "policy",
+            "from-incident",
+            shell["incident_id"].as_str().unwrap_or_default(),
+        ])
+        .envs(names.env(&broker))
+        .output()
+        .unwrap_or_else(|e| panic!("herd policy from-incident: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("# Judged malicious by bob"), "{text}");
+    herd_respond::policy::PolicyFile::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let _ = std::fs::remove_dir_all(&dir);
 }

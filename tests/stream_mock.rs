@@ -126,6 +126,7 @@ fn refused_deliveries_make_the_worker_rejoin_in_place_and_lose_nothing_issue_8()
             // Past the first attacks (hours 26 and 28): incidents to lose.
             hours: 30,
             interval_s: 60,
+            recur_after_h: None,
         },
         &dir,
     )
@@ -256,7 +257,7 @@ fn refused_deliveries_make_the_worker_rejoin_in_place_and_lose_nothing_issue_8()
     // The effects the broker refused were produced again: the stream's incidents are
     // exactly those of `herd replay` on the same files, and nothing was dead-lettered.
     let replayed = dir.join("replay.jsonl");
-    herd::replay::replay(&cfg, &files, Some(&replayed), false, Vec::new(), None)
+    herd::replay::replay(&cfg, &files, Some(&replayed), false, Default::default())
         .unwrap_or_else(|e| panic!("{e}"));
     let want = incidents(
         std::fs::read_to_string(&replayed)

@@ -31,6 +31,7 @@ fn task_config(inputs: usize, max_idle: Duration) -> TaskConfig {
         latency: None,
         archive_rows: None,
         retrained_input: None,
+        feedback_input: None,
         max_checkpoint_value: herd::stream::parts::MAX_VALUE_BYTES,
     }
 }
@@ -52,6 +53,7 @@ fn fleet(name: &str, seed: u64) -> PathBuf {
             seed,
             hours: 48,
             interval_s: 60,
+            recur_after_h: None,
         },
         &dir,
     )

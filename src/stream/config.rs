@@ -26,6 +26,9 @@ pub struct Topics {
     /// Retrained baselines (`herd retrain --publish`), key = routing key
     /// (repository), compacted.
     pub retrained: String,
+    /// Analysts' verdicts on incidents (`herd feedback`), key = routing key
+    /// (repository); kept as the audit trail of what was taught.
+    pub feedback: String,
 }
 
 impl Default for Topics {
@@ -43,6 +46,7 @@ impl Default for Topics {
             actions: "herd.actions".into(),
             responses: "herd.responses".into(),
             retrained: "herd.retrained".into(),
+            feedback: "herd.feedback".into(),
         }
     }
 }
@@ -123,7 +127,16 @@ impl StreamConfig {
             "stream.topics.inputs: at least one input topic"
         );
         let mut all: Vec<&String> = t.inputs.iter().collect();
-        all.extend([&t.repartition, &t.alerts, &t.dlq, &t.baselines]);
+        all.extend([
+            &t.repartition,
+            &t.alerts,
+            &t.dlq,
+            &t.baselines,
+            &t.retrained,
+            &t.feedback,
+            &t.actions,
+            &t.responses,
+        ]);
         for name in &all {
             anyhow::ensure!(
                 !name.is_empty()
@@ -140,7 +153,8 @@ impl StreamConfig {
         anyhow::ensure!(
             dedup.len() == all.len(),
             "stream.topics: every topic must be distinct (an input cannot also be the \
-             alert, dead-letter, repartition or baselines topic)"
+             alert, dead-letter, repartition, baselines, retrained, feedback, actions or \
+             responses topic)"
         );
         anyhow::ensure!(
             !self.group_id.is_empty(),

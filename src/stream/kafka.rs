@@ -192,6 +192,7 @@ pub async fn prepare_topics(
     tasked.push(&t.repartition);
     tasked.push(&t.baselines);
     tasked.push(&t.retrained);
+    tasked.push(&t.feedback);
     let others = [
         t.alerts.as_str(),
         t.dlq.as_str(),

@@ -207,6 +207,8 @@ pub struct Task {
     archive: Option<(crate::archive::Buffer, usize)>,
     /// See [`TaskConfig::retrained_input`].
     retrained_input: Option<usize>,
+    /// See [`TaskConfig::feedback_input`].
+    feedback_input: Option<usize>,
     /// Largest record accepted on the retrained input.
     max_record_bytes: usize,
     /// Raw stats samples waiting for their container's identity (input, record), in
@@ -268,6 +270,9 @@ pub struct TaskConfig {
     /// Index of the retrained-baselines topic among the inputs: its records are
     /// adopted by the engine as they come, not merged in event time.
     pub retrained_input: Option<usize>,
+    /// Index of the feedback topic among the inputs (`herd feedback`): its records are
+    /// applied as they come, like retrained baselines.
+    pub feedback_input: Option<usize>,
     /// Largest checkpoint value written as one record; larger ones are written as
     /// parts ([`Parts`]). `stream.checkpoint_record_bytes`.
     pub max_checkpoint_value: usize,
@@ -311,6 +316,7 @@ impl Task {
                 .archive_rows
                 .map(|n| (crate::archive::Buffer::default(), n)),
             retrained_input: cfg.retrained_input,
+            feedback_input: cfg.feedback_input,
             max_record_bytes: cfg.limits.max_line_bytes,
             parked: VecDeque::new(),
             identity_ts: i64::MIN,
@@ -437,6 +443,7 @@ impl Task {
         payload: &[u8],
         out: &mut Vec<Out>,
     ) {
+        let control = self.is_control(input);
         let Some(inp) = self.inputs.get_mut(input) else {
             return;
         };
@@ -460,8 +467,12 @@ impl Task {
             );
         }
         inp.consumed_next = Some(offset + 1);
-        if Some(input) == self.retrained_input {
-            self.adopt_retrained(input, offset, key, payload, out);
+        if control {
+            if Some(input) == self.retrained_input {
+                self.adopt_retrained(input, offset, key, payload, out);
+            } else {
+                self.apply_feedback(input, offset, key, payload, out);
+            }
             return;
         }
         if self.busy.is_none() {
@@ -545,6 +556,47 @@ impl Task {
         self.tally[input][outcome] += 1;
     }
 
+    /// Whether `input` carries control records (retrained baselines, feedback), applied
+    /// as they come rather than merged in event time: nothing waits for them.
+    fn is_control(&self, input: usize) -> bool {
+        Some(input) == self.retrained_input || Some(input) == self.feedback_input
+    }
+
+    /// A record of the feedback topic: the engine applies the verdict now (an analyst
+    /// gives it after the incident, so the stream is already past it). One that cannot
+    /// be read, or that is about a group this task does not hold, goes to the
+    /// dead-letter topic with the reason.
+    fn apply_feedback(
+        &mut self,
+        input: usize,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        out: &mut Vec<Out>,
+    ) {
+        use herd_ingest::{Reject, RejectReason};
+        let applied = herd_detect::Feedback::parse(payload)
+            .map_err(|e| Reject::new(RejectReason::InvalidValue, e.to_string()))
+            .and_then(|fb| match self.pipeline.apply_feedback(&fb) {
+                Ok(herd_detect::FeedbackOutcome::UnknownGroup) => Err(Reject::new(
+                    RejectReason::UnknownGroup,
+                    format!(
+                        "feedback on incident {}: group {} ({}) is not held by this task",
+                        fb.incident_id,
+                        fb.group,
+                        fb.routing_key()
+                    ),
+                )),
+                Ok(herd_detect::FeedbackOutcome::Repeated) => Ok(FILTERED),
+                Ok(herd_detect::FeedbackOutcome::Applied(_)) => Ok(SCORED),
+                Err(e) => Err(Reject::new(RejectReason::InvalidValue, e.to_string())),
+            });
+        match applied {
+            Ok(outcome) => self.tally[input][outcome] += 1,
+            Err(reject) => out.push(self.dead_letter(input, offset, key, payload, reject)),
+        }
+    }
+
     /// A record rejected as it was offered (or given up on while parked): counted, and
     /// its original bytes for the dead-letter topic.
     fn dead_letter(
@@ -589,12 +641,12 @@ impl Task {
                 .min_by_key(|(_, ts)| *ts);
             let Some((j, ts)) = best else { break };
             let mut wait = false;
-            let retrained = self.retrained_input;
+            let control = [self.retrained_input, self.feedback_input];
             for (_, inp) in self
                 .inputs
                 .iter_mut()
                 .enumerate()
-                .filter(|(k, i)| i.buf.is_empty() && Some(*k) != retrained)
+                .filter(|(k, i)| i.buf.is_empty() && !control.contains(&Some(*k)))
             {
                 let since = *inp.empty_since.get_or_insert(now);
                 let idle = now.duration_since(since);
@@ -748,12 +800,11 @@ impl Task {
         if self.parked.is_empty() {
             return;
         }
-        let retrained = self.retrained_input;
         let quiet: Vec<bool> = self
             .inputs
             .iter()
             .enumerate()
-            .map(|(k, i)| Some(k) == retrained || (i.buf.is_empty() && i.caught_up()))
+            .map(|(k, i)| self.is_control(k) || (i.buf.is_empty() && i.caught_up()))
             .collect();
         let drained = quiet.iter().all(|q| *q);
         // Whether every input but the sample's own is quiet.

@@ -424,9 +424,11 @@ pub fn run_with(
     inst: Instruments,
 ) -> anyhow::Result<Summary> {
     let scfg = cfg.stream.clone();
-    // Inputs, then the retrained baselines, then the repartition topic (always last).
+    // Inputs, then the retrained baselines and the feedback, then the repartition
+    // topic (always last).
     let mut topics = scfg.topics.inputs.clone();
     topics.push(scfg.topics.retrained.clone());
+    topics.push(scfg.topics.feedback.clone());
     topics.push(scfg.topics.repartition.clone());
     let index: HashMap<String, usize> = topics
         .iter()
@@ -453,7 +455,8 @@ pub fn run_with(
         respond,
         latency: Some(inst.metrics.latency.clone()),
         archive_rows: cfg.archive.url.as_ref().map(|_| cfg.archive.max_file_rows),
-        retrained_input: Some(topics.len() - 2),
+        retrained_input: Some(topics.len() - 3),
+        feedback_input: Some(topics.len() - 2),
         max_checkpoint_value: scfg.checkpoint_record_bytes,
     };
     let exported = Exported::new(&inst.metrics, &topics);

@@ -364,6 +364,10 @@ impl Names {
                 "HERD_STREAM__TOPICS__RETRAINED".into(),
                 self.topic("retrained"),
             ),
+            (
+                "HERD_STREAM__TOPICS__FEEDBACK".into(),
+                self.topic("feedback"),
+            ),
             ("HERD_STREAM__GROUP_ID".into(), self.group()),
             // Tests run many herd processes at once: each takes a port of its own
             // (a test that scrapes one sets its port explicitly).
