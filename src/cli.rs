@@ -496,12 +496,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             kafka,
         } => {
             let cfg = kafka.load()?;
-            let source = match &alerts {
-                Some(p) => crate::feedback::Alerts::File(p),
-                None => crate::feedback::Alerts::Kafka(&cfg),
-            };
-            let lines =
-                crate::feedback::incident_alerts(source, &incident_id, cfg.limits.max_line_bytes)?;
+            let lines = crate::feedback::incident_alerts(&cfg, alerts.as_deref(), &incident_id)?;
             let at = at.unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
             let fb = herd_detect::Feedback::from_alerts(
                 &lines,
@@ -541,12 +536,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
         } => {
             let cfg = kafka.load()?;
-            let source = match &alerts {
-                Some(p) => crate::feedback::Alerts::File(p),
-                None => crate::feedback::Alerts::Kafka(&cfg),
-            };
-            let lines =
-                crate::feedback::incident_alerts(source, &incident_id, cfg.limits.max_line_bytes)?;
+            let lines = crate::feedback::incident_alerts(&cfg, alerts.as_deref(), &incident_id)?;
             let verdicts =
                 crate::feedback::verdicts(feedback.as_deref(), alerts.is_none().then_some(&cfg))?;
             let stanza = crate::feedback::policy_from_incident(&lines, &verdicts)?;

@@ -27,15 +27,6 @@ use crate::input::{Line, LineReader};
 /// How long reading a topic to its end may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Where the incident's alert lines are read from.
-#[derive(Debug, Clone, Copy)]
-pub enum Alerts<'a> {
-    /// A file of JSON lines.
-    File(&'a Path),
-    /// The alerts topic of this configuration.
-    Kafka(&'a HerdConfig),
-}
-
 /// The alert in a line of alert lines, `herd consume` output (`payload`) or `herd
 /// backtest` output (`alert`); `None` for any other line.
 fn alert_of(line: &[u8]) -> Option<Alert> {
@@ -48,11 +39,12 @@ fn alert_of(line: &[u8]) -> Option<Alert> {
     serde_json::from_value(v).ok()
 }
 
-/// Every alert line of `incident` (in the order read). Fails when there is none.
+/// Every alert line of `incident` (in the order read), from the file `from` or else
+/// the alerts topic of `cfg`. Fails when there is none.
 pub fn incident_alerts(
-    from: Alerts<'_>,
+    cfg: &HerdConfig,
+    from: Option<&Path>,
     incident: &str,
-    max_line: usize,
 ) -> anyhow::Result<Vec<Alert>> {
     let mut found = Vec::new();
     let mut keep = |bytes: &[u8]| {
@@ -65,9 +57,9 @@ pub fn incident_alerts(
         }
     };
     let place = match from {
-        Alerts::File(path) => {
+        Some(path) => {
             let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-            let mut r = LineReader::new(BufReader::new(f), max_line);
+            let mut r = LineReader::new(BufReader::new(f), cfg.limits.max_line_bytes);
             while let Some(line) = r.next_line()? {
                 if let Line::Ok(bytes) = line {
                     keep(bytes);
@@ -75,7 +67,7 @@ pub fn incident_alerts(
             }
             path.display().to_string()
         }
-        Alerts::Kafka(cfg) => {
+        None => {
             let topic = &cfg.stream.topics.alerts;
             crate::consume::read_to_end(&cfg.kafka, topic, READ_TIMEOUT, |m| {
                 if let Some(p) = m.payload() {

@@ -185,7 +185,7 @@ fn behaviour_judged_benign_raises_nothing_when_it_comes_back() {
 
     // Values far beyond what was taught are still raised.
     let far = |r: usize, m: i64, x: f64| {
-        if r == 0 && m >= 33 * 60 && m < 33 * 60 + 30 {
+        if r == 0 && (33 * 60..33 * 60 + 30).contains(&m) {
             8.0 + x
         } else {
             x
@@ -291,7 +291,7 @@ fn unusual_values_judged_malicious_are_never_learned_even_fleet_wide() {
     let fleet = (T0 + 27 * HOUR, T0 + 30 * HOUR);
     // The group's usual upper level: the 99th percentile of its history.
     let q99 = |e: &Engine| {
-        e.baseline(&e.group_keys().next().unwrap_or_default().to_owned())
+        e.baseline(e.group_keys().next().unwrap_or_default())
             .and_then(|b| b.feature("cpu_cores"))
             .and_then(|f| f.values.quantile(0.99))
             .unwrap_or(f64::NAN)
