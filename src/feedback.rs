@@ -9,7 +9,6 @@
 //! (`Task::apply_feedback` in `src/stream/task.rs`, then `Engine::apply_feedback`); with
 //! `--out`, it writes the record for `herd replay --feedback` instead.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, Write};
 use std::path::Path;
@@ -296,12 +295,4 @@ pub fn author(by: Option<String>) -> anyhow::Result<String> {
         .or_else(|| std::env::var("LOGNAME").ok())
         .filter(|s| !s.is_empty())
         .context("who gives this verdict? say it with --by NAME")
-}
-
-/// Feedback counts by outcome, for summaries.
-pub fn render_counts(m: &BTreeMap<String, u64>) -> String {
-    m.iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(" ")
 }

@@ -109,7 +109,6 @@ pub struct Labels {
 /// Simulation start: 2026-11-02T00:00:00Z (epoch ms), for every seed.
 pub const T0: i64 = 1_793_577_600_000;
 
-#[derive(Clone)]
 struct Attack {
     kind: &'static str,
     effect: Option<Effect>,
