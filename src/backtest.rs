@@ -11,6 +11,10 @@
 //! issued, the ones a guard refused and why), with a summary on stderr. No command is
 //! published and no container touched.
 //!
+//! The input is recorded files, or the stream service's input topics read from their
+//! start (`--from-topics`), merged in event time the same way; `--since`/`--until`
+//! bound the event-time range judged.
+//!
 //! A worker owns its groups and their decider state, so one decider over every group
 //! decides what the workers together would have. What it does not show: the `attach`
 //! addendum a worker sends two minutes after each `capture` (a delivery of the
@@ -106,17 +110,50 @@ impl<'a> Act<'a> {
     }
 }
 
-/// Runs a backtest of `policies` with `cfg` over `inputs`, writing one JSON line per
-/// alert line to `out` (stdout if `None`).
+/// What a backtest reads.
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    /// Recorded files (`-` for stdin).
+    Files(&'a [PathBuf]),
+    /// The input topics of the stream service (`stream.topics.inputs`), every partition
+    /// from its start to its end when the backtest starts.
+    Topics,
+}
+
+/// The event-time range judged. Records before `since` are scored as a worker scored
+/// them (the baselines learn from them), but their alerts are neither printed nor
+/// decided on; records at or after `until` are not scored.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Range {
+    /// Start (epoch ms), inclusive.
+    pub since: Option<i64>,
+    /// End (epoch ms), exclusive.
+    pub until: Option<i64>,
+}
+
+/// Runs a backtest of `policies` with `cfg` over `input` in `range`, writing one JSON
+/// line per alert line to `out` (stdout if `None`).
 pub fn backtest(
     cfg: &HerdConfig,
     policies: PolicyFile,
-    inputs: &[PathBuf],
+    input: Input<'_>,
+    range: Range,
     out: Option<&PathBuf>,
 ) -> anyhow::Result<Summary> {
     let start = Instant::now();
-    let (sources, _) = open_sources(inputs, cfg.limits.max_line_bytes)?;
+    let sources = match input {
+        Input::Files(inputs) => open_sources(inputs, cfg.limits.max_line_bytes)?.0,
+        Input::Topics => crate::consume::topic_sources(
+            &cfg.kafka,
+            &cfg.stream.topics.inputs,
+            cfg.limits.max_line_bytes,
+            std::time::Duration::from_secs(30),
+        )?,
+    };
     let mut pipeline = Pipeline::new(cfg.limits, cfg.normalizer.clone(), cfg.detect.clone())?;
+    if let Some(t) = range.until {
+        pipeline.score_until(t);
+    }
     let mut decider = Decider::new(policies, cfg.respond.evidence_url.clone());
     let mut w: Box<dyn Write> = match out {
         Some(p) => Box::new(BufWriter::new(
@@ -133,6 +170,11 @@ pub fn backtest(
         &cfg.replay,
         |alerts, p| {
             for a in alerts {
+                if let Some(since) = range.since
+                    && herd_ingest::time::parse_rfc3339_ms(&a.ts).is_some_and(|t| t < since)
+                {
+                    continue;
+                }
                 let mut alert = a.clone();
                 let live = p.engine().live_replicas(&alert.group);
                 let d = decider.decide(&mut alert, &live);

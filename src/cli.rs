@@ -183,20 +183,34 @@ pub enum Command {
     /// would have issued, the refused ones and why) to stdout, a summary to stderr.
     Backtest {
         /// Input files; `-` reads stdin.
-        #[arg(required = true)]
+        #[arg(
+            required_unless_present = "from_topics",
+            conflicts_with = "from_topics"
+        )]
         inputs: Vec<PathBuf>,
+        /// Read the stream service's input topics (`stream.topics.inputs`) instead of
+        /// files: every partition from its start to its end now, in event-time order.
+        #[arg(long)]
+        from_topics: bool,
+        /// Judge from this event time on (RFC 3339 or epoch ms): earlier records are
+        /// still scored, so the baselines learn from them as the workers' did, but
+        /// their alerts are not decided on.
+        #[arg(long, value_parser = parse_time)]
+        since: Option<i64>,
+        /// Judge only records before this event time (RFC 3339 or epoch ms).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<i64>,
         /// The policy file to judge (TOML, as `respond.policy_file`).
         #[arg(long, value_name = "FILE")]
         policy: PathBuf,
-        /// Configuration file (TOML).
-        #[arg(long, env = "HERD_CONFIG")]
-        config: Option<PathBuf>,
         /// Write the decisions to this file instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
         /// No summary on stderr.
         #[arg(long)]
         quiet: bool,
+        #[command(flatten)]
+        kafka: KafkaArgs,
     },
     /// Run one worker of the stream service: a member of the Kafka consumer group that
     /// scores the input topics and produces alerts, until SIGTERM or SIGINT.
@@ -472,14 +486,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Backtest {
             inputs,
+            from_topics,
+            since,
+            until,
             policy,
-            config,
             out,
             quiet,
+            kafka,
         } => {
-            let cfg = HerdConfig::load(config.as_deref())?;
+            let cfg = kafka.load()?;
             let policies = herd_respond::policy::PolicyFile::load(&policy)?;
-            let summary = crate::backtest::backtest(&cfg, policies, &inputs, out.as_ref())?;
+            let input = match from_topics {
+                true => crate::backtest::Input::Topics,
+                false => crate::backtest::Input::Files(&inputs),
+            };
+            let range = crate::backtest::Range { since, until };
+            let summary = crate::backtest::backtest(&cfg, policies, input, range, out.as_ref())?;
             if !quiet {
                 eprint!("{}", crate::backtest::render_summary(&summary));
             }

@@ -55,28 +55,13 @@ pub fn incident_alerts(
             found.push(a);
         }
     };
-    let place = match from {
-        Some(path) => {
-            let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-            let mut r = LineReader::new(BufReader::new(f), cfg.limits.max_line_bytes);
-            while let Some(line) = r.next_line()? {
-                if let Line::Ok(bytes) = line {
-                    keep(bytes);
-                }
-            }
-            path.display().to_string()
-        }
-        None => {
-            let topic = &cfg.stream.topics.alerts;
-            crate::consume::read_to_end(&cfg.kafka, topic, READ_TIMEOUT, |m| {
-                if let Some(p) = m.payload() {
-                    keep(p);
-                }
-                Ok(())
-            })?;
-            format!("topic {topic}")
-        }
-    };
+    let place = crate::consume::lines_or_topic(
+        &cfg.kafka,
+        from,
+        &cfg.stream.topics.alerts,
+        cfg.limits.max_line_bytes,
+        &mut keep,
+    )?;
     anyhow::ensure!(
         !found.is_empty(),
         "incident {incident}: no alert line of it in {place}"

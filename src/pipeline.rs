@@ -87,6 +87,9 @@ pub struct Pipeline {
     /// Observations before this time are normalised (they teach who is who) but not
     /// scored: `herd replay --from`, a worker starting with empty baselines there.
     score_from_ms: i64,
+    /// Observations at or after this time are normalised but not scored: `herd
+    /// backtest --until`, the end of the range judged.
+    score_until_ms: i64,
     /// Retrained snapshots waiting for event time to reach the end of their window,
     /// latest first (`herd replay --retrained`).
     scheduled: Vec<crate::retrain::Retrained>,
@@ -127,6 +130,7 @@ impl Pipeline {
             engine: Engine::new(detect)?,
             obs: Vec::new(),
             score_from_ms: i64::MIN,
+            score_until_ms: i64::MAX,
             scheduled: Vec::new(),
             feedback: Vec::new(),
             counters: Counters::default(),
@@ -137,6 +141,12 @@ impl Pipeline {
     /// normalised and dropped (counted as filtered `before_from`).
     pub fn score_from(&mut self, ts_ms: i64) {
         self.score_from_ms = ts_ms;
+    }
+
+    /// Scores only observations before `ts_ms` from now on; later ones are normalised
+    /// and dropped (counted as filtered `after_until`).
+    pub fn score_until(&mut self, ts_ms: i64) {
+        self.score_until_ms = ts_ms;
     }
 
     /// Adopts retrained snapshot `r` when event time reaches the end of its window
@@ -259,6 +269,12 @@ impl Pipeline {
                 self.counters.filter("before_from");
             }
         }
+        if self.obs.iter().any(|o| o.ts_ms >= self.score_until_ms) {
+            self.obs.retain(|o| o.ts_ms < self.score_until_ms);
+            if self.obs.is_empty() {
+                self.counters.filter("after_until");
+            }
+        }
         let before = alerts.len();
         for o in &self.obs {
             self.engine.observe(o, alerts);
@@ -317,6 +333,7 @@ impl Pipeline {
             engine,
             obs: Vec::new(),
             score_from_ms: i64::MIN,
+            score_until_ms: i64::MAX,
             scheduled: Vec::new(),
             feedback: Vec::new(),
             counters: Counters::default(),

@@ -651,8 +651,14 @@ fn a_backtest_decides_what_the_workers_decided_issue_9() {
     // The backtest over the same files.
     let inputs: Vec<PathBuf> = FILES.iter().map(|f| dir.join(f)).collect();
     let out = dir.join("backtest.jsonl");
-    let summary = herd::backtest::backtest(&HerdConfig::default(), policies, &inputs, Some(&out))
-        .expect("backtest");
+    let summary = herd::backtest::backtest(
+        &HerdConfig::default(),
+        policies,
+        herd::backtest::Input::Files(&inputs),
+        herd::backtest::Range::default(),
+        Some(&out),
+    )
+    .expect("backtest");
     let mut backtested: Decisions = Vec::new();
     for line in std::fs::read_to_string(&out).expect("read").lines() {
         let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
