@@ -5,6 +5,7 @@
 //! - [`input`]: bounded line reading and event-time ordering of several inputs;
 //! - [`replay`]: `herd replay`;
 //! - [`backtest`]: `herd backtest`, response policies judged on recorded input;
+//! - [`report`]: `herd report`, an evidence bundle as one self-contained HTML page;
 //! - [`demo`]: `herd demo`, the stream service on an in-process Kafka with a simulated fleet;
 //! - [`archive`]: the Parquet archive of scored observations (for `herd retrain`);
 //! - [`retrain`]: `herd retrain`, baselines from the archive with DataFusion SQL;
@@ -45,6 +46,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod produce;
 pub mod replay;
+pub mod report;
 pub mod retrain;
 pub mod simulate;
 pub mod stream;

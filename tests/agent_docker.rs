@@ -8,89 +8,15 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 use sha2::Digest;
+use support::agent::{Agent, payloads, wait_for};
 use support::broker::{Broker, Names, Worker, consume, herd};
 use support::docker::{Fleet, image};
-
-/// A `herd agent` process; killed when dropped.
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(names: &Names, broker: &Broker, log: PathBuf, env: &[(&str, String)]) -> Agent {
-        let out = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
-        let child = herd()
-            .arg("agent")
-            .envs(names.env(broker))
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("RUST_LOG", "herd=info,herd_respond=info,herd_ingest=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting herd agent: {e}"));
-        Agent { child, log }
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().ok().flatten().is_none()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Polls `f` every second until it returns `Some`, or fails with `what` and the logs.
-fn wait_for<T>(
-    what: &str,
-    within: Duration,
-    logs: &[&Path],
-    mut f: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            let mut text = String::new();
-            for l in logs {
-                let t = std::fs::read_to_string(l).unwrap_or_default();
-                let tail: Vec<&str> = t.lines().rev().take(40).collect();
-                text.push_str(&format!("\n--- {} (tail)\n", l.display()));
-                for line in tail.into_iter().rev() {
-                    text.push_str(line);
-                    text.push('\n');
-                }
-            }
-            panic!("timed out waiting for {what}{text}");
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
-fn payloads(names: &Names, broker: &Broker, topic: &str) -> Vec<Value> {
-    consume(names, broker, &names.topic(topic))
-        .into_iter()
-        .filter_map(|r| r.get("payload").cloned())
-        .collect()
-}
 
 fn response<'a>(rs: &'a [Value], incident: &str, action: &str) -> Option<&'a Value> {
     rs.iter()
