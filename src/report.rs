@@ -75,13 +75,26 @@ impl Source {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
         };
-        let dir = Path::new(what.strip_prefix("file://").unwrap_or(what));
-        if dir.is_dir() {
-            return Ok(Source::Dir(dir.to_owned()));
-        }
-        if let Some((url, incident)) = what.trim_end_matches('/').rsplit_once('/')
-            && what.contains("://")
+        // A local path is only read: nothing is created for a mistyped one.
+        let local = |url: &str| {
+            (!url.contains("://") || url.starts_with("file://"))
+                .then(|| PathBuf::from(url.strip_prefix("file://").unwrap_or(url)))
+        };
+        let missing = |d: &Path| {
+            anyhow::anyhow!(
+                "{}: no such bundle folder (give a folder, a bundle URL, or an incident id)",
+                d.display()
+            )
+        };
+        if let Some(dir) = local(what)
+            && (dir.is_dir() || what.contains('/'))
         {
+            return match dir.is_dir() {
+                true => Ok(Source::Dir(dir)),
+                false => Err(missing(&dir)),
+            };
+        }
+        if let Some((url, incident)) = what.trim_end_matches('/').rsplit_once('/') {
             let store = Store::open(url, options())
                 .with_context(|| format!("opening the evidence store {url}"))?;
             return Ok(Source::Store {
@@ -89,16 +102,18 @@ impl Source {
                 incident: incident.to_owned(),
             });
         }
-        anyhow::ensure!(
-            !what.contains('/'),
-            "{what}: no such bundle folder (give a folder, a bundle URL, or an incident id)"
-        );
+        // An incident id, in the configured store.
+        let incident = herd_respond::evidence::bundle_name(what);
+        if let Some(store_dir) = local(&cfg.agent.evidence_url) {
+            let dir = store_dir.join(&incident);
+            return match dir.is_dir() {
+                true => Ok(Source::Dir(dir)),
+                false => Err(missing(&dir)),
+            };
+        }
         let store = Store::open(&cfg.agent.evidence_url, options())
             .context("opening the evidence store (agent.evidence_url)")?;
-        Ok(Source::Store {
-            store,
-            incident: what.to_owned(),
-        })
+        Ok(Source::Store { store, incident })
     }
 
     fn location(&self) -> String {
@@ -1171,6 +1186,36 @@ mod tests {
         let b = load_dir(tmp.path());
         assert!(matches!(b.artifacts[0].check, Check::Mismatch { .. }));
         assert!(render(&b, &[], None).contains("MISMATCH"));
+    }
+
+    #[test]
+    fn finds_a_bundle_by_folder_url_or_incident_id_and_creates_nothing() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = tmp.path().join("evidence");
+        let folder = store.join("inc-1");
+        std::fs::create_dir_all(&folder).expect("mkdir");
+        bundle(&folder);
+        let mut cfg = HerdConfig::default();
+        cfg.agent.evidence_url = format!("file://{}", store.display());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        for what in [
+            folder.display().to_string(),
+            format!("file://{}/", folder.display()),
+            "inc-1".to_owned(),
+        ] {
+            let b = rt.block_on(load(&cfg, &what)).expect(&what);
+            assert_eq!(b.manifest.incident_id, "inc-1");
+        }
+        for what in [
+            "inc-2".to_owned(),
+            format!("{}/typo/inc-1", store.display()),
+        ] {
+            let e = rt.block_on(load(&cfg, &what)).expect_err(&what);
+            assert!(e.to_string().contains("no such bundle folder"), "{e:#}");
+        }
+        assert!(!store.join("inc-2").exists() && !store.join("typo").exists());
     }
 
     #[test]
