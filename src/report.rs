@@ -224,8 +224,9 @@ pub struct Bundle {
     pub unreadable: (usize, Option<String>),
 }
 
-/// Reads a bundle (see [`Source::open`] for what `what` may be) and checks every
-/// artifact's hash.
+/// Reads a bundle and checks every artifact's hash. `what` is a bundle folder, a
+/// bundle's URL (`s3://bucket/evidence/<incident>/`), or an incident id in the
+/// configured store (`agent.evidence_url`).
 pub async fn load(cfg: &HerdConfig, what: &str) -> anyhow::Result<Bundle> {
     let src = Source::open(cfg, what)?;
     let location = src.location();
