@@ -602,16 +602,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             let b = rt.block_on(crate::report::load(&cfg, &bundle))?;
-            let (acts, from) = match (&responses, responses_topic) {
-                (Some(p), _) => (
-                    crate::report::incident_responses(&cfg, Some(p), &b.manifest.incident_id)?,
-                    Some(p.display().to_string()),
-                ),
-                (None, true) => (
-                    crate::report::incident_responses(&cfg, None, &b.manifest.incident_id)?,
-                    Some(format!("topic {}", cfg.stream.topics.responses)),
-                ),
-                (None, false) => (Vec::new(), None),
+            let (acts, from) = match responses.is_some() || responses_topic {
+                true => {
+                    let id = &b.manifest.incident_id;
+                    let (acts, place) =
+                        crate::report::incident_responses(&cfg, responses.as_deref(), id)?;
+                    (acts, Some(place))
+                }
+                false => (Vec::new(), None),
             };
             let page = crate::report::render(&b, &acts, from.as_deref());
             match &out {
@@ -620,11 +618,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => std::io::Write::write_all(&mut std::io::stdout().lock(), page.as_bytes())?,
             }
-            let unverified = b
-                .artifacts
-                .iter()
-                .filter(|c| c.check != crate::report::Check::Verified)
-                .count();
+            let unverified = b.unverified();
             eprintln!(
                 "herd report: incident {}: {} observation(s), {} artifact(s), {} not verified, {} action(s){}",
                 b.manifest.incident_id,

@@ -84,12 +84,11 @@ pub struct Pipeline {
     normalizer: Normalizer,
     engine: Engine,
     obs: Vec<Observation>,
-    /// Observations before this time are normalised (they teach who is who) but not
-    /// scored: `herd replay --from`, a worker starting with empty baselines there.
-    score_from_ms: i64,
-    /// Observations at or after this time are normalised but not scored: `herd
-    /// backtest --until`, the end of the range judged.
-    score_until_ms: i64,
+    /// Only observations in this event-time range are scored; the others are
+    /// normalised (they teach who is who) and dropped. Its start: `herd replay
+    /// --from`, a worker starting with empty baselines there; its end: `herd backtest
+    /// --until`, the end of the range judged.
+    scored: std::ops::Range<i64>,
     /// Retrained snapshots waiting for event time to reach the end of their window,
     /// latest first (`herd replay --retrained`).
     scheduled: Vec<crate::retrain::Retrained>,
@@ -129,8 +128,7 @@ impl Pipeline {
             normalizer: Normalizer::new(norm),
             engine: Engine::new(detect)?,
             obs: Vec::new(),
-            score_from_ms: i64::MIN,
-            score_until_ms: i64::MAX,
+            scored: i64::MIN..i64::MAX,
             scheduled: Vec::new(),
             feedback: Vec::new(),
             counters: Counters::default(),
@@ -140,13 +138,13 @@ impl Pipeline {
     /// Scores only observations at or after `ts_ms` from now on; earlier ones are
     /// normalised and dropped (counted as filtered `before_from`).
     pub fn score_from(&mut self, ts_ms: i64) {
-        self.score_from_ms = ts_ms;
+        self.scored.start = ts_ms;
     }
 
     /// Scores only observations before `ts_ms` from now on; later ones are normalised
     /// and dropped (counted as filtered `after_until`).
     pub fn score_until(&mut self, ts_ms: i64) {
-        self.score_until_ms = ts_ms;
+        self.scored.end = ts_ms;
     }
 
     /// Adopts retrained snapshot `r` when event time reaches the end of its window
@@ -259,20 +257,15 @@ impl Pipeline {
                 tracing::warn!(error = %e, "feedback record not applied");
             }
         }
-        if self
-            .obs
-            .first()
-            .is_some_and(|o| o.ts_ms < self.score_from_ms)
-        {
-            self.obs.retain(|o| o.ts_ms >= self.score_from_ms);
+        if self.obs.iter().any(|o| !self.scored.contains(&o.ts_ms)) {
+            let early = self
+                .obs
+                .first()
+                .is_some_and(|o| o.ts_ms < self.scored.start);
+            self.obs.retain(|o| self.scored.contains(&o.ts_ms));
             if self.obs.is_empty() {
-                self.counters.filter("before_from");
-            }
-        }
-        if self.obs.iter().any(|o| o.ts_ms >= self.score_until_ms) {
-            self.obs.retain(|o| o.ts_ms < self.score_until_ms);
-            if self.obs.is_empty() {
-                self.counters.filter("after_until");
+                self.counters
+                    .filter(if early { "before_from" } else { "after_until" });
             }
         }
         let before = alerts.len();
@@ -332,8 +325,7 @@ impl Pipeline {
             normalizer: s.normalizer,
             engine,
             obs: Vec::new(),
-            score_from_ms: i64::MIN,
-            score_until_ms: i64::MAX,
+            scored: i64::MIN..i64::MAX,
             scheduled: Vec::new(),
             feedback: Vec::new(),
             counters: Counters::default(),

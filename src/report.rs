@@ -32,10 +32,9 @@ use anyhow::Context as _;
 use herd_detect::Alert;
 use herd_ingest::{Decoder, Event, Normalizer, Observation, Payload};
 use herd_respond::command::Response;
-use herd_respond::evidence::{Manifest, Store, safe_name, sha256_hex};
+use herd_respond::evidence::{Manifest, Store, safe_name, sha256_hex, sha256_hex_reader};
 use plotters::prelude::*;
 use serde::Deserialize;
-use sha2::Digest as _;
 
 use crate::config::HerdConfig;
 use crate::input::{Line, LineReader};
@@ -153,25 +152,13 @@ impl Source {
     /// The SHA-256 and size of a file of the bundle (streamed from a folder).
     async fn hash(&self, name: &str) -> anyhow::Result<(String, u64)> {
         match self {
-            Source::Dir(d) => {
-                let mut f = std::fs::File::open(d.join(name))?;
-                let mut h = sha2::Sha256::new();
-                let n = std::io::copy(&mut f, &mut h)?;
-                Ok((hex(&h.finalize()), n))
-            }
+            Source::Dir(d) => Ok(sha256_hex_reader(std::fs::File::open(d.join(name))?)?),
             Source::Store { store, incident } => {
                 let b = store.read(incident, name).await?;
                 Ok((sha256_hex(&b), b.len() as u64))
             }
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// What reading an artifact again said of its hash.
@@ -195,8 +182,6 @@ pub enum Check {
 pub struct Checked {
     /// The manifest's entry.
     pub artifact: herd_respond::evidence::Artifact,
-    /// Which manifest listed it (`manifest.json`, `manifest-after.json`).
-    pub manifest: &'static str,
     /// The check.
     pub check: Check,
 }
@@ -224,17 +209,27 @@ pub struct Bundle {
     pub unreadable: (usize, Option<String>),
 }
 
+impl Bundle {
+    /// Artifacts that are not verified (changed, or unreadable).
+    pub fn unverified(&self) -> usize {
+        self.artifacts
+            .iter()
+            .filter(|c| c.check != Check::Verified)
+            .count()
+    }
+}
+
 /// Reads a bundle and checks every artifact's hash. `what` is a bundle folder, a
 /// bundle's URL (`s3://bucket/evidence/<incident>/`), or an incident id in the
 /// configured store (`agent.evidence_url`).
 pub async fn load(cfg: &HerdConfig, what: &str) -> anyhow::Result<Bundle> {
     let src = Source::open(cfg, what)?;
     let location = src.location();
-    let manifest: Manifest = match src.read("manifest.json", MAX_MANIFEST_BYTES).await? {
-        Some(b) => serde_json::from_slice(&b).context("manifest.json")?,
-        None => anyhow::bail!("{location}: no manifest.json (not a bundle, or not complete)"),
+    let Some(first) = src.read("manifest.json", MAX_MANIFEST_BYTES).await? else {
+        anyhow::bail!("{location}: no manifest.json (not a bundle, or not complete)");
     };
-    let first_sha = src.hash("manifest.json").await?.0;
+    let manifest: Manifest = serde_json::from_slice(&first).context("manifest.json")?;
+    let first_sha = sha256_hex(&first);
     let after: Option<Manifest> = match src.read("manifest-after.json", MAX_MANIFEST_BYTES).await? {
         Some(b) => Some(serde_json::from_slice(&b).context("manifest-after.json")?),
         None => None,
@@ -250,39 +245,46 @@ pub async fn load(cfg: &HerdConfig, what: &str) -> anyhow::Result<Bundle> {
         None => (None, None),
     };
 
-    let mut artifacts = Vec::new();
-    let lists = [
-        ("manifest.json", Some(&manifest)),
-        ("manifest-after.json", after.as_ref()),
-    ];
-    for (which, m) in lists {
-        for a in m.map(|m| m.artifacts.as_slice()).unwrap_or_default() {
-            // A name the agent would not have written is not followed.
-            let check = if a.name != safe_name(&a.name) {
-                Check::Unreadable("not a bundle file name; not read".into())
-            } else {
-                match src.hash(&a.name).await {
-                    Ok((sha, _)) if sha == a.sha256 => Check::Verified,
-                    Ok((sha256, size)) => Check::Mismatch { sha256, size },
-                    Err(e) => Check::Unreadable(format!("{e:#}")),
-                }
-            };
-            artifacts.push(Checked {
-                artifact: a.clone(),
-                manifest: which,
-                check,
-            });
+    // The observation files are read once: decoded here, hashed below.
+    const OBSERVATION_FILES: [&str; 2] = ["observations-before.jsonl", "observations-after.jsonl"];
+    let mut held = Vec::new();
+    for name in OBSERVATION_FILES {
+        if let Some(bytes) = src.read(name, MAX_OBSERVATION_BYTES).await? {
+            held.push((name, bytes));
         }
+    }
+
+    let mut artifacts = Vec::new();
+    for a in [Some(&manifest), after.as_ref()]
+        .into_iter()
+        .flatten()
+        .flat_map(|m| &m.artifacts)
+    {
+        // A name the agent would not have written is not followed.
+        let check = if a.name != safe_name(&a.name) {
+            Check::Unreadable("not a bundle file name; not read".into())
+        } else {
+            let hashed = match held.iter().find(|(n, _)| *n == a.name) {
+                Some((_, b)) => Ok((sha256_hex(b), b.len() as u64)),
+                None => src.hash(&a.name).await,
+            };
+            match hashed {
+                Ok((sha, _)) if sha == a.sha256 => Check::Verified,
+                Ok((sha256, size)) => Check::Mismatch { sha256, size },
+                Err(e) => Check::Unreadable(format!("{e:#}")),
+            }
+        };
+        artifacts.push(Checked {
+            artifact: a.clone(),
+            check,
+        });
     }
 
     let mut observations = Vec::new();
     let mut unreadable = (0, None);
     let decoder = Decoder::new(cfg.limits);
     let mut normalizer = Normalizer::new(cfg.normalizer.clone());
-    for name in ["observations-before.jsonl", "observations-after.jsonl"] {
-        let Some(bytes) = src.read(name, MAX_OBSERVATION_BYTES).await? else {
-            continue;
-        };
+    for (name, bytes) in &held {
         let mut lines = LineReader::new(bytes.as_slice(), cfg.limits.max_line_bytes);
         let mut n = 0usize;
         let mut bad = |why: String| {
@@ -331,12 +333,13 @@ pub async fn load(cfg: &HerdConfig, what: &str) -> anyhow::Result<Bundle> {
 }
 
 /// The response records of `incident`: from a file of `herd.responses` lines (as
-/// published, or `herd consume` output), or from the topic when `from` is `None`.
+/// published, or `herd consume` output), or from the topic when `from` is `None`; and
+/// where they were read, for the page.
 pub fn incident_responses(
     cfg: &HerdConfig,
     from: Option<&Path>,
     incident: &str,
-) -> anyhow::Result<Vec<Response>> {
+) -> anyhow::Result<(Vec<Response>, String)> {
     let mut found = Vec::new();
     let mut keep = |bytes: &[u8]| {
         if memchr::memmem::find(bytes, incident.as_bytes()).is_none() {
@@ -352,7 +355,7 @@ pub fn incident_responses(
             found.push(r);
         }
     };
-    crate::consume::lines_or_topic(
+    let place = crate::consume::lines_or_topic(
         &cfg.kafka,
         from,
         &cfg.stream.topics.responses,
@@ -360,7 +363,7 @@ pub fn incident_responses(
         &mut keep,
     )?;
     found.sort_by(|a, b| a.started.cmp(&b.started));
-    Ok(found)
+    Ok((found, place))
 }
 
 /// HTML-escapes untrusted text.
@@ -609,23 +612,21 @@ fn event_detail(e: &Event) -> String {
 }
 
 fn timeline(b: &Bundle, responses: &[Response]) -> (Vec<Moment>, usize) {
-    let mut out = Vec::new();
-    let events: Vec<&Observation> = b
-        .observations
-        .iter()
-        .filter(|o| matches!(o.payload, Payload::Event(_)))
+    let mut events = b.observations.iter().filter_map(|o| match &o.payload {
+        Payload::Event(e) => Some((o.ts_ms, e)),
+        Payload::Metrics(_) => None,
+    });
+    let mut out: Vec<Moment> = events
+        .by_ref()
+        .take(MAX_TIMELINE_EVENTS)
+        .map(|(ts_ms, e)| Moment {
+            ts_ms,
+            clock: "event time",
+            what: format!("event: {}", e.kind()),
+            detail: event_detail(e),
+        })
         .collect();
-    let left_out = events.len().saturating_sub(MAX_TIMELINE_EVENTS);
-    for o in events.into_iter().take(MAX_TIMELINE_EVENTS) {
-        if let Payload::Event(e) = &o.payload {
-            out.push(Moment {
-                ts_ms: o.ts_ms,
-                clock: "event time",
-                what: format!("event: {}", e.kind()),
-                detail: event_detail(e),
-            });
-        }
-    }
+    let left_out = events.count();
     if let Some(a) = &b.alert
         && let Some(ts) = herd_ingest::time::parse_rfc3339_ms(&a.ts)
     {
@@ -894,11 +895,7 @@ pub fn render(b: &Bundle, responses: &[Response], responses_from: Option<&str>) 
 
     // Artifacts.
     h.push_str("<section id=\"artifacts\"><h2>Artifacts</h2>");
-    let bad = b
-        .artifacts
-        .iter()
-        .filter(|c| c.check != Check::Verified)
-        .count();
+    let bad = b.unverified();
     let _ = write!(
         h,
         "<p class=\"{}\">{} artifact(s); {} verified against the manifest's SHA-256 when this page was made.{}</p>",

@@ -329,9 +329,20 @@ fn set_mode(_: &std::path::Path, _: u32) {}
 
 /// Hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    let d = Sha256::digest(bytes);
+    hex(&Sha256::digest(bytes))
+}
+
+/// Hex SHA-256 of everything `r` yields, read in pieces, and how many bytes that was
+/// (an artifact of a gigabyte is hashed without holding it).
+pub fn sha256_hex_reader(mut r: impl std::io::Read) -> std::io::Result<(String, u64)> {
+    let mut h = Sha256::new();
+    let n = std::io::copy(&mut r, &mut h)?;
+    Ok((hex(&h.finalize()), n))
+}
+
+fn hex(digest: &[u8]) -> String {
     let mut s = String::with_capacity(64);
-    for b in d {
+    for b in digest {
         use std::fmt::Write;
         let _ = write!(s, "{b:02x}");
     }
