@@ -199,7 +199,7 @@ fn container_of(r: &herd_ingest::Record) -> Option<&str> {
     use herd_ingest::Record;
     match r {
         Record::Native(o) => Some(&o.container.id),
-        Record::Stats(s) => Some(&s.id),
+        Record::Stats(s) => Some(s.id()),
         Record::DockerEvent(e) => Some(&e.id),
         Record::Falco(f) => Some(&f.container_id),
         Record::Prom(p) => Some(&p.container_id),

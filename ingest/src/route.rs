@@ -101,7 +101,7 @@ impl Router {
                 Some(&o.container.id),
                 Some(&*o.container.image),
             ),
-            Record::Stats(s) => (&*s.id, Some(&s.id), s.container.as_ref().map(|c| &*c.image)),
+            Record::Stats(s) => (&**s.id(), Some(s.id()), s.container().map(|c| &*c.image)),
             Record::DockerEvent(e) => (e.id.as_str(), None, e.image.as_deref()),
             Record::Falco(f) => (f.container_id.as_str(), None, f.image.as_deref()),
             Record::Prom(p) => (p.container_id.as_str(), None, p.image.as_deref()),

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use super::{
-    Identities, Key, LenientStr, Limits, Obj, Record, Reject, RejectReason, Top, bounded,
-    bounded_str, raw_str, split_image_str, string_map,
+    Identities, Key, LenientStr, Limits, Obj, Record, Reject, RejectReason, Top, bounded_str,
+    raw_str, split_image_str, string_map,
 };
 use crate::model::ContainerRef;
 
@@ -47,17 +47,54 @@ pub struct StatsCounters {
 pub struct StatsRecord {
     /// Sample time (`read`).
     pub ts_ms: i64,
-    /// Container id from the stats object (or the envelope's, shared with its identity).
-    pub id: Arc<str>,
-    /// Container name (stats objects carry `/name`).
-    pub name: Option<String>,
-    /// Host from the envelope (shared with its identity).
-    pub host: Option<Arc<str>>,
-    /// Full identity when it came in the agent envelope; `None` for raw stats, which the
-    /// normaliser joins through its registry.
-    pub container: Option<Arc<ContainerRef>>,
+    /// Whose sample it is.
+    pub source: StatsSource,
     /// The counters.
     pub counters: StatsCounters,
+}
+
+/// Whose a stats sample is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StatsSource {
+    /// The identity the agent's envelope carried (id, name, image, labels, host): for a
+    /// known container, the one its decoder already holds, shared, so that a sample
+    /// costs no copy of it (one reference count, where its id, name and host apart were
+    /// three more and an allocation).
+    Identity(Arc<ContainerRef>),
+    /// Raw stats: what the stats object says of the container. The normaliser joins it
+    /// to the identity its registry learned from the engine's events.
+    Raw {
+        /// Container id.
+        id: Arc<str>,
+        /// Container name without Docker's leading `/`.
+        name: Option<Arc<str>>,
+    },
+}
+
+impl StatsRecord {
+    /// The container's id.
+    pub fn id(&self) -> &Arc<str> {
+        match &self.source {
+            StatsSource::Identity(c) => &c.id,
+            StatsSource::Raw { id, .. } => id,
+        }
+    }
+
+    /// The identity the envelope carried; `None` for raw stats.
+    pub fn container(&self) -> Option<&Arc<ContainerRef>> {
+        match &self.source {
+            StatsSource::Identity(c) => Some(c),
+            StatsSource::Raw { .. } => None,
+        }
+    }
+
+    /// The container's name, as the identity or the stats object has it.
+    pub fn name(&self) -> Option<&str> {
+        match &self.source {
+            StatsSource::Identity(c) => c.name.as_deref(),
+            StatsSource::Raw { name, .. } => name.as_deref(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -370,8 +407,7 @@ pub(super) fn decode_envelope(
     let Some(Some(doc)) = top.stats else {
         return Err(Reject::new(RejectReason::MissingField, "stats"));
     };
-    let host = cref.host.clone();
-    stats_record(doc, l, Some(cref), host)
+    stats_record(doc, l, Some(cref))
 }
 
 /// Whether the envelope's `container` (and `host`) is exactly `known`, as decoding it
@@ -432,14 +468,13 @@ pub(super) fn decode_top(top: Top<'_>, l: &Limits) -> Result<Record, Reject> {
         name: s("name"),
         parts: top.parts,
     };
-    stats_record(doc, l, None, None)
+    stats_record(doc, l, None)
 }
 
 fn stats_record(
     doc: StatsDoc<'_>,
     l: &Limits,
     container: Option<Arc<ContainerRef>>,
-    host: Option<Arc<str>>,
 ) -> Result<Record, Reject> {
     let read = doc.read.as_deref().unwrap_or_default();
     // A stopped container's stats carry the zero time and empty counters.
@@ -455,14 +490,20 @@ fn stats_record(
             format!("unusable read time {read:?}"),
         )
     })?;
-    let id = match &container {
-        Some(c) => c.id.clone(),
-        None => doc
-            .id
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .map(|s| Arc::from(bounded_str(s, l.max_string_bytes)))
-            .ok_or_else(|| Reject::new(RejectReason::MissingField, "id"))?,
+    let source = match container {
+        Some(c) => StatsSource::Identity(c),
+        None => StatsSource::Raw {
+            id: doc
+                .id
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .map(|s| Arc::from(bounded_str(s, l.max_string_bytes)))
+                .ok_or_else(|| Reject::new(RejectReason::MissingField, "id"))?,
+            name: doc
+                .name
+                .as_deref()
+                .map(|n| Arc::from(bounded_str(n.trim_start_matches('/'), l.max_string_bytes))),
+        },
     };
     let p = doc.parts;
     let (cpu, precpu, mem, nets, blkio, pids) = (
@@ -522,18 +563,11 @@ fn stats_record(
         c.blk = Some(entries.rw);
     }
     c.pids = pids.and_then(|p| finite_nonneg(p.current));
-    let name = doc
-        .name
-        .as_deref()
-        .map(|n| bounded(n.trim_start_matches('/').to_owned(), l.max_string_bytes));
-    Ok(Record::Stats(Box::new(StatsRecord {
+    Ok(Record::Stats(StatsRecord {
         ts_ms,
-        id,
-        name,
-        host,
-        container,
+        source,
         counters: c,
-    })))
+    }))
 }
 
 #[cfg(test)]
@@ -549,8 +583,8 @@ mod tests {
         let Ok(Record::Stats(s)) = Decoder::default().decode(RAW_V2.as_bytes()) else {
             panic!("not stats")
         };
-        assert_eq!(s.name.as_deref(), Some("web-1"));
-        assert!(s.container.is_none());
+        assert_eq!(s.name(), Some("web-1"));
+        assert!(s.container().is_none());
         let c = &s.counters;
         assert_eq!(c.mem_working_set, Some(104_857_600.0 - 4_194_304.0));
         assert_eq!(c.mem_limit, Some(536_870_912.0));
@@ -584,11 +618,10 @@ mod tests {
             panic!("not stats")
         };
         let c = s
-            .container
-            .as_ref()
-            .map(|c| (&*c.image, c.image_digest.as_deref()));
-        assert_eq!(c, Some(("shop/web:1.4", Some("sha256:aa"))));
-        assert_eq!(s.host.as_deref(), Some("node-1"));
+            .container()
+            .map(|c| (&*c.image, c.image_digest.as_deref(), c.host.as_deref()));
+        assert_eq!(c, Some(("shop/web:1.4", Some("sha256:aa"), Some("node-1"))));
+        assert_eq!((&**s.id(), s.name()), ("8f2c", Some("web-1")));
     }
 
     fn envelope(labels: &str) -> String {
@@ -599,7 +632,10 @@ mod tests {
 
     fn identity(d: &Decoder, line: &str, ids: &mut Identities) -> Arc<ContainerRef> {
         match d.decode_with(line.as_bytes(), ids) {
-            Ok(Record::Stats(s)) => s.container.unwrap_or_else(|| panic!("no identity")),
+            Ok(Record::Stats(StatsRecord {
+                source: StatsSource::Identity(c),
+                ..
+            })) => c,
             other => panic!("{other:?}"),
         }
     }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::{
     DockerEventRecord, FalcoRecord, PromRecord, Record, Reject, RejectReason, StatsRecord,
+    StatsSource,
 };
 use crate::model::{ContainerRef, Event, MetricName, Observation, Payload, metric};
 use rates::{Ordering, RateState, RateWindow};
@@ -201,7 +202,7 @@ impl Normalizer {
     /// `start` event arrives instead of rejecting it.
     pub fn identifies(&self, rec: &Record) -> bool {
         match rec {
-            Record::Stats(s) => s.container.is_some() || self.registry.contains(&s.id),
+            Record::Stats(s) => s.container().is_some() || self.registry.contains(s.id()),
             _ => true,
         }
     }
@@ -243,7 +244,7 @@ impl Normalizer {
                 });
                 Ok(None)
             }
-            Record::Stats(s) => self.stats(*s, out),
+            Record::Stats(s) => self.stats(s, out),
             Record::DockerEvent(e) => self.docker_event(e, out),
             Record::Falco(f) => self.falco(*f, out),
             Record::Prom(p) => self.prom(*p, out),
@@ -264,15 +265,15 @@ impl Normalizer {
         out: &mut Vec<Observation>,
     ) -> Result<Option<Dropped>, Reject> {
         let w = self.window();
-        let (cref, prev) = match s.container {
-            Some(c) => self.registry.upsert_shared(c, s.ts_ms),
-            None => self
+        let (cref, prev) = match s.source {
+            StatsSource::Identity(c) => self.registry.upsert_shared(c, s.ts_ms),
+            StatsSource::Raw { id, .. } => self
                 .registry
-                .get_with_counters(&s.id, s.ts_ms)
+                .get_with_counters(&id, s.ts_ms)
                 .ok_or_else(|| {
                     Reject::new(
                         RejectReason::UnknownContainer,
-                        format!("raw stats of {} before its start event", short(&s.id)),
+                        format!("raw stats of {} before its start event", short(&id)),
                     )
                 })?,
         };

@@ -89,8 +89,7 @@ pub(in crate::decode) fn envelope(line: &[u8], l: &Limits, ids: &Identities) -> 
     if c.depth > l.max_depth - 1 || !c.is(known, host, line) {
         return None;
     }
-    let host = known.host.clone();
-    stats_record(doc, l, Some(Arc::clone(known)), host).ok()
+    stats_record(doc, l, Some(Arc::clone(known))).ok()
 }
 
 /// The envelope's `container`: its strings as they are in the line, and where its
@@ -628,7 +627,7 @@ mod tests {
             let general = d.decode_general(line.as_bytes(), &mut ids.clone());
             assert_eq!(Ok(r), general.as_ref(), "{line}");
             if let (Record::Stats(a), Ok(Record::Stats(b))) = (r, &general) {
-                let same = match (&a.container, &b.container) {
+                let same = match (a.container(), b.container()) {
                     (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                     _ => false,
                 };
