@@ -34,7 +34,9 @@ fn a_fleet_through_kafka_gives_the_same_incidents_as_replay_issue_3() {
     let alerts = stream_alerts(&names, &broker);
     assert_same_incidents(&alerts, &files, summary_line(&log));
     assert_every_attack_alerted(&dir.join("fleet"), &alerts);
-    assert!(consume(&names, &broker, &names.topic("dlq")).is_empty());
+    // What was dead-lettered, if anything, and why: the reason is the diagnosis.
+    let dead = consume(&names, &broker, &names.topic("dlq"));
+    assert!(dead.is_empty(), "dead-lettered: {dead:#?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -340,7 +342,9 @@ fn verdicts_given_on_kafka_change_what_the_workers_raise_next_issue_9() {
             .is_some_and(|n| n.iter().any(|n| n["marked"] == shell["incident_id"])),
         "{again}"
     );
-    assert!(consume(&names, &broker, &names.topic("dlq")).is_empty());
+    // What was dead-lettered, if anything, and why: the reason is the diagnosis.
+    let dead = consume(&names, &broker, &names.topic("dlq"));
+    assert!(dead.is_empty(), "dead-lettered: {dead:#?}");
 
     let out = support::broker::herd()
         .args([
