@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::broker::{Broker, Names, PARTITIONS, Worker, consume, produce};
+use support::broker::{Broker, Names, PARTITIONS, Worker, assert_no_dead_letters, produce};
 use support::fleet::{
     IN_ORDER, assert_every_attack_alerted, assert_same_incidents, fleet, fleet_start_ms,
     produce_window, stream_alerts, summary_line, workdir,
@@ -129,8 +129,7 @@ fn assert_nothing_lost(names: &Names, broker: &Broker, dir: &Path, files: &[Path
     // Incident ids are deterministic: an incident opened a second time after a fault
     // would carry a new id, and an attack missed would lack one.
     assert_same_incidents(&alerts, files, summary_line(log));
-    let dead = consume(names, broker, &names.topic("dlq"));
-    assert!(dead.is_empty(), "dead-lettered: {dead:?}");
+    assert_no_dead_letters(names, broker);
 }
 
 /// One test of this file at a time. Each runs its own broker, workers and a producer of

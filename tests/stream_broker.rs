@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use herd::simulate::{SimConfig, simulate};
-use support::broker::{Broker, Names, PARTITIONS, Worker, consume, produce};
+use support::broker::{
+    Broker, Names, PARTITIONS, Worker, assert_no_dead_letters, consume, produce,
+};
 use support::fleet::{
     FILES, IN_ORDER, assert_every_attack_alerted, assert_same_incidents, fleet, fleet_start_ms,
     produce_window, stream_alerts, summary_line, workdir,
@@ -34,9 +36,7 @@ fn a_fleet_through_kafka_gives_the_same_incidents_as_replay_issue_3() {
     let alerts = stream_alerts(&names, &broker);
     assert_same_incidents(&alerts, &files, summary_line(&log));
     assert_every_attack_alerted(&dir.join("fleet"), &alerts);
-    // What was dead-lettered, if anything, and why: the reason is the diagnosis.
-    let dead = consume(&names, &broker, &names.topic("dlq"));
-    assert!(dead.is_empty(), "dead-lettered: {dead:#?}");
+    assert_no_dead_letters(&names, &broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -342,9 +342,7 @@ fn verdicts_given_on_kafka_change_what_the_workers_raise_next_issue_9() {
             .is_some_and(|n| n.iter().any(|n| n["marked"] == shell["incident_id"])),
         "{again}"
     );
-    // What was dead-lettered, if anything, and why: the reason is the diagnosis.
-    let dead = consume(&names, &broker, &names.topic("dlq"));
-    assert!(dead.is_empty(), "dead-lettered: {dead:#?}");
+    assert_no_dead_letters(&names, &broker);
 
     let out = support::broker::herd()
         .args([

@@ -496,6 +496,13 @@ pub fn produce(names: &Names, broker: &Broker, files: &[PathBuf], extra: &[&str]
     );
 }
 
+/// Asserts that the dead-letter topic is empty, printing what is there (each record
+/// carries its reason: a failure diagnoses itself).
+pub fn assert_no_dead_letters(names: &Names, broker: &Broker) {
+    let dead = consume(names, broker, &names.topic("dlq"));
+    assert!(dead.is_empty(), "dead-lettered: {dead:#?}");
+}
+
 /// Every record of a topic, as `herd consume` prints them.
 pub fn consume(names: &Names, broker: &Broker, topic: &str) -> Vec<serde_json::Value> {
     let out = herd()
