@@ -69,9 +69,13 @@ impl Store {
                 self.counts[0] += w;
                 return;
             }
-            let mut v = vec![0.0; grow];
-            v.extend_from_slice(&self.counts);
-            self.counts = v;
+            // In place: the vector's own growth is amortised (a new allocation and a
+            // second one to extend it, each time a value below the range came, were
+            // most of what a young sketch's inserts cost).
+            let len = self.counts.len();
+            self.counts.resize(len + grow, 0.0);
+            self.counts.copy_within(..len, grow);
+            self.counts[..grow].fill(0.0);
             self.offset = idx;
         }
         let pos = (idx - self.offset) as usize;
@@ -321,30 +325,42 @@ impl TailSketch {
         let targets = QS.map(|q| q * self.total);
         let mut out = [None::<f64>; 7];
         // The next quantile still to find; targets grow, so the ones a bucket settles
-        // are always the next ones.
+        // are always the next ones. `target` is its target (infinite once all seven are
+        // found), so that most buckets cost an addition and one comparison: this walk
+        // covers every bucket (hundreds in a sketch of deviations around zero) and is the
+        // costliest step of a refresh.
         let mut next = 0;
+        let mut target = targets[0];
         let mut acc = 0.0;
-        // A bucket's value is computed only when it settles a quantile (an `exp`).
+        // Settles the quantiles a bucket of weight `c` reaches (only a bucket with
+        // weight settles one); its value is computed only then (an `exp`).
         let mut settle = |acc: f64, c: f64, value: &dyn Fn() -> f64, next: &mut usize| {
             while *next < 7 && acc >= targets[*next] && c > 0.0 {
                 out[*next] = Some(value());
                 *next += 1;
             }
+            targets.get(*next).copied().unwrap_or(f64::INFINITY)
         };
         for (i, c) in self.neg.counts.iter().enumerate().rev() {
             acc += c;
-            let idx = self.neg.offset + i as i32;
-            settle(acc, *c, &|| -Self::value_of(idx), &mut next);
+            if acc >= target && *c > 0.0 {
+                let idx = self.neg.offset + i as i32;
+                target = settle(acc, *c, &|| -Self::value_of(idx), &mut next);
+            }
         }
         acc += self.zero;
-        settle(acc, self.zero, &|| 0.0, &mut next);
+        if acc >= target && self.zero > 0.0 {
+            target = settle(acc, self.zero, &|| 0.0, &mut next);
+        }
         for (i, c) in self.pos.counts.iter().enumerate() {
             if next == 7 {
                 break;
             }
             acc += c;
-            let idx = self.pos.offset + i as i32;
-            settle(acc, *c, &|| Self::value_of(idx), &mut next);
+            if acc >= target && *c > 0.0 {
+                let idx = self.pos.offset + i as i32;
+                target = settle(acc, *c, &|| Self::value_of(idx), &mut next);
+            }
         }
         // Rounding, as in `quantile`: the largest value.
         let largest = || {
@@ -750,6 +766,43 @@ mod tests {
         m.merge(&b);
         for q in [0.1, 0.5, 0.9] {
             assert_eq!(m.quantile(q), all.quantile(q));
+        }
+    }
+
+    #[test]
+    fn a_store_grown_downward_holds_what_one_grown_upward_does() {
+        // Magnitudes spanning 1e-8..1e8 (~930 buckets), arriving smallest first in one
+        // sketch and largest first in the other: every bucket, and the collapse of the
+        // lowest ones beyond the cap, the same.
+        let values: Vec<f64> = (0..=160)
+            .map(|i| 10f64.powf(-8.0 + 0.1 * f64::from(i)))
+            .collect();
+        let fill = |vs: &mut dyn Iterator<Item = &f64>| {
+            let mut s = TailSketch::new(DAY);
+            for v in vs {
+                s.insert(*v, 0, 1.0);
+                s.insert(-*v, 0, 1.0);
+            }
+            s
+        };
+        let (up, down) = (fill(&mut values.iter()), fill(&mut values.iter().rev()));
+        assert_eq!(up.pos, down.pos);
+        assert_eq!(up.neg, down.neg);
+        assert!(up.pos.counts.len() > 900 && up.pos.counts.len() <= MAX_BUCKETS);
+        assert_eq!(up.pos.counts.iter().sum::<f64>(), 161.0);
+        // Beyond the cap, the lowest magnitudes share the lowest bucket either way
+        // (which ones depends on the order they came in), nothing is lost, and the
+        // upper quantiles are untouched.
+        let wide: Vec<f64> = (0..=190)
+            .map(|i| 10f64.powf(-8.95 + 0.1 * f64::from(i)))
+            .collect();
+        let (up, down) = (fill(&mut wide.iter()), fill(&mut wide.iter().rev()));
+        for s in [&up, &down] {
+            assert!(s.pos.counts.len() <= MAX_BUCKETS);
+            assert_eq!(s.pos.counts.iter().sum::<f64>(), 191.0);
+        }
+        for q in [0.9, 0.99, 1.0] {
+            assert_eq!(up.quantile(q), down.quantile(q));
         }
     }
 }
