@@ -56,7 +56,22 @@ struct Store {
 }
 
 impl Store {
+    /// Adds `w` to bucket `idx`: inline for a bucket within the range (nearly every
+    /// insert), out of line when the range must grow.
+    #[inline]
     fn add(&mut self, idx: i32, w: f64) {
+        if idx >= self.offset
+            && let Some(c) = self.counts.get_mut((idx - self.offset) as usize)
+        {
+            *c += w;
+            return;
+        }
+        self.grow_and_add(idx, w);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grow_and_add(&mut self, idx: i32, w: f64) {
         if self.counts.is_empty() {
             self.offset = idx;
             self.counts.push(w);
@@ -306,12 +321,18 @@ impl TailSketch {
     }
 
     /// The cached quantile summary (recomputed at most every 32 inserts).
+    #[inline]
     pub fn summary(&mut self) -> Option<Summary> {
         if self.cache.is_none() {
-            self.cache = self.compute_summary();
-            self.since_cache = 0;
+            self.refresh();
         }
         self.cache
+    }
+
+    #[inline(never)]
+    fn refresh(&mut self) {
+        self.cache = self.compute_summary();
+        self.since_cache = 0;
     }
 
     /// The quantile summary without touching the cache: the seven quantiles of
@@ -389,13 +410,16 @@ impl TailSketch {
     /// stretch (so a second mode below the 99th percentile does not widen the tail).
     /// `floor` is the smallest meaningful difference for this series (its resolution):
     /// tails are never modelled narrower than that. Returns 0 for an empty sketch.
+    #[inline]
     pub fn surprise(&mut self, x: f64, tails: Tails, floor: f64) -> f64 {
         self.surprise_with(x, tails, |_| floor)
     }
 
     /// [`Self::surprise`] with the floor computed from the cached summary, and only for
     /// a value in a tail: a value inside the 10–90 % band (most of them) costs a
-    /// comparison with the cached quantiles, nothing more.
+    /// comparison with the cached quantiles, nothing more (inline at the caller; the
+    /// tail's model is a call of its own).
+    #[inline]
     pub fn surprise_with(
         &mut self,
         x: f64,
@@ -410,6 +434,12 @@ impl TailSketch {
             return 0.0;
         }
         let floor = floor(&s);
+        self.tail_surprise(x, tails, &s, floor)
+    }
+
+    /// [`Self::surprise_with`] of a value in a tail.
+    #[inline(never)]
+    fn tail_surprise(&self, x: f64, tails: Tails, s: &Summary, floor: f64) -> f64 {
         let to_surprise = |p: f64| -p.clamp(f64::MIN_POSITIVE, 1.0).log10();
         // The 99.9th percentile needs about a thousand observations; with fewer the
         // slope is widened accordingly rather than trusted.
