@@ -186,6 +186,7 @@ impl GroupBaseline {
     /// order they first came, so the slot is usually its metric's position, and one
     /// comparison of names replaces the hash lookup. The index covers every feature
     /// (so names are unique) whenever the hint is taken.
+    #[inline]
     pub fn feature_slot_hinted(
         &mut self,
         name: &str,

@@ -61,6 +61,7 @@ impl FeatureBaseline {
     }
 
     /// Surprise of a raw value against the group's history (both tails).
+    #[inline]
     pub fn value_surprise(&mut self, x: f64) -> f64 {
         // The floor from the same summary the surprise reads (the one refresh, if due,
         // happens either way), computed only for a value in a tail.
@@ -90,6 +91,7 @@ impl FeatureBaseline {
     /// that spread decays (a decade per 0.33 σ beyond its 99th percentile): a young
     /// online history of deviations does not make the group's replicas look more alike
     /// than the archive saw them.
+    #[inline]
     pub fn peer_surprise(&mut self, dev: f64, spread: Option<f64>) -> f64 {
         let gaussian = spread.filter(|s| s.is_finite()).map_or(0.0, |s| 0.33 * s);
         self.peer_dev.surprise(dev, Tails::Both, gaussian.max(0.02))
@@ -136,6 +138,7 @@ impl FeatureBaseline {
 /// are log-ratios for values well above the resolution and linear near zero, so a peer
 /// comparison is scale-free (a fleet-wide surge does not widen it) without dividing by a
 /// level that may be zero.
+#[inline]
 pub fn slog(v: f64, res: f64) -> f64 {
     v.signum() * (v.abs() / res.max(1e-12)).ln_1p()
 }
