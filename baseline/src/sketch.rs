@@ -348,8 +348,7 @@ impl TailSketch {
         // The next quantile still to find; targets grow, so the ones a bucket settles
         // are always the next ones. `target` is its target (infinite once all seven are
         // found), so that most buckets cost an addition and one comparison: this walk
-        // covers every bucket (hundreds in a sketch of deviations around zero) and is the
-        // costliest step of a refresh.
+        // covers every bucket of the sketch and is the costliest step of a refresh.
         let mut next = 0;
         let mut target = targets[0];
         let mut acc = 0.0;
@@ -801,9 +800,8 @@ mod tests {
 
     #[test]
     fn a_store_grown_downward_holds_what_one_grown_upward_does() {
-        // Magnitudes spanning 1e-8..1e8 (~930 buckets), arriving smallest first in one
-        // sketch and largest first in the other: every bucket, and the collapse of the
-        // lowest ones beyond the cap, the same.
+        // Magnitudes spanning 1e-8..1e8 (~930 buckets, under the cap), arriving smallest
+        // first in one sketch and largest first in the other: every bucket the same.
         let values: Vec<f64> = (0..=160)
             .map(|i| 10f64.powf(-8.0 + 0.1 * f64::from(i)))
             .collect();

@@ -463,7 +463,9 @@ impl<'a> Scan<'a> {
         }
         loop {
             let key = self.string()?;
-            // Compact JSON puts the colon right after the key.
+            // Compact JSON puts the colon right after the key. (The same test inside
+            // `eat`, for every token, saved instructions but measured slower: 0.80×
+            // against 0.94× paired, three runs.)
             if self.b.get(self.i) == Some(&b':') {
                 self.i += 1;
             } else {
