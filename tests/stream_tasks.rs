@@ -409,6 +409,83 @@ fn an_end_of_partition_releases_the_samples_behind_an_event_at_once() {
     assert_eq!(t.tally()[0][0], 2, "its events came, in order");
 }
 
+/// An agent envelope of container `db-1` (its own identity inside) at `secs` past
+/// 10:00 on 2026-11-23, hours on.
+fn envelope(secs: u32) -> String {
+    let t = 10 * 3600 + secs;
+    let (h, m, s) = (t / 3600, t / 60 % 60, t % 60);
+    format!(
+        r#"{{"host":"node-2","container":{{"id":"{:064x}","name":"db-1","image":"shop/db:2"}},"stats":{{"read":"2026-11-23T{h:02}:{m:02}:{s:02}Z","cpu_stats":{{"cpu_usage":{{"total_usage":{secs}000000000}},"system_cpu_usage":{secs}000000000,"online_cpus":2}},"memory_stats":{{"usage":1000}}}}}}"#,
+        7
+    )
+}
+
+/// The raw stats partition stalls while the statistics last reported it at its end, and
+/// the other inputs run on, hours past its last sample. Its container's identity, which
+/// only a `start` event gives, outlives the stall: the samples it then delivers are
+/// scored, not dead-lettered as of a container never started (issue 9's stream test saw
+/// a day of one container's samples go so under a loaded machine).
+#[test]
+fn a_raw_stats_partition_hours_behind_the_others_keeps_its_containers() {
+    let tcfg = task_config(3, Duration::ZERO);
+    let mut t = Task::new(0, &tcfg).expect("task");
+    let a = "a".repeat(64);
+    let mut out = Vec::new();
+    let drain = |t: &mut Task, out: &mut Vec<Out>| {
+        t.drain(Instant::now(), Duration::ZERO, false, out);
+    };
+    t.offer(1, 0, None, None, start_event(&a, 0).as_bytes(), &mut out);
+    t.offer(
+        0,
+        0,
+        None,
+        None,
+        raw_stats(&a, 10, 10_000_000_000).as_bytes(),
+        &mut out,
+    );
+    t.observe_watermarks(0, 0, 1, 1);
+    t.observe_watermarks(1, 0, 1, 1);
+    drain(&mut t, &mut out);
+    assert_eq!(t.tally()[0][0], 1, "a's first sample is scored");
+    // From 12:30 on, 5,000 envelopes: the raw input, caught up as far as the
+    // statistics know, does not hold them back, and the normaliser runs an eviction.
+    let n = 5_000u32;
+    t.observe_watermarks(2, 0, i64::from(n), i64::from(n));
+    for k in 0..n {
+        t.offer(
+            2,
+            i64::from(k),
+            None,
+            None,
+            envelope(9_000 + k).as_bytes(),
+            &mut out,
+        );
+        drain(&mut t, &mut out);
+    }
+    assert_eq!(t.tally()[2][0], u64::from(n), "the envelopes are scored");
+    // The raw input delivers what it held back.
+    t.offer(
+        0,
+        1,
+        None,
+        None,
+        raw_stats(&a, 70, 70_000_000_000).as_bytes(),
+        &mut out,
+    );
+    t.observe_watermarks(0, 0, 2, 2);
+    drain(&mut t, &mut out);
+    let dead: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Out::Dead { reject, .. } => Some(reject.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert!(dead.is_empty(), "{dead:?}");
+    assert_eq!(t.parked(), 0);
+    assert_eq!(t.tally()[0][0], 2, "a's late sample is scored");
+}
+
 /// Applies a checkpoint's records to a compacted partition (the last value of a key).
 fn apply(topic: &mut BTreeMap<String, Option<Vec<u8>>>, records: &[(String, Option<Vec<u8>>)]) {
     for (k, v) in records {

@@ -2,8 +2,9 @@
 //!
 //! Owns the container registry (identity joins) and the counter state (rates): a
 //! container's counters live in its registry entry, a Prometheus series' beside it. Both
-//! are bounded: containers idle for `container_ttl_ms` of event time are forgotten, and
-//! the registry never holds more than `max_containers`.
+//! are bounded: counter state idle for `container_ttl_ms` of event time is forgotten, a
+//! container's identity after `identity_ttl_ms`, and the registry never holds more than
+//! `max_containers`.
 
 mod rates;
 mod registry;
@@ -24,9 +25,18 @@ use registry::Registry;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NormalizerConfig {
-    /// Forget a container after this much event time without input. One hour outlives
-    /// any scrape or sampling interval by far.
+    /// Forget a container's counter state after this much event time without input: no
+    /// rate spans that long. One hour outlives any scrape or sampling interval by far.
     pub container_ttl_ms: i64,
+    /// Forget a container's identity (image, name, labels) after this much event time
+    /// without input. Only a `start` event gives a raw stats sample its identity back,
+    /// so this outlasts what can separate a running container's samples from the rest
+    /// of the stream: its agent down for hours, or its samples' partition an hour
+    /// behind the others in a catch-up (the newest record of any input sets the clock).
+    /// Checkpoints leave it out while it is the default, so that the version before it
+    /// still reads them.
+    #[serde(skip_serializing_if = "is_default_identity_ttl")]
+    pub identity_ttl_ms: i64,
     /// Most containers remembered at once (registry and counters), oldest evicted first.
     /// 200k is twice the largest fleet a worker is sized for (issue 7: 100k containers).
     pub max_containers: usize,
@@ -44,12 +54,21 @@ impl Default for NormalizerConfig {
     fn default() -> Self {
         Self {
             container_ttl_ms: 3_600_000,
+            identity_ttl_ms: DEFAULT_IDENTITY_TTL_MS,
             max_containers: 200_000,
             min_rate_interval_ms: 500,
             max_rate_interval_ms: 600_000,
             exec_dedup_ms: 5_000,
         }
     }
+}
+
+/// A day: a container's identity is a few hundred bytes, and `max_containers` bounds
+/// how many are kept however many containers come and go in a day.
+const DEFAULT_IDENTITY_TTL_MS: i64 = 86_400_000;
+
+fn is_default_identity_ttl(ms: &i64) -> bool {
+    *ms == DEFAULT_IDENTITY_TTL_MS
 }
 
 impl NormalizerConfig {
@@ -63,6 +82,12 @@ impl NormalizerConfig {
         };
         if self.container_ttl_ms <= 0 {
             return bad("normalizer.container_ttl_ms", "must be positive");
+        }
+        if self.identity_ttl_ms < self.container_ttl_ms {
+            return bad(
+                "normalizer.identity_ttl_ms",
+                "must be at least normalizer.container_ttl_ms",
+            );
         }
         if self.max_containers == 0 {
             return bad("normalizer.max_containers", "must be at least 1");
@@ -227,7 +252,8 @@ impl Normalizer {
         if self.since_evict >= 4096 {
             self.since_evict = 0;
             let before = self.max_ts_ms - self.cfg.container_ttl_ms;
-            self.registry.evict(before, self.cfg.max_containers);
+            let forget = self.max_ts_ms - self.cfg.identity_ttl_ms;
+            self.registry.evict(before, forget, self.cfg.max_containers);
             self.rates.evict(before);
             self.recent_execs.clear();
         }
@@ -571,6 +597,85 @@ mod tests {
         let mut m = back.clone();
         envelopes(&mut m, 3, 20);
         assert_eq!(m.counter_series(), 3);
+    }
+
+    /// `n` envelope samples of one other container, a second apart from `from_s`
+    /// seconds past 2026-11-23T00:00:00Z: they move the stream's clock on.
+    fn other_input(norm: &mut Normalizer, from_s: u64, n: u64) {
+        let d = Decoder::default();
+        let mut ids = crate::Identities::new(64);
+        for k in 0..n {
+            let t = from_s + k;
+            let (day, h, m, s) = (23 + t / 86_400, t / 3600 % 24, t / 60 % 60, t % 60);
+            let line = format!(
+                r#"{{"host":"node-2","container":{{"id":"{:064x}","name":"db-1","image":"shop/db:2"}},"stats":{{"read":"2026-11-{day:02}T{h:02}:{m:02}:{s:02}Z","cpu_stats":{{"cpu_usage":{{"total_usage":{t}000000000}},"system_cpu_usage":{t}000000000,"online_cpus":4}},"memory_stats":{{"usage":1000}}}}}}"#,
+                7
+            );
+            let rec = d
+                .decode_with(line.as_bytes(), &mut ids)
+                .unwrap_or_else(|e| panic!("{e}"));
+            norm.normalize(rec, &mut Vec::new())
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    /// A raw stats sample of the container `START` names, at `hms` on 2026-11-23, its
+    /// CPU counter at `secs` seconds.
+    fn raw_sample(hms: &str, secs: u64) -> String {
+        let (cpu, sys) = (secs * 1_000_000_000, secs * 4_000_000_000);
+        format!(
+            r#"{{"read":"2026-11-23T{hms}Z","id":"8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f8f2c1a2b3c4d5e6f","name":"/web-1","cpu_stats":{{"cpu_usage":{{"total_usage":{cpu}}},"system_cpu_usage":{sys},"online_cpus":4}},"memory_stats":{{"usage":1000}}}}"#
+        )
+    }
+
+    /// A raw stats sample gets its image only from its container's `start` event. The
+    /// samples' partition an hour and more behind the others (a catch-up, a stalled
+    /// fetch) must not cost a running container its identity for the rest of its life:
+    /// its counter state goes after `container_ttl_ms`, its identity only after
+    /// `identity_ttl_ms`.
+    #[test]
+    fn a_raw_container_keeps_its_identity_while_other_inputs_run_hours_ahead() {
+        let mut n = Normalizer::default();
+        run(&mut n, START).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            run(&mut n, &raw_sample("10:00:10", 10)).map(|o| o.len()),
+            Ok(1)
+        );
+        assert_eq!(n.registry.counters().count(), 1);
+        // The other inputs run from 12:30 on: enough records for an eviction pass.
+        other_input(&mut n, 12 * 3600 + 1800, 5000);
+        assert_eq!(n.registry.counters().count(), 1, "db-1's alone are recent");
+        let late = run(&mut n, &raw_sample("10:01:10", 70)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(late.len(), 1);
+        assert_eq!(&*late[0].container.image, "shop/web:1.4");
+        // A day later, with nothing heard of it since, it is forgotten.
+        other_input(&mut n, 86_400 + 11 * 3600, 5000);
+        let gone = run(&mut n, &raw_sample("10:02:10", 130)).map_err(|r| r.reason);
+        assert_eq!(gone.err(), Some(RejectReason::UnknownContainer));
+    }
+
+    #[test]
+    fn the_identity_ttl_outlasts_the_counters_and_is_checkpointed_only_when_set() {
+        let mut cfg = NormalizerConfig {
+            identity_ttl_ms: 1_000,
+            ..NormalizerConfig::default()
+        };
+        let err = cfg
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("normalizer.identity_ttl_ms"), "{err}");
+        // The default is left out of a checkpoint: the version before it reads it.
+        let json = |n: &Normalizer| serde_json::to_value(n).unwrap_or_default();
+        let default = json(&Normalizer::default());
+        assert!(default["cfg"].get("identity_ttl_ms").is_none(), "{default}");
+        cfg.identity_ttl_ms = 7_200_000;
+        assert_eq!(cfg.validate().ok(), Some(()));
+        let set = json(&Normalizer::new(cfg.clone()));
+        assert_eq!(set["cfg"]["identity_ttl_ms"], 7_200_000);
+        let back: Normalizer = serde_json::from_value(set).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, Normalizer::new(cfg));
     }
 
     #[test]

@@ -318,14 +318,18 @@ impl Registry {
         Some(self.upsert(c, ts_ms))
     }
 
-    /// Forgets containers not seen since `before_ms`, and the oldest ones beyond `max`.
-    /// Counter state older than `before_ms` is forgotten too, even where the container is
-    /// kept: no rate spans that long.
-    pub(crate) fn evict(&mut self, before_ms: i64, max: usize) -> usize {
+    /// Forgets counter state older than `counters_before_ms` (no rate spans that long),
+    /// containers not seen since `forget_before_ms`, and the oldest ones beyond `max`.
+    pub(crate) fn evict(
+        &mut self,
+        counters_before_ms: i64,
+        forget_before_ms: i64,
+        max: usize,
+    ) -> usize {
         let n0 = self.by_id.len();
         self.by_id.retain(|e| {
-            e.counters.expire(before_ms);
-            e.last_seen_ms >= before_ms
+            e.counters.expire(counters_before_ms);
+            e.last_seen_ms >= forget_before_ms
         });
         if self.by_id.len() > max {
             let mut seen: Vec<i64> = self.by_id.iter().map(|e| e.last_seen_ms).collect();
@@ -399,8 +403,13 @@ mod tests {
         assert_eq!(r.counters().count(), 4);
         // Container 1 is heard of again (an event), but its counters are old.
         r.get(&id(1), 5_000);
-        // Forget what was not seen since 1.5 s, counters older than that, and keep 2.
-        assert_eq!(r.evict(1_500, 2), 2);
+        // Counters older than 1.5 s go, but no identity: every container was seen at 0
+        // or since. Then the containers not seen since 1.5 s go too, and 2 are kept.
+        assert_eq!(r.evict(1_500, 0, 4), 0);
+        let recent: Vec<&str> = r.counters().map(|(id, _)| id).collect();
+        assert_eq!(recent.len(), 2, "the counters of 2 and 3 are recent");
+        assert!(r.contains(&id(0)), "an identity outlives its counters");
+        assert_eq!(r.evict(1_500, 1_500, 2), 2);
         let kept: Vec<&str> = r.counters().map(|(id, _)| id).collect();
         assert_eq!(kept, vec![id(3).as_str()]);
         assert!(r.contains(&id(1)) && r.contains(&id(3)));
