@@ -346,6 +346,51 @@ fn raw_stats_wait_for_a_lagging_events_partition_however_far_the_samples_run_ahe
     assert_eq!(t.parked(), 1);
 }
 
+/// Five minutes of event time go by in a replay in well under a second, while the
+/// statistics that call the events input quiet can be seconds old (a stalled fetch): a
+/// parked sample five minutes behind the stream also waits ten idle periods by the
+/// clock before it is given up.
+#[test]
+fn a_parked_sample_waits_for_the_clock_as_well_as_for_five_minutes_of_event_time() {
+    let idle = Duration::from_secs(1);
+    let tcfg = task_config(2, idle);
+    let mut t = Task::new(0, &tcfg).expect("task");
+    let e = "e".repeat(64);
+    let mut out = Vec::new();
+    // The events partition is empty and at its end, as far as the statistics know.
+    t.observe_watermarks(1, 0, 0, 0);
+    let t0 = Instant::now();
+    for (k, secs) in [500u32, 520, 900].into_iter().enumerate() {
+        t.offer(
+            0,
+            k as i64,
+            None,
+            None,
+            raw_stats(&e, secs, 1).as_bytes(),
+            &mut out,
+        );
+    }
+    t.drain(t0, idle, false, &mut out);
+    assert_eq!(
+        t.parked(),
+        0,
+        "the quiet events input is waited for one idle period"
+    );
+    t.drain(t0 + idle, idle, false, &mut out);
+    assert_eq!(
+        t.parked(),
+        3,
+        "the samples of 08:20 and 08:40 wait on at 15:00"
+    );
+    let dead = |out: &[Out]| out.iter().filter(|o| matches!(o, Out::Dead { .. })).count();
+    assert_eq!(dead(&out), 0);
+    t.drain(t0 + idle * 10, idle, false, &mut out);
+    assert_eq!(dead(&out), 0, "nine idle periods by the clock are not ten");
+    t.drain(t0 + idle * 11, idle, false, &mut out);
+    assert_eq!(dead(&out), 2, "ten are");
+    assert_eq!(t.parked(), 1);
+}
+
 /// At the live edge the events input is often empty: whether it is at its end decides
 /// whether a sample waits. librdkafka's end-of-partition event says so at once; before,
 /// only the next statistics report did (a second later), and every sample behind an

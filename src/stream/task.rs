@@ -38,7 +38,11 @@ const PARK_GRACE_MS: i64 = 60_000;
 /// When the other inputs are quiet (caught up, nothing buffered), a sample is not
 /// parked for longer than this much of the stream's event time. While they still hold
 /// records (a lagging events partition in a catch-up, whose samples race ahead in event
-/// time), it waits for them instead: its start event may be among them.
+/// time), it waits for them instead: its start event may be among them. "Caught up" is
+/// what the statistics last said, and a stalled fetch leaves them stale while a
+/// replay's event time runs minutes a second: so the sample also waits at least as
+/// long by the clock as the drain waits for an input known to be behind (ten idle
+/// periods). At the live edge five minutes of event time are five by the clock anyway.
 const PARK_MAX_MS: i64 = 300_000;
 /// Most samples parked in one task; beyond, the oldest is dead-lettered (a flood of
 /// samples of containers nobody started must not grow memory).
@@ -792,10 +796,11 @@ impl Task {
 
     /// Dead-letters the parked samples whose identity is not coming: the events have
     /// moved [`PARK_GRACE_MS`] past them, or the stream [`PARK_MAX_MS`] while the other
-    /// inputs are quiet (a quiet events topic must not hold a stream's commits back for
-    /// long; a lagging one is waited for), or every input is caught up and empty and
-    /// they have waited `max_idle` (nothing known on the broker can identify them: a
-    /// worker that joined after their container started).
+    /// inputs are quiet and they have waited ten idle periods (a quiet events topic must
+    /// not hold a stream's commits back for long; a lagging one is waited for), or every
+    /// input is caught up and empty and they have waited `max_idle` (nothing known on
+    /// the broker can identify them: a worker that joined after their container
+    /// started).
     fn expire_parked(&mut self, now: Instant, max_idle: Duration, out: &mut Vec<Out>) {
         if self.parked.is_empty() {
             return;
@@ -810,9 +815,12 @@ impl Task {
         // Whether every input but the sample's own is quiet.
         let others_quiet = |j: usize| quiet.iter().enumerate().all(|(k, q)| k == j || *q);
         while let Some((j, m, since)) = self.parked.front() {
+            let waited = now.duration_since(*since);
             let gone = m.ts.saturating_add(PARK_GRACE_MS) < self.identity_ts
-                || (m.ts.saturating_add(PARK_MAX_MS) < self.last_ts && others_quiet(*j))
-                || (drained && now.duration_since(*since) >= max_idle);
+                || (m.ts.saturating_add(PARK_MAX_MS) < self.last_ts
+                    && others_quiet(*j)
+                    && waited >= max_idle * 10)
+                || (drained && waited >= max_idle);
             if !gone {
                 break;
             }
