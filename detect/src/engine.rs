@@ -529,8 +529,10 @@ impl Engine {
         let incidents = &mut self.state.incidents;
         let max_open = cfg.max_open_incidents;
         let closed = &mut self.closed;
-        if let Some(a) =
-            incidents.record(&obs.container, key, finding, now, quiet, max_open, closed)
+        // Nearly every observation finds nothing: no call, no move of the finding.
+        if !finding.is_empty()
+            && let Some(a) =
+                incidents.record(&obs.container, key, finding, now, quiet, max_open, closed)
         {
             out.push(a);
         }
