@@ -479,7 +479,9 @@ fn a_raw_stats_partition_hours_behind_the_others_keeps_its_containers() {
     let drain = |t: &mut Task, out: &mut Vec<Out>| {
         t.drain(Instant::now(), Duration::ZERO, false, out);
     };
-    t.offer(1, 0, None, None, start_event(&a, 0).as_bytes(), &mut out);
+    // Inputs: raw stats, envelopes, and the events on the last (the repartition
+    // input's place: its records are processed where they land, never forwarded).
+    t.offer(2, 0, None, None, start_event(&a, 0).as_bytes(), &mut out);
     t.offer(
         0,
         0,
@@ -489,25 +491,25 @@ fn a_raw_stats_partition_hours_behind_the_others_keeps_its_containers() {
         &mut out,
     );
     t.observe_watermarks(0, 0, 1, 1);
-    t.observe_watermarks(1, 0, 1, 1);
+    t.observe_watermarks(2, 0, 1, 1);
     drain(&mut t, &mut out);
     assert_eq!(t.tally()[0][0], 1, "a's first sample is scored");
     // From 12:30 on, 5,000 envelopes: the raw input, caught up as far as the
     // statistics know, does not hold them back, and the normaliser runs an eviction.
     let n = 5_000u32;
-    t.observe_watermarks(2, 0, i64::from(n), i64::from(n));
+    t.observe_watermarks(1, 0, i64::from(n), i64::from(n));
     for k in 0..n {
         t.offer(
-            2,
+            1,
             i64::from(k),
             None,
-            None,
+            Some(b"shop/db".as_slice()),
             envelope(9_000 + k).as_bytes(),
             &mut out,
         );
         drain(&mut t, &mut out);
     }
-    assert_eq!(t.tally()[2][0], u64::from(n), "the envelopes are scored");
+    assert_eq!(t.tally()[1][0], u64::from(n), "the envelopes are scored");
     // The raw input delivers what it held back.
     t.offer(
         0,
