@@ -304,9 +304,13 @@ impl Pipeline {
         Ok(serde_json::to_vec(&self.normalizer)?)
     }
 
-    /// Replaces the normaliser's state with one from [`Pipeline::normalizer_state`].
+    /// Replaces the normaliser's state with one from [`Pipeline::normalizer_state`],
+    /// keeping the settings this pipeline was made with: the checkpoint's are those of
+    /// the worker that wrote it.
     pub fn restore_normalizer(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        let cfg = self.normalizer.config().clone();
         self.normalizer = serde_json::from_slice(bytes)?;
+        self.normalizer.reconfigure(cfg);
         Ok(())
     }
 

@@ -636,6 +636,42 @@ fn a_task_record_larger_than_a_broker_takes_is_written_in_parts_and_restored_who
     assert_eq!(again.tally()[0][0] - before, 300 * 6);
 }
 
+/// A task restored by a worker whose normaliser settings differ from those of the
+/// worker that checkpointed it keeps the state and applies its own settings: a change
+/// of configuration reaches every task at the next restart, not only new ones.
+#[test]
+fn a_restored_task_keeps_its_containers_under_the_settings_in_force() {
+    let before = task_config(2, Duration::ZERO);
+    let mut t = Task::new(0, &before).expect("task");
+    let id = "a".repeat(64);
+    let mut out = Vec::new();
+    t.offer(1, 0, None, None, start_event(&id, 0).as_bytes(), &mut out);
+    t.offer(0, 0, None, None, raw_stats(&id, 10, 1).as_bytes(), &mut out);
+    t.drain(Instant::now(), Duration::ZERO, true, &mut out);
+    let mut topic = BTreeMap::new();
+    apply(&mut topic, &t.checkpoint().expect("checkpoint").records);
+    t.committed();
+
+    let mut after = task_config(2, Duration::ZERO);
+    after.normalizer.identity_ttl_ms = 7_200_000;
+    let mut r = Task::restore(0, &after, &topic).expect("restore");
+    let scored = r.tally()[0][0];
+    r.offer(0, 1, None, None, raw_stats(&id, 20, 2).as_bytes(), &mut out);
+    r.drain(Instant::now(), Duration::ZERO, true, &mut out);
+    assert_eq!(r.parked(), 0, "the container is known from the checkpoint");
+    assert_eq!(r.tally()[0][0] - scored, 1, "the sample is scored");
+    assert!(!out.iter().any(|o| matches!(o, Out::Dead { .. })));
+    let task_key = herd::stream::task::task_key(0);
+    let records = r.checkpoint().expect("checkpoint").records;
+    let head = records
+        .iter()
+        .find(|(k, _)| *k == task_key)
+        .and_then(|(_, v)| v.as_deref())
+        .expect("the task's record");
+    let head = String::from_utf8_lossy(head);
+    assert!(head.contains(r#""identity_ttl_ms":7200000"#), "{head}");
+}
+
 /// A Docker `start` event of `id` of `image` at `secs` past 10:00.
 fn start_event_of(id: &str, image: &str, secs: u32) -> String {
     start_event(id, secs).replace("shop/web:1.4", image)

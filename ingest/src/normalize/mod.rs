@@ -216,6 +216,19 @@ impl Normalizer {
         }
     }
 
+    /// The settings in force.
+    pub fn config(&self) -> &NormalizerConfig {
+        &self.cfg
+    }
+
+    /// Puts other settings in force over the state kept. A checkpoint carries the
+    /// settings it was written under; a worker restarted with changed ones restores
+    /// the state and applies its own, or a change would never reach a restored task.
+    /// Narrower limits (TTLs, `max_containers`) take effect at the next eviction pass.
+    pub fn reconfigure(&mut self, cfg: NormalizerConfig) {
+        self.cfg = cfg;
+    }
+
     /// Containers currently known.
     pub fn containers(&self) -> usize {
         self.registry.len()
@@ -676,6 +689,39 @@ mod tests {
         assert_eq!(set["cfg"]["identity_ttl_ms"], 7_200_000);
         let back: Normalizer = serde_json::from_value(set).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, Normalizer::new(cfg));
+    }
+
+    /// A checkpoint carries the settings it was written under; reconfigured after the
+    /// restore, the normaliser keeps the state and applies the settings in force.
+    #[test]
+    fn a_restored_normaliser_takes_the_settings_in_force() {
+        let hour = NormalizerConfig {
+            identity_ttl_ms: 3_600_000,
+            ..NormalizerConfig::default()
+        };
+        let mut n = Normalizer::new(hour.clone());
+        run(&mut n, START).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            run(&mut n, &raw_sample("10:00:10", 10)).map(|o| o.len()),
+            Ok(1)
+        );
+        let bytes = serde_json::to_vec(&n).unwrap_or_default();
+        let restore =
+            || -> Normalizer { serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}")) };
+        // As checkpointed, an hour's silence costs the container its identity...
+        let mut kept = restore();
+        assert_eq!(kept.config(), &hour);
+        other_input(&mut kept, 12 * 3600 + 1800, 5000);
+        let gone = run(&mut kept, &raw_sample("10:01:10", 70)).map_err(|r| r.reason);
+        assert_eq!(gone.err(), Some(RejectReason::UnknownContainer));
+        // ...under the settings in force (a day), it does not.
+        let mut now = restore();
+        now.reconfigure(NormalizerConfig::default());
+        assert_eq!(now.containers(), n.containers());
+        other_input(&mut now, 12 * 3600 + 1800, 5000);
+        let late = run(&mut now, &raw_sample("10:01:10", 70)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(late.len(), 1);
+        assert_eq!(&*late[0].container.image, "shop/web:1.4");
     }
 
     #[test]
