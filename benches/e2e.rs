@@ -8,7 +8,10 @@
 //!    production: agent envelopes of 3,000 containers, and an exec event a second), the
 //!    latency from each record's Kafka timestamp to the end of its scoring
 //!    (hdrhistogram), beside the broker's own produce→consume latency measured in the
-//!    same run, and the alert delivery latency.
+//!    same run; and, for the replicas that depart from their siblings half-way (one in
+//!    every second group, peers compared after 10 s of history instead of an hour),
+//!    the alerts' delivery latency and the latency from their sample's event time to
+//!    the alert consumed (two trips through the broker).
 //!
 //! Rates are over the busy span (first record to last), so group joins and checkpoint
 //! restores, which both sides pay once, do not dilute them.
@@ -59,6 +62,7 @@ fn raw_consume(
     topics: &[String],
     n: u64,
     mut latency: Option<&mut Histogram<u64>>,
+    mut from_event: Option<&mut Histogram<u64>>,
     stop: &AtomicBool,
 ) -> anyhow::Result<f64> {
     let c: BaseConsumer = ClientConfig::new()
@@ -79,6 +83,13 @@ fn raw_consume(
                 if let (Some(h), Some(ts)) = (latency.as_deref_mut(), m.timestamp().to_millis()) {
                     let _ = h.record((now_ms() - ts).max(1) as u64);
                 }
+                // An alert's `ts` is its sample's event time: on the live stream, when
+                // the sample was produced.
+                if let (Some(h), Some(ts)) =
+                    (from_event.as_deref_mut(), m.payload().and_then(alert_ts_ms))
+                {
+                    let _ = h.record((now_ms() - ts).max(1) as u64);
+                }
             }
             Some(Err(KafkaError::PartitionEOF(_))) | None => {}
             Some(Err(e)) => anyhow::bail!("raw consumer: {e}"),
@@ -88,20 +99,32 @@ fn raw_consume(
     Ok(got as f64 / span.max(1e-9))
 }
 
-/// A plain consumer on its own thread recording produce→consume latency until `stop`
-/// (or `n` records).
+/// The `ts` of an alert record, in milliseconds.
+fn alert_ts_ms(payload: &[u8]) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Alert<'a> {
+        #[serde(borrow)]
+        ts: &'a str,
+    }
+    let a: Alert<'_> = serde_json::from_slice(payload).ok()?;
+    herd_ingest::time::parse_rfc3339_ms(a.ts)
+}
+
+/// A plain consumer on its own thread recording produce→consume latency, and for
+/// alerts the latency from their sample's event time, until `stop` (or `n` records).
 fn spawn_latency_consumer(
     bootstrap: &str,
     group: &'static str,
     topics: Vec<String>,
     n: u64,
     stop: &Arc<AtomicBool>,
-) -> std::thread::JoinHandle<anyhow::Result<Histogram<u64>>> {
+) -> std::thread::JoinHandle<anyhow::Result<(Histogram<u64>, Histogram<u64>)>> {
     let (b, stop) = (bootstrap.to_owned(), Arc::clone(stop));
     std::thread::spawn(move || {
         let mut h = herd::stream::task::new_latency_histogram();
-        raw_consume(&b, group, &topics, n, Some(&mut h), &stop)?;
-        Ok(h)
+        let mut e = herd::stream::task::new_latency_histogram();
+        raw_consume(&b, group, &topics, n, Some(&mut h), Some(&mut e), &stop)?;
+        Ok((h, e))
     })
 }
 
@@ -167,6 +190,7 @@ fn main() -> anyhow::Result<()> {
         &cfg.stream.topics.inputs,
         n,
         None,
+        None,
         &never,
     )?;
     let s = drain(&cfg, n)?;
@@ -180,7 +204,10 @@ fn main() -> anyhow::Result<()> {
     // replayed at this rate runs event time thousands of times faster than the clock,
     // and the event-time merge then rightly waits for an input that looks minutes
     // behind: that measures the replay, not herd.)
-    let cfg = config(&bootstrap, "lat");
+    let mut cfg = config(&bootstrap, "lat");
+    // Peers are compared after ten seconds of history rather than an hour, so that the
+    // replicas that depart half-way raise alerts within the run.
+    cfg.detect.baseline.warmup_ms = 10_000;
     rt.block_on(herd::stream::kafka::prepare_topics(&cfg.kafka, &cfg.stream))?;
     let stop = Arc::new(AtomicBool::new(false));
     let worker = {
@@ -210,20 +237,24 @@ fn main() -> anyhow::Result<()> {
         half,
         Duration::from_secs(LIVE_SECS),
         LIVE_CONTAINERS,
+        Some(Duration::from_secs(LIVE_SECS / 2)),
     )?;
     std::thread::sleep(Duration::from_secs(5));
     stop.store(true, Ordering::Relaxed);
     let s = worker
         .join()
         .map_err(|_| anyhow::anyhow!("worker panicked"))??;
-    let base = base
+    let (base, _) = base
         .join()
         .map_err(|_| anyhow::anyhow!("consumer panicked"))??;
-    let alert = alerts
+    let (alert, sample_alert) = alerts
         .join()
         .map_err(|_| anyhow::anyhow!("consumer panicked"))??;
     let _ = std::fs::remove_dir_all(&dir);
-    eprintln!("herd e2e: live stream of {live_n} records at {half:.0}/s");
+    eprintln!(
+        "herd e2e: live stream of {live_n} records at {half:.0}/s, {} alerts",
+        s.counters.alerts
+    );
 
     let l = &s.latency_ms;
     println!("herd end-to-end harness (one machine, one Tansu broker, one run; {n} records)");
@@ -250,6 +281,7 @@ fn main() -> anyhow::Result<()> {
     row("broker produce→consume", &base);
     row("herd record→scored", l);
     row("herd alert produce→consume", &alert);
+    row("herd sample→alert consumed", &sample_alert);
     let above = pct(l, 0.99) as i64 - pct(&base, 0.99) as i64;
     println!("  herd record→scored p99 above the broker's: {above} ms");
     // For `scripts/bench-figures`: figure, herd, baseline, target.

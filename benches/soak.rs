@@ -276,7 +276,7 @@ fn main() -> anyhow::Result<()> {
     let done = Arc::new(AtomicBool::new(false));
     let samples = std::thread::scope(|s| -> anyhow::Result<_> {
         let producer = s.spawn(|| {
-            let r = live_stream(&bootstrap, &cfg, rate, span, containers);
+            let r = live_stream(&bootstrap, &cfg, rate, span, containers, None);
             done.store(true, Ordering::Relaxed);
             r
         });

@@ -34,13 +34,21 @@ pub fn config(bootstrap: &str, prefix: &str) -> HerdConfig {
     cfg
 }
 
-/// One agent envelope of container `i` in round `k`, read at `now`.
-pub fn live_envelope(i: u64, k: u64, now: i64) -> String {
+/// Whether container `i` is one that departs from its siblings: the first replica of
+/// every second group (150 of the 3,000 of the latency run).
+pub fn departs(i: u64) -> bool {
+    i.is_multiple_of(20)
+}
+
+/// One agent envelope of container `i` in round `k`, read at `now`; `extra` rounds of
+/// four times its siblings' CPU added to its counter, and five times their memory (a
+/// replica that departed).
+pub fn live_envelope(i: u64, k: u64, extra: u64, now: i64) -> String {
     let g = i / 10;
     let read = herd_ingest::time::format_ms(now);
-    let cpu = k * 2_000_000_000 + i * 1000;
+    let cpu = k * 2_000_000_000 + extra * 8_000_000_000 + i * 1000;
     let sys = k * 40_000_000_000;
-    let mem = 200_000_000 + (i % 97) * 100_000;
+    let mem = (200_000_000 + (i % 97) * 100_000) * if extra > 0 { 5 } else { 1 };
     let (rx, tx) = (k * 3_000_000, k * 9_000_000);
     format!(
         r#"{{"host":"node-{h}","container":{{"id":"{i:064x}","name":"live{g}-{i}","image":"bench/live{g}:1","image_digest":"sha256:{g:064x}","labels":{{"app":"live{g}"}}}},"stats":{{"read":"{read}","pids_stats":{{"current":12}},"cpu_stats":{{"cpu_usage":{{"total_usage":{cpu}}},"system_cpu_usage":{sys},"online_cpus":4}},"precpu_stats":{{"cpu_usage":{{"total_usage":0}},"system_cpu_usage":0}},"memory_stats":{{"usage":{mem},"stats":{{"inactive_file":0}},"limit":536870912}},"networks":{{"eth0":{{"rx_bytes":{rx},"rx_packets":{rxp},"tx_bytes":{tx},"tx_packets":{txp}}}}}}}}}"#,
@@ -56,13 +64,16 @@ pub fn live_envelope(i: u64, k: u64, now: i64) -> String {
 ///
 /// The fleet: `containers` in groups of ten, all sampled once per round, the rounds as
 /// often as the rate asks, plus an exec event a second on the events topic (so the
-/// event-time merge has a sparse input to wait or not wait for).
+/// event-time merge has a sparse input to wait or not wait for). From `depart_after`
+/// on, the containers [`departs`] names run at five times their siblings' CPU and memory: alerts,
+/// for the alert latency.
 pub fn live_stream(
     bootstrap: &str,
     cfg: &HerdConfig,
     rate: f64,
     span: Duration,
     containers: u64,
+    depart_after: Option<Duration>,
 ) -> anyhow::Result<u64> {
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
@@ -97,8 +108,12 @@ pub fn live_stream(
     let interval = Duration::from_secs_f64(containers as f64 / rate.max(1.0));
     let start = Instant::now();
     let (mut n, mut round, mut next_event) = (primers, 0u64, start);
+    let mut departed: Option<u64> = None;
     while start.elapsed() < span {
         let round_start = start + interval.mul_f64(round as f64);
+        if departed.is_none() && depart_after.is_some_and(|d| start.elapsed() >= d) {
+            departed = Some(round);
+        }
         for i in 0..containers {
             // Spread the round's samples evenly over its interval.
             let due = round_start + interval.mul_f64(i as f64 / containers as f64);
@@ -106,7 +121,11 @@ pub fn live_stream(
                 std::thread::sleep(wait);
             }
             let key = format!("bench/live{}", i / 10);
-            let line = live_envelope(i, round + 1, now_ms());
+            let extra = match departed {
+                Some(r) if departs(i) => round - r,
+                _ => 0,
+            };
+            let line = live_envelope(i, round + 1, extra, now_ms());
             producer
                 .send(BaseRecord::to(samples).key(&key).payload(&line))
                 .map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
