@@ -110,20 +110,31 @@ fn alert_ts_ms(payload: &[u8]) -> Option<i64> {
     herd_ingest::time::parse_rfc3339_ms(a.ts)
 }
 
-/// A plain consumer on its own thread recording produce→consume latency, and for
-/// alerts the latency from their sample's event time, until `stop` (or `n` records).
+/// A plain consumer on its own thread recording produce→consume latency until `stop`
+/// (or `n` records); on `alerts`, also the latency from each alert's sample's event
+/// time (the payload is parsed only then: the broker's own baseline stays a bare
+/// consume).
 fn spawn_latency_consumer(
     bootstrap: &str,
     group: &'static str,
     topics: Vec<String>,
-    n: u64,
+    alerts: bool,
     stop: &Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<anyhow::Result<(Histogram<u64>, Histogram<u64>)>> {
     let (b, stop) = (bootstrap.to_owned(), Arc::clone(stop));
     std::thread::spawn(move || {
         let mut h = herd::stream::task::new_latency_histogram();
         let mut e = herd::stream::task::new_latency_histogram();
-        raw_consume(&b, group, &topics, n, Some(&mut h), Some(&mut e), &stop)?;
+        let from_event = alerts.then_some(&mut e);
+        raw_consume(
+            &b,
+            group,
+            &topics,
+            u64::MAX,
+            Some(&mut h),
+            from_event,
+            &stop,
+        )?;
         Ok((h, e))
     })
 }
@@ -218,14 +229,14 @@ fn main() -> anyhow::Result<()> {
         &bootstrap,
         "lat-raw",
         cfg.stream.topics.inputs.clone(),
-        u64::MAX,
+        false,
         &stop,
     );
     let alerts = spawn_latency_consumer(
         &bootstrap,
         "lat-alerts",
         vec![cfg.stream.topics.alerts.clone()],
-        u64::MAX,
+        true,
         &stop,
     );
     // Let the consumers join before records flow.
