@@ -12,6 +12,8 @@
 
 use serde::{Deserialize, Serialize};
 
+mod index;
+
 /// Relative accuracy of bucket boundaries (2 %): ~58 buckets per decade of values.
 pub const REL_ACCURACY: f64 = 0.02;
 /// Values closer to zero than this share the zero bucket.
@@ -214,7 +216,17 @@ impl TailSketch {
         }
     }
 
+    /// The bucket of `x`: `ceil(ln|x| / ln γ)`, from the boundaries' table for nearly
+    /// every value (the same integer, without the logarithm: `sketch/index.rs`).
+    #[inline]
     fn index(x: f64) -> i32 {
+        index::index(x, Self::index_by_ln)
+    }
+
+    /// [`Self::index`] by the logarithm: the definition, and the table's rare path.
+    #[cold]
+    #[inline(never)]
+    fn index_by_ln(x: f64) -> i32 {
         ceil_i32(x.abs().ln() / gamma_ln())
     }
 
