@@ -242,8 +242,16 @@ impl TailSketch {
         }
     }
 
-    /// [`Self::weight_at`], remembered for the next call.
+    /// [`Self::weight_at`], remembered for the next call (written only when it was
+    /// not already: most inserts ask for the time the one before did).
+    #[inline]
     fn weight_at_mut(&mut self, ts_ms: i64) -> f64 {
+        if let Some((ts, r, w)) = self.memo.0
+            && ts == ts_ms
+            && r == self.ref_ms
+        {
+            return w;
+        }
         let w = self.weight_at(ts_ms);
         self.memo = WeightMemo(Some((ts_ms, self.ref_ms, w)));
         w
@@ -252,7 +260,9 @@ impl TailSketch {
     /// Adds `x` observed at `ts_ms` with weight `w` (1 = one ordinary observation).
     /// Non-finite values are ignored.
     pub fn insert(&mut self, x: f64, ts_ms: i64, w: f64) {
-        if !x.is_finite() || !w.is_finite() || w <= 0.0 {
+        // `!x.is_finite() || !w.is_finite() || w <= 0.0`, as three float comparisons
+        // (NaN fails each): written that way the compiler tested the bits at length.
+        if !(x.abs() < f64::INFINITY && w > 0.0 && w < f64::INFINITY) {
             return;
         }
         if self.ref_ms == i64::MIN {
@@ -437,15 +447,19 @@ impl TailSketch {
         tails: Tails,
         floor: impl FnOnce(&Summary) -> f64,
     ) -> f64 {
-        let Some(s) = self.summary() else {
+        if self.cache.is_none() {
+            self.refresh();
+        }
+        // Read in place: a copy of the summary cost more than the comparisons.
+        let Some(s) = &self.cache else {
             return 0.0;
         };
         // Neither tail is scored in the band: the same 0 the full computation gives.
         if !(x > s.q90 || (tails == Tails::Both && x < s.q10)) {
             return 0.0;
         }
-        let floor = floor(&s);
-        self.tail_surprise(x, tails, &s, floor)
+        let floor = floor(s);
+        self.tail_surprise(x, tails, s, floor)
     }
 
     /// [`Self::surprise_with`] of a value in a tail.
