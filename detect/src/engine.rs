@@ -86,6 +86,9 @@ pub struct Engine {
     cfg: DetectConfig,
     state: State,
     scratch: Vec<f64>,
+    /// What the observation in hand found, kept between observations (empty between
+    /// them) so that one which finds nothing, nearly all, drops no sets and vectors.
+    finding: Finding,
     /// Incidents closed since the last [`Engine::take_closed`] (not state: a restored
     /// engine has reported what it closed before its snapshot).
     closed: Vec<crate::incident::Closed>,
@@ -190,6 +193,7 @@ impl Engine {
             cfg,
             state: State::default(),
             scratch: Vec::new(),
+            finding: Finding::default(),
             closed: Vec::new(),
             pending_retrained: BTreeMap::new(),
             keys: GroupKeys::default(),
@@ -319,6 +323,7 @@ impl Engine {
             cfg,
             state: serde_json::from_str(s.state.get())?,
             scratch: Vec::new(),
+            finding: Finding::default(),
             closed: Vec::new(),
             pending_retrained: BTreeMap::new(),
             keys: GroupKeys::default(),
@@ -499,19 +504,13 @@ impl Engine {
             group.liveness_changed();
         }
         let phase = group.baseline.phase(now, &cfg.baseline);
-        let mut finding = Finding::default();
+        let finding = &mut self.finding;
+        finding.clear();
         match &obs.payload {
-            Payload::Metrics(m) => score_metrics(
-                group,
-                rid,
-                m,
-                now,
-                phase,
-                cfg,
-                &mut self.scratch,
-                &mut finding,
-            ),
-            Payload::Event(e) => score_event(group, rid, e, now, phase, cfg, &mut finding),
+            Payload::Metrics(m) => {
+                score_metrics(group, rid, m, now, phase, cfg, &mut self.scratch, finding)
+            }
+            Payload::Event(e) => score_event(group, rid, e, now, phase, cfg, finding),
         }
         group.baseline.updated_ms = group.baseline.updated_ms.max(now);
         let mut late = uncorroborated(group, now, cfg);
@@ -530,9 +529,16 @@ impl Engine {
         let max_open = cfg.max_open_incidents;
         let closed = &mut self.closed;
         // Nearly every observation finds nothing: no call, no move of the finding.
-        if !finding.is_empty()
-            && let Some(a) =
-                incidents.record(&obs.container, key, finding, now, quiet, max_open, closed)
+        if !self.finding.is_empty()
+            && let Some(a) = incidents.record(
+                &obs.container,
+                key,
+                std::mem::take(&mut self.finding),
+                now,
+                quiet,
+                max_open,
+                closed,
+            )
         {
             out.push(a);
         }

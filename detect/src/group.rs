@@ -630,23 +630,46 @@ pub(crate) fn median_in_place(v: &mut [f64]) -> f64 {
     let n = v.len();
     let mid = n / 2;
     if n <= SMALL {
-        // A group's replicas, usually: an insertion sort is a few dozen comparisons
-        // where the selection's set-up costs hundreds. The same order (`total_cmp`), so
-        // the same two middle values, so the same median.
+        // A group's replicas, usually: a sort is a few dozen comparisons where the
+        // selection's set-up costs hundreds. The same order (`total_cmp`'s, by the
+        // integer key it compares, computed once a value rather than twice a
+        // comparison), so the same two middle values, so the same median.
+        let mut keys = [0i64; SMALL];
+        for (k, x) in keys.iter_mut().zip(v.iter()) {
+            *k = total_order_key(*x);
+        }
+        let keys = &mut keys[..n];
         for i in 1..n {
+            let k = keys[i];
             let mut j = i;
-            while j > 0 && v[j - 1].total_cmp(&v[j]).is_gt() {
-                v.swap(j - 1, j);
+            while j > 0 && keys[j - 1] > k {
+                keys[j] = keys[j - 1];
                 j -= 1;
             }
+            keys[j] = k;
         }
+        let at = |i: usize| f64::from_bits(total_order_key_inverse(keys[i]));
         return match n {
             0 => f64::NAN,
-            _ if n % 2 == 1 => v[mid],
-            _ => (v[mid - 1] + v[mid]) / 2.0,
+            _ if n % 2 == 1 => at(mid),
+            _ => (at(mid - 1) + at(mid)) / 2.0,
         };
     }
     median_by_selection(v)
+}
+
+/// The integer `f64::total_cmp` orders a double by: its bits, with those of a negative
+/// value but the sign flipped, so that integers compare as the doubles do.
+#[inline]
+fn total_order_key(x: f64) -> i64 {
+    let b = x.to_bits() as i64;
+    b ^ ((((b >> 63) as u64) >> 1) as i64)
+}
+
+/// The double whose [`total_order_key`] is `k` (the transformation is its own inverse).
+#[inline]
+fn total_order_key_inverse(k: i64) -> u64 {
+    (k ^ ((((k >> 63) as u64) >> 1) as i64)) as u64
 }
 
 /// The median of a non-empty slice by selection (reorders it).
@@ -666,6 +689,34 @@ fn median_by_selection(v: &mut [f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_total_order_key_orders_as_total_cmp_and_is_undone() {
+        let xs = [
+            f64::NEG_INFINITY,
+            -1e300,
+            -1.0,
+            -f64::MIN_POSITIVE,
+            -5e-324,
+            -0.0,
+            0.0,
+            5e-324,
+            1.0,
+            f64::INFINITY,
+            f64::NAN,
+            -f64::NAN,
+        ];
+        for a in xs {
+            assert_eq!(total_order_key_inverse(total_order_key(a)), a.to_bits());
+            for b in xs {
+                assert_eq!(
+                    total_order_key(a).cmp(&total_order_key(b)),
+                    a.total_cmp(&b),
+                    "{a} {b}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn median_of_odd_and_even() {

@@ -35,6 +35,23 @@ impl Finding {
     pub(crate) fn is_empty(&self) -> bool {
         self.detectors.is_empty()
     }
+
+    /// Back to [`Finding::default`], touching only the parts that hold something (a
+    /// set's `clear` drops and rebuilds it even when empty).
+    pub(crate) fn clear(&mut self) {
+        self.score = 0.0;
+        self.threshold = 0.0;
+        self.severity = None;
+        if !self.detectors.is_empty() {
+            self.detectors.clear();
+        }
+        self.features.clear();
+        self.novel.clear();
+        self.events.clear();
+        if !self.attack.is_empty() {
+            self.attack.clear();
+        }
+    }
 }
 
 /// Severity of a numeric deviation from how far its surprise exceeds the threshold:
