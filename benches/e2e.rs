@@ -85,8 +85,10 @@ fn raw_consume(
                 }
                 // An alert's `ts` is its sample's event time: on the live stream, when
                 // the sample was produced.
-                if let (Some(h), Some(ts)) =
-                    (from_event.as_deref_mut(), m.payload().and_then(alert_ts_ms))
+                // Parsed only for the alerts (a tuple of both would parse every record
+                // of the broker's own baseline consumer too).
+                if let Some(h) = from_event.as_deref_mut()
+                    && let Some(ts) = m.payload().and_then(alert_ts_ms)
                 {
                     let _ = h.record((now_ms() - ts).max(1) as u64);
                 }
