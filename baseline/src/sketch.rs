@@ -151,6 +151,15 @@ pub struct TailSketch {
 #[derive(Debug, Clone, Copy, Default)]
 struct WeightMemo(Option<(i64, i64, f64)>);
 
+impl WeightMemo {
+    /// The weight remembered for `(ts, reference)`, if it is that one.
+    #[inline]
+    fn get(&self, ts_ms: i64, ref_ms: i64) -> Option<f64> {
+        self.0
+            .and_then(|(ts, r, w)| (ts == ts_ms && r == ref_ms).then_some(w))
+    }
+}
+
 impl PartialEq for WeightMemo {
     fn eq(&self, _: &Self) -> bool {
         true
@@ -235,24 +244,25 @@ impl TailSketch {
         2.0 * (idx as f64 * gamma_ln()).exp() / GAMMA.1
     }
 
+    /// `2^((ts - ref)/half_life)`, computed.
+    fn weight_computed(&self, ts_ms: i64) -> f64 {
+        ((ts_ms - self.ref_ms) as f64 / self.half_life_ms as f64).exp2()
+    }
+
     fn weight_at(&self, ts_ms: i64) -> f64 {
-        match self.memo.0 {
-            Some((ts, r, w)) if ts == ts_ms && r == self.ref_ms => w,
-            _ => ((ts_ms - self.ref_ms) as f64 / self.half_life_ms as f64).exp2(),
-        }
+        self.memo
+            .get(ts_ms, self.ref_ms)
+            .unwrap_or_else(|| self.weight_computed(ts_ms))
     }
 
     /// [`Self::weight_at`], remembered for the next call (written only when it was
     /// not already: most inserts ask for the time the one before did).
     #[inline]
     fn weight_at_mut(&mut self, ts_ms: i64) -> f64 {
-        if let Some((ts, r, w)) = self.memo.0
-            && ts == ts_ms
-            && r == self.ref_ms
-        {
+        if let Some(w) = self.memo.get(ts_ms, self.ref_ms) {
             return w;
         }
-        let w = self.weight_at(ts_ms);
+        let w = self.weight_computed(ts_ms);
         self.memo = WeightMemo(Some((ts_ms, self.ref_ms, w)));
         w
     }
@@ -345,10 +355,17 @@ impl TailSketch {
     /// The cached quantile summary (recomputed at most every 32 inserts).
     #[inline]
     pub fn summary(&mut self) -> Option<Summary> {
+        self.fill_cache();
+        self.cache
+    }
+
+    /// Computes the cached summary if it is due (read in place after it, by
+    /// [`Self::surprise_with`], or copied by [`Self::summary`]).
+    #[inline]
+    fn fill_cache(&mut self) {
         if self.cache.is_none() {
             self.refresh();
         }
-        self.cache
     }
 
     #[inline(never)]
@@ -447,9 +464,7 @@ impl TailSketch {
         tails: Tails,
         floor: impl FnOnce(&Summary) -> f64,
     ) -> f64 {
-        if self.cache.is_none() {
-            self.refresh();
-        }
+        self.fill_cache();
         // Read in place: a copy of the summary cost more than the comparisons.
         let Some(s) = &self.cache else {
             return 0.0;

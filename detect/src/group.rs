@@ -648,7 +648,7 @@ pub(crate) fn median_in_place(v: &mut [f64]) -> f64 {
             }
             keys[j] = k;
         }
-        let at = |i: usize| f64::from_bits(total_order_key_inverse(keys[i]));
+        let at = |i: usize| from_total_order_key(keys[i]);
         return match n {
             0 => f64::NAN,
             _ if n % 2 == 1 => at(mid),
@@ -662,14 +662,19 @@ pub(crate) fn median_in_place(v: &mut [f64]) -> f64 {
 /// value but the sign flipped, so that integers compare as the doubles do.
 #[inline]
 fn total_order_key(x: f64) -> i64 {
-    let b = x.to_bits() as i64;
-    b ^ ((((b >> 63) as u64) >> 1) as i64)
+    flip_negative(x.to_bits() as i64)
 }
 
-/// The double whose [`total_order_key`] is `k` (the transformation is its own inverse).
+/// The double whose [`total_order_key`] is `k`.
 #[inline]
-fn total_order_key_inverse(k: i64) -> u64 {
-    (k ^ ((((k >> 63) as u64) >> 1) as i64)) as u64
+fn from_total_order_key(k: i64) -> f64 {
+    f64::from_bits(flip_negative(k) as u64)
+}
+
+/// All bits but the sign flipped when the sign is set: its own inverse.
+#[inline]
+fn flip_negative(b: i64) -> i64 {
+    b ^ ((((b >> 63) as u64) >> 1) as i64)
 }
 
 /// The median of a non-empty slice by selection (reorders it).
@@ -707,7 +712,10 @@ mod tests {
             -f64::NAN,
         ];
         for a in xs {
-            assert_eq!(total_order_key_inverse(total_order_key(a)), a.to_bits());
+            assert_eq!(
+                from_total_order_key(total_order_key(a)).to_bits(),
+                a.to_bits()
+            );
             for b in xs {
                 assert_eq!(
                     total_order_key(a).cmp(&total_order_key(b)),

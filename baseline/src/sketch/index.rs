@@ -2,7 +2,7 @@
 //! `ceil(ln|x| / ln γ)` for every `x`, from a table of the buckets' boundaries.
 //!
 //! Every insert into a sketch needs its value's bucket, and the logarithm was the
-//! costliest part of an insert (~60 instructions of ~130). Each binade `[2^e, 2^(e+1))`
+//! costliest part of an insert (~60 instructions of ~170). Each binade `[2^e, 2^(e+1))`
 //! is cut into [`SLICES`] slices by the top bits of the mantissa. A slice is narrower
 //! than a bucket (a ratio of at most `1 + 1/128` against γ ≈ 1.041), so at most one
 //! bucket boundary falls in it, and its entry holds the bucket index below that
@@ -15,7 +15,7 @@
 //! Why that gives the logarithm's integer exactly. Write `q(x) = ln x / g`, with `g`
 //! the double `ln γ` the sketch has always divided by. The computed quotient differs
 //! from the real `q(x)` by a few units in its last place: below 10^-12 for every
-//! magnitude the table covers (|q| < 1,100; glibc's `log` is within one ulp). The
+//! magnitude the table covers (|q| < 1,110; glibc's `log` is within one ulp). The
 //! index changes where `q` crosses an integer `k`, at `B = exp(k·g)`; the computed `B`
 //! is within 10^-14 relative. A value more than [`GUARD`] (10^-10) relative from `B`
 //! has `q` more than 2·10^-9 from `k`, orders of magnitude beyond every rounding
@@ -29,7 +29,7 @@ use std::sync::LazyLock;
 /// Slices per binade: the top seven bits of the mantissa.
 const SLICE_BITS: u32 = 7;
 /// Number of slices per binade.
-pub(super) const SLICES: usize = 1 << SLICE_BITS;
+const SLICES: usize = 1 << SLICE_BITS;
 /// Biased exponent of the first binade in the table: 2^-30, below the sketch's
 /// smallest magnitude (10^-9, which goes to the zero bucket below it).
 const FIRST_EXP: u64 = 1023 - 30;
