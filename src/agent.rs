@@ -223,7 +223,7 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
         Arc::clone(&health),
         stop_rx.clone(),
     ));
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Emit>(4096);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Emit>(4096);
     let collector = {
         let exec = Arc::clone(&executor);
         tokio::spawn(herd_ingest::collect::run(
@@ -243,75 +243,17 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
             stop_rx.clone(),
         ))
     };
-    let publisher = {
-        let (producer, exec, m) = (
-            producer.clone(),
-            Arc::clone(&executor),
-            Arc::clone(&metrics),
-        );
-        let (samples, events, responses) = (
-            a.samples_topic.clone(),
-            a.events_topic.clone(),
-            topics.responses.clone(),
-        );
-        tokio::spawn(async move {
-            while let Some(e) = rx.recv().await {
-                let (topic, key, payload) = match e {
-                    Emit::Sample { key, payload } => {
-                        m.samples.inc();
-                        (&samples, key, payload)
-                    }
-                    Emit::Event { key, payload } => {
-                        m.events.inc();
-                        (&events, key, payload)
-                    }
-                    Emit::Inventory { key, payload, kind } => {
-                        m.inventories.with_label_values(&[kind]).inc();
-                        (&events, key, payload)
-                    }
-                    Emit::SampleFailed { reason } => {
-                        m.sampling_errors.with_label_values(&[reason]).inc();
-                        continue;
-                    }
-                    Emit::InventoryFailed { reason } => {
-                        m.inventory_errors.with_label_values(&[reason]).inc();
-                        continue;
-                    }
-                    Emit::Tracked(n) => {
-                        m.containers.set(n as i64);
-                        continue;
-                    }
-                    Emit::Exit { id, why } => {
-                        let (exec, producer, responses, m) = (
-                            Arc::clone(&exec),
-                            producer.clone(),
-                            responses.clone(),
-                            Arc::clone(&m),
-                        );
-                        tokio::spawn(async move {
-                            if let Some(r) = exec.on_exit(&id, why).await {
-                                publish_response(&producer, &responses, &r, &m).await;
-                            }
-                        });
-                        continue;
-                    }
-                };
-                let mut rec = FutureRecord::<str, [u8]>::to(topic).payload(&payload);
-                if !key.is_empty() {
-                    rec = rec.key(&key);
-                }
-                if let Err((e, _)) = producer
-                    .send(rec, Timeout::After(Duration::from_secs(30)))
-                    .await
-                {
-                    m.publish_failures
-                        .with_label_values(&[topic.as_str()])
-                        .inc();
-                    tracing::warn!(error = %e, topic = %topic, "publish failed");
-                }
-            }
-        })
-    };
+    let publisher = tokio::spawn(publish(
+        rx,
+        producer.clone(),
+        Outlets {
+            samples: a.samples_topic.clone(),
+            events: a.events_topic.clone(),
+            responses: topics.responses.clone(),
+        },
+        Arc::clone(&executor),
+        Arc::clone(&metrics),
+    ));
     let actions = {
         let group = a
             .group_id
@@ -462,7 +404,14 @@ async fn run(cfg: HerdConfig) -> anyhow::Result<()> {
     tracing::info!("agent stopping");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), actions).await;
-    publisher.abort();
+    // The collector has stopped and dropped its end of the channel: the publisher hands
+    // what is left to the producer and ends; the flush below delivers it.
+    if tokio::time::timeout(Duration::from_secs(10), publisher)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the publisher did not finish within 10 s; records may be lost");
+    }
     probe.abort();
     let _ = rdkafka::producer::Producer::flush(&producer, Timeout::After(Duration::from_secs(10)));
     Ok(())
@@ -593,6 +542,135 @@ async fn probe(
             _ = stop.changed() => return,
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
+    }
+}
+
+/// Where the publisher sends each kind of record.
+struct Outlets {
+    samples: String,
+    events: String,
+    responses: String,
+}
+
+/// Publishes what the collector emits until its channel closes. Each record is handed to
+/// the producer in the order it came (librdkafka keeps a partition's order) and the
+/// deliveries are awaited together. Waiting for each before taking the next would cap a
+/// host at one record a round trip: a lone record waits out `linger.ms` (5 ms) before it
+/// is sent, so at most 200 a second whatever the broker, and a slow broker would hold an
+/// inventory behind every sample queued before it. When librdkafka's queue is full the
+/// publisher waits for a delivery before it takes the next record, and the collector
+/// waits on the channel: backpressure, not loss.
+async fn publish(
+    mut rx: tokio::sync::mpsc::Receiver<Emit>,
+    producer: FutureProducer,
+    out: Outlets,
+    exec: Arc<Executor>,
+    m: Arc<AgentMetrics>,
+) {
+    use futures_util::StreamExt as _;
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    let mut pending = futures_util::stream::FuturesUnordered::new();
+    let mut failures = 0u64;
+    loop {
+        let e = tokio::select! {
+            Some((topic, error)) = pending.next(), if !pending.is_empty() => {
+                settle(topic, error, &m, &mut failures);
+                m.publish_pending.set(pending.len() as i64);
+                continue;
+            }
+            e = rx.recv() => match e {
+                Some(e) => e,
+                None => break,
+            },
+        };
+        let (topic, key, payload) = match e {
+            Emit::Sample { key, payload } => {
+                m.samples.inc();
+                (&out.samples, key, payload)
+            }
+            Emit::Event { key, payload } => {
+                m.events.inc();
+                (&out.events, key, payload)
+            }
+            Emit::Inventory { key, payload, kind } => {
+                m.inventories.with_label_values(&[kind]).inc();
+                (&out.events, key, payload)
+            }
+            Emit::SampleFailed { reason } => {
+                m.sampling_errors.with_label_values(&[reason]).inc();
+                continue;
+            }
+            Emit::InventoryFailed { reason } => {
+                m.inventory_errors.with_label_values(&[reason]).inc();
+                continue;
+            }
+            Emit::Tracked(n) => {
+                m.containers.set(n as i64);
+                continue;
+            }
+            Emit::Exit { id, why } => {
+                let (exec, producer, responses, m) = (
+                    Arc::clone(&exec),
+                    producer.clone(),
+                    out.responses.clone(),
+                    Arc::clone(&m),
+                );
+                tokio::spawn(async move {
+                    if let Some(r) = exec.on_exit(&id, why).await {
+                        publish_response(&producer, &responses, &r, &m).await;
+                    }
+                });
+                continue;
+            }
+        };
+        let mut rec = FutureRecord::<str, [u8]>::to(topic).payload(&payload);
+        if !key.is_empty() {
+            rec = rec.key(&key);
+        }
+        loop {
+            match producer.send_result(rec) {
+                Ok(delivery) => {
+                    pending.push(async move {
+                        let error = match delivery.await {
+                            Ok(Ok(_)) => None,
+                            Ok(Err((e, _))) => Some(e.to_string()),
+                            Err(_) => Some("the producer was dropped".to_owned()),
+                        };
+                        (topic.as_str(), error)
+                    });
+                    m.publish_pending.set(pending.len() as i64);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    rec = back;
+                    match pending.next().await {
+                        Some((t, error)) => settle(t, error, &m, &mut failures),
+                        None => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+                Err((e, _)) => {
+                    settle(topic, Some(e.to_string()), &m, &mut failures);
+                    break;
+                }
+            }
+        }
+    }
+    while let Some((topic, error)) = pending.next().await {
+        settle(topic, error, &m, &mut failures);
+        m.publish_pending.set(pending.len() as i64);
+    }
+}
+
+/// Counts a record that was not delivered (`error` set); logs the 1st, 2nd, 4th, 8th…
+/// failure, as the worker's producer does: a refused request fails every record in it.
+fn settle(topic: &str, error: Option<String>, m: &AgentMetrics, failures: &mut u64) {
+    let Some(error) = error else { return };
+    m.publish_failures.with_label_values(&[topic]).inc();
+    *failures += 1;
+    if failures.is_power_of_two() {
+        tracing::warn!(%error, topic, failed = *failures, "publish failed");
+    } else {
+        tracing::debug!(%error, topic, failed = *failures, "publish failed");
     }
 }
 

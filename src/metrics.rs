@@ -421,6 +421,8 @@ pub struct AgentMetrics {
     pub containers: IntGauge,
     /// `herd_agent_publish_failures_total{topic}`.
     pub publish_failures: IntCounterVec,
+    /// `herd_agent_publish_pending`.
+    pub publish_pending: IntGauge,
     /// `herd_actions_total{kind,outcome}`.
     pub actions: IntCounterVec,
     /// `herd_evidence_bytes_total`.
@@ -473,6 +475,11 @@ impl AgentMetrics {
                 "herd_agent_publish_failures_total",
                 "Records the producer could not deliver, by topic.",
                 &["topic"],
+            )?,
+            publish_pending: gauge(
+                &mut r,
+                "herd_agent_publish_pending",
+                "Records handed to the producer that the broker has not acknowledged yet.",
             )?,
             actions: counter_vec(
                 &mut r,
