@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 use sha2::Digest;
-use support::agent::{Agent, payloads, wait_for};
+use support::agent::{Agent, payloads, wait_for, wait_for_seen};
 use support::broker::{Broker, Names, Worker, consume, herd};
 use support::docker::{Fleet, image};
 
@@ -795,8 +795,9 @@ fn agent_executes_each_action_as_inspect_sees_it_issue_4() {
 }
 
 /// The loop every replica of the inventory test runs: a log file, a pid file and a cache
-/// directory of random name (the same patterns on every replica), a line a second.
-const COMMON: &str = "mkdir -p /var/log/app /run /var/cache/app/c$RANDOM$RANDOM; \
+/// directory of random name (a UUID: the same pattern on every replica, whatever the
+/// draw), a line a second.
+const COMMON: &str = "mkdir -p /var/log/app /run /var/cache/app/$(cat /proc/sys/kernel/random/uuid); \
     echo $$ > /run/app.pid; \
     i=0; while true; do i=$((i+1)); echo tick $i >> /var/log/app/app.log; echo tick $i; sleep 1; done";
 
@@ -855,12 +856,12 @@ fn inventories_alert_on_what_one_replica_does_and_not_on_what_every_replica_writ
     );
 
     // The agent publishes both inventories of every replica, as native events, with
-    // the random cache directory (`c` and digits: hex) already a pattern.
-    wait_for(
+    // the random cache directory already a pattern.
+    wait_for_seen(
         "inventories of every replica",
         Duration::from_secs(60),
         &logs,
-        || {
+        |seen| {
             let ev = payloads(&names, &broker, "events");
             let of = |id: &str, kind: &str| {
                 ev.iter().any(|e| {
@@ -873,6 +874,30 @@ fn inventories_alert_on_what_one_replica_does_and_not_on_what_every_replica_writ
                 })
             };
             let all = [&quiet[0], &quiet[1], &dropper, &runner];
+            for id in all {
+                let kinds = |kind: &str| {
+                    ev.iter()
+                        .filter(|e| e["container_id"] == id.as_str() && e["event"]["kind"] == kind)
+                        .count()
+                };
+                let last_added = ev
+                    .iter()
+                    .rfind(|e| {
+                        e["container_id"] == id.as_str() && e["event"]["kind"] == "fs_changes"
+                    })
+                    .map(|e| e["event"]["added"].to_string());
+                seen.push_str(&format!(
+                    "{}: {} fs_changes (last added {}), {} processes, {} Docker events\n",
+                    &id[..12],
+                    kinds("fs_changes"),
+                    last_added.as_deref().unwrap_or("-"),
+                    kinds("processes"),
+                    ev.iter()
+                        .filter(|e| e["Actor"]["ID"] == id.as_str())
+                        .count(),
+                ));
+            }
+            seen.push_str(&format!("{} records on the events topic", ev.len()));
             all.iter()
                 .all(|id| of(id, "fs_changes") && of(id, "processes"))
                 .then_some(())

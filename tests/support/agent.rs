@@ -54,13 +54,39 @@ pub fn wait_for<T>(
     logs: &[&Path],
     mut f: impl FnMut() -> Option<T>,
 ) -> T {
-    let deadline = Instant::now() + within;
+    wait_for_seen(what, within, logs, |_| f())
+}
+
+/// [`wait_for`], where `f` also writes what it saw into its argument (overwritten at each
+/// poll): the failure prints the last, so a timeout says how far the wait got.
+pub fn wait_for_seen<T>(
+    what: &str,
+    within: Duration,
+    logs: &[&Path],
+    mut f: impl FnMut(&mut String) -> Option<T>,
+) -> T {
+    let started = Instant::now();
+    let deadline = started + within;
+    let mut seen = String::new();
     loop {
-        if let Some(v) = f() {
+        seen.clear();
+        if let Some(v) = f(&mut seen) {
+            // Printed with the test's output (on failure, or with --nocapture): how
+            // close each wait came to its limit.
+            eprintln!(
+                "waited {:.1} s of {} s for {what}",
+                started.elapsed().as_secs_f64(),
+                within.as_secs()
+            );
             return v;
         }
         if Instant::now() > deadline {
             let mut text = String::new();
+            if !seen.is_empty() {
+                text.push_str("\n--- what the last poll saw\n");
+                text.push_str(&seen);
+                text.push('\n');
+            }
             for l in logs {
                 let t = std::fs::read_to_string(l).unwrap_or_default();
                 let tail: Vec<&str> = t.lines().rev().take(40).collect();
