@@ -572,10 +572,10 @@ async fn publish(
     let mut pending = futures_util::stream::FuturesUnordered::new();
     let mut failures = 0u64;
     loop {
+        m.publish_pending.set(pending.len() as i64);
         let e = tokio::select! {
             Some((topic, error)) = pending.next(), if !pending.is_empty() => {
                 settle(topic, error, &m, &mut failures);
-                m.publish_pending.set(pending.len() as i64);
                 continue;
             }
             e = rx.recv() => match e {
@@ -638,7 +638,6 @@ async fn publish(
                         };
                         (topic.as_str(), error)
                     });
-                    m.publish_pending.set(pending.len() as i64);
                     break;
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -657,21 +656,17 @@ async fn publish(
     }
     while let Some((topic, error)) = pending.next().await {
         settle(topic, error, &m, &mut failures);
-        m.publish_pending.set(pending.len() as i64);
     }
+    m.publish_pending.set(0);
 }
 
-/// Counts a record that was not delivered (`error` set); logs the 1st, 2nd, 4th, 8th…
-/// failure, as the worker's producer does: a refused request fails every record in it.
+/// Counts a record that was not delivered (`error` set), and logs it as the worker's
+/// producer does.
 fn settle(topic: &str, error: Option<String>, m: &AgentMetrics, failures: &mut u64) {
     let Some(error) = error else { return };
     m.publish_failures.with_label_values(&[topic]).inc();
     *failures += 1;
-    if failures.is_power_of_two() {
-        tracing::warn!(%error, topic, failed = *failures, "publish failed");
-    } else {
-        tracing::debug!(%error, topic, failed = *failures, "publish failed");
-    }
+    crate::stream::kafka::log_delivery_failure(*failures, &error, topic);
 }
 
 async fn publish_response(producer: &FutureProducer, topic: &str, r: &Response, m: &AgentMetrics) {

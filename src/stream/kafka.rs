@@ -106,15 +106,20 @@ impl ProducerContext for DeliveryTracker {
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((err, msg)) = result {
-            // A refusal fails every record of a request: logged at the 1st, 2nd, 4th,
-            // 8th… failure, not once per record.
             let n = self.failed.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                tracing::error!(error = %err, topic = msg.topic(), failed = n, "delivery failed");
-            } else {
-                tracing::debug!(error = %err, topic = msg.topic(), failed = n, "delivery failed");
-            }
+            log_delivery_failure(n, err, msg.topic());
         }
+    }
+}
+
+/// Logs the `n`th failed delivery of a producer. A refusal fails every record of a
+/// request, so the 1st, 2nd, 4th, 8th… are logged as errors and the others at debug
+/// level, not one error per record.
+pub fn log_delivery_failure(n: u64, error: &dyn std::fmt::Display, topic: &str) {
+    if n.is_power_of_two() {
+        tracing::error!(%error, topic, failed = n, "delivery failed");
+    } else {
+        tracing::debug!(%error, topic, failed = n, "delivery failed");
     }
 }
 
