@@ -86,6 +86,8 @@ pub struct Engine {
     cfg: DetectConfig,
     state: State,
     scratch: Vec<f64>,
+    /// A replica's latest values while its sample is scored (see [`score_metrics`]).
+    latest: Vec<LatestSlot>,
     /// What the observation in hand found, kept between observations (empty between
     /// them) so that one which finds nothing, nearly all, drops no sets and vectors.
     finding: Finding,
@@ -193,6 +195,7 @@ impl Engine {
             cfg,
             state: State::default(),
             scratch: Vec::new(),
+            latest: Vec::new(),
             finding: Finding::default(),
             closed: Vec::new(),
             pending_retrained: BTreeMap::new(),
@@ -323,6 +326,7 @@ impl Engine {
             cfg,
             state: serde_json::from_str(s.state.get())?,
             scratch: Vec::new(),
+            latest: Vec::new(),
             finding: Finding::default(),
             closed: Vec::new(),
             pending_retrained: BTreeMap::new(),
@@ -482,7 +486,7 @@ impl Engine {
         group.last_seen_ms = group.last_seen_ms.max(now);
         group.mark_changed(&mut self.changes);
         let closed_from = self.closed.len();
-        if !group.replicas.contains_key(rid) && group.replicas.len() >= cfg.max_replicas_per_group {
+        if group.replicas.len() >= cfg.max_replicas_per_group && !group.replicas.contains_key(rid) {
             group.evict_oldest_replica();
         }
         let mut revived = false;
@@ -507,9 +511,17 @@ impl Engine {
         let finding = &mut self.finding;
         finding.clear();
         match &obs.payload {
-            Payload::Metrics(m) => {
-                score_metrics(group, rid, m, now, phase, cfg, &mut self.scratch, finding)
-            }
+            Payload::Metrics(m) => score_metrics(
+                group,
+                rid,
+                m,
+                now,
+                phase,
+                cfg,
+                &mut self.scratch,
+                &mut self.latest,
+                finding,
+            ),
             Payload::Event(e) => score_event(group, rid, e, now, phase, cfg, finding),
         }
         group.baseline.updated_ms = group.baseline.updated_ms.max(now);
@@ -836,6 +848,7 @@ fn score_metrics(
     phase: Phase,
     cfg: &DetectConfig,
     scratch: &mut Vec<f64>,
+    latest: &mut Vec<LatestSlot>,
     finding: &mut Finding,
 ) {
     let live = group.live_count(now, cfg);
@@ -847,6 +860,8 @@ fn score_metrics(
         .retrained
         .as_ref()
         .is_some_and(|r| r.structure.is_some());
+    // The replica's latest values are read and written here, in `latest`, and stored
+    // back once: one lookup of the replica for the sample, not two for each metric.
     let threshold = match group.replicas.get_mut(id) {
         Some(r) => {
             r.sampled(now);
@@ -854,10 +869,16 @@ fn score_metrics(
                 metrics.len() as f64 * tests_per_metric + f64::from(u8::from(has_structure)),
                 now,
             );
+            latest.clear();
+            latest.extend_from_slice(&r.latest);
             calibrate::threshold(r.rate.per_day(), cfg.false_alerts_per_container_day)
         }
         None => return,
     };
+    // The slots written so far (bit `s` for slot `s`; `u64::MAX` once a slot beyond 63
+    // was): a peer statistic of a slot this sample already wrote (a metric named twice)
+    // must see the replica's new value, so `latest` is stored back before it is taken.
+    let mut written = 0u64;
     finding.threshold = threshold;
     // The sample as a whole against the group's retrained structure, first: a sample
     // the structure finds ordinary vouches for the features it covers.
@@ -879,11 +900,12 @@ fn score_metrics(
         let Some(slot) = group.baseline.feature_slot_hinted(name, i, &cfg.baseline) else {
             continue;
         };
-        let prev = group
-            .replicas
-            .get(id)
-            .and_then(|r| r.latest.get(slot).and_then(|l| l.get()));
+        let prev = latest.get(slot).and_then(|l| l.get());
         let peers = if peer_mode {
+            if written & slot_bit(slot) != 0 {
+                store_latest(group, id, latest);
+                written = 0;
+            }
             group.peer_stats(slot, now, cfg, scratch)
         } else {
             None
@@ -1053,24 +1075,40 @@ fn score_metrics(
             fb.roughness
                 .insert(rough, now, if sr >= threshold { slow } else { 1.0 });
         }
-        if let Some(r) = group.replicas.get_mut(id) {
-            if r.latest.len() <= slot {
-                // Exactly the group's features: every replica holds one of these, and a
-                // vector's doubling growth would leave most of it unused (16 for 10).
-                let mut v = std::mem::take(&mut r.latest).into_vec();
-                v.resize(slot + 1, LatestSlot::EMPTY);
-                r.latest = v.into_boxed_slice();
-            }
-            r.latest[slot] = LatestSlot::new(Latest {
-                value: x,
-                ts_ms: now,
-                hot,
-                rough,
-            });
+        if latest.len() <= slot {
+            latest.resize(slot + 1, LatestSlot::EMPTY);
         }
+        latest[slot] = LatestSlot::new(Latest {
+            value: x,
+            ts_ms: now,
+            hot,
+            rough,
+        });
+        written |= slot_bit(slot);
     }
+    store_latest(group, id, latest);
     if let Some((sc, _)) = structure {
         structure_finding(group, id, metrics, sc, now, threshold, cfg, finding);
+    }
+}
+
+/// `slot`'s bit in a set of slots written ([`score_metrics`]'s `written`): every bit for
+/// a slot beyond 63.
+fn slot_bit(slot: usize) -> u64 {
+    if slot < 64 { 1 << slot } else { u64::MAX }
+}
+
+/// Stores a replica's latest values (`latest`, read from it and written since) back.
+/// Its slots are exactly the group's features: every replica holds one of these, and a
+/// vector's doubling growth would leave most of it unused (16 for 10), so a grown one is
+/// stored at its length.
+fn store_latest(group: &mut GroupState, id: Id<'_>, latest: &[LatestSlot]) {
+    if let Some(r) = group.replicas.get_mut(id) {
+        if r.latest.len() == latest.len() {
+            r.latest.copy_from_slice(latest);
+        } else {
+            r.latest = latest.into();
+        }
     }
 }
 
@@ -1387,6 +1425,43 @@ mod tests {
             container: Arc::clone(c),
             payload: Payload::Metrics(vec![("cpu_cores".into(), 0.5)]),
         }
+    }
+
+    /// A replica's latest values are kept aside while its sample is scored and stored
+    /// back once; a metric the sample names twice is still compared with peers that
+    /// hold the replica's first value of it, as when every value was stored at once
+    /// (seen with statistics taken afresh for every comparison).
+    #[test]
+    fn a_metric_named_twice_meets_peers_holding_its_first_value() {
+        const T0: i64 = 1_795_428_000_000;
+        let cfg = DetectConfig {
+            peer_refresh_ms: 0,
+            ..DetectConfig::default()
+        };
+        let mut e = Engine::new(cfg).unwrap_or_else(|err| panic!("{err}"));
+        let cs: Vec<_> = (0..4).map(container).collect();
+        let mut alerts = Vec::new();
+        let cpu = |c: &Arc<ContainerRef>, ts_ms: i64, values: &[f64]| Observation {
+            ts_ms,
+            container: Arc::clone(c),
+            payload: Payload::Metrics(values.iter().map(|v| ("cpu_cores".into(), *v)).collect()),
+        };
+        for (c, v) in cs.iter().zip([1.0, 1.0, 3.0, 3.0]) {
+            e.observe(&cpu(c, T0, &[v]), &mut alerts);
+        }
+        let key = e.group_keys().next().map(str::to_owned);
+        let key = key.unwrap_or_else(|| panic!("no group"));
+        let median = |e: &Engine| {
+            e.state.groups[key.as_str()]
+                .cached_peer_stats(0)
+                .map(|p| p.median)
+        };
+        // Before it: the peers are 1, 1, 3, 3.
+        e.observe(&cpu(&cs[1], T0 + 1_000, &[1.0]), &mut alerts);
+        assert_eq!(median(&e), Some(2.0));
+        // The second `cpu_cores` is compared with 5, 1, 3, 3: the median is 3.
+        e.observe(&cpu(&cs[0], T0 + 2_000, &[5.0, 5.0]), &mut alerts);
+        assert_eq!(median(&e), Some(3.0));
     }
 
     /// Groups live in a hash map; everything that has an order takes the keys' order:

@@ -509,8 +509,38 @@ impl GroupState {
     }
 
     /// Median and spread of the live replicas' latest values of a feature, when at least
-    /// `min_peers` replicas have a recent value. Cached for `peer_refresh_ms`.
+    /// `min_peers` replicas have a recent value. Cached for `peer_refresh_ms`: nearly
+    /// every call finds them there (inline at the caller; the computation is a call).
+    #[inline]
     pub(crate) fn peer_stats(
+        &mut self,
+        slot: usize,
+        now_ms: i64,
+        cfg: &DetectConfig,
+        scratch: &mut Vec<f64>,
+    ) -> Option<PeerEvidence> {
+        if let Some(Some(c)) = self.peer_cache.get(slot)
+            && now_ms >= c.at_ms
+            && now_ms - c.at_ms < cfg.peer_refresh_ms
+        {
+            return c.stats;
+        }
+        self.compute_peer_stats(slot, now_ms, cfg, scratch)
+    }
+
+    /// The peer statistics cached for `slot`, if any.
+    #[cfg(test)]
+    pub(crate) fn cached_peer_stats(&self, slot: usize) -> Option<PeerEvidence> {
+        self.peer_cache
+            .get(slot)
+            .copied()
+            .flatten()
+            .and_then(|c| c.stats)
+    }
+
+    /// [`Self::peer_stats`] computed, and cached.
+    #[inline(never)]
+    fn compute_peer_stats(
         &mut self,
         slot: usize,
         now_ms: i64,
@@ -519,12 +549,6 @@ impl GroupState {
     ) -> Option<PeerEvidence> {
         if self.peer_cache.len() <= slot {
             self.peer_cache.resize(slot + 1, None);
-        }
-        if let Some(c) = self.peer_cache[slot]
-            && now_ms >= c.at_ms
-            && now_ms - c.at_ms < cfg.peer_refresh_ms
-        {
-            return c.stats;
         }
         scratch.clear();
         for r in self.replicas.values() {
@@ -538,11 +562,7 @@ impl GroupState {
             }
         }
         let stats = (scratch.len() >= cfg.min_peers).then(|| {
-            let median = median_in_place(scratch);
-            for v in scratch.iter_mut() {
-                *v = (*v - median).abs();
-            }
-            let mad = median_in_place(scratch);
+            let (median, mad) = median_and_mad(scratch);
             PeerEvidence {
                 median,
                 spread: 1.4826 * mad,
@@ -639,15 +659,7 @@ pub(crate) fn median_in_place(v: &mut [f64]) -> f64 {
             *k = total_order_key(*x);
         }
         let keys = &mut keys[..n];
-        for i in 1..n {
-            let k = keys[i];
-            let mut j = i;
-            while j > 0 && keys[j - 1] > k {
-                keys[j] = keys[j - 1];
-                j -= 1;
-            }
-            keys[j] = k;
-        }
+        insertion_sort(keys);
         let at = |i: usize| from_total_order_key(keys[i]);
         return match n {
             0 => f64::NAN,
@@ -656,6 +668,75 @@ pub(crate) fn median_in_place(v: &mut [f64]) -> f64 {
         };
     }
     median_by_selection(v)
+}
+
+/// The median of a non-empty slice and the median of its values' absolute deviations
+/// from it (reorders it). Up to [`SMALL`] values, one sort gives both: the deviations of
+/// the values below the median, read downwards, and of those above it, read upwards,
+/// are each in order, so the middle deviations are found by merging the two (the same
+/// values [`median_in_place`] would sort, so the same two middle ones).
+pub(crate) fn median_and_mad(v: &mut [f64]) -> (f64, f64) {
+    let n = v.len();
+    if n == 0 || n > SMALL {
+        let median = median_in_place(v);
+        for x in v.iter_mut() {
+            *x = (*x - median).abs();
+        }
+        return (median, median_in_place(v));
+    }
+    let mut keys = [0i64; SMALL];
+    for (k, x) in keys.iter_mut().zip(v.iter()) {
+        *k = total_order_key(*x);
+    }
+    let keys = &mut keys[..n];
+    insertion_sort(keys);
+    let at = |i: usize| from_total_order_key(keys[i]);
+    let mid = n / 2;
+    let median = if n % 2 == 1 {
+        at(mid)
+    } else {
+        (at(mid - 1) + at(mid)) / 2.0
+    };
+    // `below` counts the values below the median (by the order the keys sort in, so
+    // every value after them is at least the median, every one before at most it).
+    let below = keys.partition_point(|k| from_total_order_key(*k) < median);
+    let dev = |i: usize| (at(i) - median).abs();
+    // The merge: `lo` walks down from `below`, `hi` up from it; the `mid - 1`-th and
+    // `mid`-th smallest deviations are the last two it takes.
+    let (mut lo, mut hi) = (below, below);
+    let mut take = || {
+        if hi < n && (lo == 0 || dev(hi).total_cmp(&dev(lo - 1)).is_le()) {
+            hi += 1;
+            dev(hi - 1)
+        } else {
+            lo -= 1;
+            dev(lo)
+        }
+    };
+    let mut prev = f64::NAN;
+    for _ in 0..mid {
+        prev = take();
+    }
+    let upper = take();
+    let mad = if n % 2 == 1 {
+        upper
+    } else {
+        (prev + upper) / 2.0
+    };
+    (median, mad)
+}
+
+/// Sorts a few integers in place.
+fn insertion_sort(keys: &mut [i64]) {
+    for i in 1..keys.len() {
+        let k = keys[i];
+        let mut j = i;
+        while j > 0 && keys[j - 1] > k {
+            keys[j] = keys[j - 1];
+            j -= 1;
+        }
+        keys[j] = k;
+    }
 }
 
 /// The integer `f64::total_cmp` orders a double by: its bits, with those of a negative
@@ -752,6 +833,31 @@ mod tests {
                 median_in_place(&mut a).to_bits(),
                 median_by_selection(&mut b).to_bits()
             );
+        }
+
+        /// The median and the median absolute deviation from one sort are the two
+        /// medians taken one after the other (how the peers' spread was taken before),
+        /// bit for bit: signed zeros, repeated values, values at the median, and values
+        /// whose median or deviations overflow included.
+        #[test]
+        fn the_median_and_mad_are_the_two_medians_bit_for_bit(
+            v in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::num::f64::NORMAL,
+                    proptest::sample::select(vec![0.0, -0.0, 1.0, -1.0, 0.5, 2.0, f64::MAX, -f64::MAX]),
+                    (0.0..1.0f64),
+                ],
+                1..40,
+            )
+        ) {
+            let (mut a, mut b) = (v.clone(), v);
+            let (median, mad) = median_and_mad(&mut a);
+            let m = median_in_place(&mut b);
+            for x in b.iter_mut() {
+                *x = (*x - m).abs();
+            }
+            proptest::prop_assert_eq!(median.to_bits(), m.to_bits());
+            proptest::prop_assert_eq!(mad.to_bits(), median_in_place(&mut b).to_bits());
         }
     }
 
