@@ -671,7 +671,7 @@ pub(crate) fn median_in_place(v: &mut [f64]) -> f64 {
 }
 
 /// The median of a non-empty slice and the median of its values' absolute deviations
-/// from it (reorders it). Up to [`SMALL`] values, one sort gives both: the deviations of
+/// from it (may reorder it). Up to [`SMALL`] values, one sort gives both: the deviations of
 /// the values below the median, read downwards, and of those above it, read upwards,
 /// are each in order, so the middle deviations are found by merging the two (the same
 /// values [`median_in_place`] would sort, so the same two middle ones).
@@ -690,27 +690,42 @@ pub(crate) fn median_and_mad(v: &mut [f64]) -> (f64, f64) {
     }
     let keys = &mut keys[..n];
     insertion_sort(keys);
-    let at = |i: usize| from_total_order_key(keys[i]);
+    let mut sorted = [0.0; SMALL];
+    for (x, k) in sorted.iter_mut().zip(keys.iter()) {
+        *x = from_total_order_key(*k);
+    }
+    let sorted = &sorted[..n];
     let mid = n / 2;
     let median = if n % 2 == 1 {
-        at(mid)
+        sorted[mid]
     } else {
-        (at(mid - 1) + at(mid)) / 2.0
+        (sorted[mid - 1] + sorted[mid]) / 2.0
     };
-    // `below` counts the values below the median (by the order the keys sort in, so
+    // `below` counts the values below the median (in the order the keys sort in, so
     // every value after them is at least the median, every one before at most it).
-    let below = keys.partition_point(|k| from_total_order_key(*k) < median);
-    let dev = |i: usize| (at(i) - median).abs();
-    // The merge: `lo` walks down from `below`, `hi` up from it; the `mid - 1`-th and
-    // `mid`-th smallest deviations are the last two it takes.
+    let below = sorted.partition_point(|x| *x < median);
+    let dev = |i: usize| (sorted[i] - median).abs();
+    // The merge: `lo` walks down from `below`, `hi` up from it, each with the deviation
+    // it would take next (none is NaN: the values are finite); the `mid - 1`-th and
+    // `mid`-th smallest deviations are the last two taken.
     let (mut lo, mut hi) = (below, below);
+    let mut d_lo = if lo > 0 { dev(lo - 1) } else { 0.0 };
+    let mut d_hi = if hi < n { dev(hi) } else { 0.0 };
     let mut take = || {
-        if hi < n && (lo == 0 || dev(hi).total_cmp(&dev(lo - 1)).is_le()) {
+        if hi < n && (lo == 0 || d_hi <= d_lo) {
+            let d = d_hi;
             hi += 1;
-            dev(hi - 1)
+            if hi < n {
+                d_hi = dev(hi);
+            }
+            d
         } else {
+            let d = d_lo;
             lo -= 1;
-            dev(lo)
+            if lo > 0 {
+                d_lo = dev(lo - 1);
+            }
+            d
         }
     };
     let mut prev = f64::NAN;
