@@ -785,6 +785,10 @@ fn uncorroborated(
     now: i64,
     cfg: &DetectConfig,
 ) -> Vec<(Arc<ContainerRef>, Finding, i64)> {
+    // Nearly always nothing waits: no call.
+    if group.pending.is_empty() {
+        return Vec::new();
+    }
     let due = group.due_uncorroborated(now);
     if due.is_empty() {
         return Vec::new();
