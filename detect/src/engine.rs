@@ -47,8 +47,7 @@ struct State {
     /// By key. A hash map, since every observation looks its group up (a search of a
     /// sorted map compared ~10 keys of ~70 bytes); whatever depends on an order (the
     /// snapshot, the keys handed out, evictions) takes the keys' order explicitly.
-    #[serde(serialize_with = "in_key_order")]
-    groups: rustc_hash::FxHashMap<String, GroupState>,
+    groups: Groups,
     /// Latest group key per image repository, to recognise rollouts.
     repos: BTreeMap<String, String>,
     incidents: Incidents,
@@ -56,15 +55,116 @@ struct State {
     since_housekeeping: u32,
 }
 
-/// A map serialised in its keys' order, as a sorted map is: a snapshot's bytes depend
-/// only on the state.
-fn in_key_order<S: serde::Serializer, V: Serialize>(
-    m: &rustc_hash::FxHashMap<String, V>,
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    let mut entries: Vec<(&String, &V)> = m.iter().collect();
-    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    s.collect_map(entries)
+/// The tracked groups by key. A hash table, since every observation looks its group
+/// up (a search of a sorted map compared ~10 keys of ~70 bytes), whose entries hold
+/// their key: an observation brings its group key interned and hashed (see
+/// [`GroupKeys`]), so finding its group costs no hashing of the key, and no comparison
+/// of its bytes when the entry holds the same allocation. Whatever depends on an order
+/// (the snapshot, the keys handed out, evictions) takes the keys' order explicitly: it
+/// is serialised as a map in key order, as a sorted map is, so that a snapshot's bytes
+/// depend only on the state.
+#[derive(Debug, Clone, Default)]
+struct Groups(HashTable<(Arc<str>, GroupState)>);
+
+/// A group key's hash in [`Groups`].
+fn key_hash(key: &str) -> u64 {
+    FxBuildHasher.hash_one(key)
+}
+
+impl Groups {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn get(&self, key: &str) -> Option<&GroupState> {
+        self.0
+            .find(key_hash(key), |(k, _)| **k == *key)
+            .map(|(_, g)| g)
+    }
+
+    fn get_mut(&mut self, key: &str) -> Option<&mut GroupState> {
+        self.find_mut(key_hash(key), key)
+    }
+
+    /// The group of `key`, whose hash is `hash` ([`key_hash`]).
+    fn find_mut(&mut self, hash: u64, key: &str) -> Option<&mut GroupState> {
+        self.0
+            .find_mut(hash, |(k, _)| std::ptr::eq(&**k, key) || **k == *key)
+            .map(|(_, g)| g)
+    }
+
+    fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Tracks `group` under `key`, replacing any group of that key.
+    fn insert(&mut self, key: Arc<str>, group: GroupState) {
+        let hash = key_hash(&key);
+        match self.0.entry(hash, |(k, _)| *k == key, |(k, _)| key_hash(k)) {
+            hashbrown::hash_table::Entry::Occupied(mut e) => e.get_mut().1 = group,
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert((key, group));
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Ok(e) = self.0.find_entry(key_hash(key), |(k, _)| **k == *key) {
+            e.remove();
+        }
+    }
+
+    /// The key held for `key`'s group (its allocation, for [`GroupKeys`] to share).
+    fn key_of(&self, key: &str) -> Option<&Arc<str>> {
+        self.0
+            .find(key_hash(key), |(k, _)| **k == *key)
+            .map(|(k, _)| k)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &GroupState)> {
+        self.0.iter().map(|(k, g)| (&**k, g))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut GroupState)> {
+        self.0.iter_mut().map(|(k, g)| (&**k, g))
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| &**k)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &GroupState> {
+        self.0.iter().map(|(_, g)| g)
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&GroupState) -> bool) {
+        self.0.retain(|(_, g)| keep(g));
+    }
+}
+
+impl PartialEq for Groups {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().all(|(k, g)| other.get(k) == Some(g))
+    }
+}
+
+impl Serialize for Groups {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut entries: Vec<(&str, &GroupState)> = self.iter().collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        s.collect_map(entries)
+    }
+}
+
+impl<'de> Deserialize<'de> for Groups {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let m = BTreeMap::<String, GroupState>::deserialize(d)?;
+        let mut groups = Groups::default();
+        for (k, g) in m {
+            groups.insert(k.into(), g);
+        }
+        Ok(groups)
+    }
 }
 
 /// Counts for metrics and summaries.
@@ -111,8 +211,15 @@ pub struct Engine {
 /// slot, not 32 with an address of its own beside it).
 #[derive(Debug, Clone, Default)]
 struct GroupKeys {
-    by_container: HashTable<(Arc<ContainerRef>, Arc<str>)>,
+    by_container: HashTable<(Arc<ContainerRef>, GroupKey)>,
     interned: rustc_hash::FxHashSet<Arc<str>>,
+}
+
+/// A container's group key, interned, with its hash in [`Groups`].
+#[derive(Debug, Clone)]
+struct GroupKey {
+    key: Arc<str>,
+    hash: u64,
 }
 
 /// The table's hash of an identity: its address.
@@ -121,25 +228,36 @@ fn hash_addr(c: &Arc<ContainerRef>) -> u64 {
 }
 
 impl GroupKeys {
-    fn key(&mut self, by: &herd_ingest::GroupBy, c: &Arc<ContainerRef>) -> Arc<str> {
+    /// The group key of `c`, interned: the allocation `groups` holds for it when the
+    /// group is tracked (so that finding it compares no bytes).
+    fn key(
+        &mut self,
+        by: &herd_ingest::GroupBy,
+        c: &Arc<ContainerRef>,
+        groups: &Groups,
+    ) -> GroupKey {
         let hash = hash_addr(c);
         if let Some((_, key)) = self
             .by_container
             .find(hash, |(held, _)| Arc::ptr_eq(held, c))
         {
-            return Arc::clone(key);
+            return key.clone();
         }
         let key = by.key(c);
         let key = match self.interned.get(key.as_str()) {
             Some(k) => Arc::clone(k),
             None => {
-                let k: Arc<str> = key.into();
+                let k: Arc<str> = groups.key_of(&key).map_or_else(|| key.into(), Arc::clone);
                 self.interned.insert(Arc::clone(&k));
                 k
             }
         };
+        let key = GroupKey {
+            hash: key_hash(&key),
+            key,
+        };
         self.by_container
-            .insert_unique(hash, (Arc::clone(c), Arc::clone(&key)), |(held, _)| {
+            .insert_unique(hash, (Arc::clone(c), key.clone()), |(held, _)| {
                 hash_addr(held)
             });
         key
@@ -337,7 +455,7 @@ impl Engine {
 
     /// The keys of the tracked groups, in order.
     pub fn group_keys(&self) -> impl Iterator<Item = &str> {
-        let mut keys: Vec<&str> = self.state.groups.keys().map(String::as_str).collect();
+        let mut keys: Vec<&str> = self.state.groups.keys().collect();
         keys.sort_unstable();
         keys.into_iter()
     }
@@ -358,7 +476,7 @@ impl Engine {
             .groups
             .iter()
             .filter(move |(_, g)| g.changed > mark)
-            .map(|(k, _)| k.as_str())
+            .map(|(k, _)| k)
             .collect();
         keys.sort_unstable();
         keys.into_iter()
@@ -453,7 +571,7 @@ impl Engine {
         }
         self.state.incidents.remove_group(&g.key);
         self.state.incidents.adopt(g.incidents);
-        self.state.groups.insert(g.key.clone(), g.group);
+        self.state.groups.insert(g.key.as_str().into(), g.group);
         Ok(g.key)
     }
 
@@ -468,18 +586,20 @@ impl Engine {
     pub fn observe(&mut self, obs: &Observation, out: &mut Vec<Alert>) {
         let now = obs.ts_ms;
         self.state.now_ms = self.state.now_ms.max(now);
-        let key = self.keys.key(&self.cfg.group_by, &obs.container);
-        let key = &*key;
-        let group = match self.state.groups.get_mut(key) {
+        let GroupKey { key, hash } =
+            self.keys
+                .key(&self.cfg.group_by, &obs.container, &self.state.groups);
+        let group = match self.state.groups.find_mut(hash, &key) {
             Some(g) => g,
             None => {
-                self.ensure_group(key, &obs.container, now);
-                let Some(g) = self.state.groups.get_mut(key) else {
+                self.ensure_group(&key, &obs.container, now);
+                let Some(g) = self.state.groups.find_mut(hash, &key) else {
                     return;
                 };
                 g
             }
         };
+        let key = &*key;
         let cfg = &self.cfg;
         // The id's hash once, for every lookup of its replica below.
         let rid = Id::new(&obs.container.id);
@@ -570,7 +690,7 @@ impl Engine {
     }
 
     /// Creates the group of `key` (not tracked yet).
-    fn ensure_group(&mut self, key: &str, c: &ContainerRef, now: i64) {
+    fn ensure_group(&mut self, key: &Arc<str>, c: &ContainerRef, now: i64) {
         let repo = c.repository().to_owned();
         // A new digest of a known repository is a rollout: inherit its baseline.
         let baseline = match self
@@ -579,28 +699,28 @@ impl Engine {
             .get(&repo)
             .and_then(|prev| self.state.groups.get(prev))
         {
-            Some(prev) => prev.baseline.inherit(key, now),
-            None => GroupBaseline::new(key, repo.clone(), now),
+            Some(prev) => prev.baseline.inherit(&**key, now),
+            None => GroupBaseline::new(&**key, repo.clone(), now),
         };
         if self.state.groups.len() >= self.cfg.max_groups
             && let Some(oldest) = self
                 .state
                 .groups
                 .iter()
-                .min_by_key(|(k, g)| (g.last_seen_ms, k.as_str()))
-                .map(|(k, _)| k.clone())
+                .min_by_key(|(k, g)| (g.last_seen_ms, *k))
+                .map(|(k, _)| k.to_owned())
         {
             self.state.groups.remove(&oldest);
             self.state.repos.retain(|_, k| *k != oldest);
         }
         let mut baseline = baseline;
-        if let Some(r) = self.pending_retrained.remove(key) {
+        if let Some(r) = self.pending_retrained.remove(&**key) {
             baseline.adopt_retrained(r);
         }
-        self.state.repos.insert(repo, key.to_owned());
+        self.state.repos.insert(repo, key.to_string());
         self.state
             .groups
-            .insert(key.to_owned(), GroupState::new(baseline, now));
+            .insert(Arc::clone(key), GroupState::new(baseline, now));
     }
 
     fn housekeeping(&mut self) {
@@ -611,9 +731,9 @@ impl Engine {
         // The groups that forgot replicas are numbered as changed in key order, as
         // every numbering of changes is: the same state, whatever the table's order.
         let mut evicted = Vec::new();
-        for (k, g) in &mut self.state.groups {
+        for (k, g) in self.state.groups.iter_mut() {
             if g.evict_replicas(now, keep_replicas) {
-                evicted.push(k.clone());
+                evicted.push(k.to_owned());
             }
         }
         evicted.sort_unstable();
@@ -621,9 +741,7 @@ impl Engine {
             self.changed(&k);
         }
         let idle = self.cfg.group_idle_ms;
-        self.state
-            .groups
-            .retain(|_, g| now - g.last_seen_ms <= idle);
+        self.state.groups.retain(|g| now - g.last_seen_ms <= idle);
         let groups = &self.state.groups;
         self.state.repos.retain(|_, k| groups.contains_key(k));
         let closed_from = self.closed.len();
@@ -1431,6 +1549,40 @@ mod tests {
         }
     }
 
+    /// The groups' table finds a group by its key's text whatever allocation holds it,
+    /// replaces a group inserted again under its key, and compares and serialises by
+    /// key whatever order the groups were inserted in.
+    #[test]
+    fn the_groups_table_is_a_map_by_key() {
+        let g = |ms: i64| GroupState::new(GroupBaseline::new("k", "r".to_owned(), ms), ms);
+        let (mut a, mut b) = (Groups::default(), Groups::default());
+        for (k, ms) in [("b", 2), ("a", 1), ("c", 3)] {
+            a.insert(k.into(), g(ms));
+        }
+        for (k, ms) in [("c", 3), ("a", 9), ("b", 2), ("a", 1)] {
+            b.insert(k.into(), g(ms));
+        }
+        assert_eq!(a.len(), 3);
+        assert_eq!(b.len(), 3);
+        assert!(a == b);
+        let text = |g: &Groups| serde_json::to_string(g).unwrap_or_default();
+        assert_eq!(text(&a), text(&b));
+        assert!(text(&a).find("\"a\"") < text(&a).find("\"b\""));
+        let back: Groups = serde_json::from_str(&text(&a)).unwrap_or_default();
+        assert!(back == a);
+        // Found by text, through another allocation, and by its hash.
+        let other: String = "a".into();
+        assert_eq!(b.get(&other).map(|g| g.last_seen_ms), Some(1));
+        assert_eq!(
+            b.find_mut(key_hash(&other), &other).map(|g| g.last_seen_ms),
+            Some(1)
+        );
+        b.remove("a");
+        assert!(!b.contains_key("a"));
+        assert!(a != b);
+        assert_eq!(b.keys().count(), 2);
+    }
+
     /// A replica's latest values are kept aside while its sample is scored and stored
     /// back once; a metric the sample names twice is still compared with peers that
     /// hold the replica's first value of it, as when every value was stored at once
@@ -1456,8 +1608,10 @@ mod tests {
         let key = e.group_keys().next().map(str::to_owned);
         let key = key.unwrap_or_else(|| panic!("no group"));
         let median = |e: &Engine| {
-            e.state.groups[key.as_str()]
-                .cached_peer_stats(0)
+            e.state
+                .groups
+                .get(&key)
+                .and_then(|g| g.cached_peer_stats(0))
                 .map(|p| p.median)
         };
         // Before it: the peers are 1, 1, 3, 3.
