@@ -1,5 +1,7 @@
 //! [`GroupBaseline`]: everything learned about one peer group.
 
+use std::borrow::Cow;
+
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
@@ -46,7 +48,9 @@ pub struct GroupBaseline {
     pub inherited_from: Option<String>,
     /// Latest event time that updated the baseline.
     pub updated_ms: i64,
-    features: Vec<(String, FeatureBaseline)>,
+    /// Each feature with its name: the name a sample brought when it is one of herd's
+    /// own (`'static`, so a later sample's name is recognised by its address).
+    features: Vec<(Cow<'static, str>, FeatureBaseline)>,
     #[serde(skip)]
     index: FxHashMap<String, usize>,
     /// Categorical items with their replica support.
@@ -163,6 +167,16 @@ impl GroupBaseline {
     /// The slot of feature `name` (stable for the life of the baseline), created on first
     /// use; `None` once the group holds `cfg.max_features` features.
     pub fn feature_slot(&mut self, name: &str, cfg: &BaselineConfig) -> Option<usize> {
+        self.slot_of(name, || Cow::Owned(name.to_owned()), cfg)
+    }
+
+    /// The slot of `name`, its feature created (named `owned()`) on first use.
+    fn slot_of(
+        &mut self,
+        name: &str,
+        owned: impl FnOnce() -> Cow<'static, str>,
+        cfg: &BaselineConfig,
+    ) -> Option<usize> {
         if self.index.len() != self.features.len() {
             self.reindex();
         }
@@ -172,10 +186,8 @@ impl GroupBaseline {
                 if self.features.len() >= cfg.max_features {
                     return None;
                 }
-                self.features.push((
-                    name.to_owned(),
-                    FeatureBaseline::new(name, cfg.half_life_ms),
-                ));
+                self.features
+                    .push((owned(), FeatureBaseline::new(name, cfg.half_life_ms)));
                 self.index.insert(name.to_owned(), self.features.len() - 1);
                 self.features.len() - 1
             }
@@ -186,24 +198,29 @@ impl GroupBaseline {
     /// order they first came, so the slot is usually its metric's position, and one
     /// comparison of names replaces the hash lookup. The index covers every feature
     /// (so names are unique) whenever the hint is taken.
+    /// A feature created here keeps a `'static` name as it is, so that the next
+    /// sample's name (herd's own names are) is recognised by its address alone.
     #[inline]
+    #[allow(clippy::ptr_arg)] // the `Cow` itself: a borrowed `'static` name is kept as it is
     pub fn feature_slot_hinted(
         &mut self,
-        name: &str,
+        name: &Cow<'static, str>,
         hint: usize,
         cfg: &BaselineConfig,
     ) -> Option<usize> {
         if self.index.len() == self.features.len()
-            && self.features.get(hint).is_some_and(|(n, _)| n == name)
+            && self.features.get(hint).is_some_and(|(n, _)| {
+                (std::ptr::eq(n.as_ptr(), name.as_ptr()) && n.len() == name.len()) || n == name
+            })
         {
             return Some(hint);
         }
-        self.feature_slot(name, cfg)
+        self.slot_of(name, || name.clone(), cfg)
     }
 
     /// The feature in `slot`, with its name.
     pub fn feature_at_mut(&mut self, slot: usize) -> Option<(&str, &mut FeatureBaseline)> {
-        self.features.get_mut(slot).map(|(n, f)| (n.as_str(), f))
+        self.features.get_mut(slot).map(|(n, f)| (&**n, f))
     }
 
     /// The feature in `slot`, with its name, beside the group's verdicts (which the
@@ -215,7 +232,7 @@ impl GroupBaseline {
         let verdicts = &self.verdicts;
         self.features
             .get_mut(slot)
-            .map(|(n, f)| (n.as_str(), f, verdicts))
+            .map(|(n, f)| (&**n, f, verdicts))
     }
 
     /// Number of features learned.
@@ -233,7 +250,7 @@ impl GroupBaseline {
 
     /// Feature names learned, in first-seen order.
     pub fn feature_names(&self) -> impl Iterator<Item = &str> {
-        self.features.iter().map(|(n, _)| n.as_str())
+        self.features.iter().map(|(n, _)| &**n)
     }
 
     fn reindex(&mut self) {
@@ -241,7 +258,7 @@ impl GroupBaseline {
             .features
             .iter()
             .enumerate()
-            .map(|(i, (n, _))| (n.clone(), i))
+            .map(|(i, (n, _))| (n.to_string(), i))
             .collect();
     }
 
@@ -264,9 +281,55 @@ impl GroupBaseline {
     pub fn heap_bytes(&self) -> usize {
         self.features
             .iter()
-            .map(|(n, f)| n.capacity() + f.heap_bytes() + std::mem::size_of::<FeatureBaseline>())
+            .map(|(n, f)| {
+                let name = match n {
+                    Cow::Owned(n) => n.capacity(),
+                    Cow::Borrowed(_) => 0,
+                };
+                name + f.heap_bytes() + std::mem::size_of::<FeatureBaseline>()
+            })
             .sum::<usize>()
             + self.items.heap_bytes()
             + self.verdicts.heap_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A feature keeps a `'static` name as it came, finds it again by address or by its
+    /// text, and holds a name that came owned as its own copy.
+    #[test]
+    fn a_feature_is_found_by_its_name_however_the_name_is_held() {
+        let cfg = BaselineConfig::default();
+        let mut g = GroupBaseline::new("k", "r".to_owned(), 0);
+        let cpu: Cow<'static, str> = Cow::Borrowed("cpu_cores");
+        let mem: Cow<'static, str> = Cow::Owned("mem_bytes".to_owned());
+        assert_eq!(g.feature_slot_hinted(&cpu, 0, &cfg), Some(0));
+        assert_eq!(g.feature_slot_hinted(&mem, 1, &cfg), Some(1));
+        let bytes_with_borrowed = g.heap_bytes();
+        // The same names held otherwise; a wrong hint.
+        let cpu_owned: Cow<'static, str> = Cow::Owned("cpu_cores".to_owned());
+        assert_eq!(g.feature_slot_hinted(&cpu_owned, 0, &cfg), Some(0));
+        assert_eq!(
+            g.feature_slot_hinted(&Cow::Borrowed("mem_bytes"), 1, &cfg),
+            Some(1)
+        );
+        assert_eq!(g.feature_slot_hinted(&cpu, 1, &cfg), Some(0));
+        assert_eq!(g.feature_slot("mem_bytes", &cfg), Some(1));
+        assert_eq!(
+            g.feature_names().collect::<Vec<_>>(),
+            ["cpu_cores", "mem_bytes"]
+        );
+        assert_eq!(g.heap_bytes(), bytes_with_borrowed);
+        // A checkpoint holds the names as text; restored, they are found the same way.
+        let back: GroupBaseline =
+            serde_json::from_slice(&serde_json::to_vec(&g).unwrap_or_default())
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert!(back == g);
+        let mut back = back;
+        assert_eq!(back.feature_slot_hinted(&cpu, 0, &cfg), Some(0));
+        assert_eq!(back.feature_slot_hinted(&mem, 1, &cfg), Some(1));
     }
 }
