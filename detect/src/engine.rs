@@ -630,7 +630,9 @@ impl Engine {
         let phase = group.baseline.phase(now, &cfg.baseline);
         let finding = &mut self.finding;
         finding.clear();
-        match &obs.payload {
+        // A sample's scoring says how long the replica's incident stays quiet (it has
+        // the replica in hand); an event's is looked up below.
+        let quiet = match &obs.payload {
             Payload::Metrics(m) => score_metrics(
                 group,
                 rid,
@@ -642,8 +644,11 @@ impl Engine {
                 &mut self.latest,
                 finding,
             ),
-            Payload::Event(e) => score_event(group, rid, e, now, phase, cfg, finding),
-        }
+            Payload::Event(e) => {
+                score_event(group, rid, e, now, phase, cfg, finding);
+                None
+            }
+        };
         group.baseline.updated_ms = group.baseline.updated_ms.max(now);
         let mut late = uncorroborated(group, now, cfg);
         if matches!(obs.payload, Payload::Metrics(_))
@@ -653,10 +658,9 @@ impl Engine {
         }
         // An episode ends after the longer of a fixed quiet time and a number of the
         // container's own sampling intervals.
-        let quiet = group
-            .replicas
-            .get(rid)
-            .map_or(cfg.incident_quiet_ms, |r| r.quiet_ms(cfg));
+        let quiet = quiet
+            .or_else(|| group.replicas.get(rid).map(|r| r.quiet_ms(cfg)))
+            .unwrap_or(cfg.incident_quiet_ms);
         let incidents = &mut self.state.incidents;
         let max_open = cfg.max_open_incidents;
         let closed = &mut self.closed;
@@ -972,7 +976,7 @@ fn score_metrics(
     scratch: &mut Vec<f64>,
     latest: &mut Vec<LatestSlot>,
     finding: &mut Finding,
-) {
+) -> Option<i64> {
     let live = group.live_count(now, cfg);
     let peer_mode = live >= cfg.min_peers;
     // Tests per metric: (history, peers) with peers; (history, step, roughness) alone.
@@ -984,7 +988,7 @@ fn score_metrics(
         .is_some_and(|r| r.structure.is_some());
     // The replica's latest values are read and written here, in `latest`, and stored
     // back once: one lookup of the replica for the sample, not two for each metric.
-    let threshold = match group.replicas.get_mut(id) {
+    let (threshold, quiet) = match group.replicas.get_mut(id) {
         Some(r) => {
             r.sampled(now);
             r.rate.record(
@@ -993,9 +997,12 @@ fn score_metrics(
             );
             latest.clear();
             latest.extend_from_slice(&r.latest);
-            calibrate::threshold(r.rate.per_day(), cfg.false_alerts_per_container_day)
+            (
+                calibrate::threshold(r.rate.per_day(), cfg.false_alerts_per_container_day),
+                r.quiet_ms(cfg),
+            )
         }
-        None => return,
+        None => return None,
     };
     // The slots written so far (bit `s` for slot `s`; `u64::MAX` once a slot beyond 63
     // was): a peer statistic of a slot this sample already wrote (a metric named twice)
@@ -1212,6 +1219,7 @@ fn score_metrics(
     if let Some((sc, _)) = structure {
         structure_finding(group, id, metrics, sc, now, threshold, cfg, finding);
     }
+    Some(quiet)
 }
 
 /// `slot`'s bit in a set of slots written ([`score_metrics`]'s `written`): every bit for
