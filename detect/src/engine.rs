@@ -44,9 +44,7 @@ const HOUSEKEEPING_EVERY: u32 = 4096;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 struct State {
-    /// By key. A hash map, since every observation looks its group up (a search of a
-    /// sorted map compared ~10 keys of ~70 bytes); whatever depends on an order (the
-    /// snapshot, the keys handed out, evictions) takes the keys' order explicitly.
+    /// By key (see [`Groups`]).
     groups: Groups,
     /// Latest group key per image repository, to recognise rollouts.
     repos: BTreeMap<String, String>,
@@ -206,9 +204,10 @@ pub struct Engine {
 
 /// The group key of each container identity (`Arc<ContainerRef>`, by address), so that
 /// an observation costs no key building and no allocation. The keys are interned: a
-/// group's replicas share one string. Entries whose identity nothing else holds any more
-/// go at housekeeping. The table is keyed by the identity each entry holds (24 bytes a
-/// slot, not 32 with an address of its own beside it).
+/// group's replicas share one string, the one [`Groups`] holds for the group when it is
+/// tracked, and each entry carries the key's hash there. Entries whose identity nothing
+/// else holds any more go at housekeeping. The table is keyed by the identity each entry
+/// holds (32 bytes a slot, not 40 with an address of its own beside it).
 #[derive(Debug, Clone, Default)]
 struct GroupKeys {
     by_container: HashTable<(Arc<ContainerRef>, GroupKey)>,
@@ -263,7 +262,8 @@ impl GroupKeys {
         key
     }
 
-    /// Forgets identities only this cache still holds, and keys no identity uses.
+    /// Forgets identities only this cache still holds, and keys neither an identity
+    /// nor a tracked group holds.
     fn prune(&mut self) {
         self.by_container.retain(|(c, _)| Arc::strong_count(c) > 1);
         self.interned.retain(|k| Arc::strong_count(k) > 1);
