@@ -654,20 +654,31 @@ pub(crate) fn median_in_place(v: &mut [f64]) -> f64 {
         // selection's set-up costs hundreds. The same order (`total_cmp`'s, by the
         // integer key it compares, computed once a value rather than twice a
         // comparison), so the same two middle values, so the same median.
-        let mut keys = [0i64; SMALL];
-        for (k, x) in keys.iter_mut().zip(v.iter()) {
-            *k = total_order_key(*x);
-        }
-        let keys = &mut keys[..n];
-        insertion_sort(keys);
-        let at = |i: usize| from_total_order_key(keys[i]);
+        let sorted = sorted_small(v);
         return match n {
             0 => f64::NAN,
-            _ if n % 2 == 1 => at(mid),
-            _ => (at(mid - 1) + at(mid)) / 2.0,
+            _ if n % 2 == 1 => sorted[mid],
+            _ => (sorted[mid - 1] + sorted[mid]) / 2.0,
         };
     }
     median_by_selection(v)
+}
+
+/// A slice of at most [`SMALL`] values sorted in `total_cmp`'s order (by the integer
+/// key it compares, computed once a value rather than twice a comparison), in the
+/// first `v.len()` places of the array.
+fn sorted_small(v: &[f64]) -> [f64; SMALL] {
+    let n = v.len().min(SMALL);
+    let mut keys = [0i64; SMALL];
+    for (k, x) in keys.iter_mut().zip(v.iter()) {
+        *k = total_order_key(*x);
+    }
+    insertion_sort(&mut keys[..n]);
+    let mut sorted = [0.0; SMALL];
+    for (x, k) in sorted.iter_mut().zip(keys[..n].iter()) {
+        *x = from_total_order_key(*k);
+    }
+    sorted
 }
 
 /// The median of a non-empty slice and the median of its values' absolute deviations
@@ -684,16 +695,7 @@ pub(crate) fn median_and_mad(v: &mut [f64]) -> (f64, f64) {
         }
         return (median, median_in_place(v));
     }
-    let mut keys = [0i64; SMALL];
-    for (k, x) in keys.iter_mut().zip(v.iter()) {
-        *k = total_order_key(*x);
-    }
-    let keys = &mut keys[..n];
-    insertion_sort(keys);
-    let mut sorted = [0.0; SMALL];
-    for (x, k) in sorted.iter_mut().zip(keys.iter()) {
-        *x = from_total_order_key(*k);
-    }
+    let sorted = sorted_small(v);
     let sorted = &sorted[..n];
     let mid = n / 2;
     let median = if n % 2 == 1 {
