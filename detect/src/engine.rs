@@ -207,18 +207,27 @@ pub struct Engine {
 /// group's replicas share one string, the one [`Groups`] holds for the group when it is
 /// tracked, and each entry carries the key's hash there. Entries whose identity nothing
 /// else holds any more go at housekeeping. The table is keyed by the identity each entry
-/// holds (32 bytes a slot, not 40 with an address of its own beside it).
+/// holds (40 bytes a slot, not 48 with an address of its own beside it). Each entry
+/// also carries the hash of the container's id in its group's replica table, so that
+/// an observation reads neither the id's bytes nor hashes them.
 #[derive(Debug, Clone, Default)]
 struct GroupKeys {
     by_container: HashTable<(Arc<ContainerRef>, GroupKey)>,
     interned: rustc_hash::FxHashSet<Arc<str>>,
+    /// Identities the table held after its last pruning.
+    pruned_len: usize,
 }
 
-/// A container's group key, interned, with its hash in [`Groups`].
+/// Identities a [`GroupKeys`] may hold beyond its growth allowance before it is pruned.
+const PRUNE_SLACK: usize = 64;
+
+/// A container's group key, interned, with its hash in [`Groups`], and the hash of the
+/// container's id among its group's replicas.
 #[derive(Debug, Clone)]
 struct GroupKey {
     key: Arc<str>,
     hash: u64,
+    id_hash: u64,
 }
 
 /// The table's hash of an identity: its address.
@@ -228,20 +237,23 @@ fn hash_addr(c: &Arc<ContainerRef>) -> u64 {
 
 impl GroupKeys {
     /// The group key of `c`, interned: the allocation `groups` holds for it when the
-    /// group is tracked (so that finding it compares no bytes).
+    /// group is tracked (so that finding it compares no bytes). Lent, not cloned: a
+    /// clone's two reference-count updates on the key's allocation were a cache miss
+    /// or two an observation.
     fn key(
         &mut self,
         by: &herd_ingest::GroupBy,
         c: &Arc<ContainerRef>,
         groups: &Groups,
-    ) -> GroupKey {
+    ) -> &GroupKey {
         let hash = hash_addr(c);
-        if let Some((_, key)) = self
+        let absent = match self
             .by_container
-            .find(hash, |(held, _)| Arc::ptr_eq(held, c))
+            .find_entry(hash, |(held, _)| Arc::ptr_eq(held, c))
         {
-            return key.clone();
-        }
+            Ok(e) => return &e.into_mut().1,
+            Err(absent) => absent,
+        };
         let key = by.key(c);
         let key = match self.interned.get(key.as_str()) {
             Some(k) => Arc::clone(k),
@@ -254,19 +266,27 @@ impl GroupKeys {
         let key = GroupKey {
             hash: key_hash(&key),
             key,
+            id_hash: Id::new(&c.id).hash(),
         };
-        self.by_container
-            .insert_unique(hash, (Arc::clone(c), key.clone()), |(held, _)| {
-                hash_addr(held)
-            });
-        key
+        let entry = absent
+            .into_table()
+            .insert_unique(hash, (Arc::clone(c), key), |(held, _)| hash_addr(held));
+        &entry.into_mut().1
     }
 
     /// Forgets identities only this cache still holds, and keys neither an identity
-    /// nor a tracked group holds.
+    /// nor a tracked group holds, once the table has grown by a quarter since it was
+    /// last pruned. Pruning visits every identity (a cache miss each); at every
+    /// housekeeping that was two misses an observation, where this way each identity
+    /// added pays for a few visits, and the table holds at most a quarter more than
+    /// the identities in use (and a few: [`PRUNE_SLACK`]).
     fn prune(&mut self) {
+        if self.by_container.len() < self.pruned_len + self.pruned_len / 4 + PRUNE_SLACK {
+            return;
+        }
         self.by_container.retain(|(c, _)| Arc::strong_count(c) > 1);
         self.interned.retain(|k| Arc::strong_count(k) > 1);
+        self.pruned_len = self.by_container.len();
     }
 }
 
@@ -586,23 +606,31 @@ impl Engine {
     pub fn observe(&mut self, obs: &Observation, out: &mut Vec<Alert>) {
         let now = obs.ts_ms;
         self.state.now_ms = self.state.now_ms.max(now);
-        let GroupKey { key, hash } =
+        let GroupKey { key, hash, id_hash } =
             self.keys
                 .key(&self.cfg.group_by, &obs.container, &self.state.groups);
-        let group = match self.state.groups.find_mut(hash, &key) {
+        let (hash, id_hash) = (*hash, *id_hash);
+        let group = match self.state.groups.find_mut(hash, key) {
             Some(g) => g,
             None => {
-                self.ensure_group(&key, &obs.container, now);
-                let Some(g) = self.state.groups.find_mut(hash, &key) else {
+                ensure_group(
+                    &mut self.state,
+                    &mut self.pending_retrained,
+                    &self.cfg,
+                    key,
+                    &obs.container,
+                    now,
+                );
+                let Some(g) = self.state.groups.find_mut(hash, key) else {
                     return;
                 };
                 g
             }
         };
-        let key = &*key;
+        let key = &**key;
         let cfg = &self.cfg;
-        // The id's hash once, for every lookup of its replica below.
-        let rid = Id::new(&obs.container.id);
+        // The id's hash, taken once per identity, for every lookup of its replica below.
+        let rid = Id::hashed(&obs.container.id, id_hash);
         group.last_seen_ms = group.last_seen_ms.max(now);
         group.mark_changed(&mut self.changes);
         let closed_from = self.closed.len();
@@ -693,43 +721,8 @@ impl Engine {
         }
     }
 
-    /// Creates the group of `key` (not tracked yet).
-    fn ensure_group(&mut self, key: &Arc<str>, c: &ContainerRef, now: i64) {
-        let repo = c.repository().to_owned();
-        // A new digest of a known repository is a rollout: inherit its baseline.
-        let baseline = match self
-            .state
-            .repos
-            .get(&repo)
-            .and_then(|prev| self.state.groups.get(prev))
-        {
-            Some(prev) => prev.baseline.inherit(&**key, now),
-            None => GroupBaseline::new(&**key, repo.clone(), now),
-        };
-        if self.state.groups.len() >= self.cfg.max_groups
-            && let Some(oldest) = self
-                .state
-                .groups
-                .iter()
-                .min_by_key(|(k, g)| (g.last_seen_ms, *k))
-                .map(|(k, _)| k.to_owned())
-        {
-            self.state.groups.remove(&oldest);
-            self.state.repos.retain(|_, k| *k != oldest);
-        }
-        let mut baseline = baseline;
-        if let Some(r) = self.pending_retrained.remove(&**key) {
-            baseline.adopt_retrained(r);
-        }
-        self.state.repos.insert(repo, key.to_string());
-        self.state
-            .groups
-            .insert(Arc::clone(key), GroupState::new(baseline, now));
-    }
-
     fn housekeeping(&mut self) {
         self.state.since_housekeeping = 0;
-        self.keys.prune();
         let now = self.state.now_ms;
         let keep_replicas = (self.cfg.replica_ttl_ms * 10).max(self.cfg.incident_quiet_ms * 2);
         // The groups that forgot replicas are numbered as changed in key order, as
@@ -751,7 +744,49 @@ impl Engine {
         let closed_from = self.closed.len();
         self.state.incidents.close_quiet(now, &mut self.closed);
         self.closed_changed(closed_from);
+        // Last: the identities of the replicas and groups just forgotten go with them.
+        self.keys.prune();
     }
+}
+
+/// Creates the group of `key` (not tracked yet): a function of the engine's parts, so
+/// that the key lent by [`GroupKeys`] stays lent.
+fn ensure_group(
+    state: &mut State,
+    pending_retrained: &mut BTreeMap<String, herd_baseline::retrained::Retrained>,
+    cfg: &DetectConfig,
+    key: &Arc<str>,
+    c: &ContainerRef,
+    now: i64,
+) {
+    let repo = c.repository().to_owned();
+    // A new digest of a known repository is a rollout: inherit its baseline.
+    let baseline = match state
+        .repos
+        .get(&repo)
+        .and_then(|prev| state.groups.get(prev))
+    {
+        Some(prev) => prev.baseline.inherit(&**key, now),
+        None => GroupBaseline::new(&**key, repo.clone(), now),
+    };
+    if state.groups.len() >= cfg.max_groups
+        && let Some(oldest) = state
+            .groups
+            .iter()
+            .min_by_key(|(k, g)| (g.last_seen_ms, *k))
+            .map(|(k, _)| k.to_owned())
+    {
+        state.groups.remove(&oldest);
+        state.repos.retain(|_, k| *k != oldest);
+    }
+    let mut baseline = baseline;
+    if let Some(r) = pending_retrained.remove(&**key) {
+        baseline.adopt_retrained(r);
+    }
+    state.repos.insert(repo, key.to_string());
+    state
+        .groups
+        .insert(Arc::clone(key), GroupState::new(baseline, now));
 }
 
 /// Every this much event time, a group with peers is checked as a whole.
@@ -1628,6 +1663,52 @@ mod tests {
         // The second `cpu_cores` is compared with 5, 1, 3, 3: the median is 3.
         e.observe(&cpu(&cs[0], T0 + 2_000, &[5.0, 5.0]), &mut alerts);
         assert_eq!(median(&e), Some(3.0));
+    }
+
+    /// The identities cache forgets identities no one else holds (neither a sample nor
+    /// a replica) once it has grown by a quarter: under churn (three samples in four
+    /// from a new container, each gone after its sample; replicas forgotten after
+    /// `replica_ttl_ms * 10`) it never holds more than a quarter and a few more than
+    /// the most identities in use, and what it keeps for those in use is their
+    /// group's key and id hash.
+    #[test]
+    fn the_identities_cache_stays_bounded_under_churn() {
+        let mut e = Engine::new(DetectConfig::default()).unwrap_or_else(|err| panic!("{err}"));
+        let held: Vec<_> = (0..100).map(container).collect();
+        let mut alerts = Vec::new();
+        let (mut most, mut peak_in_use) = (0, 0);
+        for k in 0..40_000u32 {
+            let c = match k % 4 {
+                0 => Arc::clone(&held[(k as usize / 4) % held.len()]),
+                _ => container(1_000 + k),
+            };
+            e.observe(&sample(&c, 1_000 * i64::from(k)), &mut alerts);
+            drop(c);
+            // Just after a housekeeping, where the cache is pruned when it has grown.
+            if e.state.since_housekeeping == 0 {
+                let in_use: usize = e.state.groups.values().map(|g| g.replicas.len()).sum();
+                peak_in_use = peak_in_use.max(in_use);
+                most = most.max(e.keys.by_container.len());
+                assert!(
+                    e.keys.by_container.len() <= peak_in_use + peak_in_use / 4 + PRUNE_SLACK,
+                    "{} identities, at most {peak_in_use} in use",
+                    e.keys.by_container.len()
+                );
+            }
+        }
+        // Replicas were forgotten, and so were their identities.
+        assert!(
+            peak_in_use > held.len() && peak_in_use < 10_000,
+            "{peak_in_use}"
+        );
+        assert!(most > 0 && most < 15_000, "{most}");
+        for c in &held {
+            let GroupKey { key, hash, id_hash } =
+                e.keys.key(&e.cfg.group_by, c, &e.state.groups).clone();
+            assert_eq!(hash, key_hash(&key));
+            assert_eq!(id_hash, Id::new(&c.id).hash());
+            assert!(e.state.groups.contains_key(&key));
+        }
     }
 
     /// Groups live in a hash map; everything that has an order takes the keys' order:

@@ -275,8 +275,20 @@ impl Replica {
 /// so an id is not stored twice) and boxed: a table has up to twice the slots its
 /// entries need, and a slot is then 8 bytes rather than a replica's 160 (or a key and
 /// a box, 24). Serialised as a map by id, as when it was one.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Replicas(HashTable<Box<Replica>>);
+///
+/// Beside the table, a floor under every replica's `last_seen_ms` (not state): a
+/// replica's time only moves forward, so the floor stays one until a replica comes in
+/// below it, and housekeeping, which visits every group of the engine, skips a group
+/// none of whose replicas can be old enough to forget without touching them.
+#[derive(Debug, Clone)]
+pub(crate) struct Replicas(HashTable<Box<Replica>>, i64);
+
+impl Default for Replicas {
+    fn default() -> Self {
+        // No floor known: the first eviction looks at every replica.
+        Self(HashTable::new(), i64::MIN)
+    }
+}
 
 /// A container id with its hash, computed once per observation however often its
 /// replica is looked up.
@@ -292,6 +304,18 @@ impl<'a> Id<'a> {
             id,
             hash: hash_id(id),
         }
+    }
+
+    /// `id` with its hash taken before (`Id::new(id).hash()`).
+    #[inline]
+    pub(crate) fn hashed(id: &'a str, hash: u64) -> Self {
+        debug_assert_eq!(hash, hash_id(id));
+        Self { id, hash }
+    }
+
+    /// The id's hash in a replica table.
+    pub(crate) fn hash(&self) -> u64 {
+        self.hash
     }
 
     /// Whether a replica's id is this one: the same allocation (the replica adopts the
@@ -321,6 +345,7 @@ impl Replicas {
     }
 
     /// Replica `id`, made by `new` (whose identity must hold `id`) when there is none.
+    #[inline]
     pub(crate) fn get_or_insert_with(
         &mut self,
         id: Id<'_>,
@@ -329,7 +354,14 @@ impl Replicas {
         let slot = self
             .0
             .entry(id.hash, |r| id.is(&r.cref.id), |r| hash_id(&r.cref.id));
-        slot.or_insert_with(|| Box::new(new())).into_mut()
+        match slot {
+            hashbrown::hash_table::Entry::Occupied(e) => e.into_mut(),
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                let r = new();
+                self.1 = self.1.min(r.last_seen_ms);
+                insert_boxed(e, r)
+            }
+        }
     }
 
     pub(crate) fn values(&self) -> impl Iterator<Item = &Replica> + '_ {
@@ -343,9 +375,35 @@ impl Replicas {
             .map(|e| e.remove().0)
     }
 
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&Replica) -> bool) {
-        self.0.retain(|r| keep(r));
+    /// Forgets the replicas not seen for more than `keep_ms` before `now_ms`; whether it
+    /// forgot any. Touches no replica when the floor says none is that old.
+    pub(crate) fn forget_unseen(&mut self, now_ms: i64, keep_ms: i64) -> bool {
+        if now_ms.saturating_sub(self.1) <= keep_ms {
+            return false;
+        }
+        let n = self.len();
+        let mut floor = i64::MAX;
+        self.0.retain(|r| {
+            let keep = now_ms - r.last_seen_ms <= keep_ms;
+            if keep {
+                floor = floor.min(r.last_seen_ms);
+            }
+            keep
+        });
+        self.1 = floor;
+        self.len() < n
     }
+}
+
+/// A new replica into its vacant slot: out of line, since nearly every sample finds its
+/// replica there.
+#[cold]
+#[inline(never)]
+fn insert_boxed<'t>(
+    e: hashbrown::hash_table::VacantEntry<'t, Box<Replica>>,
+    r: Replica,
+) -> &'t mut Replica {
+    e.insert(Box::new(r)).into_mut()
 }
 
 /// The same replicas in the same state.
@@ -636,9 +694,7 @@ impl GroupState {
     /// runs every so many observations of the whole engine, so whatever it changed in
     /// a score would depend on which groups share a worker.
     pub(crate) fn evict_replicas(&mut self, now_ms: i64, keep_ms: i64) -> bool {
-        let n = self.replicas.len();
-        self.replicas.retain(|r| now_ms - r.last_seen_ms <= keep_ms);
-        self.replicas.len() < n
+        self.replicas.forget_unseen(now_ms, keep_ms)
     }
 }
 
@@ -876,6 +932,61 @@ mod tests {
             proptest::prop_assert_eq!(median.to_bits(), m.to_bits());
             proptest::prop_assert_eq!(mad.to_bits(), median_in_place(&mut b).to_bits());
         }
+    }
+
+    /// Forgetting unseen replicas gives what a scan of every replica gives, whatever
+    /// came in below the floor (a late sample's new replica) and after a checkpoint
+    /// round trip (no floor known), and skips the scan only where none could go.
+    #[test]
+    fn forgetting_unseen_replicas_is_the_scan_it_skips() {
+        let c = |id: &str| {
+            Arc::new(ContainerRef {
+                id: id.into(),
+                name: None,
+                image: "img".into(),
+                image_digest: None,
+                labels: Default::default(),
+                host: None,
+            })
+        };
+        let add = |t: &mut Replicas, id: &str, seen: i64| {
+            let c = c(id);
+            t.get_or_insert_with(Id::new(&c.id), || Replica::new(Arc::clone(&c), seen));
+        };
+        let ids = |t: &Replicas| {
+            let mut v: Vec<String> = t.values().map(|r| r.cref.id.to_string()).collect();
+            v.sort();
+            v
+        };
+        let mut t = Replicas::default();
+        add(&mut t, "a", 100);
+        add(&mut t, "b", 200);
+        // Nothing old enough: none goes, and the floor (100) is kept.
+        assert!(!t.forget_unseen(150, 60));
+        assert_eq!(ids(&t), ["a", "b"]);
+        assert!(t.forget_unseen(161, 60));
+        assert_eq!(ids(&t), ["b"]);
+        // A late replica below the floor (200) lowers it: it goes when it is due.
+        add(&mut t, "late", 120);
+        assert!(t.forget_unseen(181, 60));
+        assert_eq!(ids(&t), ["b"]);
+        // A replica seen again keeps its place however old its first sighting.
+        add(&mut t, "c", 230);
+        if let Some(r) = t.get_mut(Id::new("b")) {
+            r.last_seen_ms = 300;
+        }
+        assert!(!t.forget_unseen(290, 60));
+        assert_eq!(ids(&t), ["b", "c"]);
+        assert!(t.forget_unseen(291, 60));
+        assert_eq!(ids(&t), ["b"]);
+        // After a round trip the floor is unknown: the first call looks at every one.
+        let text = serde_json::to_string(&t).unwrap_or_default();
+        let mut back: Replicas = serde_json::from_str(&text).unwrap_or_default();
+        assert!(back == t);
+        assert!(back.forget_unseen(361, 60));
+        assert_eq!(back.len(), 0);
+        // And an empty table skips every later call.
+        assert!(!back.forget_unseen(i64::MAX, 0));
     }
 
     #[test]
