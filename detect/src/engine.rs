@@ -197,6 +197,9 @@ pub struct Engine {
     pending_retrained: BTreeMap<String, herd_baseline::retrained::Retrained>,
     /// Each container's group key, computed once per identity (not state: derived).
     keys: GroupKeys,
+    /// Whether every repository of `state.repos` names a tracked group: set when
+    /// housekeeping has made it so, unset in a restored engine (not state).
+    repos_tidy: bool,
     /// Changes to groups so far, numbered (not state: the stream's checkpoints count
     /// on it, see [`Engine::groups_changed_since`]).
     changes: u64,
@@ -338,6 +341,7 @@ impl Engine {
             closed: Vec::new(),
             pending_retrained: BTreeMap::new(),
             keys: GroupKeys::default(),
+            repos_tidy: false,
             changes: 0,
         })
     }
@@ -469,6 +473,7 @@ impl Engine {
             closed: Vec::new(),
             pending_retrained: BTreeMap::new(),
             keys: GroupKeys::default(),
+            repos_tidy: false,
             changes: 0,
         })
     }
@@ -738,9 +743,16 @@ impl Engine {
             self.changed(&k);
         }
         let idle = self.cfg.group_idle_ms;
+        let tracked = self.state.groups.len();
         self.state.groups.retain(|g| now - g.last_seen_ms <= idle);
-        let groups = &self.state.groups;
-        self.state.repos.retain(|_, k| groups.contains_key(k));
+        // Every other removal of a group takes its repository with it: only a group
+        // that went here, or a restored state, can leave one naming no group (each
+        // look costs a hash of the key and a comparison of its bytes).
+        if self.state.groups.len() < tracked || !self.repos_tidy {
+            let groups = &self.state.groups;
+            self.state.repos.retain(|_, k| groups.contains_key(k));
+            self.repos_tidy = true;
+        }
         let closed_from = self.closed.len();
         self.state.incidents.close_quiet(now, &mut self.closed);
         self.closed_changed(closed_from);
@@ -1709,6 +1721,43 @@ mod tests {
             assert_eq!(id_hash, Id::new(&c.id).hash());
             assert!(e.state.groups.contains_key(&key));
         }
+    }
+
+    /// A repository naming no tracked group goes at housekeeping: one whose group went
+    /// idle, and one a restored state brought (housekeeping looks at them all once
+    /// after a restore, then only when a group went).
+    #[test]
+    fn housekeeping_forgets_repositories_whose_group_went() {
+        let cfg = DetectConfig::default();
+        let idle = cfg.group_idle_ms;
+        let mut e = Engine::new(cfg.clone()).unwrap_or_else(|err| panic!("{err}"));
+        let mut alerts = Vec::new();
+        let (web, api) = (container(1), {
+            let mut c = (*container(2)).clone();
+            c.image = "shop/api:1".into();
+            c.image_digest = Some("sha256:bb".into());
+            Arc::new(c)
+        });
+        e.observe(&sample(&web, 1_000), &mut alerts);
+        e.observe(&sample(&api, 1_000), &mut alerts);
+        let repos = |e: &Engine| e.state.repos.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(repos(&e), ["shop/api", "shop/web"]);
+        // A restored state with a repository whose group is not there.
+        let mut snap: serde_json::Value =
+            serde_json::from_slice(&e.snapshot().unwrap_or_default()).unwrap_or_default();
+        snap["state"]["repos"]["ghost/app"] = "sha256:gone".into();
+        let bytes = serde_json::to_vec(&snap).unwrap_or_default();
+        let mut e = Engine::restore(cfg, &bytes).unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(repos(&e), ["ghost/app", "shop/api", "shop/web"]);
+        for k in 0..i64::from(HOUSEKEEPING_EVERY) {
+            e.observe(&sample(&web, 2_000 + k), &mut alerts);
+        }
+        assert_eq!(repos(&e), ["shop/api", "shop/web"]);
+        // `shop/api` goes idle while `shop/web` samples on.
+        for k in 0..i64::from(HOUSEKEEPING_EVERY) {
+            e.observe(&sample(&web, 1_000 + idle + 1 + k), &mut alerts);
+        }
+        assert_eq!(repos(&e), ["shop/web"]);
     }
 
     /// Groups live in a hash map; everything that has an order takes the keys' order:
