@@ -209,7 +209,7 @@ pub struct Engine {
 /// an observation costs no key building and no allocation. The keys are interned: a
 /// group's replicas share one string, the one [`Groups`] holds for the group when it is
 /// tracked, and each entry carries the key's hash there. Entries whose identity nothing
-/// else holds any more go at housekeeping. The table is keyed by the identity each entry
+/// else holds any more go at a housekeeping once the table has grown (`prune`). The table is keyed by the identity each entry
 /// holds (40 bytes a slot, not 48 with an address of its own beside it). Each entry
 /// also carries the hash of the container's id in its group's replica table, so that
 /// an observation reads neither the id's bytes nor hashes them.
@@ -241,8 +241,8 @@ fn hash_addr(c: &Arc<ContainerRef>) -> u64 {
 impl GroupKeys {
     /// The group key of `c`, interned: the allocation `groups` holds for it when the
     /// group is tracked (so that finding it compares no bytes). Lent, not cloned: a
-    /// clone's two reference-count updates on the key's allocation were a cache miss
-    /// or two an observation.
+    /// clone would write the key's reference count twice an observation, on a line
+    /// nothing else reads.
     fn key(
         &mut self,
         by: &herd_ingest::GroupBy,
@@ -280,8 +280,8 @@ impl GroupKeys {
     /// Forgets identities only this cache still holds, and keys neither an identity
     /// nor a tracked group holds, once the table has grown by a quarter since it was
     /// last pruned. Pruning visits every identity (a cache miss each); at every
-    /// housekeeping that was two misses an observation, where this way each identity
-    /// added pays for a few visits, and the table holds at most a quarter more than
+    /// housekeeping that was about four misses an observation in the scoring
+    /// benchmark, where this way each identity added pays for a few visits, and the table holds at most a quarter more than
     /// the identities in use (and a few: [`PRUNE_SLACK`]).
     fn prune(&mut self) {
         if self.by_container.len() < self.pruned_len + self.pruned_len / 4 + PRUNE_SLACK {
