@@ -209,10 +209,11 @@ pub struct Engine {
 /// an observation costs no key building and no allocation. The keys are interned: a
 /// group's replicas share one string, the one [`Groups`] holds for the group when it is
 /// tracked, and each entry carries the key's hash there. Entries whose identity nothing
-/// else holds any more go at a housekeeping once the table has grown (`prune`). The table is keyed by the identity each entry
-/// holds (40 bytes a slot, not 48 with an address of its own beside it). Each entry
-/// also carries the hash of the container's id in its group's replica table, so that
-/// an observation reads neither the id's bytes nor hashes them.
+/// else holds any more go at a housekeeping once the table has grown (`prune`). The
+/// table is keyed by the identity each entry holds (40 bytes a slot, not 48 with an
+/// address of its own beside it). Each entry also carries the hash of the container's
+/// id in its group's replica table, so that an observation reads neither the id's
+/// bytes nor hashes them.
 #[derive(Debug, Clone, Default)]
 struct GroupKeys {
     by_container: HashTable<(Arc<ContainerRef>, GroupKey)>,
@@ -281,8 +282,9 @@ impl GroupKeys {
     /// nor a tracked group holds, once the table has grown by a quarter since it was
     /// last pruned. Pruning visits every identity (a cache miss each); at every
     /// housekeeping that was about four misses an observation in the scoring
-    /// benchmark, where this way each identity added pays for a few visits, and the table holds at most a quarter more than
-    /// the identities in use (and a few: [`PRUNE_SLACK`]).
+    /// benchmark, where this way each identity added pays for a few visits, and the
+    /// table holds at most a quarter more than the identities in use (and a few:
+    /// [`PRUNE_SLACK`]).
     fn prune(&mut self) {
         if self.by_container.len() < self.pruned_len + self.pruned_len / 4 + PRUNE_SLACK {
             return;

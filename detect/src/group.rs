@@ -275,18 +275,23 @@ impl Replica {
 /// so an id is not stored twice) and boxed: a table has up to twice the slots its
 /// entries need, and a slot is then 8 bytes rather than a replica's 160 (or a key and
 /// a box, 24). Serialised as a map by id, as when it was one.
-///
-/// Beside the table, a floor under every replica's `last_seen_ms` (not state): a
-/// replica's time only moves forward, so the floor stays one until a replica comes in
-/// below it, and housekeeping, which visits every group of the engine, skips a group
-/// none of whose replicas can be old enough to forget without touching them.
 #[derive(Debug, Clone)]
-pub(crate) struct Replicas(HashTable<Box<Replica>>, i64);
+pub(crate) struct Replicas {
+    table: HashTable<Box<Replica>>,
+    /// A floor under every replica's `last_seen_ms` (not state): a replica's time only
+    /// moves forward, so the floor stays one until a replica comes in below it, and
+    /// housekeeping, which visits every group of the engine, skips a group none of
+    /// whose replicas can be old enough to forget without touching them.
+    seen_floor: i64,
+}
 
 impl Default for Replicas {
     fn default() -> Self {
-        // No floor known: the first eviction looks at every replica.
-        Self(HashTable::new(), i64::MIN)
+        Self {
+            table: HashTable::new(),
+            // No floor known: the first eviction looks at every replica.
+            seen_floor: i64::MIN,
+        }
     }
 }
 
@@ -327,7 +332,7 @@ impl<'a> Id<'a> {
 
 impl Replicas {
     pub(crate) fn len(&self) -> usize {
-        self.0.len()
+        self.table.len()
     }
 
     pub(crate) fn contains_key(&self, id: Id<'_>) -> bool {
@@ -335,11 +340,13 @@ impl Replicas {
     }
 
     pub(crate) fn get(&self, id: Id<'_>) -> Option<&Replica> {
-        self.0.find(id.hash, |r| id.is(&r.cref.id)).map(|r| &**r)
+        self.table
+            .find(id.hash, |r| id.is(&r.cref.id))
+            .map(|r| &**r)
     }
 
     pub(crate) fn get_mut(&mut self, id: Id<'_>) -> Option<&mut Replica> {
-        self.0
+        self.table
             .find_mut(id.hash, |r| id.is(&r.cref.id))
             .map(|r| &mut **r)
     }
@@ -352,24 +359,24 @@ impl Replicas {
         new: impl FnOnce() -> Replica,
     ) -> &mut Replica {
         let slot = self
-            .0
+            .table
             .entry(id.hash, |r| id.is(&r.cref.id), |r| hash_id(&r.cref.id));
         match slot {
             hashbrown::hash_table::Entry::Occupied(e) => e.into_mut(),
             hashbrown::hash_table::Entry::Vacant(e) => {
                 let r = new();
-                self.1 = self.1.min(r.last_seen_ms);
+                self.seen_floor = self.seen_floor.min(r.last_seen_ms);
                 insert_boxed(e, r)
             }
         }
     }
 
     pub(crate) fn values(&self) -> impl Iterator<Item = &Replica> + '_ {
-        self.0.iter().map(|r| &**r)
+        self.table.iter().map(|r| &**r)
     }
 
     pub(crate) fn remove(&mut self, id: Id<'_>) -> Option<Box<Replica>> {
-        self.0
+        self.table
             .find_entry(id.hash, |r| id.is(&r.cref.id))
             .ok()
             .map(|e| e.remove().0)
@@ -378,19 +385,19 @@ impl Replicas {
     /// Forgets the replicas not seen for more than `keep_ms` before `now_ms`; whether it
     /// forgot any. Touches no replica when the floor says none is that old.
     pub(crate) fn forget_unseen(&mut self, now_ms: i64, keep_ms: i64) -> bool {
-        if now_ms.saturating_sub(self.1) <= keep_ms {
+        if now_ms.saturating_sub(self.seen_floor) <= keep_ms {
             return false;
         }
         let n = self.len();
         let mut floor = i64::MAX;
-        self.0.retain(|r| {
+        self.table.retain(|r| {
             let keep = now_ms - r.last_seen_ms <= keep_ms;
             if keep {
                 floor = floor.min(r.last_seen_ms);
             }
             keep
         });
-        self.1 = floor;
+        self.seen_floor = floor;
         self.len() < n
     }
 }
@@ -427,11 +434,11 @@ impl<'de> Deserialize<'de> for Replicas {
         // Keyed by the id each replica's identity holds, as the map was.
         let map = FxHashMap::<String, Box<Replica>>::deserialize(d)?;
         let mut t = Replicas::default();
-        t.0.reserve(map.len(), |r| hash_id(&r.cref.id));
+        t.table.reserve(map.len(), |r| hash_id(&r.cref.id));
         for r in map.into_values() {
             let hash = hash_id(&r.cref.id);
             match t
-                .0
+                .table
                 .entry(hash, |x| x.cref.id == r.cref.id, |x| hash_id(&x.cref.id))
             {
                 hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = r,
