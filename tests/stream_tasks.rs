@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use herd::config::HerdConfig;
 use herd::simulate::{SimConfig, simulate};
 use herd::stream::task::{Out, Task, TaskConfig};
-use herd_ingest::{Decoder, Limits, Record, Router};
+use herd_ingest::{Decoder, Limits, Router};
 
 fn hash(s: &str) -> u64 {
     s.bytes().fold(1469598103934665603u64, |h, b| {
@@ -61,12 +61,20 @@ fn fleet(name: &str, seed: u64) -> PathBuf {
     dir
 }
 
-/// The simulated fleet in `dir` through `n` tasks, as `herd produce` keys it and the
-/// workers' partitions split it: what the tasks put out.
+/// A line of a simulated fleet, as `herd produce` sends it.
+struct FleetLine {
+    /// Its event time.
+    ms: i64,
+    /// Its input: 0 for stats, 1 for events and Falco.
+    input: usize,
+    /// Its routing key.
+    key: Option<String>,
+    line: String,
+}
+
 /// The lines of the simulated fleet in `dir` merged in event time (ties in the order of
-/// [`FILES`]), each with its time, its input (0: stats, 1: events and Falco) and its
-/// record.
-fn fleet_lines(dir: &Path) -> Vec<(i64, usize, String, Record)> {
+/// [`FILES`]) and keyed as `herd produce` merges and keys them.
+fn fleet_lines(dir: &Path) -> Vec<FleetLine> {
     let decoder = Decoder::new(Limits::default());
     let mut lines = Vec::new();
     for file in FILES {
@@ -80,25 +88,35 @@ fn fleet_lines(dir: &Path) -> Vec<(i64, usize, String, Record)> {
         }
     }
     lines.sort_by_key(|l| l.0);
+    let mut router = Router::new(1000);
     lines
+        .into_iter()
+        .map(|(ms, input, line, rec)| FleetLine {
+            ms,
+            input,
+            key: router.route(&rec).map(str::to_owned),
+            line,
+        })
+        .collect()
 }
 
+/// The simulated fleet in `dir` through `n` tasks, as `herd produce` keys it and the
+/// workers' partitions split it: what the tasks put out.
 fn run_fleet(dir: &Path, tcfg: &TaskConfig, n: usize) -> Vec<Out> {
     let mut tasks: Vec<Task> = (0..n)
         .map(|p| Task::new(p as i32, tcfg).expect("task"))
         .collect();
-    let mut router = Router::new(1000);
     let mut out = Vec::new();
     let mut offsets = vec![[0i64; 3]; n];
-    // Keys as `herd produce` gives them (files merged in event time), then arrival in
-    // the worst order for the merge: every sample first, then every event.
-    let lines = fleet_lines(dir);
-    let mut keyed: Vec<(usize, usize, Option<String>, String)> = lines
+    // Arrival in the worst order for the merge: every sample first, then every event.
+    let mut keyed: Vec<(usize, usize, Option<String>, String)> = fleet_lines(dir)
         .into_iter()
-        .map(|(_, input, line, rec)| {
-            let key = router.route(&rec).map(str::to_owned);
-            let p = key.as_deref().map_or(0, |k| (hash(k) % n as u64) as usize);
-            (input, p, key, line)
+        .map(|l| {
+            let p = l
+                .key
+                .as_deref()
+                .map_or(0, |k| (hash(k) % n as u64) as usize);
+            (l.input, p, l.key, l.line)
         })
         .collect();
     keyed.sort_by_key(|k| k.0);
@@ -768,11 +786,11 @@ fn a_group_changed_only_by_a_late_record_moves_with_that_change() {
 /// minute up to each attack's start, where a state missing from the checkpoint would
 /// show (an attacked replica scored without its peers, say); the alerts are compared
 /// line for line over the half hour after it, and every group's state at its end.
-/// (Found by it, and left: an incident's closing waits for a housekeeping, whose
-/// cadence is not carried over, so a restored task closes a quiet one at another time;
-/// see the state's comparison below.) Records arrive in event time and are
-/// processed as they arrive, as in a live stream that keeps up, so that the order of
-/// processing is the same with a cut and without: only the hand-over differs.
+/// Records arrive in event time and are processed as they arrive, as in a live stream
+/// that keeps up, so that the order of processing is the same with a cut and without:
+/// only the hand-over differs. (Found by it, and left: an incident's closing waits for
+/// a housekeeping, whose cadence is not carried over, so a restored task closes a quiet
+/// one at another time; see the state's comparison below.)
 #[test]
 fn a_task_handed_over_at_any_record_scores_as_the_one_that_kept_it_issue_8() {
     let dir = fleet("handover", 2);
@@ -781,20 +799,14 @@ fn a_task_handed_over_at_any_record_scores_as_the_one_that_kept_it_issue_8() {
             .expect("labels");
     let lines = fleet_lines(&dir);
     let _ = std::fs::remove_dir_all(&dir);
-    // Keyed as `herd produce` keys them (a record under another key is forwarded).
-    let mut router = Router::new(1000);
-    let keys: Vec<Option<String>> = lines
-        .iter()
-        .map(|l| router.route(&l.3).map(str::to_owned))
-        .collect();
     // Each line's offset on its input (one partition), and each input's lines by offset.
     let mut by_offset: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
     let offsets: Vec<i64> = lines
         .iter()
         .enumerate()
         .map(|(i, l)| {
-            by_offset[l.1].push(i);
-            by_offset[l.1].len() as i64 - 1
+            by_offset[l.input].push(i);
+            by_offset[l.input].len() as i64 - 1
         })
         .collect();
     // The first line a consumer seeking to `positions` fetches.
@@ -817,11 +829,13 @@ fn a_task_handed_over_at_any_record_scores_as_the_one_that_kept_it_issue_8() {
         let mut alerts = Vec::new();
         let mut out = Vec::new();
         for i in range {
-            let (_, input, line, _) = &lines[i];
+            let FleetLine {
+                input, key, line, ..
+            } = &lines[i];
             if positions[*input].is_some_and(|p| offsets[i] < p) {
                 continue;
             }
-            let key = keys[i].as_deref().map(str::as_bytes);
+            let key = key.as_deref().map(str::as_bytes);
             t.offer(*input, offsets[i], None, key, line.as_bytes(), &mut out);
             t.drain(Instant::now(), Duration::ZERO, false, &mut out);
             for o in out.drain(..) {
@@ -835,7 +849,7 @@ fn a_task_handed_over_at_any_record_scores_as_the_one_that_kept_it_issue_8() {
         }
         alerts
     };
-    let index_at = |ms: i64| lines.partition_point(|l| l.0 < ms);
+    let index_at = |ms: i64| lines.partition_point(|l| l.ms < ms);
     let mut starts: Vec<i64> = labels
         .attacks
         .iter()
@@ -845,9 +859,6 @@ fn a_task_handed_over_at_any_record_scores_as_the_one_that_kept_it_issue_8() {
     starts.dedup();
     assert!(starts.len() >= 8, "{starts:?}");
 
-    // The task that keeps the partition, checkpointed (into a compacted topic) two
-    // minutes before each attack, where the cut runs take over from it.
-    // Its groups' state after the half hour is what the cut runs must hold then.
     let end_of = |start: i64| index_at(start + 30 * 60_000);
     assert!(
         starts
@@ -855,9 +866,10 @@ fn a_task_handed_over_at_any_record_scores_as_the_one_that_kept_it_issue_8() {
             .all(|w| end_of(w[0]) < index_at(w[1] - 120_000)),
         "the attacks' half hours overlap: {starts:?}"
     );
-    // (Less the incidents quiet for longer than their quiet time: housekeeping closes
-    // them, every so many observations of the engine, a count that is not state; a
-    // finding treats such an incident as closed whenever housekeeping comes.)
+    // Every group's exported state, less the incidents quiet for longer than their
+    // quiet time: housekeeping closes them, every so many observations of the engine,
+    // a count that is not state; a finding treats such an incident as closed whenever
+    // housekeeping comes.
     let groups = |t: &Task| -> BTreeMap<String, serde_json::Value> {
         let engine = t.pipeline().engine();
         engine
@@ -876,6 +888,9 @@ fn a_task_handed_over_at_any_record_scores_as_the_one_that_kept_it_issue_8() {
             })
             .collect()
     };
+    // The task that keeps the partition, checkpointed (into a compacted topic) two
+    // minutes before each attack, where the cut runs take over from it; its alerts,
+    // and its groups' state half an hour after the attack, are what they must give.
     let mut kept = Task::new(0, &tcfg).expect("task");
     let mut topic = BTreeMap::new();
     let mut kept_alerts = Vec::new();
@@ -888,21 +903,25 @@ fn a_task_handed_over_at_any_record_scores_as_the_one_that_kept_it_issue_8() {
         apply(&mut topic, &cp.records);
         kept.committed();
         kept_alerts.extend(feed(&mut kept, &[None, None], base..end_of(start)));
-        bases.push((start, topic.clone(), cp.positions, groups(&kept)));
+        bases.push((start, base, topic.clone(), cp.positions, groups(&kept)));
         at = end_of(start);
     }
 
     let (mut cuts, mut compared) = (0, 0);
-    for (start, topic, positions, kept_groups) in bases {
+    for (start, base, topic, positions, kept_groups) in bases {
         let (from, end) = (first_at(&positions), end_of(start));
         let expected: Vec<&(usize, String)> = kept_alerts
             .iter()
-            .filter(|(i, _)| (index_at(start - 120_000)..end).contains(i))
+            .filter(|(i, _)| (base..end).contains(i))
             .collect();
         compared += expected.len();
         let cuts_from = index_at(start - 59_999);
         let cuts_to = index_at(start + 1);
-        for (cut, (cut_ms, ..)) in lines.iter().enumerate().take(cuts_to + 1).skip(cuts_from) {
+        for (cut, FleetLine { ms: cut_ms, .. }) in
+            lines.iter().enumerate().take(cuts_to + 1).skip(cuts_from)
+        {
+            let at_cut =
+                format!("handed over before line {cut} (time {cut_ms}, the attack at {start})");
             // The worker that had the partition: restored from the topic, and stopped
             // at `cut` (its checkpoint delivered, its positions committed).
             let mut a = Task::restore(0, &tcfg, &topic).expect("restore");
@@ -914,16 +933,11 @@ fn a_task_handed_over_at_any_record_scores_as_the_one_that_kept_it_issue_8() {
             let mut b = Task::restore(0, &tcfg, &handed).expect("restore");
             got.extend(feed(&mut b, &cp.positions, first_at(&cp.positions)..end));
             let got: Vec<&(usize, String)> = got.iter().collect();
-            assert_eq!(
-                got, expected,
-                "handed over before line {cut} (time {}, the attack at {start})",
-                cut_ms
-            );
+            assert_eq!(got, expected, "{at_cut}");
+            // (Not `assert_eq!`: it would print every group's whole state.)
             assert!(
                 groups(&b) == kept_groups,
-                "handed over before line {cut} (time {}, the attack at {start}): the \
-                 groups' state differs from the kept task's",
-                cut_ms
+                "{at_cut}: the groups' state differs from the kept task's"
             );
             cuts += 1;
         }
