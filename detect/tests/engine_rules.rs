@@ -837,3 +837,74 @@ fn a_replica_one_resolution_unit_from_its_peers_is_quiet_and_one_far_from_them_i
         "{loud:#?}"
     );
 }
+
+/// A quiet incident closes when its quiet time is over, by the stream's event time,
+/// however few samples the stream brings: three replicas sampled once a minute (a small
+/// deployment, three observations a minute) close one within a minute of it. Until
+/// then the container has an open incident (evidence capture on `die` asks), and after
+/// it none.
+#[test]
+fn a_quiet_incident_closes_on_time_in_a_slow_stream() {
+    let cs = replicas(3, "shop/app:1");
+    let mut e = engine();
+    let falco = event(
+        &cs[2],
+        T0 + 5 * MIN + 30_000,
+        Event::Falco {
+            rule: "Container Drift Detected".into(),
+            priority: "Critical".into(),
+            process: Some("/tmp/x".into()),
+            cmdline: None,
+            user: None,
+            dest: None,
+            tags: vec![],
+        },
+    );
+    let mut all: Vec<Observation> = (0..120)
+        .flat_map(|m| {
+            cs.iter()
+                .enumerate()
+                .map(move |(i, c)| (m, i, c))
+                .collect::<Vec<_>>()
+        })
+        .map(|(m, i, c)| metrics(c, T0 + m * MIN + i as i64, 0.3))
+        .collect();
+    all.push(falco);
+    all.sort_by_key(|o| o.ts_ms);
+    let (mut out, mut closed) = (Vec::new(), Vec::new());
+    let mut open_after = Vec::new();
+    for o in &all {
+        e.observe(o, &mut out);
+        closed.extend(e.take_closed().map(|c| (o.ts_ms, c)));
+        open_after.push((o.ts_ms, e.has_open_incident(&cs[2].id)));
+    }
+    let alert = out
+        .iter()
+        .find(|a| a.container_name == "app-3")
+        .unwrap_or_else(|| panic!("no alert: {out:#?}"));
+    let [(at, c)] = closed.as_slice() else {
+        panic!("one incident closed, not {closed:#?}");
+    };
+    assert_eq!(c.incident_id, alert.incident_id);
+    assert_eq!(c.container_id, &*cs[2].id);
+    // Its quiet time after its one finding: thirty of the container's own intervals
+    // (a minute each), longer than the fixed quiet time.
+    let cfg = DetectConfig::default();
+    let quiet_ms = cfg
+        .incident_quiet_ms
+        .max(MIN * i64::from(cfg.incident_quiet_samples));
+    assert_eq!(quiet_ms, 30 * MIN);
+    assert_eq!(c.closed_ms, T0 + 5 * MIN + 30_000 + quiet_ms);
+    assert!(
+        *at > c.closed_ms && *at <= c.closed_ms + MIN,
+        "closed at {at}, quiet from {}",
+        c.closed_ms
+    );
+    for (ts, open) in open_after {
+        assert_eq!(
+            open,
+            (T0 + 5 * MIN + 30_000..*at).contains(&ts),
+            "open incident at {ts}"
+        );
+    }
+}
