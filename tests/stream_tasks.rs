@@ -827,7 +827,7 @@ fn a_task_handed_over_at_any_record_scores_as_the_one_that_kept_it_issue_8() {
     // to them fetches), each processed as it comes; returns the alerts and the
     // incidents closed, each with the index of the line after which it came.
     let feed = |t: &mut Task, positions: &[Option<i64>], range: std::ops::Range<usize>| {
-        let mut alerts = Vec::new();
+        let mut said = Vec::new();
         let mut out = Vec::new();
         for i in range {
             let FleetLine {
@@ -841,15 +841,15 @@ fn a_task_handed_over_at_any_record_scores_as_the_one_that_kept_it_issue_8() {
             t.drain(Instant::now(), Duration::ZERO, false, &mut out);
             for o in out.drain(..) {
                 match o {
-                    Out::Alert(a) => alerts.push((i, serde_json::to_string(&a).expect("json"))),
-                    Out::Closed(c) => alerts.push((i, format!("closed {c:?}"))),
+                    Out::Alert(a) => said.push((i, serde_json::to_string(&a).expect("json"))),
+                    Out::Closed(c) => said.push((i, format!("closed {c:?}"))),
                     Out::Dead { reject, .. } => panic!("line {i}: dead letter: {reject}"),
                     Out::Forward { key, .. } => panic!("line {i}: forwarded to {key}"),
                     _ => {}
                 }
             }
         }
-        alerts
+        said
     };
     let index_at = |ms: i64| lines.partition_point(|l| l.ms < ms);
     let mut starts: Vec<i64> = labels

@@ -860,23 +860,22 @@ fn a_quiet_incident_closes_on_time_in_a_slow_stream() {
             tags: vec![],
         },
     );
+    // Two hours of samples; each incident closed, and whether the attacked replica has
+    // an open one, as of each observation.
     let mut all: Vec<Observation> = (0..120)
         .flat_map(|m| {
             cs.iter()
                 .enumerate()
-                .map(move |(i, c)| (m, i, c))
-                .collect::<Vec<_>>()
+                .map(move |(i, c)| metrics(c, T0 + m * MIN + i as i64, 0.3))
         })
-        .map(|(m, i, c)| metrics(c, T0 + m * MIN + i as i64, 0.3))
         .collect();
     all.push(falco);
     all.sort_by_key(|o| o.ts_ms);
-    let (mut out, mut closed) = (Vec::new(), Vec::new());
-    let mut open_after = Vec::new();
+    let (mut out, mut closed, mut open) = (Vec::new(), Vec::new(), Vec::new());
     for o in &all {
         e.observe(o, &mut out);
         closed.extend(e.take_closed().map(|c| (o.ts_ms, c)));
-        open_after.push((o.ts_ms, e.has_open_incident(&cs[2].id)));
+        open.push((o.ts_ms, e.has_open_incident(&cs[2].id)));
     }
     let alert = out
         .iter()
@@ -900,7 +899,7 @@ fn a_quiet_incident_closes_on_time_in_a_slow_stream() {
         "closed at {at}, quiet from {}",
         c.closed_ms
     );
-    for (ts, open) in open_after {
+    for (ts, open) in open {
         assert_eq!(
             open,
             (T0 + 5 * MIN + 30_000..*at).contains(&ts),
