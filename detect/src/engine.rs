@@ -262,6 +262,11 @@ impl GroupKeys {
             Ok(e) => return &e.into_mut().1,
             Err(absent) => absent,
         };
+        // Before an identity is added, as at every housekeeping (see `prune`).
+        let table = absent.into_table();
+        if prune_due(table.len(), self.pruned_len) {
+            prune_now(table, &mut self.interned, &mut self.pruned_len);
+        }
         let key = by.key(c);
         let key = match self.interned.get(key.as_str()) {
             Some(k) => Arc::clone(k),
@@ -276,9 +281,7 @@ impl GroupKeys {
             key,
             id_hash: Id::new(&c.id).hash(),
         };
-        let entry = absent
-            .into_table()
-            .insert_unique(hash, (Arc::clone(c), key), |(held, _)| hash_addr(held));
+        let entry = table.insert_unique(hash, (Arc::clone(c), key), |(held, _)| hash_addr(held));
         &entry.into_mut().1
     }
 
@@ -289,14 +292,40 @@ impl GroupKeys {
     /// benchmark, where this way each identity added pays for a few visits, and the
     /// table holds at most a quarter more than the identities in use (and a few:
     /// [`PRUNE_SLACK`]).
+    ///
+    /// Asked at every housekeeping and before every identity added: the table is a
+    /// cache, not state, so pruning it whenever it has grown changes no score, and its
+    /// bound holds however rarely housekeeping comes (event time can stand still: a
+    /// record dated years ahead holds it there).
     fn prune(&mut self) {
-        if self.by_container.len() < self.pruned_len + self.pruned_len / 4 + PRUNE_SLACK {
-            return;
+        if prune_due(self.by_container.len(), self.pruned_len) {
+            prune_now(
+                &mut self.by_container,
+                &mut self.interned,
+                &mut self.pruned_len,
+            );
         }
-        self.by_container.retain(|(c, _)| Arc::strong_count(c) > 1);
-        self.interned.retain(|k| Arc::strong_count(k) > 1);
-        self.pruned_len = self.by_container.len();
     }
+}
+
+/// Whether a [`GroupKeys`] table of `len` identities, `pruned_len` after its last
+/// pruning, has grown enough to be pruned.
+#[inline]
+fn prune_due(len: usize, pruned_len: usize) -> bool {
+    len >= pruned_len + pruned_len / 4 + PRUNE_SLACK
+}
+
+/// Prunes a [`GroupKeys`]' parts (see [`GroupKeys::prune`]).
+#[cold]
+#[inline(never)]
+fn prune_now(
+    by_container: &mut HashTable<(Arc<ContainerRef>, GroupKey)>,
+    interned: &mut rustc_hash::FxHashSet<Arc<str>>,
+    pruned_len: &mut usize,
+) {
+    by_container.retain(|(c, _)| Arc::strong_count(c) > 1);
+    interned.retain(|k| Arc::strong_count(k) > 1);
+    *pruned_len = by_container.len();
 }
 
 #[derive(Serialize)]
@@ -1710,20 +1739,19 @@ mod tests {
                 0 => Arc::clone(&held[(k as usize / 4) % held.len()]),
                 _ => container(1_000 + k),
             };
-            let ts = 1_000 * i64::from(k);
-            e.observe(&sample(&c, ts), &mut alerts);
+            e.observe(&sample(&c, 1_000 * i64::from(k)), &mut alerts);
             drop(c);
-            // Just after a housekeeping, where the cache is pruned when it has grown.
-            if housekeeping_due(ts - 1_000, ts) {
-                let in_use: usize = e.state.groups.values().map(|g| g.replicas.len()).sum();
-                peak_in_use = peak_in_use.max(in_use);
-                most = most.max(e.keys.by_container.len());
-                assert!(
-                    e.keys.by_container.len() <= peak_in_use + peak_in_use / 4 + PRUNE_SLACK,
-                    "{} identities, at most {peak_in_use} in use",
-                    e.keys.by_container.len()
-                );
-            }
+            // At most the identities in use when it was last pruned (the replicas, and
+            // the sample being scored) and a quarter and a few more.
+            let in_use: usize = e.state.groups.values().map(|g| g.replicas.len()).sum();
+            peak_in_use = peak_in_use.max(in_use);
+            most = most.max(e.keys.by_container.len());
+            let pruned_at_most = peak_in_use + 1;
+            assert!(
+                e.keys.by_container.len() <= pruned_at_most + pruned_at_most / 4 + PRUNE_SLACK,
+                "{} identities, at most {peak_in_use} in use",
+                e.keys.by_container.len()
+            );
         }
         // Replicas were forgotten, and so were their identities.
         assert!(
@@ -1737,6 +1765,35 @@ mod tests {
             assert_eq!(hash, key_hash(&key));
             assert_eq!(id_hash, Id::new(&c.id).hash());
             assert!(e.state.groups.contains_key(&key));
+        }
+    }
+
+    /// A record dated years ahead holds the engine's event time, and with it
+    /// housekeeping, until that date: the identities' cache is pruned as it grows all
+    /// the same, so that under churn it holds at most a quarter and a few more than the
+    /// identities in use (the group's replicas, at most `max_replicas_per_group`).
+    #[test]
+    fn the_identities_cache_stays_bounded_while_event_time_stands_still() {
+        let cfg = DetectConfig {
+            max_replicas_per_group: 50,
+            ..DetectConfig::default()
+        };
+        let mut e = Engine::new(cfg).unwrap_or_else(|err| panic!("{err}"));
+        let mut alerts = Vec::new();
+        // 9999-12-31T23:59:59Z.
+        e.observe(&sample(&container(0), 253_402_300_799_000), &mut alerts);
+        for k in 1..20_000u32 {
+            let c = container(k);
+            e.observe(&sample(&c, 1_000 * i64::from(k)), &mut alerts);
+            drop(c);
+            let in_use: usize = e.state.groups.values().map(|g| g.replicas.len()).sum();
+            assert!(in_use <= 50, "{in_use} replicas");
+            // (The replicas, the sample being scored, a quarter and a few more.)
+            assert!(
+                e.keys.by_container.len() <= 51 + 51 / 4 + PRUNE_SLACK,
+                "{} identities, {in_use} in use",
+                e.keys.by_container.len()
+            );
         }
     }
 
