@@ -213,7 +213,8 @@ pub struct Engine {
 /// an observation costs no key building and no allocation. The keys are interned: a
 /// group's replicas share one string, the one [`Groups`] holds for the group when it is
 /// tracked, and each entry carries the key's hash there. Entries whose identity nothing
-/// else holds any more go at a housekeeping once the table has grown (`prune`). The
+/// else holds any more go before an identity is added once the table has grown
+/// ([`prune`]). The
 /// table is keyed by the identity each entry holds (40 bytes a slot, not 48 with an
 /// address of its own beside it). Each entry also carries the hash of the container's
 /// id in its group's replica table, so that an observation reads neither the id's
@@ -262,10 +263,9 @@ impl GroupKeys {
             Ok(e) => return &e.into_mut().1,
             Err(absent) => absent,
         };
-        // Before an identity is added, as at every housekeeping (see `prune`).
         let table = absent.into_table();
-        if prune_due(table.len(), self.pruned_len) {
-            prune_now(table, &mut self.interned, &mut self.pruned_len);
+        if table.len() >= self.pruned_len + self.pruned_len / 4 + PRUNE_SLACK {
+            prune(table, &mut self.interned, &mut self.pruned_len);
         }
         let key = by.key(c);
         let key = match self.interned.get(key.as_str()) {
@@ -284,41 +284,20 @@ impl GroupKeys {
         let entry = table.insert_unique(hash, (Arc::clone(c), key), |(held, _)| hash_addr(held));
         &entry.into_mut().1
     }
-
-    /// Forgets identities only this cache still holds, and keys neither an identity
-    /// nor a tracked group holds, once the table has grown by a quarter since it was
-    /// last pruned. Pruning visits every identity (a cache miss each); at every
-    /// housekeeping that was about four misses an observation in the scoring
-    /// benchmark, where this way each identity added pays for a few visits, and the
-    /// table holds at most a quarter more than the identities in use (and a few:
-    /// [`PRUNE_SLACK`]).
-    ///
-    /// Asked at every housekeeping and before every identity added: the table is a
-    /// cache, not state, so pruning it whenever it has grown changes no score, and its
-    /// bound holds however rarely housekeeping comes (event time can stand still: a
-    /// record dated years ahead holds it there).
-    fn prune(&mut self) {
-        if prune_due(self.by_container.len(), self.pruned_len) {
-            prune_now(
-                &mut self.by_container,
-                &mut self.interned,
-                &mut self.pruned_len,
-            );
-        }
-    }
 }
 
-/// Whether a [`GroupKeys`] table of `len` identities, `pruned_len` after its last
-/// pruning, has grown enough to be pruned.
-#[inline]
-fn prune_due(len: usize, pruned_len: usize) -> bool {
-    len >= pruned_len + pruned_len / 4 + PRUNE_SLACK
-}
-
-/// Prunes a [`GroupKeys`]' parts (see [`GroupKeys::prune`]).
+/// Forgets the identities only a [`GroupKeys`] table still holds, and the keys neither
+/// an identity nor a tracked group holds; asked before an identity is added, once the
+/// table has grown by a quarter since it was last pruned. Pruning visits every identity
+/// (a cache miss each): at every housekeeping, that was about four misses an
+/// observation in the scoring benchmark; this way each identity added pays for a few
+/// visits, and the table holds at most a quarter more than the identities in use (and
+/// a few: [`PRUNE_SLACK`]). The table is a cache, not state: when it is pruned changes
+/// no score, and its bound holds whether housekeeping comes or not (event time can
+/// stand still: a record dated years ahead holds it there).
 #[cold]
 #[inline(never)]
-fn prune_now(
+fn prune(
     by_container: &mut HashTable<(Arc<ContainerRef>, GroupKey)>,
     interned: &mut rustc_hash::FxHashSet<Arc<str>>,
     pruned_len: &mut usize,
@@ -756,13 +735,13 @@ impl Engine {
         if self.closed.len() > closed_from {
             self.closed_changed(closed_from);
         }
-        if self.state.now_ms > before && housekeeping_due(before, self.state.now_ms) {
+        if housekeeping_due(before, self.state.now_ms) {
             self.housekeeping();
         }
     }
 
-    /// Forgets replicas and groups unseen for long, closes quiet incidents and prunes
-    /// the identities' cache. Out of line: it comes once in ten seconds of event time
+    /// Forgets replicas and groups unseen for long and closes quiet incidents. Out of
+    /// line: it comes once in ten seconds of event time
     /// (once in 10,000 observations of the scoring benchmark).
     #[cold]
     #[inline(never)]
@@ -795,15 +774,15 @@ impl Engine {
         let closed_from = self.closed.len();
         self.state.incidents.close_quiet(now, &mut self.closed);
         self.closed_changed(closed_from);
-        // Last: the identities of the replicas and groups just forgotten go with them.
-        self.keys.prune();
     }
 }
 
 /// Whether the engine's time moving from `before` to `now` entered another
-/// housekeeping period ([`HOUSEKEEPING_MS`]).
+/// housekeeping period ([`HOUSEKEEPING_MS`]). Most observations do not move it: they
+/// cost a comparison, not the divisions.
+#[inline]
 fn housekeeping_due(before: i64, now: i64) -> bool {
-    now.div_euclid(HOUSEKEEPING_MS) != before.div_euclid(HOUSEKEEPING_MS)
+    now > before && now.div_euclid(HOUSEKEEPING_MS) != before.div_euclid(HOUSEKEEPING_MS)
 }
 
 /// Creates the group of `key` (not tracked yet): a function of the engine's parts, so
@@ -1741,17 +1720,9 @@ mod tests {
             };
             e.observe(&sample(&c, 1_000 * i64::from(k)), &mut alerts);
             drop(c);
-            // At most the identities in use when it was last pruned (the replicas, and
-            // the sample being scored) and a quarter and a few more.
-            let in_use: usize = e.state.groups.values().map(|g| g.replicas.len()).sum();
-            peak_in_use = peak_in_use.max(in_use);
+            peak_in_use = peak_in_use.max(replicas_held(&e));
             most = most.max(e.keys.by_container.len());
-            let pruned_at_most = peak_in_use + 1;
-            assert!(
-                e.keys.by_container.len() <= pruned_at_most + pruned_at_most / 4 + PRUNE_SLACK,
-                "{} identities, at most {peak_in_use} in use",
-                e.keys.by_container.len()
-            );
+            assert_identities_bounded(&e, peak_in_use);
         }
         // Replicas were forgotten, and so were their identities.
         assert!(
@@ -1786,15 +1757,27 @@ mod tests {
             let c = container(k);
             e.observe(&sample(&c, 1_000 * i64::from(k)), &mut alerts);
             drop(c);
-            let in_use: usize = e.state.groups.values().map(|g| g.replicas.len()).sum();
+            let in_use = replicas_held(&e);
             assert!(in_use <= 50, "{in_use} replicas");
-            // (The replicas, the sample being scored, a quarter and a few more.)
-            assert!(
-                e.keys.by_container.len() <= 51 + 51 / 4 + PRUNE_SLACK,
-                "{} identities, {in_use} in use",
-                e.keys.by_container.len()
-            );
+            assert_identities_bounded(&e, 50);
         }
+    }
+
+    /// The replicas `e`'s groups hold.
+    fn replicas_held(e: &Engine) -> usize {
+        e.state.groups.values().map(|g| g.replicas.len()).sum()
+    }
+
+    /// `e`'s identities' cache holds at most the identities in use when it was last
+    /// pruned (at most `replicas` replicas, and the sample being scored) and a quarter
+    /// and a few more.
+    fn assert_identities_bounded(e: &Engine, replicas: usize) {
+        let in_use = replicas + 1;
+        assert!(
+            e.keys.by_container.len() <= in_use + in_use / 4 + PRUNE_SLACK,
+            "{} identities, at most {replicas} replicas",
+            e.keys.by_container.len()
+        );
     }
 
     /// A repository naming no tracked group goes at housekeeping: one whose group went

@@ -51,6 +51,38 @@ fn process(path: &str) -> Event {
     }
 }
 
+/// A critical Falco rule (drift: a binary the image did not ship) on `c` at `ts`.
+fn drift(c: &Arc<ContainerRef>, ts: i64) -> Observation {
+    event(
+        c,
+        ts,
+        Event::Falco {
+            rule: "Container Drift Detected".into(),
+            priority: "Critical".into(),
+            process: Some("/tmp/x".into()),
+            cmdline: None,
+            user: None,
+            dest: None,
+            tags: vec!["T1036".into(), "container".into()],
+        },
+    )
+}
+
+/// `minutes` of one-per-minute samples from every replica.
+fn samples(cs: &[Arc<ContainerRef>], minutes: i64) -> Vec<Observation> {
+    (0..minutes)
+        .flat_map(|m| {
+            cs.iter().enumerate().map(move |(i, c)| {
+                metrics(
+                    c,
+                    T0 + m * MIN + i as i64,
+                    0.3 + 0.01 * ((m + i as i64) % 5) as f64,
+                )
+            })
+        })
+        .collect()
+}
+
 /// Feeds `minutes` of one-per-minute samples from every replica, plus `extra` events.
 fn run(
     engine: &mut Engine,
@@ -58,16 +90,7 @@ fn run(
     minutes: i64,
     extra: &[Observation],
 ) -> Vec<Alert> {
-    let mut all: Vec<Observation> = Vec::new();
-    for m in 0..minutes {
-        for (i, c) in cs.iter().enumerate() {
-            all.push(metrics(
-                c,
-                T0 + m * MIN + i as i64,
-                0.3 + 0.01 * ((m + i as i64) % 5) as f64,
-            ));
-        }
-    }
+    let mut all = samples(cs, minutes);
     all.extend_from_slice(extra);
     all.sort_by_key(|o| o.ts_ms);
     let mut out = Vec::new();
@@ -159,25 +182,10 @@ fn after_learning_a_never_seen_item_is_novel_at_once() {
 fn critical_falco_rules_and_privileged_starts_alert_whatever_was_learned() {
     let cs = replicas(3, "shop/app:1");
     let mut e = engine();
-    let falco = |ts| {
-        event(
-            &cs[2],
-            ts,
-            Event::Falco {
-                rule: "Container Drift Detected".into(),
-                priority: "Critical".into(),
-                process: Some("/tmp/x".into()),
-                cmdline: None,
-                user: None,
-                dest: None,
-                tags: vec!["T1036".into(), "container".into()],
-            },
-        )
-    };
     // Seen during warm-up (learned), then again much later: still alerted.
     let extra = [
-        falco(T0 + 5 * MIN),
-        falco(T0 + 200 * MIN),
+        drift(&cs[2], T0 + 5 * MIN),
+        drift(&cs[2], T0 + 200 * MIN),
         event(
             &cs[1],
             T0 + 210 * MIN,
@@ -847,29 +855,10 @@ fn a_replica_one_resolution_unit_from_its_peers_is_quiet_and_one_far_from_them_i
 fn a_quiet_incident_closes_on_time_in_a_slow_stream() {
     let cs = replicas(3, "shop/app:1");
     let mut e = engine();
-    let falco = event(
-        &cs[2],
-        T0 + 5 * MIN + 30_000,
-        Event::Falco {
-            rule: "Container Drift Detected".into(),
-            priority: "Critical".into(),
-            process: Some("/tmp/x".into()),
-            cmdline: None,
-            user: None,
-            dest: None,
-            tags: vec![],
-        },
-    );
     // Two hours of samples; each incident closed, and whether the attacked replica has
     // an open one, as of each observation.
-    let mut all: Vec<Observation> = (0..120)
-        .flat_map(|m| {
-            cs.iter()
-                .enumerate()
-                .map(move |(i, c)| metrics(c, T0 + m * MIN + i as i64, 0.3))
-        })
-        .collect();
-    all.push(falco);
+    let mut all = samples(&cs, 120);
+    all.push(drift(&cs[2], T0 + 5 * MIN + 30_000));
     all.sort_by_key(|o| o.ts_ms);
     let (mut out, mut closed, mut open) = (Vec::new(), Vec::new(), Vec::new());
     for o in &all {
