@@ -210,10 +210,13 @@ impl Incidents {
             return None;
         }
         let sev = f.severity.unwrap_or(Severity::Low);
+        // Past the incident's own quiet time (what housekeeping closes it by), not the
+        // new finding's: whether an episode goes on must not depend on whether
+        // housekeeping came between, and a closing is never dated after the finding.
         let stale = self
             .open
             .get(&*c.id)
-            .is_some_and(|o| now_ms - o.last_ms > quiet_ms);
+            .is_some_and(|o| now_ms - o.last_ms > o.quiet_ms);
         if stale && let Some(o) = self.open.remove(&*c.id) {
             closed.push(Closed::of(&c.id, &o, o.last_ms + o.quiet_ms));
         }
@@ -455,6 +458,39 @@ mod tests {
         assert_eq!(closed[0].closed_ms, 20_000 + q);
         assert_eq!(inc.close_quiet(200_000 + q + 1, &mut closed), 1);
         assert_eq!(closed.len(), 2);
+    }
+
+    /// An episode goes on or ends by the incident's quiet time, as housekeeping closes
+    /// it, whatever quiet time the new finding brings (a container's sampling interval,
+    /// which sets it, can change).
+    #[test]
+    fn an_incident_goes_on_or_ends_by_its_own_quiet_time() {
+        let f = || finding(Detector::Peer, Severity::Low, "cpu_cores");
+        let (short, long) = (60_000, 120_000);
+        // Opened with the short quiet time: a finding 90 s on, with the long one, is a
+        // new episode (housekeeping, had it come between, would have closed the first).
+        let mut inc = Incidents::default();
+        let mut closed = Vec::new();
+        let first = inc.record(&c(), "g", f(), 0, short, usize::MAX, &mut closed);
+        let next = inc.record(&c(), "g", f(), 90_000, long, usize::MAX, &mut closed);
+        assert!(first.is_some() && next.is_some_and(|n| n.seq == 0));
+        assert_eq!(
+            closed.iter().map(|c| c.closed_ms).collect::<Vec<_>>(),
+            [short]
+        );
+        // Opened with the long quiet time: a finding 90 s on, with the short one, is
+        // the same episode; it was not closed, least of all at 120 s, after the finding.
+        let mut inc = Incidents::default();
+        let mut closed = Vec::new();
+        inc.record(&c(), "g", f(), 0, long, usize::MAX, &mut closed);
+        let mut later = f();
+        later.add(Detector::Novelty, Severity::Low, 7.0);
+        let next = inc.record(&c(), "g", later, 90_000, short, usize::MAX, &mut closed);
+        assert!(next.is_some_and(|n| n.seq == 1), "an update of the first");
+        assert!(closed.is_empty());
+        // From then on its quiet time is the newest finding's.
+        assert_eq!(inc.close_quiet(90_000 + short, &mut closed), 0);
+        assert_eq!(inc.close_quiet(90_000 + short + 1, &mut closed), 1);
     }
 
     #[test]
