@@ -33,6 +33,7 @@ fn task_config(inputs: usize, max_idle: Duration) -> TaskConfig {
         retrained_input: None,
         feedback_input: None,
         max_checkpoint_value: herd::stream::parts::MAX_VALUE_BYTES,
+        max_future_skew_ms: cfg.stream.max_future_skew_ms,
     }
 }
 
@@ -485,10 +486,94 @@ fn an_end_of_partition_releases_the_samples_behind_an_event_at_once() {
 fn envelope(secs: u32) -> String {
     let t = 10 * 3600 + secs;
     let (h, m, s) = (t / 3600, t / 60 % 60, t % 60);
+    envelope_read(&format!("2026-11-23T{h:02}:{m:02}:{s:02}Z"), secs)
+}
+
+/// An agent envelope of container `db-1` read at `read` (RFC 3339), its counters at
+/// `secs` seconds.
+fn envelope_read(read: &str, secs: u32) -> String {
     format!(
-        r#"{{"host":"node-2","container":{{"id":"{:064x}","name":"db-1","image":"shop/db:2"}},"stats":{{"read":"2026-11-23T{h:02}:{m:02}:{s:02}Z","cpu_stats":{{"cpu_usage":{{"total_usage":{secs}000000000}},"system_cpu_usage":{secs}000000000,"online_cpus":2}},"memory_stats":{{"usage":1000}}}}}}"#,
+        r#"{{"host":"node-2","container":{{"id":"{:064x}","name":"db-1","image":"shop/db:2"}},"stats":{{"read":"{read}","cpu_stats":{{"cpu_usage":{{"total_usage":{secs}000000000}},"system_cpu_usage":{secs}000000000,"online_cpus":2}},"memory_stats":{{"usage":1000}}}}}}"#,
         7
     )
+}
+
+/// A record dated further ahead of the worker's clock than `stream.max_future_skew_ms`
+/// (an agent's wrong clock, a forged record) is dead-lettered with its bytes and the
+/// reason before it can move the task's or the engine's time: scored, a record of 2199
+/// (the decoders take dates to 2200) would have held the engine's housekeeping back
+/// until that year, through every checkpoint. A record within the skew is taken.
+#[test]
+fn a_record_dated_ahead_of_the_clock_is_dead_lettered_and_moves_no_time() {
+    let tcfg = task_config(1, Duration::ZERO);
+    let skew = tcfg.max_future_skew_ms;
+    assert!(skew >= 60_000, "the default allows hosts' clocks to differ");
+    let mut t = Task::new(0, &tcfg).expect("task");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let at = herd_ingest::time::format_ms;
+    let (beyond, within) = (at(now + skew + 60_000), at(now + 60_000));
+    let lines = [
+        envelope(0),
+        envelope(10),
+        envelope_read("2199-12-31T23:59:59Z", 20),
+        envelope_read(&beyond, 30),
+        envelope(20),
+        envelope_read(&within, 40),
+    ];
+    let mut out = Vec::new();
+    let mut times = Vec::new();
+    for (o, line) in lines.iter().enumerate() {
+        t.offer(0, o as i64, None, None, line.as_bytes(), &mut out);
+        t.drain(Instant::now(), Duration::ZERO, false, &mut out);
+        times.push(t.pipeline().engine().now_ms());
+    }
+    let dead: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Out::Dead {
+                offset,
+                payload,
+                reject,
+                ..
+            } => Some((*offset, payload.as_slice(), reject)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        dead.iter().map(|d| (d.0, d.1)).collect::<Vec<_>>(),
+        vec![(2, lines[2].as_bytes()), (3, lines[3].as_bytes())]
+    );
+    for (_, _, reject) in &dead {
+        assert_eq!(reject.reason.as_str(), "invalid_timestamp");
+        assert!(
+            reject.detail.contains("ahead of this worker's clock"),
+            "{}",
+            reject.detail
+        );
+    }
+    assert!(dead[0].2.detail.starts_with("2199-12-31T23:59:59"));
+    assert_eq!(
+        t.pipeline().counters.rejected.get("invalid_timestamp"),
+        Some(&2)
+    );
+    // The engine's time: 10:00:00, 10:00:10, unmoved by the two, 10:00:20, then the
+    // record a minute ahead of the clock.
+    let ten = 1_795_428_000_000;
+    assert_eq!(
+        times,
+        vec![
+            ten,
+            ten + 10_000,
+            ten + 10_000,
+            ten + 10_000,
+            ten + 20_000,
+            now + 60_000
+        ]
+    );
+    assert_eq!(t.tally()[0][2], 2, "two records dead-lettered, no other");
 }
 
 /// The raw stats partition stalls while the statistics last reported it at its end, and

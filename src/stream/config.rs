@@ -94,6 +94,12 @@ pub struct StreamConfig {
     /// between grow from 1 s to 30 s). Then `herd run` exits non-zero and its
     /// supervisor's restart takes over. 0: exit at the first refusal.
     pub max_restarts: u32,
+    /// A record dated further than this ahead of the worker's clock is dead-lettered
+    /// (`invalid_timestamp`) instead of scored: detection's time is the newest event
+    /// time seen, and one record from a wrong or forged clock must not move it ahead
+    /// (see `task::not_ahead`). Ten minutes, as Loki's and Mimir's
+    /// `creation_grace_period`: far beyond the skew of hosts' clocks.
+    pub max_future_skew_ms: i64,
 }
 
 impl Default for StreamConfig {
@@ -111,6 +117,7 @@ impl Default for StreamConfig {
             max_routed_containers: 100_000,
             checkpoint_record_bytes: super::parts::MAX_VALUE_BYTES,
             max_restarts: 5,
+            max_future_skew_ms: 600_000,
         }
     }
 }
@@ -172,6 +179,10 @@ impl StreamConfig {
         anyhow::ensure!(
             self.max_buffered_per_partition >= 1,
             "stream.max_buffered_per_partition: at least 1"
+        );
+        anyhow::ensure!(
+            self.max_future_skew_ms >= 0,
+            "stream.max_future_skew_ms: at least 0"
         );
         anyhow::ensure!(
             self.checkpoint_record_bytes >= 1024,

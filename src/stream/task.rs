@@ -215,6 +215,8 @@ pub struct Task {
     feedback_input: Option<usize>,
     /// Largest record accepted on the retrained input.
     max_record_bytes: usize,
+    /// See [`TaskConfig::max_future_skew_ms`].
+    max_future_skew_ms: i64,
     /// Raw stats samples waiting for their container's identity (input, record), in
     /// the order they were processed; see [`PARK_GRACE_MS`].
     parked: VecDeque<(usize, Msg, Instant)>,
@@ -280,6 +282,9 @@ pub struct TaskConfig {
     /// Largest checkpoint value written as one record; larger ones are written as
     /// parts ([`Parts`]). `stream.checkpoint_record_bytes`.
     pub max_checkpoint_value: usize,
+    /// A record dated further than this ahead of the worker's clock is dead-lettered
+    /// (`invalid_timestamp`) instead of scored. `stream.max_future_skew_ms`.
+    pub max_future_skew_ms: i64,
 }
 
 impl Task {
@@ -322,6 +327,7 @@ impl Task {
             retrained_input: cfg.retrained_input,
             feedback_input: cfg.feedback_input,
             max_record_bytes: cfg.limits.max_line_bytes,
+            max_future_skew_ms: cfg.max_future_skew_ms,
             parked: VecDeque::new(),
             identity_ts: i64::MIN,
             parked_total: 0,
@@ -483,7 +489,10 @@ impl Task {
             let now = Instant::now();
             self.busy = Some((now, now));
         }
-        let rec = match self.pipeline.decode(payload) {
+        let rec = match self.pipeline.decode(payload).and_then(|r| {
+            not_ahead(r, wall_ms(), self.max_future_skew_ms)
+                .inspect_err(|rej| self.pipeline.counters.reject(rej))
+        }) {
             Ok(r) => r,
             Err(reject) => {
                 out.push(self.dead_letter(input, offset, key, payload, reject));
@@ -955,6 +964,35 @@ impl Task {
     pub fn committed(&mut self) {
         self.parts.committed();
     }
+}
+
+/// `rec`, unless it is dated more than `skew_ms` ahead of `wall_ms`, the worker's clock.
+///
+/// The engine's time is the newest event time it has seen, and its housekeeping
+/// (forgetting what went away, closing quiet incidents) follows that time: one record
+/// from a wrong or forged clock years ahead would hold its time there, and stop the
+/// housekeeping until the stream reached that date, through every checkpoint and
+/// restart; parked samples would be given up at once, their identity's time run out.
+/// A live stream's records are dated at most seconds ahead of the clock (hosts' clocks
+/// differ by that), a replay's or a catch-up's behind it, so the clock is the reference,
+/// as a time-series database's ingester takes it (Loki's and Mimir's ten-minute
+/// `creation_grace_period`).
+fn not_ahead(rec: Record, wall_ms: i64, skew_ms: i64) -> Result<Record, Reject> {
+    let Some(ts) = rec.ts_ms() else {
+        return Ok(rec);
+    };
+    if ts > wall_ms.saturating_add(skew_ms) {
+        return Err(Reject::new(
+            herd_ingest::RejectReason::InvalidTimestamp,
+            format!(
+                "{} is more than {} s ahead of this worker's clock ({})",
+                herd_ingest::time::format_ms(ts),
+                skew_ms / 1000,
+                herd_ingest::time::format_ms(wall_ms)
+            ),
+        ));
+    }
+    Ok(rec)
 }
 
 /// Encodes a full archive buffer. Encoding in-memory columns cannot fail short of a bug;

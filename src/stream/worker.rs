@@ -458,6 +458,7 @@ pub fn run_with(
         retrained_input: Some(topics.len() - 3),
         feedback_input: Some(topics.len() - 2),
         max_checkpoint_value: scfg.checkpoint_record_bytes,
+        max_future_skew_ms: scfg.max_future_skew_ms,
     };
     let exported = Exported::new(&inst.metrics, &topics);
     let shared = Arc::new(Shared {
