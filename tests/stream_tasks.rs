@@ -498,6 +498,45 @@ fn envelope_read(read: &str, secs: u32) -> String {
     )
 }
 
+/// A partition that comes back to a worker after another one read on (workers added
+/// and removed) starts at the other's commit, past where this worker's statistics last
+/// saw its end. Those statistics (the worker's own, or librdkafka's first report after
+/// the assignment, which keeps the high watermark of its last fetch) do not make the
+/// input look caught up: it is waited for as an input whose end is not known yet, and
+/// the merge keeps event-time order. Current statistics still count.
+#[test]
+fn statistics_from_before_a_partition_came_back_do_not_make_it_look_caught_up() {
+    let idle = Duration::from_secs(1);
+    let tcfg = task_config(2, idle);
+    let mut t = Task::new(0, &tcfg).expect("task");
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    // Both inputs start at offset 100; input 1's end was last seen at 50.
+    t.start_at(0, 100);
+    t.start_at(1, 100);
+    t.observe_watermarks(0, 0, 101, 100);
+    t.observe_watermarks(1, 0, 50, 50);
+    // Input 0 (an input topic: the record comes keyed by its routing key) delivers
+    // 10:00:20 first; input 1 (the repartition input) still holds 10:00:18.
+    let key = Some(b"shop/db".as_slice());
+    t.offer(0, 100, None, key, envelope(20).as_bytes(), &mut out);
+    assert_eq!(t.drain(t0, idle, false, &mut out), 0);
+    // One idle period on, input 1 is still waited for: its end is not known.
+    assert_eq!(t.drain(t0 + idle * 3 / 2, idle, false, &mut out), 0);
+    t.offer(1, 100, None, None, envelope(18).as_bytes(), &mut out);
+    t.observe_watermarks(1, 0, 101, 101);
+    assert_eq!(t.drain(t0 + idle * 2, idle, false, &mut out), 2);
+    assert_eq!(t.out_of_order(), 0, "10:00:18 went first");
+    // Current statistics: input 1 is at its end (and within seconds of the record to
+    // process), so input 0's next record goes at once.
+    t.offer(0, 101, None, key, envelope(26).as_bytes(), &mut out);
+    assert_eq!(t.drain(t0 + idle * 2, idle, false, &mut out), 1);
+    assert!(
+        !out.iter().any(|o| matches!(o, Out::Dead { .. })),
+        "nothing dead-lettered"
+    );
+}
+
 /// A record dated further ahead of the worker's clock than `stream.max_future_skew_ms`
 /// (an agent's wrong clock, a forged record) is dead-lettered with its bytes and the
 /// reason before it can move the task's or the engine's time: scored, a record of 2199

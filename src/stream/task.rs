@@ -130,6 +130,9 @@ struct Input {
     buf: VecDeque<Msg>,
     /// Offset after the last record offered (consumed, whether buffered or not).
     consumed_next: Option<i64>,
+    /// Where the input started in this task: its committed offset (`None`: where the
+    /// reset policy put it).
+    start: Option<i64>,
     /// The partition's high watermark as last known (-1: unknown). While the offset
     /// consumed is below it, the broker holds records this input has not delivered yet.
     high: i64,
@@ -148,9 +151,21 @@ struct Input {
 impl Input {
     /// Caught up: librdkafka reached the end of the partition, everything up to there
     /// was delivered, and no later record is known.
+    ///
+    /// An end before where the input started is not this task's: the partition came
+    /// back after another worker read on (workers added and removed), and the
+    /// statistics are from when this worker held it before (the worker's own, or
+    /// librdkafka's first report after the assignment, which keeps the high watermark
+    /// of its last fetch until it fetches again). Taken as current, they made the input
+    /// look caught up before its first fetch, and the merge waited one idle period for
+    /// it instead of ten: under load, the other inputs' records went ahead of its
+    /// records, out of event-time order.
     fn caught_up(&self) -> bool {
         let pos = self.consumed_next.unwrap_or(self.low);
-        self.eof >= 0 && pos >= self.eof && self.high <= self.eof
+        self.eof >= 0
+            && self.start.is_none_or(|s| self.eof >= s)
+            && pos >= self.eof
+            && self.high <= self.eof
     }
 }
 
@@ -298,6 +313,7 @@ impl Task {
                 .map(|_| Input {
                     buf: VecDeque::new(),
                     consumed_next: None,
+                    start: None,
                     high: -1,
                     low: -1,
                     eof: -1,
@@ -406,6 +422,7 @@ impl Task {
     pub fn start_at(&mut self, input: usize, start: i64) {
         if let Some(i) = self.inputs.get_mut(input) {
             i.consumed_next.get_or_insert(start);
+            i.start.get_or_insert(start);
         }
     }
 
