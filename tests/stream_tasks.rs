@@ -555,7 +555,7 @@ fn a_record_dated_ahead_of_the_clock_is_dead_lettered_and_moves_no_time() {
     let at = herd_ingest::time::format_ms;
     let (beyond, within) = (at(now + skew + 60_000), at(now + 60_000));
     let lines = [
-        envelope(0),
+        envelope(5),
         envelope(10),
         envelope_read("2199-12-31T23:59:59Z", 20),
         envelope_read(&beyond, 30),
@@ -577,13 +577,13 @@ fn a_record_dated_ahead_of_the_clock_is_dead_lettered_and_moves_no_time() {
                 payload,
                 reject,
                 ..
-            } => Some((*offset, payload.as_slice(), reject)),
+            } => Some((*offset, String::from_utf8_lossy(payload), reject)),
             _ => None,
         })
         .collect();
     assert_eq!(
-        dead.iter().map(|d| (d.0, d.1)).collect::<Vec<_>>(),
-        vec![(2, lines[2].as_bytes()), (3, lines[3].as_bytes())]
+        dead.iter().map(|d| (d.0, &*d.1)).collect::<Vec<_>>(),
+        vec![(2, lines[2].as_str()), (3, lines[3].as_str())]
     );
     for (_, _, reject) in &dead {
         assert_eq!(reject.reason.as_str(), "invalid_timestamp");
@@ -598,13 +598,13 @@ fn a_record_dated_ahead_of_the_clock_is_dead_lettered_and_moves_no_time() {
         t.pipeline().counters.rejected.get("invalid_timestamp"),
         Some(&2)
     );
-    // The engine's time: 10:00:00, 10:00:10, unmoved by the two, 10:00:20, then the
+    // The engine's time: 10:00:05, 10:00:10, unmoved by the two, 10:00:20, then the
     // record a minute ahead of the clock.
     let ten = 1_795_428_000_000;
     assert_eq!(
         times,
         vec![
-            ten,
+            ten + 5_000,
             ten + 10_000,
             ten + 10_000,
             ten + 10_000,
