@@ -1022,8 +1022,8 @@ fn take_archive(buf: &mut crate::archive::Buffer, partition: i32) -> Vec<crate::
     })
 }
 
-/// Wall-clock milliseconds since the epoch, for latency against Kafka timestamps only
-/// (detection never reads a clock).
+/// Wall-clock milliseconds since the epoch: for latency against Kafka timestamps, and
+/// to refuse records dated ahead of it ([`not_ahead`]). Detection never reads a clock.
 pub(crate) fn wall_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
