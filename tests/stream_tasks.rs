@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use herd::config::HerdConfig;
 use herd::simulate::{SimConfig, simulate};
 use herd::stream::task::{Out, Task, TaskConfig};
-use herd_ingest::{Decoder, Limits, Router};
+use herd_ingest::{Decoder, Limits, Reject, Router};
 
 fn hash(s: &str) -> u64 {
     s.bytes().fold(1469598103934665603u64, |h, b| {
@@ -153,6 +153,21 @@ fn a_fleet_split_by_routing_key_loses_no_record_to_its_partitioning() {
     assert!(dead.is_empty(), "dead letters: {dead:?}");
 }
 
+/// The dead letters among `out`: offset, original bytes and reason.
+fn dead_letters(out: &[Out]) -> Vec<(i64, &[u8], &Reject)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Out::Dead {
+                offset,
+                payload,
+                reject,
+                ..
+            } => Some((*offset, payload.as_slice(), reject)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A raw stats sample (no image) of container `id` at `secs` past 10:00.
 fn raw_stats(id: &str, secs: u32, cpu_ns: u64) -> String {
     format!(
@@ -217,17 +232,9 @@ fn raw_stats_wait_for_a_start_event_that_comes_late_on_the_events_topic() {
     t.offer(1, 1, None, None, start_event(&a, 200).as_bytes(), &mut out);
     drain(&mut t, &mut out);
     assert_eq!(t.parked(), 0);
-    let dead: Vec<_> = out
-        .iter()
-        .filter_map(|o| match o {
-            Out::Dead {
-                offset,
-                payload,
-                reject,
-                ..
-            } => Some((*offset, payload.clone(), reject.reason.as_str())),
-            _ => None,
-        })
+    let dead: Vec<_> = dead_letters(&out)
+        .into_iter()
+        .map(|(offset, payload, reject)| (offset, payload.to_vec(), reject.reason.as_str()))
         .collect();
     assert_eq!(dead, vec![(3, late.into_bytes(), "unknown_container")]);
     assert_eq!(t.positions()[0], Some(4));
@@ -569,21 +576,12 @@ fn a_record_dated_ahead_of_the_clock_is_dead_lettered_and_moves_no_time() {
         t.drain(Instant::now(), Duration::ZERO, false, &mut out);
         times.push(t.pipeline().engine().now_ms());
     }
-    let dead: Vec<_> = out
-        .iter()
-        .filter_map(|o| match o {
-            Out::Dead {
-                offset,
-                payload,
-                reject,
-                ..
-            } => Some((*offset, String::from_utf8_lossy(payload), reject)),
-            _ => None,
-        })
-        .collect();
+    let dead = dead_letters(&out);
     assert_eq!(
-        dead.iter().map(|d| (d.0, &*d.1)).collect::<Vec<_>>(),
-        vec![(2, lines[2].as_str()), (3, lines[3].as_str())]
+        dead.iter()
+            .map(|d| (d.0, std::str::from_utf8(d.1).ok()))
+            .collect::<Vec<_>>(),
+        vec![(2, Some(lines[2].as_str())), (3, Some(lines[3].as_str()))]
     );
     for (_, _, reject) in &dead {
         assert_eq!(reject.reason.as_str(), "invalid_timestamp");
@@ -671,12 +669,9 @@ fn a_raw_stats_partition_hours_behind_the_others_keeps_its_containers() {
     );
     t.observe_watermarks(0, 0, 2, 2);
     drain(&mut t, &mut out);
-    let dead: Vec<_> = out
+    let dead: Vec<_> = dead_letters(&out)
         .iter()
-        .filter_map(|o| match o {
-            Out::Dead { reject, .. } => Some(reject.to_string()),
-            _ => None,
-        })
+        .map(|(_, _, reject)| reject.to_string())
         .collect();
     assert!(dead.is_empty(), "{dead:?}");
     assert_eq!(t.parked(), 0);

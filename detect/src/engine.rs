@@ -214,11 +214,10 @@ pub struct Engine {
 /// group's replicas share one string, the one [`Groups`] holds for the group when it is
 /// tracked, and each entry carries the key's hash there. Entries whose identity nothing
 /// else holds any more go before an identity is added once the table has grown
-/// ([`prune`]). The
-/// table is keyed by the identity each entry holds (40 bytes a slot, not 48 with an
-/// address of its own beside it). Each entry also carries the hash of the container's
-/// id in its group's replica table, so that an observation reads neither the id's
-/// bytes nor hashes them.
+/// ([`prune`]). The table is keyed by the identity each entry holds (40 bytes a slot,
+/// not 48 with an address of its own beside it). Each entry also carries the hash of
+/// the container's id in its group's replica table, so that an observation reads
+/// neither the id's bytes nor hashes them.
 #[derive(Debug, Clone, Default)]
 struct GroupKeys {
     by_container: HashTable<(Arc<ContainerRef>, GroupKey)>,

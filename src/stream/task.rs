@@ -232,6 +232,10 @@ pub struct Task {
     max_record_bytes: usize,
     /// See [`TaskConfig::max_future_skew_ms`].
     max_future_skew_ms: i64,
+    /// The worker's clock as of the last drain (the worker drains after every poll),
+    /// against which a record offered is judged ahead ([`not_ahead`]): one clock read
+    /// a drain, not one a record.
+    clock_ms: i64,
     /// Raw stats samples waiting for their container's identity (input, record), in
     /// the order they were processed; see [`PARK_GRACE_MS`].
     parked: VecDeque<(usize, Msg, Instant)>,
@@ -344,6 +348,7 @@ impl Task {
             feedback_input: cfg.feedback_input,
             max_record_bytes: cfg.limits.max_line_bytes,
             max_future_skew_ms: cfg.max_future_skew_ms,
+            clock_ms: wall_ms(),
             parked: VecDeque::new(),
             identity_ts: i64::MIN,
             parked_total: 0,
@@ -507,7 +512,7 @@ impl Task {
             self.busy = Some((now, now));
         }
         let rec = match self.pipeline.decode(payload).and_then(|r| {
-            not_ahead(r, wall_ms(), self.max_future_skew_ms)
+            not_ahead(r, self.clock_ms, self.max_future_skew_ms)
                 .inspect_err(|rej| self.pipeline.counters.reject(rej))
         }) {
             Ok(r) => r,
@@ -660,8 +665,10 @@ impl Task {
     ) -> usize {
         let mut n = 0;
         // One clock read per call: latency is kept in milliseconds, and a call
-        // processes what is ready in far less than one.
+        // processes what is ready in far less than one. The records offered until the
+        // next call are judged against it too ([`not_ahead`]).
         let wall = wall_ms();
+        self.clock_ms = wall;
         loop {
             let best = self
                 .inputs
