@@ -146,17 +146,37 @@ pub struct TailSketch {
     memo: WeightMemo,
 }
 
-/// `2^((ts - ref)/half_life)` for the last `(ts, ref)` asked: most inserts of a sketch,
-/// and every `count` after them, ask for the same time. Invisible to equality.
-#[derive(Debug, Clone, Copy, Default)]
-struct WeightMemo(Option<(i64, i64, f64)>);
+/// `2^((ts - ref)/half_life)` for the last time asked: most inserts of a sketch, and
+/// every `count` after them, ask for the same time. It holds for the reference it was
+/// computed against, so whatever moves the sketch's reference forgets it
+/// ([`WeightMemo::NONE`]: a rescale, a merge; the first insert finds it empty, as it
+/// is until an insert has set the reference). 16 bytes, where keyed by the reference
+/// as well it took 32, in a sketch whose fields a sample's scoring reads from memory
+/// every time. Invisible to equality.
+#[derive(Debug, Clone, Copy)]
+struct WeightMemo {
+    ts_ms: i64,
+    /// NaN in [`WeightMemo::NONE`]: no weight is NaN.
+    w: f64,
+}
 
 impl WeightMemo {
-    /// The weight remembered for `(ts, reference)`, if it is that one.
+    /// Nothing remembered.
+    const NONE: Self = Self {
+        ts_ms: i64::MIN,
+        w: f64::NAN,
+    };
+
+    /// The weight remembered for `ts_ms`, if it is that time's.
     #[inline]
-    fn get(&self, ts_ms: i64, ref_ms: i64) -> Option<f64> {
-        self.0
-            .and_then(|(ts, r, w)| (ts == ts_ms && r == ref_ms).then_some(w))
+    fn get(&self, ts_ms: i64) -> Option<f64> {
+        (self.ts_ms == ts_ms && !self.w.is_nan()).then_some(self.w)
+    }
+}
+
+impl Default for WeightMemo {
+    fn default() -> Self {
+        Self::NONE
     }
 }
 
@@ -251,7 +271,7 @@ impl TailSketch {
 
     fn weight_at(&self, ts_ms: i64) -> f64 {
         self.memo
-            .get(ts_ms, self.ref_ms)
+            .get(ts_ms)
             .unwrap_or_else(|| self.weight_computed(ts_ms))
     }
 
@@ -259,11 +279,11 @@ impl TailSketch {
     /// not already: most inserts ask for the time the one before did).
     #[inline]
     fn weight_at_mut(&mut self, ts_ms: i64) -> f64 {
-        if let Some(w) = self.memo.get(ts_ms, self.ref_ms) {
+        if let Some(w) = self.memo.get(ts_ms) {
             return w;
         }
         let w = self.weight_computed(ts_ms);
-        self.memo = WeightMemo(Some((ts_ms, self.ref_ms, w)));
+        self.memo = WeightMemo { ts_ms, w };
         w
     }
 
@@ -287,6 +307,7 @@ impl TailSketch {
             let f = 1.0 / self.weight_at(ts_ms);
             self.rescale(f);
             self.ref_ms = ts_ms;
+            self.memo = WeightMemo::NONE;
             scaled = w;
         }
         if x.abs() < MIN_MAGNITUDE {
@@ -577,7 +598,7 @@ impl TailSketch {
             *self = other.clone();
             self.half_life_ms = hl;
             self.cache = None;
-            self.memo = WeightMemo::default();
+            self.memo = WeightMemo::NONE;
             return;
         }
         // Bring both to the earlier reference time.
@@ -588,6 +609,7 @@ impl TailSketch {
         a.rescale(fa);
         b.rescale(fb);
         a.ref_ms = base;
+        a.memo = WeightMemo::NONE;
         a.pos.merge(&b.pos);
         a.neg.merge(&b.neg);
         a.zero += b.zero;
@@ -843,6 +865,45 @@ mod tests {
         }
         assert!(s.count().is_finite());
         assert!((s.quantile(0.5).unwrap_or(0.0) - 5.0).abs() < 0.2);
+    }
+
+    /// `s` and a copy without its weight memo (a checkpoint's round trip skips it)
+    /// given the same insert: every bit of the state and every answer the same.
+    fn same_with_and_without_the_memo(s: &mut TailSketch, x: f64, ts_ms: i64) {
+        let bytes = serde_json::to_vec(s).unwrap_or_else(|e| panic!("{e}"));
+        let mut fresh: TailSketch =
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        s.insert(x, ts_ms, 1.0);
+        fresh.insert(x, ts_ms, 1.0);
+        let (a, b) = (serde_json::to_vec(s), serde_json::to_vec(&fresh));
+        assert_eq!(a.ok(), b.ok(), "the state after an insert at {ts_ms}");
+        assert_eq!(s.count().to_bits(), fresh.count().to_bits());
+        assert_eq!(s.compute_summary(), fresh.compute_summary());
+    }
+
+    #[test]
+    fn the_weight_memo_is_forgotten_whenever_the_reference_moves() {
+        // A rescale moves the reference to the time that overflowed, with that time's
+        // weight remembered against the old reference (~2^340): the next insert at the
+        // same time must weigh 1, not that.
+        let mut s = TailSketch::new(1000);
+        s.insert(1.0, 0, 1.0);
+        s.insert(2.0, 340_000, 1.0);
+        same_with_and_without_the_memo(&mut s, 3.0, 340_000);
+        assert!((s.count() - 2.0).abs() < 1e-9, "{}", s.count());
+        // A merge with an older sketch moves the reference back.
+        let mut a = TailSketch::new(DAY);
+        for i in 0..50 {
+            a.insert(f64::from(i), 5 * DAY + i64::from(i), 1.0);
+        }
+        let mut older = TailSketch::new(DAY);
+        older.insert(7.0, 0, 1.0);
+        a.merge(&older);
+        same_with_and_without_the_memo(&mut a, 8.0, 5 * DAY + 49);
+        // The first insert sets the reference (and finds nothing remembered).
+        let mut e = TailSketch::new(DAY);
+        same_with_and_without_the_memo(&mut e, 1.0, 3 * DAY);
+        same_with_and_without_the_memo(&mut e, 1.0, 3 * DAY);
     }
 
     #[test]
