@@ -148,9 +148,9 @@ pub struct TailSketch {
 
 /// `2^((ts - ref)/half_life)` for the last time asked: most inserts of a sketch, and
 /// every `count` after them, ask for the same time. It holds for the reference it was
-/// computed against, so whatever moves the sketch's reference forgets it
-/// ([`WeightMemo::NONE`]: a rescale, a merge; the first insert finds it empty, as it
-/// is until an insert has set the reference). 16 bytes, where keyed by the reference
+/// computed against, so the reference moves only through
+/// [`TailSketch::set_reference`], which forgets it ([`WeightMemo::NONE`]: the first
+/// insert, a rescale, a merge). 16 bytes, where keyed by the reference
 /// as well it took 32, in a sketch whose fields a sample's scoring reads from memory
 /// every time. Invisible to equality.
 #[derive(Debug, Clone, Copy)]
@@ -299,15 +299,14 @@ impl TailSketch {
             return;
         }
         if self.ref_ms == i64::MIN {
-            self.ref_ms = ts_ms;
+            self.set_reference(ts_ms);
         }
         self.last_ms = self.last_ms.max(ts_ms);
         let mut scaled = w * self.weight_at_mut(ts_ms);
         if scaled > RESCALE_AT {
             let f = 1.0 / self.weight_at(ts_ms);
             self.rescale(f);
-            self.ref_ms = ts_ms;
-            self.memo = WeightMemo::NONE;
+            self.set_reference(ts_ms);
             scaled = w;
         }
         if x.abs() < MIN_MAGNITUDE {
@@ -322,6 +321,14 @@ impl TailSketch {
         if self.since_cache >= 32 {
             self.cache = None;
         }
+    }
+
+    /// Makes `ref_ms` the time the stored weights are relative to: the one place the
+    /// reference moves (the first insert, a rescale, a merge), so the decay weight's
+    /// memo, computed against the old one, is forgotten with it.
+    fn set_reference(&mut self, ref_ms: i64) {
+        self.ref_ms = ref_ms;
+        self.memo = WeightMemo::NONE;
     }
 
     fn rescale(&mut self, f: f64) {
@@ -598,7 +605,9 @@ impl TailSketch {
             *self = other.clone();
             self.half_life_ms = hl;
             self.cache = None;
-            self.memo = WeightMemo::NONE;
+            // The reference is the other's, but the memo was computed with its
+            // half-life.
+            self.set_reference(other.ref_ms);
             return;
         }
         // Bring both to the earlier reference time.
@@ -608,8 +617,7 @@ impl TailSketch {
         let fb = ((base - b.ref_ms) as f64 / a.half_life_ms as f64).exp2();
         a.rescale(fa);
         b.rescale(fb);
-        a.ref_ms = base;
-        a.memo = WeightMemo::NONE;
+        a.set_reference(base);
         a.pos.merge(&b.pos);
         a.neg.merge(&b.neg);
         a.zero += b.zero;
