@@ -7,14 +7,15 @@
 //! ```
 //!
 //! 100 groups of 10 replicas, four metrics each, 3,000 rounds of ten seconds in the
-//! order node agents publish (each host's containers together): about 1.2 million
+//! order node agents publish (each host's containers together): about 3 million
 //! observations. Into them: a replica whose CPU climbs far beyond its peers', one whose
 //! memory steps up and stays, a fleet-wide surge, gaps of 400 s in which nothing
 //! arrives, replicas that fall silent and others that start late, NaN and negative
-//! values, a metric named twice in one sample and one no feature knows. The
+//! values, a metric named twice in one sample and one no feature knows; half way, the
+//! engine is checkpointed and restored, so state a checkpoint drops shows. The
 //! fingerprint is FNV-1a over every alert (serialised as JSON, in the order the engine
-//! gave them) and then the engine's snapshot at the end; the alert count is printed
-//! beside it. A measurement, not a test: nothing here asserts a value, and a change
+//! gave them) and then the engine's snapshot at the end, its maps in key order; the
+//! alert count is printed beside it. A measurement, not a test: nothing here asserts a value, and a change
 //! that moves scores on purpose moves the fingerprint with them.
 
 use std::sync::Arc;
@@ -124,7 +125,7 @@ fn main() {
     let mut cfg = DetectConfig::default();
     cfg.baseline.warmup_ms = 0;
     cfg.baseline.learning_period_ms = 0;
-    let mut engine = Engine::new(cfg).unwrap_or_else(|e| panic!("{e}"));
+    let mut engine = Engine::new(cfg.clone()).unwrap_or_else(|e| panic!("{e}"));
     let containers = containers();
     let mut fnv = Fnv(0xcbf2_9ce4_8422_2325);
     let (mut alerts, mut count, mut observations) = (Vec::new(), 0usize, 0u64);
@@ -133,6 +134,15 @@ fn main() {
         // Nothing arrives for 400 s before every 700th round.
         if k > 0 && k.is_multiple_of(700) {
             t += 400_000;
+        }
+        // Half way, the engine is checkpointed and restored, as a worker handing its
+        // partitions over does: the rest is scored by the restored state.
+        if k == ROUNDS / 2 {
+            let bytes = engine
+                .snapshot()
+                .unwrap_or_else(|e| panic!("snapshot: {e}"));
+            engine =
+                Engine::restore(cfg.clone(), &bytes).unwrap_or_else(|e| panic!("restore: {e}"));
         }
         for c in &containers {
             let name = c.name.as_deref().unwrap_or_default();
@@ -160,11 +170,16 @@ fn main() {
         }
         t += STEP_MS;
     }
-    fnv.write(
-        &engine
-            .snapshot()
-            .unwrap_or_else(|e| panic!("snapshot: {e}")),
-    );
+    // The snapshot as a canonical JSON value: a group's replicas are written in their
+    // table's order, which depends on the order they were inserted in (a restored
+    // table's differs), and a checkpoint's map order means nothing. Floats round-trip
+    // exactly (`float_roundtrip`).
+    let snapshot = engine
+        .snapshot()
+        .unwrap_or_else(|e| panic!("snapshot: {e}"));
+    let canonical: serde_json::Value =
+        serde_json::from_slice(&snapshot).unwrap_or_else(|e| panic!("snapshot: {e}"));
+    fnv.write(&serde_json::to_vec(&canonical).unwrap_or_else(|e| panic!("snapshot: {e}")));
     println!(
         "FIGURE score_hash {:016x} after {observations} observations, {count} alerts",
         fnv.0
