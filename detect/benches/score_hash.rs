@@ -15,8 +15,8 @@
 //! engine is checkpointed and restored, so state a checkpoint drops shows. The
 //! fingerprint is FNV-1a over every alert (serialised as JSON, in the order the engine
 //! gave them) and then the engine's snapshot at the end, its maps in key order; the
-//! alert count is printed beside it. A measurement, not a test: nothing here asserts a value, and a change
-//! that moves scores on purpose moves the fingerprint with them.
+//! alert count is printed beside it. A measurement, not a test: nothing here asserts a
+//! value, and a change that moves scores on purpose moves the fingerprint with them.
 
 use std::sync::Arc;
 
