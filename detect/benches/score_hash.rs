@@ -55,8 +55,9 @@ impl Fnv {
     }
 }
 
-fn containers() -> Vec<Arc<ContainerRef>> {
-    let mut all: Vec<(u64, Arc<ContainerRef>)> = (0..GROUPS * REPLICAS)
+/// Every replica with its group and its index in the group, in the order agents publish.
+fn containers() -> Vec<(u64, u64, Arc<ContainerRef>)> {
+    let mut all: Vec<(u64, u64, u64, Arc<ContainerRef>)> = (0..GROUPS * REPLICAS)
         .map(|i| {
             let (g, r) = (i / REPLICAS, i % REPLICAS);
             // A scheduler's spread: no two replicas of a group on one host.
@@ -69,12 +70,12 @@ fn containers() -> Vec<Arc<ContainerRef>> {
                 labels: Default::default(),
                 host: Some(format!("node-{host}").into()),
             };
-            (host, Arc::new(c))
+            (host, g, r, Arc::new(c))
         })
         .collect();
     // As agents publish: host by host, each host's containers in their own order.
-    all.sort_by_key(|(host, _)| *host);
-    all.into_iter().map(|(_, c)| c).collect()
+    all.sort_by_key(|(host, ..)| *host);
+    all.into_iter().map(|(_, g, r, c)| (g, r, c)).collect()
 }
 
 /// The sample of replica `r` of group `g` in round `k`, or `None` when it sends none.
@@ -144,14 +145,8 @@ fn main() {
             engine =
                 Engine::restore(cfg.clone(), &bytes).unwrap_or_else(|e| panic!("restore: {e}"));
         }
-        for c in &containers {
-            let name = c.name.as_deref().unwrap_or_default();
-            let (g, r) = name
-                .trim_start_matches("svc")
-                .split_once('-')
-                .and_then(|(g, r)| Some((g.parse().ok()?, r.parse().ok()?)))
-                .unwrap_or_else(|| panic!("bench container name {name}"));
-            let Some(metrics) = sample(g, r, k) else {
+        for (g, r, c) in &containers {
+            let Some(metrics) = sample(*g, *r, k) else {
                 continue;
             };
             let obs = Observation {
