@@ -50,20 +50,29 @@ fn ceil_i32(v: f64) -> i32 {
     }
 }
 
-/// Contiguous buckets `offset..offset+counts.len()` of one sign.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-struct Store {
+/// Contiguous buckets `offset..offset+counts.len()` of one sign, as a sketch holds
+/// them: the buckets on the heap, the offset beside them in the sketch (two fields of
+/// [`TailSketch`], so that its first cache line holds the positive store's header and
+/// the insert counter in 24 bytes, where a struct of them took 24 with 4 of padding).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Store<'a> {
     offset: i32,
-    counts: Vec<f64>,
+    counts: &'a [f64],
 }
 
-impl Store {
+/// The same store, to change.
+struct StoreMut<'a> {
+    offset: &'a mut i32,
+    counts: &'a mut Box<[f64]>,
+}
+
+impl StoreMut<'_> {
     /// Adds `w` to bucket `idx`: inline for a bucket within the range (nearly every
     /// insert), out of line when the range must grow.
     #[inline]
     fn add(&mut self, idx: i32, w: f64) {
-        if idx >= self.offset
-            && let Some(c) = self.counts.get_mut((idx - self.offset) as usize)
+        if idx >= *self.offset
+            && let Some(c) = self.counts.get_mut((idx - *self.offset) as usize)
         {
             *c += w;
             return;
@@ -71,40 +80,49 @@ impl Store {
         self.grow_and_add(idx, w);
     }
 
+    /// [`Self::add`] beyond the range: the buckets are a boxed slice of exactly the
+    /// range (its length is the range's; a vector's capacity would push the header out
+    /// of the sketch's first cache line), so a growth reallocates: once per bucket a
+    /// sketch's range gains, not per insert.
     #[cold]
     #[inline(never)]
     fn grow_and_add(&mut self, idx: i32, w: f64) {
-        if self.counts.is_empty() {
-            self.offset = idx;
-            self.counts.push(w);
+        let mut counts = std::mem::take(self.counts).into_vec();
+        Self::grow_and_add_to(&mut counts, self.offset, idx, w);
+        *self.counts = counts.into_boxed_slice();
+    }
+
+    fn grow_and_add_to(counts: &mut Vec<f64>, offset: &mut i32, idx: i32, w: f64) {
+        if counts.is_empty() {
+            *offset = idx;
+            counts.push(w);
             return;
         }
-        if idx < self.offset {
-            let grow = (self.offset - idx) as usize;
-            if self.counts.len() + grow > MAX_BUCKETS {
+        if idx < *offset {
+            let grow = (*offset - idx) as usize;
+            if counts.len() + grow > MAX_BUCKETS {
                 // Collapse: the lowest magnitudes share the lowest bucket.
-                self.counts[0] += w;
+                counts[0] += w;
                 return;
             }
-            // In place: the vector's own growth is amortised (a new allocation and a
-            // second one to extend it, each time a value below the range came, were
-            // most of what a young sketch's inserts cost).
-            let len = self.counts.len();
-            self.counts.resize(len + grow, 0.0);
-            self.counts.copy_within(..len, grow);
-            self.counts[..grow].fill(0.0);
-            self.offset = idx;
+            let len = counts.len();
+            counts.reserve_exact(grow);
+            counts.resize(len + grow, 0.0);
+            counts.copy_within(..len, grow);
+            counts[..grow].fill(0.0);
+            *offset = idx;
         }
-        let pos = (idx - self.offset) as usize;
-        if pos >= self.counts.len() {
-            self.counts.resize(pos + 1, 0.0);
+        let pos = (idx - *offset) as usize;
+        if pos >= counts.len() {
+            counts.reserve_exact(pos + 1 - counts.len());
+            counts.resize(pos + 1, 0.0);
         }
-        self.counts[pos] += w;
-        if self.counts.len() > MAX_BUCKETS {
-            let excess = self.counts.len() - MAX_BUCKETS;
-            let folded: f64 = self.counts.drain(..excess).sum();
-            self.counts[0] += folded;
-            self.offset += excess as i32;
+        counts[pos] += w;
+        if counts.len() > MAX_BUCKETS {
+            let excess = counts.len() - MAX_BUCKETS;
+            let folded: f64 = counts.drain(..excess).sum();
+            counts[0] += folded;
+            *offset += excess as i32;
         }
     }
 
@@ -112,7 +130,7 @@ impl Store {
         self.counts.iter_mut().for_each(|c| *c *= f);
     }
 
-    fn merge(&mut self, other: &Store) {
+    fn merge(&mut self, other: Store<'_>) {
         for (i, c) in other.counts.iter().enumerate() {
             if *c > 0.0 {
                 self.add(other.offset + i as i32, *c);
@@ -123,60 +141,174 @@ impl Store {
 
 /// The decaying sketch. See the module documentation. Equality covers the quantile
 /// cache too: scores depend on when it was refreshed.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+///
+/// Laid out by hand (`repr(C)`, from the start of a cache line) in the order a sample's
+/// scoring reads it: a group's sketches are far more than the caches hold, so each
+/// line of one that a sample touches is a read from memory. The first line holds all an
+/// in-band sample needs, its `count`, its surprise and its insert of a positive value:
+/// the weights' sum, the latest time and its weight, the positive buckets' header, the
+/// insert counter and the cached 10th and 90th percentiles (the band a surprise compares
+/// with). The second holds the reference and half-life (read when the latest time
+/// moves), the zero and negative buckets, and the lower tail's percentiles; the third
+/// the rest of the cached quantiles. With the compiler's own order a sample read three
+/// lines of each sketch it scored. Serialised as it always was (`SketchOut`): the
+/// layout is not the format.
+#[derive(Debug, Clone)]
+#[repr(C, align(64))]
 pub struct TailSketch {
-    pos: Store,
-    neg: Store,
-    zero: f64,
     /// Sum of stored (pre-scaled) weights.
     total: f64,
+    /// Latest event time inserted (`i64::MIN` before the first insert, exactly when
+    /// `ref_ms` is).
+    last_ms: i64,
+    /// The decay weight of `last_ms` (not state: a pure function of the fields).
+    memo: WeightMemo,
+    pos_counts: Box<[f64]>,
+    pos_offset: i32,
+    /// Inserts since the cached quantiles were computed.
+    since_cache: u32,
+    /// The cached 10th and 90th percentiles; NaN when nothing is cached (no quantile
+    /// is NaN). With `lower` and `upper`, the cached [`Summary`], refreshed every few
+    /// inserts: part of the state, since scores depend on when it was refreshed.
+    band: [f64; 2],
     /// Event time the stored weights are relative to.
     ref_ms: i64,
-    /// Latest event time inserted.
+    half_life_ms: i64,
+    zero: f64,
+    neg_counts: Box<[f64]>,
+    neg_offset: i32,
+    /// The cached 0.1th and 1st percentiles.
+    lower: [f64; 2],
+    /// The cached median, 99th and 99.9th percentiles.
+    upper: [f64; 3],
+}
+
+/// Nothing cached, in [`TailSketch::band`].
+const NO_BAND: [f64; 2] = [f64::NAN; 2];
+
+/// A sketch as checkpoints and baselines have always written it (the fields' order
+/// and nesting of the derived format before the layout above).
+#[derive(Serialize)]
+struct SketchOut<'a> {
+    pos: StoreOut<'a>,
+    neg: StoreOut<'a>,
+    zero: f64,
+    total: f64,
+    ref_ms: i64,
     last_ms: i64,
     half_life_ms: i64,
-    /// Cached quantiles (q001 … q999), refreshed every few inserts. Part of the state:
-    /// scores depend on when it was last refreshed, so a restored sketch must carry it.
+    cache: Option<Summary>,
+    since_cache: u32,
+}
+
+#[derive(Serialize)]
+struct StoreOut<'a> {
+    offset: i32,
+    counts: &'a [f64],
+}
+
+/// [`SketchOut`], read.
+#[derive(Deserialize)]
+struct SketchIn {
+    pos: StoreIn,
+    neg: StoreIn,
+    zero: f64,
+    total: f64,
+    ref_ms: i64,
+    last_ms: i64,
+    half_life_ms: i64,
     #[serde(default)]
     cache: Option<Summary>,
     #[serde(default)]
     since_cache: u32,
-    /// The decay weight last computed (not state: a pure function of the fields).
-    #[serde(skip)]
-    memo: WeightMemo,
 }
 
-/// `2^((ts - ref)/half_life)` for the last time asked: most inserts of a sketch, and
-/// every `count` after them, ask for the same time. It holds for the reference it was
-/// computed against, so the reference moves only through
-/// [`TailSketch::set_reference`], which forgets it ([`WeightMemo::NONE`]: the first
-/// insert, a rescale, a merge). 16 bytes, where keyed by the reference
-/// as well it took 32, in a sketch whose fields a sample's scoring reads from memory
-/// every time. Invisible to equality.
-#[derive(Debug, Clone, Copy)]
-struct WeightMemo {
-    ts_ms: i64,
-    /// NaN in [`WeightMemo::NONE`]: no weight is NaN.
-    w: f64,
+#[derive(Deserialize)]
+struct StoreIn {
+    offset: i32,
+    counts: Vec<f64>,
 }
 
-impl WeightMemo {
-    /// Nothing remembered.
-    const NONE: Self = Self {
-        ts_ms: i64::MIN,
-        w: f64::NAN,
-    };
-
-    /// The weight remembered for `ts_ms`, if it is that time's.
-    #[inline]
-    fn get(&self, ts_ms: i64) -> Option<f64> {
-        (self.ts_ms == ts_ms && !self.w.is_nan()).then_some(self.w)
+impl Serialize for TailSketch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        SketchOut {
+            pos: StoreOut {
+                offset: self.pos_offset,
+                counts: &self.pos_counts,
+            },
+            neg: StoreOut {
+                offset: self.neg_offset,
+                counts: &self.neg_counts,
+            },
+            zero: self.zero,
+            total: self.total,
+            ref_ms: self.ref_ms,
+            last_ms: self.last_ms,
+            half_life_ms: self.half_life_ms,
+            cache: self.cached(),
+            since_cache: self.since_cache,
+        }
+        .serialize(s)
     }
 }
 
-impl Default for WeightMemo {
-    fn default() -> Self {
-        Self::NONE
+impl<'de> Deserialize<'de> for TailSketch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let i = SketchIn::deserialize(d)?;
+        let mut s = Self {
+            total: i.total,
+            last_ms: i.last_ms,
+            memo: WeightMemo::NONE,
+            pos_counts: i.pos.counts.into_boxed_slice(),
+            pos_offset: i.pos.offset,
+            since_cache: i.since_cache,
+            band: NO_BAND,
+            ref_ms: i.ref_ms,
+            half_life_ms: i.half_life_ms,
+            zero: i.zero,
+            neg_counts: i.neg.counts.into_boxed_slice(),
+            neg_offset: i.neg.offset,
+            lower: [f64::NAN; 2],
+            upper: [f64::NAN; 3],
+        };
+        s.set_cache(i.cache);
+        Ok(s)
+    }
+}
+
+impl PartialEq for TailSketch {
+    /// The state, field by field (the cache as the summary it holds, the memo not).
+    fn eq(&self, o: &Self) -> bool {
+        self.pos() == o.pos()
+            && self.neg() == o.neg()
+            && self.zero == o.zero
+            && self.total == o.total
+            && self.ref_ms == o.ref_ms
+            && self.last_ms == o.last_ms
+            && self.half_life_ms == o.half_life_ms
+            && self.cached() == o.cached()
+            && self.since_cache == o.since_cache
+    }
+}
+
+/// `2^((last_ms - ref)/half_life)`: most inserts of a sketch, and every `count` after
+/// them, ask for the weight of its latest time. Keyed by the sketch's own `last_ms`
+/// (8 bytes, where keyed by the time asked it took 16 and pushed the bucket header
+/// out of the first cache line), so it is forgotten ([`WeightMemo::NONE`]) whenever the
+/// latest time moves, and whenever the reference does
+/// ([`TailSketch::set_reference`]: the first insert, a rescale, a merge). Invisible to
+/// equality.
+#[derive(Debug, Clone, Copy)]
+struct WeightMemo(f64);
+
+impl WeightMemo {
+    /// Nothing remembered: no weight is NaN.
+    const NONE: Self = Self(f64::NAN);
+
+    /// The weight remembered, if any.
+    #[inline]
+    fn get(self) -> Option<f64> {
+        (!self.0.is_nan()).then_some(self.0)
     }
 }
 
@@ -232,16 +364,76 @@ impl TailSketch {
     /// An empty sketch whose weights halve every `half_life_ms` of event time.
     pub fn new(half_life_ms: i64) -> Self {
         Self {
-            pos: Store::default(),
-            neg: Store::default(),
-            zero: 0.0,
             total: 0.0,
-            ref_ms: i64::MIN,
             last_ms: i64::MIN,
-            half_life_ms: half_life_ms.max(1),
-            cache: None,
+            memo: WeightMemo::NONE,
+            pos_counts: Box::default(),
+            pos_offset: 0,
             since_cache: 0,
-            memo: WeightMemo::default(),
+            band: NO_BAND,
+            ref_ms: i64::MIN,
+            half_life_ms: half_life_ms.max(1),
+            zero: 0.0,
+            neg_counts: Box::default(),
+            neg_offset: 0,
+            lower: [f64::NAN; 2],
+            upper: [f64::NAN; 3],
+        }
+    }
+
+    fn pos(&self) -> Store<'_> {
+        Store {
+            offset: self.pos_offset,
+            counts: &self.pos_counts,
+        }
+    }
+
+    fn neg(&self) -> Store<'_> {
+        Store {
+            offset: self.neg_offset,
+            counts: &self.neg_counts,
+        }
+    }
+
+    fn pos_mut(&mut self) -> StoreMut<'_> {
+        StoreMut {
+            offset: &mut self.pos_offset,
+            counts: &mut self.pos_counts,
+        }
+    }
+
+    fn neg_mut(&mut self) -> StoreMut<'_> {
+        StoreMut {
+            offset: &mut self.neg_offset,
+            counts: &mut self.neg_counts,
+        }
+    }
+
+    /// The cached quantiles, if any.
+    fn cached(&self) -> Option<Summary> {
+        let [q10, q90] = self.band;
+        let [q001, q01] = self.lower;
+        let [q50, q99, q999] = self.upper;
+        (!q90.is_nan()).then_some(Summary {
+            q001,
+            q01,
+            q10,
+            q50,
+            q90,
+            q99,
+            q999,
+        })
+    }
+
+    fn set_cache(&mut self, s: Option<Summary>) {
+        match s {
+            Some(s) => {
+                self.band = [s.q10, s.q90];
+                self.lower = [s.q001, s.q01];
+                self.upper = [s.q50, s.q99, s.q999];
+            }
+            // The band alone says whether anything is cached.
+            None => self.band = NO_BAND,
         }
     }
 
@@ -270,20 +462,24 @@ impl TailSketch {
     }
 
     fn weight_at(&self, ts_ms: i64) -> f64 {
-        self.memo
-            .get(ts_ms)
-            .unwrap_or_else(|| self.weight_computed(ts_ms))
+        match self.memo.get() {
+            Some(w) if ts_ms == self.last_ms => w,
+            _ => self.weight_computed(ts_ms),
+        }
     }
 
-    /// [`Self::weight_at`], remembered for the next call (written only when it was
-    /// not already: most inserts ask for the time the one before did).
+    /// [`Self::weight_at`], remembered when `ts_ms` is the latest time (written only
+    /// when it was not already: most inserts ask for the time the one before did).
     #[inline]
     fn weight_at_mut(&mut self, ts_ms: i64) -> f64 {
-        if let Some(w) = self.memo.get(ts_ms) {
+        if ts_ms != self.last_ms {
+            return self.weight_computed(ts_ms);
+        }
+        if let Some(w) = self.memo.get() {
             return w;
         }
         let w = self.weight_computed(ts_ms);
-        self.memo = WeightMemo { ts_ms, w };
+        self.memo = WeightMemo(w);
         w
     }
 
@@ -298,10 +494,15 @@ impl TailSketch {
         if !(x * 0.0 + w * 0.0 == 0.0 && w > 0.0) {
             return;
         }
-        if self.ref_ms == i64::MIN {
+        // The first insert (`ref_ms` is unset exactly when `last_ms` is, and the
+        // latter is in the first cache line).
+        if self.last_ms == i64::MIN {
             self.set_reference(ts_ms);
         }
-        self.last_ms = self.last_ms.max(ts_ms);
+        if ts_ms > self.last_ms {
+            self.last_ms = ts_ms;
+            self.memo = WeightMemo::NONE;
+        }
         let mut scaled = w * self.weight_at_mut(ts_ms);
         if scaled > RESCALE_AT {
             let f = 1.0 / self.weight_at(ts_ms);
@@ -312,14 +513,14 @@ impl TailSketch {
         if x.abs() < MIN_MAGNITUDE {
             self.zero += scaled;
         } else if x > 0.0 {
-            self.pos.add(Self::index(x), scaled);
+            self.pos_mut().add(Self::index(x), scaled);
         } else {
-            self.neg.add(Self::index(x), scaled);
+            self.neg_mut().add(Self::index(x), scaled);
         }
         self.total += scaled;
         self.since_cache += 1;
         if self.since_cache >= 32 {
-            self.cache = None;
+            self.band = NO_BAND;
         }
     }
 
@@ -332,8 +533,8 @@ impl TailSketch {
     }
 
     fn rescale(&mut self, f: f64) {
-        self.pos.scale(f);
-        self.neg.scale(f);
+        self.pos_mut().scale(f);
+        self.neg_mut().scale(f);
         self.zero *= f;
         self.total *= f;
     }
@@ -358,28 +559,27 @@ impl TailSketch {
         }
         let target = q.clamp(0.0, 1.0) * self.total;
         let mut acc = 0.0;
-        for (i, c) in self.neg.counts.iter().enumerate().rev() {
+        for (i, c) in self.neg_counts.iter().enumerate().rev() {
             acc += c;
             if acc >= target && *c > 0.0 {
-                return Some(-Self::value_of(self.neg.offset + i as i32));
+                return Some(-Self::value_of(self.neg_offset + i as i32));
             }
         }
         acc += self.zero;
         if acc >= target && self.zero > 0.0 {
             return Some(0.0);
         }
-        for (i, c) in self.pos.counts.iter().enumerate() {
+        for (i, c) in self.pos_counts.iter().enumerate() {
             acc += c;
             if acc >= target && *c > 0.0 {
-                return Some(Self::value_of(self.pos.offset + i as i32));
+                return Some(Self::value_of(self.pos_offset + i as i32));
             }
         }
         // Rounding: the largest value.
-        self.pos
-            .counts
+        self.pos_counts
             .iter()
             .rposition(|c| *c > 0.0)
-            .map(|i| Self::value_of(self.pos.offset + i as i32))
+            .map(|i| Self::value_of(self.pos_offset + i as i32))
             .or(Some(0.0))
     }
 
@@ -387,21 +587,22 @@ impl TailSketch {
     #[inline]
     pub fn summary(&mut self) -> Option<Summary> {
         self.fill_cache();
-        self.cache
+        self.cached()
     }
 
     /// Computes the cached summary if it is due (read in place after it, by
     /// [`Self::surprise_with`], or copied by [`Self::summary`]).
     #[inline]
     fn fill_cache(&mut self) {
-        if self.cache.is_none() {
+        if self.band[1].is_nan() {
             self.refresh();
         }
     }
 
     #[inline(never)]
     fn refresh(&mut self) {
-        self.cache = self.compute_summary();
+        let s = self.compute_summary();
+        self.set_cache(s);
         self.since_cache = 0;
     }
 
@@ -431,10 +632,10 @@ impl TailSketch {
             }
             targets.get(*next).copied().unwrap_or(f64::INFINITY)
         };
-        for (i, c) in self.neg.counts.iter().enumerate().rev() {
+        for (i, c) in self.neg_counts.iter().enumerate().rev() {
             acc += c;
             if acc >= target && *c > 0.0 {
-                let idx = self.neg.offset + i as i32;
+                let idx = self.neg_offset + i as i32;
                 target = settle(acc, *c, &|| -Self::value_of(idx), &mut next);
             }
         }
@@ -442,23 +643,22 @@ impl TailSketch {
         if acc >= target && self.zero > 0.0 {
             target = settle(acc, self.zero, &|| 0.0, &mut next);
         }
-        for (i, c) in self.pos.counts.iter().enumerate() {
+        for (i, c) in self.pos_counts.iter().enumerate() {
             if next == 7 {
                 break;
             }
             acc += c;
             if acc >= target && *c > 0.0 {
-                let idx = self.pos.offset + i as i32;
+                let idx = self.pos_offset + i as i32;
                 target = settle(acc, *c, &|| Self::value_of(idx), &mut next);
             }
         }
         // Rounding, as in `quantile`: the largest value.
         let largest = || {
-            self.pos
-                .counts
+            self.pos_counts
                 .iter()
                 .rposition(|c| *c > 0.0)
-                .map_or(0.0, |i| Self::value_of(self.pos.offset + i as i32))
+                .map_or(0.0, |i| Self::value_of(self.pos_offset + i as i32))
         };
         let q = out.map(|v| v.unwrap_or_else(largest));
         Some(Summary {
@@ -496,16 +696,21 @@ impl TailSketch {
         floor: impl FnOnce(&Summary) -> f64,
     ) -> f64 {
         self.fill_cache();
-        // Read in place: a copy of the summary cost more than the comparisons.
-        let Some(s) = &self.cache else {
-            return 0.0;
-        };
-        // Neither tail is scored in the band: the same 0 the full computation gives.
-        if !(x > s.q90 || (tails == Tails::Both && x < s.q10)) {
+        // The band alone, from the first cache line; the summary is put together only
+        // for a value in a tail.
+        let [q10, q90] = self.band;
+        if q90.is_nan() {
             return 0.0;
         }
-        let floor = floor(s);
-        self.tail_surprise(x, tails, s, floor)
+        // Neither tail is scored in the band: the same 0 the full computation gives.
+        if !(x > q90 || (tails == Tails::Both && x < q10)) {
+            return 0.0;
+        }
+        let Some(s) = self.cached() else {
+            return 0.0;
+        };
+        let floor = floor(&s);
+        self.tail_surprise(x, tails, &s, floor)
     }
 
     /// [`Self::surprise_with`] of a value in a tail.
@@ -545,8 +750,8 @@ impl TailSketch {
             return 1.0 - self.lower_fraction_strict(x);
         }
         let idx = Self::index(x);
-        for (i, c) in self.pos.counts.iter().enumerate().rev() {
-            if self.pos.offset + i as i32 >= idx {
+        for (i, c) in self.pos_counts.iter().enumerate().rev() {
+            if self.pos_offset + i as i32 >= idx {
                 acc += c;
             } else {
                 break;
@@ -560,13 +765,13 @@ impl TailSketch {
         let mut acc = 0.0;
         if x < 0.0 {
             let idx = Self::index(x);
-            for (i, c) in self.neg.counts.iter().enumerate() {
-                if self.neg.offset + i as i32 > idx {
+            for (i, c) in self.neg_counts.iter().enumerate() {
+                if self.neg_offset + i as i32 > idx {
                     acc += c;
                 }
             }
         } else {
-            acc = self.neg.counts.iter().sum();
+            acc = self.neg_counts.iter().sum();
         }
         acc / self.total
     }
@@ -579,16 +784,16 @@ impl TailSketch {
         // Only the buckets that count are visited, in the order they always were (the
         // same sums, so the same bits).
         let acc = if x < 0.0 {
-            let from = Self::index(x).saturating_sub(self.neg.offset).max(0) as usize;
-            self.neg.counts.get(from..).unwrap_or(&[]).iter().sum()
+            let from = Self::index(x).saturating_sub(self.neg_offset).max(0) as usize;
+            self.neg_counts.get(from..).unwrap_or(&[]).iter().sum()
         } else {
-            let neg: f64 = self.neg.counts.iter().sum();
+            let neg: f64 = self.neg_counts.iter().sum();
             if x < MIN_MAGNITUDE {
                 neg + self.zero
             } else {
-                let below = i64::from(Self::index(x)) - i64::from(self.pos.offset) + 1;
-                let upto = (below.max(0) as usize).min(self.pos.counts.len());
-                neg + self.zero + self.pos.counts[..upto].iter().sum::<f64>()
+                let below = i64::from(Self::index(x)) - i64::from(self.pos_offset) + 1;
+                let upto = (below.max(0) as usize).min(self.pos_counts.len());
+                neg + self.zero + self.pos_counts[..upto].iter().sum::<f64>()
             }
         };
         acc / self.total
@@ -604,7 +809,7 @@ impl TailSketch {
             let hl = self.half_life_ms;
             *self = other.clone();
             self.half_life_ms = hl;
-            self.cache = None;
+            self.band = NO_BAND;
             // The reference is the other's, but the memo was computed with its
             // half-life.
             self.set_reference(other.ref_ms);
@@ -618,18 +823,18 @@ impl TailSketch {
         a.rescale(fa);
         b.rescale(fb);
         a.set_reference(base);
-        a.pos.merge(&b.pos);
-        a.neg.merge(&b.neg);
+        a.pos_mut().merge(b.pos());
+        a.neg_mut().merge(b.neg());
         a.zero += b.zero;
         a.total += b.total;
         a.last_ms = a.last_ms.max(b.last_ms);
-        a.cache = None;
+        a.band = NO_BAND;
         *self = a;
     }
 
     /// Bytes of heap held (for memory accounting).
     pub fn heap_bytes(&self) -> usize {
-        (self.pos.counts.capacity() + self.neg.counts.capacity()) * std::mem::size_of::<f64>()
+        (self.pos_counts.len() + self.neg_counts.len()) * std::mem::size_of::<f64>()
     }
 }
 
@@ -650,14 +855,13 @@ mod tests {
     /// Fraction at values ≤ `x`'s bucket as it was computed before the walk stopped at
     /// `x`'s bucket: every bucket visited, the ones beyond filtered out.
     fn lower_fraction_by_filter(s: &TailSketch, x: f64) -> f64 {
-        let neg: f64 = s.neg.counts.iter().sum();
+        let neg: f64 = s.neg_counts.iter().sum();
         let acc = if x < 0.0 {
             let idx = TailSketch::index(x);
-            s.neg
-                .counts
+            s.neg_counts
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| s.neg.offset + *i as i32 >= idx)
+                .filter(|(i, _)| s.neg_offset + *i as i32 >= idx)
                 .map(|(_, c)| c)
                 .sum()
         } else if x < MIN_MAGNITUDE {
@@ -665,11 +869,10 @@ mod tests {
         } else {
             let idx = TailSketch::index(x);
             neg + s.zero
-                + s.pos
-                    .counts
+                + s.pos_counts
                     .iter()
                     .enumerate()
-                    .filter(|(i, _)| s.pos.offset + *i as i32 <= idx)
+                    .filter(|(i, _)| s.pos_offset + *i as i32 <= idx)
                     .map(|(_, c)| c)
                     .sum::<f64>()
         };
@@ -890,6 +1093,30 @@ mod tests {
     }
 
     #[test]
+    fn an_in_band_sample_reads_one_cache_line_of_a_sketch() {
+        use std::mem::{align_of, offset_of, size_of};
+        // The layout the type's documentation describes: a reorder of the fields, or one
+        // grown, would spread them again without failing any other test.
+        assert_eq!(align_of::<TailSketch>(), 64);
+        let end = |offset: usize, size: usize| offset + size;
+        for (field, end) in [
+            ("total", end(offset_of!(TailSketch, total), 8)),
+            ("last_ms", end(offset_of!(TailSketch, last_ms), 8)),
+            (
+                "memo",
+                end(offset_of!(TailSketch, memo), size_of::<WeightMemo>()),
+            ),
+            ("pos_counts", end(offset_of!(TailSketch, pos_counts), 16)),
+            ("pos_offset", end(offset_of!(TailSketch, pos_offset), 4)),
+            ("since_cache", end(offset_of!(TailSketch, since_cache), 4)),
+            ("band", end(offset_of!(TailSketch, band), 16)),
+        ] {
+            assert!(end <= 64, "{field} ends at {end}");
+        }
+        assert_eq!(size_of::<TailSketch>(), 192);
+    }
+
+    #[test]
     fn the_weight_memo_is_forgotten_whenever_the_reference_moves() {
         // A rescale moves the reference to the time that overflowed, with that time's
         // weight remembered against the old reference (~2^340): the next insert at the
@@ -948,10 +1175,10 @@ mod tests {
             s
         };
         let (up, down) = (fill(&mut values.iter()), fill(&mut values.iter().rev()));
-        assert_eq!(up.pos, down.pos);
-        assert_eq!(up.neg, down.neg);
-        assert!(up.pos.counts.len() > 900 && up.pos.counts.len() <= MAX_BUCKETS);
-        assert_eq!(up.pos.counts.iter().sum::<f64>(), 161.0);
+        assert_eq!(up.pos(), down.pos());
+        assert_eq!(up.neg(), down.neg());
+        assert!(up.pos_counts.len() > 900 && up.pos_counts.len() <= MAX_BUCKETS);
+        assert_eq!(up.pos_counts.iter().sum::<f64>(), 161.0);
         // Beyond the cap, the lowest magnitudes share the lowest bucket either way
         // (which ones depends on the order they came in), nothing is lost, and the
         // upper quantiles are untouched.
@@ -960,8 +1187,8 @@ mod tests {
             .collect();
         let (up, down) = (fill(&mut wide.iter()), fill(&mut wide.iter().rev()));
         for s in [&up, &down] {
-            assert!(s.pos.counts.len() <= MAX_BUCKETS);
-            assert_eq!(s.pos.counts.iter().sum::<f64>(), 191.0);
+            assert!(s.pos_counts.len() <= MAX_BUCKETS);
+            assert_eq!(s.pos_counts.iter().sum::<f64>(), 191.0);
         }
         for q in [0.9, 0.99, 1.0] {
             assert_eq!(up.quantile(q), down.quantile(q));
