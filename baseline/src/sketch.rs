@@ -1093,6 +1093,41 @@ mod tests {
     }
 
     #[test]
+    fn a_sketch_is_written_as_the_derived_format_was() {
+        // The bytes `077ccb4`'s derived `Serialize` wrote for this sketch (its fields in
+        // declaration order, the stores nested, the cache an option): the layout above
+        // is not the format, and a checkpoint's bytes do not change with it.
+        let mut s = TailSketch::new(3_600_000);
+        for (i, x) in [2.5, -1.0, 0.0, 7.0, 2.5].into_iter().enumerate() {
+            s.insert(x, 1_000 * i as i64, 1.0);
+        }
+        s.summary();
+        s.insert(3.0, 9_000, 1.0);
+        let zeros = |n: usize| vec!["0.0"; n].join(",");
+        let expected = format!(
+            concat!(
+                r#"{{"pos":{{"offset":23,"counts":[2.0007704601860423,{},1.001734370234696,"#,
+                r#"{},1.0005777895065548]}},"neg":{{"offset":0,"counts":[1.0001925594206744]}},"#,
+                r#""zero":1.0003851559204795,"total":6.003660335268448,"ref_ms":0,"#,
+                r#""last_ms":9000,"half_life_ms":3600000,"cache":{{"q001":-0.98,"q01":-0.98,"#,
+                r#""q10":-0.98,"q50":2.4594063232272307,"q90":6.959159383043828,"#,
+                r#""q99":6.959159383043828,"q999":6.959159383043828}},"since_cache":1}}"#
+            ),
+            zeros(4),
+            zeros(20)
+        );
+        let written = serde_json::to_string(&s).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(written, expected);
+        let back: TailSketch = serde_json::from_str(&written).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, s);
+        // Without a cache, `null`; read back as none.
+        let empty = serde_json::to_string(&TailSketch::new(5)).unwrap_or_default();
+        assert!(empty.contains(r#""cache":null,"since_cache":0"#), "{empty}");
+        let back: TailSketch = serde_json::from_str(&empty).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.cached(), None);
+    }
+
+    #[test]
     fn an_in_band_sample_reads_one_cache_line_of_a_sketch() {
         use std::mem::{align_of, offset_of, size_of};
         // The layout the type's documentation describes: a reorder of the fields, or one
