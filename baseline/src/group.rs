@@ -240,6 +240,11 @@ impl GroupBaseline {
         self.features.len()
     }
 
+    /// The resolution of the feature in `slot` (fixed when it was first learned).
+    pub fn resolution_at(&self, slot: usize) -> Option<f64> {
+        self.features.get(slot).map(|(_, f)| f.resolution)
+    }
+
     /// The baseline of feature `name`, if learned.
     pub fn feature(&self, name: &str) -> Option<&FeatureBaseline> {
         self.features

@@ -54,6 +54,13 @@ impl FeatureBaseline {
             .map_or(r, |s| Self::floor_of_values(r, &s))
     }
 
+    /// [`Self::floor_of_values`] of the resolution behind `resolution`, read only here.
+    #[cold]
+    #[inline(never)]
+    fn floor_of_values_at(resolution: &f64, s: &Summary) -> f64 {
+        Self::floor_of_values(*resolution, s)
+    }
+
     fn floor_of_values(resolution: f64, s: &Summary) -> f64 {
         resolution
             .max(0.05 * (s.q90 - s.q10))
@@ -64,10 +71,12 @@ impl FeatureBaseline {
     #[inline]
     pub fn value_surprise(&mut self, x: f64) -> f64 {
         // The floor from the same summary the surprise reads (the one refresh, if due,
-        // happens either way), computed only for a value in a tail.
-        let r = self.resolution;
+        // happens either way), computed only for a value in a tail: only then is the
+        // resolution read (a field on a cache line of its own, after the sketches, which
+        // the compiler loaded ahead of the test while it was read here).
+        let r = &self.resolution;
         self.values
-            .surprise_with(x, Tails::Both, |s| Self::floor_of_values(r, s))
+            .surprise_with(x, Tails::Both, |s| Self::floor_of_values_at(r, s))
     }
 
     /// Surprise of a step (absolute change since the replica's previous sample).
@@ -79,9 +88,8 @@ impl FeatureBaseline {
     /// Surprise of a roughness (moving average of step sizes), in both directions.
     /// Its tails are never narrower than 2 % of the usual roughness (or the resolution).
     pub fn roughness_surprise(&mut self, r: f64) -> f64 {
-        let res = self.resolution;
         self.roughness
-            .surprise_with(r, Tails::Both, |s| res.max(0.02 * s.q50.abs()))
+            .surprise_with(r, Tails::Both, |s| self.resolution.max(0.02 * s.q50.abs()))
     }
 
     /// Surprise of a deviation from live peers (a [`slog`] difference). The tail is never

@@ -6,7 +6,7 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
-use herd_baseline::numeric::{peer_deviation_with, slog};
+use herd_baseline::numeric::slog;
 use herd_baseline::verdicts::ItemRuling;
 use herd_baseline::{GroupBaseline, ItemKind, Phase};
 use herd_ingest::{ContainerRef, Event, MetricName, Observation, Payload};
@@ -1131,6 +1131,8 @@ fn score_metrics(
         let seasonal_band = seasonal_x.and_then(|_| {
             profile.and_then(|p| p.band_at(now, herd_baseline::numeric::resolution_of(name)))
         });
+        // Read before the feature: its resolution is kept beside the peers' statistics.
+        let dev = peers.and_then(|p| group.peer_deviation(slot, x, p.median));
         let Some((fname, fb, verdicts)) = group.baseline.feature_at_mut_with_verdicts(slot) else {
             continue;
         };
@@ -1143,10 +1145,6 @@ fn score_metrics(
         let step = prev
             .filter(|l| now > l.ts_ms && now - l.ts_ms <= MAX_STEP_GAP_MS)
             .map(|l| (x - l.value).abs());
-        let res = fb.resolution;
-        let memo = &mut group.slog_memo;
-        let dev =
-            peers.map(|p| peer_deviation_with(x, p.median, res, || memo.get(slot, p.median, res)));
         let ready = |n: f64| scoring && n >= cfg.min_samples;
         // Each view's own surprise (0 while it is not ready).
         let values_ready = ready(fb.values.count());

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use herd_baseline::numeric::{peer_deviation, peer_deviation_with, slog};
 use herd_baseline::{GroupBaseline, ItemKind, replica_hash};
 use herd_ingest::{ContainerRef, id_hash as hash_id};
 
@@ -461,43 +462,82 @@ pub(crate) struct Pending {
     pub(crate) deadline_ms: i64,
 }
 
-/// The peers' median's [`slog`] of each feature slot, for the median it was taken of:
-/// a cache of a pure function (not state, so invisible to equality and checkpoints),
-/// since every replica of a group is compared with the same median until it is
-/// refreshed.
+/// A feature slot's peer statistics as cached ([`GroupState::peer_stats`]), with what
+/// comparing a replica with them needs beside them: the feature's resolution and the
+/// [`slog`] of the peers' median, each computed once for the statistics (not state:
+/// NaN until first asked, invisible to equality and checkpoints). One cache line per
+/// slot: a sample's peer test reads this and the feature's sketches, where the
+/// resolution (a field of its own line after the feature's five sketches) and a
+/// separate table of medians' logarithms cost two lines more.
 ///
 /// [`slog`]: herd_baseline::numeric::slog
-#[derive(Debug, Clone, Default)]
-pub(crate) struct SlogMemo(Vec<Option<(u64, u64, f64)>>);
+#[derive(Debug, Clone, Copy)]
+#[repr(align(64))]
+pub(crate) struct PeerSlot {
+    /// Whether statistics were computed for the slot (the checkpoint's `Some`).
+    cached: bool,
+    at_ms: i64,
+    stats: Option<PeerEvidence>,
+    res: f64,
+    slog_median: f64,
+}
 
-impl SlogMemo {
-    /// `slog(median, res)`, computed once per slot, median and resolution.
-    pub(crate) fn get(&mut self, slot: usize, median: f64, res: f64) -> f64 {
-        let key = (median.to_bits(), res.to_bits());
-        if let Some(Some((m, r, v))) = self.0.get(slot)
-            && (*m, *r) == key
-        {
-            return *v;
+impl PeerSlot {
+    /// Nothing computed for the slot yet.
+    const EMPTY: Self = Self {
+        cached: false,
+        at_ms: 0,
+        stats: None,
+        res: f64::NAN,
+        slog_median: f64::NAN,
+    };
+
+    fn new(at_ms: i64, stats: Option<PeerEvidence>) -> Self {
+        Self {
+            cached: true,
+            at_ms,
+            stats,
+            ..Self::EMPTY
         }
-        let v = herd_baseline::numeric::slog(median, res);
-        if self.0.len() <= slot {
-            self.0.resize(slot + 1, None);
-        }
-        self.0[slot] = Some((key.0, key.1, v));
-        v
+    }
+
+    fn get(&self) -> Option<PeerCache> {
+        self.cached.then_some(PeerCache {
+            at_ms: self.at_ms,
+            stats: self.stats,
+        })
     }
 }
 
-impl PartialEq for SlogMemo {
-    fn eq(&self, _: &Self) -> bool {
-        true
+impl PartialEq for PeerSlot {
+    fn eq(&self, o: &Self) -> bool {
+        self.get() == o.get()
     }
 }
 
+/// A slot's peer statistics as a checkpoint holds them.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct PeerCache {
     at_ms: i64,
     stats: Option<PeerEvidence>,
+}
+
+/// [`PeerSlot`]s in a checkpoint: `Option<PeerCache>` each, as before they held more.
+mod peer_slots {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{PeerCache, PeerSlot};
+
+    pub(super) fn serialize<S: Serializer>(slots: &[PeerSlot], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(slots.iter().map(PeerSlot::get))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PeerSlot>, D::Error> {
+        let v = Vec::<Option<PeerCache>>::deserialize(d)?;
+        Ok(v.into_iter()
+            .map(|c| c.map_or(PeerSlot::EMPTY, |c| PeerSlot::new(c.at_ms, c.stats)))
+            .collect())
+    }
 }
 
 /// The state of one group.
@@ -509,8 +549,8 @@ pub(crate) struct GroupState {
     pub(crate) last_seen_ms: i64,
     /// Peer statistics are reused for `peer_refresh_ms`: part of the state, since scores
     /// depend on when they were computed.
-    #[serde(default)]
-    peer_cache: Vec<Option<PeerCache>>,
+    #[serde(default, with = "peer_slots")]
+    peer_cache: Vec<PeerSlot>,
     /// When the group-wide check last ran, and which features were beyond the threshold
     /// then (a fleet finding must hold for two checks).
     #[serde(default)]
@@ -522,9 +562,6 @@ pub(crate) struct GroupState {
     /// goes, starts, dies or reports again after its TTL.
     #[serde(default)]
     live_cache: Option<(i64, usize)>,
-    /// The peers' medians' logarithms (not state).
-    #[serde(skip)]
-    pub(crate) slog_memo: SlogMemo,
     /// The engine's number of this group's last change (not state: see
     /// [`crate::Engine::groups_changed_since`]).
     #[serde(skip)]
@@ -545,7 +582,6 @@ impl GroupState {
             fleet_checked_ms: now_ms,
             fleet_hot: Vec::new(),
             live_cache: None,
-            slog_memo: SlogMemo::default(),
             changed: 0,
         }
     }
@@ -584,7 +620,8 @@ impl GroupState {
         cfg: &DetectConfig,
         scratch: &mut Vec<f64>,
     ) -> Option<PeerEvidence> {
-        if let Some(Some(c)) = self.peer_cache.get(slot)
+        if let Some(c) = self.peer_cache.get(slot)
+            && c.cached
             && now_ms >= c.at_ms
             && now_ms - c.at_ms < cfg.peer_refresh_ms
         {
@@ -593,13 +630,40 @@ impl GroupState {
         self.compute_peer_stats(slot, now_ms, cfg, scratch)
     }
 
+    /// How far `x` is from the peers' `median` of `slot` ([`peer_deviation`]), the
+    /// median being the one [`Self::peer_stats`] just gave: the feature's resolution and
+    /// the median's logarithm are taken from beside the statistics, computed once for
+    /// them (every replica of a group is compared with the same median until it is
+    /// refreshed). `None` for a slot without a feature.
+    ///
+    /// [`peer_deviation`]: herd_baseline::numeric::peer_deviation
+    #[inline]
+    pub(crate) fn peer_deviation(&mut self, slot: usize, x: f64, median: f64) -> Option<f64> {
+        let Some(c) = self.peer_cache.get_mut(slot).filter(|c| {
+            c.stats
+                .is_some_and(|s| s.median.to_bits() == median.to_bits())
+        }) else {
+            let res = self.baseline.resolution_at(slot)?;
+            return Some(peer_deviation(x, median, res));
+        };
+        if c.res.is_nan() {
+            c.res = self.baseline.resolution_at(slot)?;
+        }
+        let res = c.res;
+        Some(peer_deviation_with(x, median, res, || {
+            if c.slog_median.is_nan() {
+                c.slog_median = slog(median, res);
+            }
+            c.slog_median
+        }))
+    }
+
     /// The peer statistics cached for `slot`, if any.
     #[cfg(test)]
     pub(crate) fn cached_peer_stats(&self, slot: usize) -> Option<PeerEvidence> {
         self.peer_cache
             .get(slot)
-            .copied()
-            .flatten()
+            .and_then(PeerSlot::get)
             .and_then(|c| c.stats)
     }
 
@@ -613,7 +677,7 @@ impl GroupState {
         scratch: &mut Vec<f64>,
     ) -> Option<PeerEvidence> {
         if self.peer_cache.len() <= slot {
-            self.peer_cache.resize(slot + 1, None);
+            self.peer_cache.resize(slot + 1, PeerSlot::EMPTY);
         }
         scratch.clear();
         for r in self.replicas.values() {
@@ -634,10 +698,7 @@ impl GroupState {
                 n: scratch.len(),
             }
         });
-        self.peer_cache[slot] = Some(PeerCache {
-            at_ms: now_ms,
-            stats,
-        });
+        self.peer_cache[slot] = PeerSlot::new(now_ms, stats);
         stats
     }
 
@@ -855,6 +916,78 @@ fn median_by_selection(v: &mut [f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_deviation_is_the_same_from_the_slot_as_computed() {
+        let mut g = GroupState::new(GroupBaseline::new("g", "r", 0), 0);
+        let cfg = herd_baseline::BaselineConfig::default();
+        let slot = g
+            .baseline
+            .feature_slot(herd_ingest::model::metric::NET_RX_BPS, &cfg)
+            .unwrap_or_else(|| panic!("a slot"));
+        let res = g.baseline.resolution_at(slot).unwrap_or(f64::NAN);
+        let peers = |median: f64| PeerEvidence {
+            median,
+            spread: 1.0,
+            n: 5,
+        };
+        let same = |g: &mut GroupState, x: f64, median: f64| {
+            let from_slot = g.peer_deviation(slot, x, median).map(f64::to_bits);
+            assert_eq!(from_slot, Some(peer_deviation(x, median, res).to_bits()));
+        };
+        // Nothing cached: computed from the feature.
+        same(&mut g, 9e5, 3e5);
+        g.peer_cache = vec![PeerSlot::new(10, Some(peers(3e5)))];
+        // The first comparison fills the slot's resolution and logarithm, the next ones
+        // read them; within one resolution unit the logarithm is not needed.
+        for x in [9e5, 3e5 + 10.0, 1e3, 9e5] {
+            same(&mut g, x, 3e5);
+        }
+        assert_eq!(
+            g.peer_cache[0].slog_median.to_bits(),
+            slog(3e5, res).to_bits()
+        );
+        // New statistics forget both.
+        g.peer_cache[0] = PeerSlot::new(20, Some(peers(5e5)));
+        assert!(g.peer_cache[0].slog_median.is_nan() && g.peer_cache[0].res.is_nan());
+        same(&mut g, 9e5, 5e5);
+        // A median other than the slot's is computed, not read.
+        same(&mut g, 9e5, 4e5);
+        assert_eq!(
+            g.peer_cache[0].slog_median.to_bits(),
+            slog(5e5, res).to_bits()
+        );
+        // A slot without a feature has no deviation.
+        assert_eq!(g.peer_deviation(slot + 1, 1.0, 2.0), None);
+    }
+
+    #[test]
+    fn peer_slots_are_checkpointed_as_the_options_they_were() {
+        let slots = vec![
+            PeerSlot::EMPTY,
+            PeerSlot::new(
+                7,
+                Some(PeerEvidence {
+                    median: 2.0,
+                    spread: 0.5,
+                    n: 3,
+                }),
+            ),
+            PeerSlot::new(9, None),
+        ];
+        let mut bytes = Vec::new();
+        let mut ser = serde_json::Serializer::new(&mut bytes);
+        peer_slots::serialize(&slots, &mut ser).unwrap_or_else(|e| panic!("{e}"));
+        let as_options: Vec<Option<PeerCache>> = slots.iter().map(PeerSlot::get).collect();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&bytes).ok(),
+            serde_json::to_value(&as_options).ok()
+        );
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let back = peer_slots::deserialize(&mut de).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, slots);
+        assert!(back[2].cached && back[2].stats.is_none() && !back[0].cached);
+    }
 
     #[test]
     fn the_total_order_key_orders_as_total_cmp_and_is_undone() {
