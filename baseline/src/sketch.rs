@@ -151,7 +151,7 @@ impl StoreMut<'_> {
 /// with). The second holds the reference and half-life (read when the latest time
 /// moves), the zero and negative buckets, and the lower tail's percentiles; the third
 /// the rest of the cached quantiles. With the compiler's own order a sample read three
-/// lines of each sketch it scored. Serialised as it always was (`SketchOut`): the
+/// lines of each sketch it scored. Serialised as it always was (`SketchRepr`): the
 /// layout is not the format.
 #[derive(Debug, Clone)]
 #[repr(C, align(64))]
@@ -187,31 +187,12 @@ pub struct TailSketch {
 const NO_BAND: [f64; 2] = [f64::NAN; 2];
 
 /// A sketch as checkpoints and baselines have always written it (the fields' order
-/// and nesting of the derived format before the layout above).
-#[derive(Serialize)]
-struct SketchOut<'a> {
-    pos: StoreOut<'a>,
-    neg: StoreOut<'a>,
-    zero: f64,
-    total: f64,
-    ref_ms: i64,
-    last_ms: i64,
-    half_life_ms: i64,
-    cache: Option<Summary>,
-    since_cache: u32,
-}
-
-#[derive(Serialize)]
-struct StoreOut<'a> {
-    offset: i32,
-    counts: &'a [f64],
-}
-
-/// [`SketchOut`], read.
-#[derive(Deserialize)]
-struct SketchIn {
-    pos: StoreIn,
-    neg: StoreIn,
+/// and nesting of the derived format before the layout above): written with the
+/// buckets borrowed, read with them owned.
+#[derive(Serialize, Deserialize)]
+struct SketchRepr<C> {
+    pos: StoreRepr<C>,
+    neg: StoreRepr<C>,
     zero: f64,
     total: f64,
     ref_ms: i64,
@@ -223,20 +204,20 @@ struct SketchIn {
     since_cache: u32,
 }
 
-#[derive(Deserialize)]
-struct StoreIn {
+#[derive(Serialize, Deserialize)]
+struct StoreRepr<C> {
     offset: i32,
-    counts: Vec<f64>,
+    counts: C,
 }
 
 impl Serialize for TailSketch {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        SketchOut {
-            pos: StoreOut {
+        SketchRepr::<&[f64]> {
+            pos: StoreRepr {
                 offset: self.pos_offset,
                 counts: &self.pos_counts,
             },
-            neg: StoreOut {
+            neg: StoreRepr {
                 offset: self.neg_offset,
                 counts: &self.neg_counts,
             },
@@ -254,7 +235,7 @@ impl Serialize for TailSketch {
 
 impl<'de> Deserialize<'de> for TailSketch {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let i = SketchIn::deserialize(d)?;
+        let i = SketchRepr::<Vec<f64>>::deserialize(d)?;
         let mut s = Self {
             total: i.total,
             last_ms: i.last_ms,
@@ -312,12 +293,6 @@ impl WeightMemo {
     }
 }
 
-impl PartialEq for WeightMemo {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
 /// Probability of a value `beyond` past the 99th (or 1st) percentile, whose 99→99.9 %
 /// stretch is `gap`: the exponential tail (never narrower than `floor`, widened by
 /// `widen` for small samples), or the trusted empirical fraction if that is larger.
@@ -349,6 +324,29 @@ pub struct Summary {
     pub q99: f64,
     /// 99.9th percentile.
     pub q999: f64,
+}
+
+impl Summary {
+    /// The summary of the seven quantiles in order, `q001` first.
+    pub fn from_array(q: [f64; 7]) -> Self {
+        let [q001, q01, q10, q50, q90, q99, q999] = q;
+        Self {
+            q001,
+            q01,
+            q10,
+            q50,
+            q90,
+            q99,
+            q999,
+        }
+    }
+
+    /// The seven quantiles in order, `q001` first.
+    pub fn to_array(self) -> [f64; 7] {
+        [
+            self.q001, self.q01, self.q10, self.q50, self.q90, self.q99, self.q999,
+        ]
+    }
 }
 
 /// Which tails count as surprising.
@@ -414,23 +412,15 @@ impl TailSketch {
         let [q10, q90] = self.band;
         let [q001, q01] = self.lower;
         let [q50, q99, q999] = self.upper;
-        (!q90.is_nan()).then_some(Summary {
-            q001,
-            q01,
-            q10,
-            q50,
-            q90,
-            q99,
-            q999,
-        })
+        (!q90.is_nan()).then(|| Summary::from_array([q001, q01, q10, q50, q90, q99, q999]))
     }
 
     fn set_cache(&mut self, s: Option<Summary>) {
-        match s {
-            Some(s) => {
-                self.band = [s.q10, s.q90];
-                self.lower = [s.q001, s.q01];
-                self.upper = [s.q50, s.q99, s.q999];
+        match s.map(Summary::to_array) {
+            Some([q001, q01, q10, q50, q90, q99, q999]) => {
+                self.band = [q10, q90];
+                self.lower = [q001, q01];
+                self.upper = [q50, q99, q999];
             }
             // The band alone says whether anything is cached.
             None => self.band = NO_BAND,
@@ -660,16 +650,7 @@ impl TailSketch {
                 .rposition(|c| *c > 0.0)
                 .map_or(0.0, |i| Self::value_of(self.pos_offset + i as i32))
         };
-        let q = out.map(|v| v.unwrap_or_else(largest));
-        Some(Summary {
-            q001: q[0],
-            q01: q[1],
-            q10: q[2],
-            q50: q[3],
-            q90: q[4],
-            q99: q[5],
-            q999: q[6],
-        })
+        Some(Summary::from_array(out.map(|v| v.unwrap_or_else(largest))))
     }
 
     /// Surprise of `x`: `-log10` of the probability of a value at least as extreme, in

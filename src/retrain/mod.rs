@@ -297,28 +297,11 @@ pub async fn retrain(opts: &Options) -> anyhow::Result<Outcome> {
             let Some(p) = feature_mut(&mut out, g.value(i), f.value(i)) else {
                 continue;
             };
-            let v: Vec<Option<f64>> = q.iter().map(|a| opt(a, i)).collect();
-            if let [
-                Some(q001),
-                Some(q01),
-                Some(q10),
-                Some(q50),
-                Some(q90),
-                Some(q99),
-                Some(q999),
-            ] = v[..]
-            {
+            let v: Option<Vec<f64>> = q.iter().map(|a| opt(a, i)).collect();
+            if let Some(Ok(qs)) = v.map(<[f64; 7]>::try_from) {
                 p.seasonal = Some(Seasonal {
                     count: n.value(i) as u64,
-                    residuals: herd_baseline::Summary {
-                        q001,
-                        q01,
-                        q10,
-                        q50,
-                        q90,
-                        q99,
-                        q999,
-                    },
+                    residuals: herd_baseline::Summary::from_array(qs),
                 });
             }
         }
