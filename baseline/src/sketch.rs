@@ -38,6 +38,20 @@ fn gamma_ln() -> f64 {
     GAMMA.0
 }
 
+/// The first bucket of [`VALUES`] and each bucket's value from it on: the buckets of
+/// magnitudes 2^-31 to 2^65, beyond the index table's range (`sketch/index.rs`), ~13 KB
+/// built at first use. Each entry is [`TailSketch::value_computed`] of its bucket, the
+/// same operations as ever, so the same bits; a quantile refresh reads seven of them
+/// where it took seven exponentials.
+static VALUES: std::sync::LazyLock<(i32, Box<[f64]>)> = std::sync::LazyLock::new(|| {
+    let bucket = |x: f64| (x.ln() / gamma_ln()) as i32;
+    let (first, last) = (bucket(2f64.powi(-31)), bucket(2f64.powi(65)));
+    (
+        first,
+        (first..=last).map(TailSketch::value_computed).collect(),
+    )
+});
+
 /// `v.ceil() as i32`, without the library call `ceil` is on a target without SSE4.1's
 /// rounding instruction (the default x86-64 one): the same integer for every `v`.
 fn ceil_i32(v: f64) -> i32 {
@@ -441,8 +455,20 @@ impl TailSketch {
         ceil_i32(x.abs().ln() / gamma_ln())
     }
 
+    /// The value bucket `idx` stands for: its midpoint in relative terms (DDSketch's
+    /// estimator), from [`VALUES`] for every bucket of the index table's range.
+    #[inline]
     fn value_of(idx: i32) -> f64 {
-        // The bucket's midpoint in relative terms (DDSketch's estimator).
+        let (first, values) = &*VALUES;
+        match values.get(idx.wrapping_sub(*first) as usize) {
+            Some(v) => *v,
+            None => Self::value_computed(idx),
+        }
+    }
+
+    /// [`Self::value_of`] by its definition: the table's entries, and every bucket
+    /// beyond it.
+    fn value_computed(idx: i32) -> f64 {
         2.0 * (idx as f64 * gamma_ln()).exp() / GAMMA.1
     }
 
@@ -831,6 +857,25 @@ mod tests {
             s.insert(v, i as i64 * 1000, 1.0);
         }
         s
+    }
+
+    #[test]
+    fn a_buckets_value_from_the_table_is_its_value_computed_bit_for_bit() {
+        let (first, values) = &*VALUES;
+        let last = *first + values.len() as i32 - 1;
+        // The table covers every bucket the index table gives (2^-30 up to 2^64).
+        assert!(*first <= TailSketch::index(2f64.powi(-30)));
+        assert!(last >= TailSketch::index(2f64.powi(64)));
+        // Every bucket in it, and beyond it either side, down to the smallest magnitude
+        // kept and up past the largest double.
+        let lowest = TailSketch::index(MIN_MAGNITUDE) - 2;
+        for idx in lowest.min(*first - 50)..=last + 20_000 {
+            assert_eq!(
+                TailSketch::value_of(idx).to_bits(),
+                TailSketch::value_computed(idx).to_bits(),
+                "bucket {idx}"
+            );
+        }
     }
 
     /// Fraction at values ≤ `x`'s bucket as it was computed before the walk stopped at
