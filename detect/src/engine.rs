@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::alert::{Alert, Detector, FeatureEvidence, NovelEvidence, Severity};
 use crate::alert::{PeerEvidence, StructureEvidence};
 use crate::calibrate;
-use crate::group::{GroupState, Id, Latest, LatestSlot, Pending, Replica, median_in_place};
+use crate::group::{GroupState, Id, InHand, Latest, LatestSlot, Pending, Replica, median_in_place};
 use crate::incident::{Finding, Incidents, numeric_severity};
 use crate::novelty::{Verdict, attack_ids, falco_rank, items_of, judge};
 use crate::{DetectConfig, Error, Result};
@@ -188,8 +188,6 @@ pub struct Engine {
     cfg: DetectConfig,
     state: State,
     scratch: Vec<f64>,
-    /// A replica's latest values while its sample is scored (see [`score_metrics`]).
-    latest: Vec<LatestSlot>,
     /// What the observation in hand found, kept between observations (empty between
     /// them) so that one which finds nothing, nearly all, drops no sets and vectors.
     finding: Finding,
@@ -349,7 +347,6 @@ impl Engine {
             cfg,
             state: State::default(),
             scratch: Vec::new(),
-            latest: Vec::new(),
             finding: Finding::default(),
             closed: Vec::new(),
             pending_retrained: BTreeMap::new(),
@@ -481,7 +478,6 @@ impl Engine {
             cfg,
             state: serde_json::from_str(s.state.get())?,
             scratch: Vec::new(),
-            latest: Vec::new(),
             finding: Finding::default(),
             closed: Vec::new(),
             pending_retrained: BTreeMap::new(),
@@ -680,17 +676,9 @@ impl Engine {
         // A sample's scoring says how long the replica's incident stays quiet (it has
         // the replica in hand); an event's is looked up below.
         let quiet = match &obs.payload {
-            Payload::Metrics(m) => score_metrics(
-                group,
-                rid,
-                m,
-                now,
-                phase,
-                cfg,
-                &mut self.scratch,
-                &mut self.latest,
-                finding,
-            ),
+            Payload::Metrics(m) => {
+                score_metrics(group, rid, m, now, phase, cfg, &mut self.scratch, finding)
+            }
             Payload::Event(e) => {
                 score_event(group, rid, e, now, phase, cfg, finding);
                 None
@@ -854,7 +842,7 @@ fn fleet_check(
     let n = group.baseline.feature_count();
     let mut moves: Vec<(usize, f64, PeerEvidence, f64)> = Vec::with_capacity(n);
     for slot in 0..n {
-        let Some(p) = group.peer_stats(slot, now, cfg, scratch) else {
+        let Some(p) = group.peer_stats(slot, now, cfg, scratch, None) else {
             continue;
         };
         let Some((_, fb)) = group.baseline.feature_at_mut(slot) else {
@@ -1044,7 +1032,6 @@ fn score_metrics(
     phase: Phase,
     cfg: &DetectConfig,
     scratch: &mut Vec<f64>,
-    latest: &mut Vec<LatestSlot>,
     finding: &mut Finding,
 ) -> Option<i64> {
     let live = group.live_count(now, cfg);
@@ -1056,28 +1043,28 @@ fn score_metrics(
         .retrained
         .as_ref()
         .is_some_and(|r| r.structure.is_some());
-    // The replica's latest values are read and written here, in `latest`, and stored
-    // back once: one lookup of the replica for the sample, not two for each metric.
-    let (threshold, quiet) = match group.replicas.get_mut(id) {
+    // The replica's latest values are taken out of its table, read and written in
+    // place, and put back once: one lookup of the replica for the sample, not two for
+    // each metric, and no copy. Meanwhile the peers' statistics read them as the
+    // replica's (`InHand`): a slot's own statistics come before its value is written, a
+    // metric named twice meets its first value, as if each were stored when written.
+    let (threshold, quiet, mut latest, alive, last_seen_ms) = match group.replicas.get_mut(id) {
         Some(r) => {
             r.sampled(now);
             r.rate.record(
                 metrics.len() as f64 * tests_per_metric + f64::from(u8::from(has_structure)),
                 now,
             );
-            latest.clear();
-            latest.extend_from_slice(&r.latest);
             (
                 calibrate::threshold(r.rate.per_day(), cfg.false_alerts_per_container_day),
                 r.quiet_ms(cfg),
+                std::mem::take(&mut r.latest),
+                r.alive,
+                r.last_seen_ms,
             )
         }
         None => return None,
     };
-    // The slots written so far (bit `s` for slot `s`; `u64::MAX` once a slot beyond 63
-    // was): a peer statistic of a slot this sample already wrote (a metric named twice)
-    // must see the replica's new value, so `latest` is stored back before it is taken.
-    let mut written = 0u64;
     finding.threshold = threshold;
     // The sample as a whole against the group's retrained structure, first: a sample
     // the structure finds ordinary vouches for the features it covers.
@@ -1101,11 +1088,12 @@ fn score_metrics(
         };
         let prev = latest.get(slot).and_then(|l| l.get());
         let peers = if peer_mode {
-            if written & slot_bit(slot) != 0 {
-                store_latest(group, id, latest);
-                written = 0;
-            }
-            group.peer_stats(slot, now, cfg, scratch)
+            let in_hand = InHand {
+                latest: &latest,
+                alive,
+                last_seen_ms,
+            };
+            group.peer_stats(slot, now, cfg, scratch, Some(in_hand))
         } else {
             None
         };
@@ -1273,7 +1261,11 @@ fn score_metrics(
                 .insert(rough, now, if sr >= threshold { slow } else { 1.0 });
         }
         if latest.len() <= slot {
-            latest.resize(slot + 1, LatestSlot::EMPTY);
+            // Every replica holds exactly its group's features (a vector's doubling
+            // growth would leave most of a grown one unused).
+            let mut grown = std::mem::take(&mut latest).into_vec();
+            grown.resize(slot + 1, LatestSlot::EMPTY);
+            latest = grown.into_boxed_slice();
         }
         latest[slot] = LatestSlot::new(Latest {
             value: x,
@@ -1281,33 +1273,14 @@ fn score_metrics(
             hot,
             rough,
         });
-        written |= slot_bit(slot);
     }
-    store_latest(group, id, latest);
+    if let Some(r) = group.replicas.get_mut(id) {
+        r.latest = latest;
+    }
     if let Some((sc, _)) = structure {
         structure_finding(group, id, metrics, sc, now, threshold, cfg, finding);
     }
     Some(quiet)
-}
-
-/// `slot`'s bit in a set of slots written ([`score_metrics`]'s `written`): every bit for
-/// a slot beyond 63.
-fn slot_bit(slot: usize) -> u64 {
-    if slot < 64 { 1 << slot } else { u64::MAX }
-}
-
-/// Stores a replica's latest values (`latest`, read from it and written since) back.
-/// Its slots are exactly the group's features: every replica holds one of these, and a
-/// vector's doubling growth would leave most of it unused (16 for 10), so a grown one is
-/// stored at its length.
-fn store_latest(group: &mut GroupState, id: Id<'_>, latest: &[LatestSlot]) {
-    if let Some(r) = group.replicas.get_mut(id) {
-        if r.latest.len() == latest.len() {
-            r.latest.copy_from_slice(latest);
-        } else {
-            r.latest = latest.into();
-        }
-    }
 }
 
 /// Below this surprise (the sample's whole combination of features is no rarer than
@@ -1659,10 +1632,10 @@ mod tests {
         assert_eq!(b.keys().count(), 2);
     }
 
-    /// A replica's latest values are kept aside while its sample is scored and stored
-    /// back once; a metric the sample names twice is still compared with peers that
-    /// hold the replica's first value of it, as when every value was stored at once
-    /// (seen with statistics taken afresh for every comparison).
+    /// A replica's latest values are taken out of its table while its sample is scored
+    /// and put back once; a metric the sample names twice is still compared with peers
+    /// that hold the replica's first value of it, as when every value was stored at
+    /// once (seen with statistics taken afresh for every comparison).
     #[test]
     fn a_metric_named_twice_meets_peers_holding_its_first_value() {
         const T0: i64 = 1_795_428_000_000;
@@ -1696,6 +1669,52 @@ mod tests {
         // The second `cpu_cores` is compared with 5, 1, 3, 3: the median is 3.
         e.observe(&cpu(&cs[0], T0 + 2_000, &[5.0, 5.0]), &mut alerts);
         assert_eq!(median(&e), Some(3.0));
+    }
+
+    /// While a replica's sample is scored its latest values are out of its table; the
+    /// peers' statistics its sample takes still count its previous value (not its new
+    /// one, and not none), as when the values were copied out and stored back after.
+    #[test]
+    fn a_replica_in_hand_counts_among_its_peers_with_its_previous_value() {
+        const T0: i64 = 1_795_428_000_000;
+        let cfg = DetectConfig {
+            peer_refresh_ms: 0,
+            ..DetectConfig::default()
+        };
+        let mut e = Engine::new(cfg).unwrap_or_else(|err| panic!("{err}"));
+        let cs: Vec<_> = (0..4).map(container).collect();
+        let mut alerts = Vec::new();
+        let cpu = |c: &Arc<ContainerRef>, ts_ms: i64, v: f64| Observation {
+            ts_ms,
+            container: Arc::clone(c),
+            payload: Payload::Metrics(vec![("cpu_cores".into(), v)]),
+        };
+        for (c, v) in cs.iter().zip([1.0, 1.0, 3.0, 3.0]) {
+            e.observe(&cpu(c, T0, v), &mut alerts);
+        }
+        let key = e.group_keys().next().map(str::to_owned);
+        let key = key.unwrap_or_else(|| panic!("no group"));
+        let peers = |e: &Engine| {
+            e.state
+                .groups
+                .get(&key)
+                .and_then(|g| g.cached_peer_stats(0))
+                .map(|p| (p.median, p.n))
+        };
+        // The second replica's 7 meets 1, 1, 3, 3 (without its 1: 1, 3, 3; with its 7
+        // already: 1, 7, 3, 3; the median 3 either way).
+        e.observe(&cpu(&cs[1], T0 + 1_000, 7.0), &mut alerts);
+        assert_eq!(peers(&e), Some((2.0, 4)));
+        // And it is put back: the next sample's peers hold the 7.
+        e.observe(&cpu(&cs[2], T0 + 2_000, 3.0), &mut alerts);
+        assert_eq!(peers(&e), Some((3.0, 4)));
+        let replica = e.state.groups.get(&key).and_then(|g| {
+            g.replicas
+                .values()
+                .find(|r| r.cref.id == cs[1].id)
+                .and_then(|r| r.latest.first().and_then(|l| l.get()))
+        });
+        assert_eq!(replica.map(|l| (l.value, l.ts_ms)), Some((7.0, T0 + 1_000)));
     }
 
     /// The identities cache forgets identities no one else holds (neither a sample nor

@@ -68,6 +68,17 @@ impl LatestSlot {
     }
 }
 
+/// The latest values of the replica whose sample is being scored, taken out of its
+/// table for the while (`score_metrics` reads and writes them in place, with one lookup
+/// of the replica for the whole sample), with what decides whether it counts as a
+/// live peer. The peers' statistics read them from here.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InHand<'a> {
+    pub(crate) latest: &'a [LatestSlot],
+    pub(crate) alive: bool,
+    pub(crate) last_seen_ms: i64,
+}
+
 /// A replica's latest values in a checkpoint: `Option<Latest>`s, as before they were
 /// packed.
 pub(crate) mod latest_slots {
@@ -612,6 +623,9 @@ impl GroupState {
     /// Median and spread of the live replicas' latest values of a feature, when at least
     /// `min_peers` replicas have a recent value. Cached for `peer_refresh_ms`: nearly
     /// every call finds them there (inline at the caller; the computation is a call).
+    ///
+    /// `in_hand`: the latest values of a replica whose sample is being scored, held out
+    /// of its table meanwhile ([`InHand`]); `None` when every replica holds its own.
     #[inline]
     pub(crate) fn peer_stats(
         &mut self,
@@ -619,6 +633,7 @@ impl GroupState {
         now_ms: i64,
         cfg: &DetectConfig,
         scratch: &mut Vec<f64>,
+        in_hand: Option<InHand<'_>>,
     ) -> Option<PeerEvidence> {
         if let Some(c) = self.peer_cache.get(slot)
             && c.cached
@@ -627,7 +642,7 @@ impl GroupState {
         {
             return c.stats;
         }
-        self.compute_peer_stats(slot, now_ms, cfg, scratch)
+        self.compute_peer_stats(slot, now_ms, cfg, scratch, in_hand)
     }
 
     /// How far `x` is from the peers' `median` of `slot` ([`peer_deviation`]), the
@@ -675,20 +690,29 @@ impl GroupState {
         now_ms: i64,
         cfg: &DetectConfig,
         scratch: &mut Vec<f64>,
+        in_hand: Option<InHand<'_>>,
     ) -> Option<PeerEvidence> {
         if self.peer_cache.len() <= slot {
             self.peer_cache.resize(slot + 1, PeerSlot::EMPTY);
         }
         scratch.clear();
-        for r in self.replicas.values() {
-            if !r.alive || now_ms - r.last_seen_ms > cfg.replica_ttl_ms {
-                continue;
+        let mut take = |alive: bool, last_seen_ms: i64, latest: &[LatestSlot]| {
+            if !alive || now_ms - last_seen_ms > cfg.replica_ttl_ms {
+                return;
             }
-            if let Some(l) = r.latest.get(slot).and_then(|l| l.get())
+            if let Some(l) = latest.get(slot).and_then(|l| l.get())
                 && now_ms - l.ts_ms <= cfg.peer_window_ms
             {
                 scratch.push(l.value);
             }
+        };
+        // A replica in hand holds no values in the table; its own are taken after the
+        // others' (the median and spread do not depend on the values' order).
+        for r in self.replicas.values() {
+            take(r.alive, r.last_seen_ms, &r.latest);
+        }
+        if let Some(h) = in_hand {
+            take(h.alive, h.last_seen_ms, h.latest);
         }
         let stats = (scratch.len() >= cfg.min_peers).then(|| {
             let (median, mad) = median_and_mad(scratch);
