@@ -7,10 +7,19 @@
 //! and no two replicas of a group on one host (as a scheduler spreads them), so
 //! consecutive observations belong to different groups and a group's state is fetched
 //! again for each of its replicas. A worker consuming a fleet meets the second.
+//!
+//! `…_model_alone_agent_order` is the ceiling of any engine over today's detection
+//! model: the same values in agents' order given straight to the model
+//! (`herd_baseline::numeric`), with only what the engine asks of it per metric in peer
+//! mode (the peer deviation from the group's median, both views' readiness, three
+//! surprises, two inserts) and nothing around it: no group, replica or peer lookup, no
+//! peers' statistics (their medians are taken once, outside the measurement), no
+//! calibration, latest values or findings.
 
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use herd_baseline::numeric::{FeatureBaseline, peer_deviation_with, resolution_of, slog};
 use herd_detect::{DetectConfig, Engine};
 use herd_ingest::{ContainerRef, Observation, Payload};
 
@@ -35,24 +44,29 @@ fn hex64(n: u64) -> String {
         .collect()
 }
 
+/// A container's four metrics in one round, by name.
+type Metrics = [(&'static str, f64); 4];
+
+/// The four metrics of container `i` in round `k`.
+fn values(i: usize, k: u64) -> Metrics {
+    // Cheap deterministic jitter, no RNG in the loop.
+    let j = ((i as u64).wrapping_mul(2654435761).wrapping_add(k * 97) % 1000) as f64 / 1000.0;
+    [
+        ("cpu_cores", 0.4 + 0.1 * j),
+        ("mem_bytes", 2e8 * (1.0 + 0.02 * j)),
+        ("net_rx_bytes_per_s", 3e5 * (1.0 + 0.2 * j)),
+        ("net_tx_bytes_per_s", 9e5 * (1.0 + 0.2 * j)),
+    ]
+}
+
 fn round(containers: &[Arc<ContainerRef>], k: u64) -> Vec<Observation> {
     containers
         .iter()
         .enumerate()
-        .map(|(i, c)| {
-            // Cheap deterministic jitter, no RNG in the loop.
-            let j =
-                ((i as u64).wrapping_mul(2654435761).wrapping_add(k * 97) % 1000) as f64 / 1000.0;
-            Observation {
-                ts_ms: T0,
-                container: Arc::clone(c),
-                payload: Payload::Metrics(vec![
-                    ("cpu_cores".into(), 0.4 + 0.1 * j),
-                    ("mem_bytes".into(), 2e8 * (1.0 + 0.02 * j)),
-                    ("net_rx_bytes_per_s".into(), 3e5 * (1.0 + 0.2 * j)),
-                    ("net_tx_bytes_per_s".into(), 9e5 * (1.0 + 0.2 * j)),
-                ]),
-            }
+        .map(|(i, c)| Observation {
+            ts_ms: T0,
+            container: Arc::clone(c),
+            payload: Payload::Metrics(values(i, k).map(|(n, x)| (n.into(), x)).to_vec()),
         })
         .collect()
 }
@@ -98,6 +112,88 @@ fn setup(agent_order: bool) -> (Engine, Vec<Observation>, i64) {
     (engine, rounds.swap_remove(0), t)
 }
 
+/// The model alone: each group's four features, and per group and metric the peers'
+/// median with its resolution and signed logarithm (as the engine keeps them beside its
+/// peers' statistics).
+struct Model {
+    features: Vec<[FeatureBaseline; 4]>,
+    medians: Vec<[(f64, f64, f64); 4]>,
+    min_samples: f64,
+}
+
+impl Model {
+    fn new(half_life_ms: i64, min_samples: f64) -> Self {
+        let names = values(0, 0).map(|(n, _)| n);
+        Self {
+            features: (0..GROUPS)
+                .map(|_| names.map(|n| FeatureBaseline::new(n, half_life_ms)))
+                .collect(),
+            medians: vec![[(0.0, 1.0, 0.0); 4]; GROUPS],
+            min_samples,
+        }
+    }
+
+    /// Each group's medians of `round` (replica `r` of group `g` is container
+    /// `g * REPLICAS + r`).
+    fn take_medians(&mut self, round: &[Metrics]) {
+        for (g, medians) in self.medians.iter_mut().enumerate() {
+            for (m, slot) in medians.iter_mut().enumerate() {
+                let mut v: Vec<f64> = (0..REPLICAS)
+                    .map(|r| round[g * REPLICAS + r][m].1)
+                    .collect();
+                v.sort_by(f64::total_cmp);
+                let median = 0.5 * (v[REPLICAS / 2 - 1] + v[REPLICAS / 2]);
+                let res = resolution_of(round[0][m].0);
+                *slot = (median, res, slog(median, res));
+            }
+        }
+    }
+
+    /// What the engine asks of the model for one observation in peer mode.
+    fn observe(&mut self, i: usize, metrics: &Metrics, now: i64) -> f64 {
+        let g = i / REPLICAS;
+        let mut sum = 0.0;
+        for ((fb, &(median, res, slog_median)), &(_, x)) in self.features[g]
+            .iter_mut()
+            .zip(&self.medians[g])
+            .zip(metrics)
+        {
+            let dev = peer_deviation_with(x, median, res, || slog_median);
+            if fb.values.count() >= self.min_samples && fb.peer_dev.count() >= self.min_samples {
+                sum +=
+                    fb.value_surprise(x) + fb.peer_surprise(dev, None) + fb.value_surprise(median);
+            }
+            fb.values.insert(x, now, 1.0);
+            fb.peer_dev.insert(dev, now, 1.0);
+        }
+        sum
+    }
+}
+
+/// A warmed model, one round of values in agents' order (container, values) and the time.
+fn setup_model() -> (Model, Vec<(usize, Metrics)>, i64) {
+    let cfg = DetectConfig::default();
+    let mut model = Model::new(cfg.baseline.half_life_ms, cfg.min_samples);
+    let rounds: Vec<Vec<Metrics>> = (0..8)
+        .map(|k| (0..GROUPS * REPLICAS).map(|i| values(i, k)).collect())
+        .collect();
+    // Agents' order, as `setup(true)` sorts: by host, `node-{i % 50}` compared as text.
+    let mut order: Vec<usize> = (0..GROUPS * REPLICAS).collect();
+    order.sort_by_key(|i| format!("node-{}", i % 50));
+    let mut t = T0;
+    for k in 0..40 {
+        let r = &rounds[k % rounds.len()];
+        model.take_medians(r);
+        for &i in &order {
+            model.observe(i, &r[i], t);
+        }
+        t += STEP_MS;
+    }
+    model.take_medians(&rounds[0]);
+    let batch = order.iter().map(|&i| (i, rounds[0][i])).collect();
+    (model, batch, t)
+}
+
 fn scoring(c: &mut Criterion) {
     let mut g = c.benchmark_group("scoring");
     g.throughput(Throughput::Elements((GROUPS * REPLICAS) as u64));
@@ -123,6 +219,17 @@ fn scoring(c: &mut Criterion) {
             })
         });
     }
+    let (mut model, batch, mut t) = setup_model();
+    g.bench_function("model_alone_agent_order", |b| {
+        b.iter(|| {
+            t += STEP_MS;
+            let mut sum = 0.0;
+            for (i, metrics) in &batch {
+                sum += model.observe(*i, metrics, t);
+            }
+            sum
+        })
+    });
     g.finish();
 }
 
