@@ -39,13 +39,13 @@ fn gamma_ln() -> f64 {
 }
 
 /// The first bucket of [`VALUES`] and each bucket's value from it on: the buckets of
-/// magnitudes 2^-31 to 2^65, beyond the index table's range (`sketch/index.rs`), ~13 KB
-/// built at first use. Each entry is [`TailSketch::value_computed`] of its bucket, the
-/// same operations as ever, so the same bits; a quantile refresh reads seven of them
-/// where it took seven exponentials.
+/// magnitudes 2^-31 to 2^65, the index table's range (`sketch/index.rs`) and a binade
+/// more at each end, ~13 KB built at first use. Each entry is
+/// [`TailSketch::value_computed`] of its bucket, the same operations as ever, so the
+/// same bits; a quantile refresh reads seven of them where it took seven exponentials.
 static VALUES: std::sync::LazyLock<(i32, Box<[f64]>)> = std::sync::LazyLock::new(|| {
-    let bucket = |x: f64| (x.ln() / gamma_ln()) as i32;
-    let (first, last) = (bucket(2f64.powi(-31)), bucket(2f64.powi(65)));
+    let first = TailSketch::index_by_ln(2f64.powi(-31));
+    let last = TailSketch::index_by_ln(2f64.powi(65));
     (
         first,
         (first..=last).map(TailSketch::value_computed).collect(),

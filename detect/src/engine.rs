@@ -1632,13 +1632,9 @@ mod tests {
         assert_eq!(b.keys().count(), 2);
     }
 
-    /// A replica's latest values are taken out of its table while its sample is scored
-    /// and put back once; a metric the sample names twice is still compared with peers
-    /// that hold the replica's first value of it, as when every value was stored at
-    /// once (seen with statistics taken afresh for every comparison).
-    #[test]
-    fn a_metric_named_twice_meets_peers_holding_its_first_value() {
-        const T0: i64 = 1_795_428_000_000;
+    /// Four replicas of one group reporting `cpu_cores` 1, 1, 3 and 3, with peers'
+    /// statistics taken afresh for every comparison: the engine and the replicas.
+    fn four_cpu_peers() -> (Engine, Vec<Arc<ContainerRef>>) {
         let cfg = DetectConfig {
             peer_refresh_ms: 0,
             ..DetectConfig::default()
@@ -1646,28 +1642,48 @@ mod tests {
         let mut e = Engine::new(cfg).unwrap_or_else(|err| panic!("{err}"));
         let cs: Vec<_> = (0..4).map(container).collect();
         let mut alerts = Vec::new();
-        let cpu = |c: &Arc<ContainerRef>, ts_ms: i64, values: &[f64]| Observation {
+        for (c, v) in cs.iter().zip([1.0, 1.0, 3.0, 3.0]) {
+            e.observe(&cpu_sample(c, PEERS_T0, &[v]), &mut alerts);
+        }
+        (e, cs)
+    }
+
+    /// The cached peers' statistics of the only group's first feature: median, number
+    /// of peers.
+    fn cached_peers(e: &Engine) -> Option<(f64, usize)> {
+        let g = e.state.groups.values().next()?;
+        g.cached_peer_stats(0).map(|p| (p.median, p.n))
+    }
+
+    const PEERS_T0: i64 = 1_795_428_000_000;
+
+    /// A sample of `c` at `ts_ms` naming `cpu_cores` once for each of `values`.
+    fn cpu_sample(c: &Arc<ContainerRef>, ts_ms: i64, values: &[f64]) -> Observation {
+        Observation {
             ts_ms,
             container: Arc::clone(c),
             payload: Payload::Metrics(values.iter().map(|v| ("cpu_cores".into(), *v)).collect()),
-        };
-        for (c, v) in cs.iter().zip([1.0, 1.0, 3.0, 3.0]) {
-            e.observe(&cpu(c, T0, &[v]), &mut alerts);
         }
-        let key = e.group_keys().next().map(str::to_owned);
-        let key = key.unwrap_or_else(|| panic!("no group"));
-        let median = |e: &Engine| {
-            e.state
-                .groups
-                .get(&key)
-                .and_then(|g| g.cached_peer_stats(0))
-                .map(|p| p.median)
-        };
+    }
+
+    /// A replica's latest values are taken out of its table while its sample is scored
+    /// and put back once; a metric the sample names twice is still compared with peers
+    /// that hold the replica's first value of it, as when every value was stored at
+    /// once (seen with statistics taken afresh for every comparison).
+    #[test]
+    fn a_metric_named_twice_meets_peers_holding_its_first_value() {
+        let (mut e, cs) = four_cpu_peers();
+        assert_eq!(e.group_keys().count(), 1);
+        let median = |e: &Engine| cached_peers(e).map(|(m, _)| m);
+        let mut alerts = Vec::new();
         // Before it: the peers are 1, 1, 3, 3.
-        e.observe(&cpu(&cs[1], T0 + 1_000, &[1.0]), &mut alerts);
+        e.observe(&cpu_sample(&cs[1], PEERS_T0 + 1_000, &[1.0]), &mut alerts);
         assert_eq!(median(&e), Some(2.0));
         // The second `cpu_cores` is compared with 5, 1, 3, 3: the median is 3.
-        e.observe(&cpu(&cs[0], T0 + 2_000, &[5.0, 5.0]), &mut alerts);
+        e.observe(
+            &cpu_sample(&cs[0], PEERS_T0 + 2_000, &[5.0, 5.0]),
+            &mut alerts,
+        );
         assert_eq!(median(&e), Some(3.0));
     }
 
@@ -1676,45 +1692,26 @@ mod tests {
     /// one, and not none), as when the values were copied out and stored back after.
     #[test]
     fn a_replica_in_hand_counts_among_its_peers_with_its_previous_value() {
-        const T0: i64 = 1_795_428_000_000;
-        let cfg = DetectConfig {
-            peer_refresh_ms: 0,
-            ..DetectConfig::default()
-        };
-        let mut e = Engine::new(cfg).unwrap_or_else(|err| panic!("{err}"));
-        let cs: Vec<_> = (0..4).map(container).collect();
+        let (mut e, cs) = four_cpu_peers();
+        assert_eq!(e.group_keys().count(), 1);
         let mut alerts = Vec::new();
-        let cpu = |c: &Arc<ContainerRef>, ts_ms: i64, v: f64| Observation {
-            ts_ms,
-            container: Arc::clone(c),
-            payload: Payload::Metrics(vec![("cpu_cores".into(), v)]),
-        };
-        for (c, v) in cs.iter().zip([1.0, 1.0, 3.0, 3.0]) {
-            e.observe(&cpu(c, T0, v), &mut alerts);
-        }
-        let key = e.group_keys().next().map(str::to_owned);
-        let key = key.unwrap_or_else(|| panic!("no group"));
-        let peers = |e: &Engine| {
-            e.state
-                .groups
-                .get(&key)
-                .and_then(|g| g.cached_peer_stats(0))
-                .map(|p| (p.median, p.n))
-        };
         // The second replica's 7 meets 1, 1, 3, 3 (without its 1: 1, 3, 3; with its 7
         // already: 1, 7, 3, 3; the median 3 either way).
-        e.observe(&cpu(&cs[1], T0 + 1_000, 7.0), &mut alerts);
-        assert_eq!(peers(&e), Some((2.0, 4)));
+        e.observe(&cpu_sample(&cs[1], PEERS_T0 + 1_000, &[7.0]), &mut alerts);
+        assert_eq!(cached_peers(&e), Some((2.0, 4)));
         // And it is put back: the next sample's peers hold the 7.
-        e.observe(&cpu(&cs[2], T0 + 2_000, 3.0), &mut alerts);
-        assert_eq!(peers(&e), Some((3.0, 4)));
-        let replica = e.state.groups.get(&key).and_then(|g| {
+        e.observe(&cpu_sample(&cs[2], PEERS_T0 + 2_000, &[3.0]), &mut alerts);
+        assert_eq!(cached_peers(&e), Some((3.0, 4)));
+        let replica = e.state.groups.values().next().and_then(|g| {
             g.replicas
                 .values()
                 .find(|r| r.cref.id == cs[1].id)
                 .and_then(|r| r.latest.first().and_then(|l| l.get()))
         });
-        assert_eq!(replica.map(|l| (l.value, l.ts_ms)), Some((7.0, T0 + 1_000)));
+        assert_eq!(
+            replica.map(|l| (l.value, l.ts_ms)),
+            Some((7.0, PEERS_T0 + 1_000))
+        );
     }
 
     /// The identities cache forgets identities no one else holds (neither a sample nor
